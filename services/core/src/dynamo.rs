@@ -1,0 +1,174 @@
+//! The DynamoDB client (with endpoint override for DynamoDB Local) and the
+//! definition of every table.
+//!
+//! Tenant isolation lives in the keys: every partition key starts with the
+//! tenant id (`ten_…` or `ten_…#…`), so no query can cross tenants. The one
+//! exception is the API key table, keyed by the SHA-256 of the key, because
+//! the key is what tells which tenant is asking.
+
+use aws_config::BehaviorVersion;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::{Credentials, Region};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType,
+};
+
+use crate::config::DynamoConfig;
+
+/// The attribute every table uses for item expiry (epoch seconds).
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+/// A DynamoDB client for `config` (static credentials when given, else the
+/// default AWS chain, which includes IRSA on EKS).
+pub async fn client(config: &DynamoConfig) -> Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(config.region.clone()));
+    if let (Some(key), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+        loader = loader.credentials_provider(Credentials::new(key, secret, None, None, "triggers-config"));
+    }
+    if let Some(endpoint) = &config.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    Client::new(&loader.load().await)
+}
+
+/// The physical names of the tables of one deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tables {
+    /// Events: `pk` = tenant, `sk` = event id (plus chunk items for large events).
+    pub events: String,
+    /// Delivery attempts: `pk` = `tenant#event`, `sk` = `subscription#attempt`.
+    pub attempts: String,
+    /// Subscriptions: `pk` = tenant, `sk` = subscription id.
+    pub subscriptions: String,
+    /// API keys: `pk` = SHA-256 of the key (hex); index `by_tenant`.
+    pub api_keys: String,
+    /// Idempotency records: `pk` = `tenant#idempotency-key`, 24 h TTL.
+    pub idempotency: String,
+    /// Tenants: `pk` = tenant id.
+    pub tenants: String,
+}
+
+impl Tables {
+    /// The table names under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            events: format!("{prefix}events"),
+            attempts: format!("{prefix}attempts"),
+            subscriptions: format!("{prefix}subscriptions"),
+            api_keys: format!("{prefix}api_keys"),
+            idempotency: format!("{prefix}idempotency"),
+            tenants: format!("{prefix}tenants"),
+        }
+    }
+
+    /// Every table with its keys and indexes.
+    pub fn specs(&self) -> Vec<TableSpec> {
+        vec![
+            TableSpec::new(&self.events, "pk", Some("sk"))
+                .index("inbox", "inbox_pk", Some("sk"))
+                .index("status", "status_pk", Some("sk")),
+            TableSpec::new(&self.attempts, "pk", Some("sk")),
+            TableSpec::new(&self.subscriptions, "pk", Some("sk")),
+            TableSpec::new(&self.api_keys, "pk", None).index("by_tenant", "tenant", Some("key_id")),
+            TableSpec::new(&self.idempotency, "pk", None),
+            TableSpec::new(&self.tenants, "pk", None),
+        ]
+    }
+}
+
+/// The shape of one table: string keys, on-demand billing, TTL on
+/// [`TTL_ATTRIBUTE`], global indexes projecting every attribute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    /// Table name.
+    pub name: String,
+    /// Partition key attribute.
+    pub partition_key: String,
+    /// Sort key attribute, if any.
+    pub sort_key: Option<String>,
+    /// Global secondary indexes: (name, partition key, sort key).
+    pub indexes: Vec<(String, String, Option<String>)>,
+}
+
+impl TableSpec {
+    fn new(name: &str, partition_key: &str, sort_key: Option<&str>) -> Self {
+        Self {
+            name: name.to_owned(),
+            partition_key: partition_key.to_owned(),
+            sort_key: sort_key.map(str::to_owned),
+            indexes: Vec::new(),
+        }
+    }
+
+    fn index(mut self, name: &str, partition_key: &str, sort_key: Option<&str>) -> Self {
+        self.indexes
+            .push((name.to_owned(), partition_key.to_owned(), sort_key.map(str::to_owned)));
+        self
+    }
+
+    /// The `CreateTable` request for this spec.
+    pub fn create_request(
+        &self,
+        client: &Client,
+    ) -> Result<
+        aws_sdk_dynamodb::operation::create_table::builders::CreateTableFluentBuilder,
+        aws_sdk_dynamodb::error::BuildError,
+    > {
+        let mut attributes: Vec<&str> = vec![&self.partition_key];
+        attributes.extend(self.sort_key.as_deref());
+        for (_, pk, sk) in &self.indexes {
+            attributes.push(pk);
+            attributes.extend(sk.as_deref());
+        }
+        attributes.sort_unstable();
+        attributes.dedup();
+
+        let mut request = client
+            .create_table()
+            .table_name(&self.name)
+            .billing_mode(BillingMode::PayPerRequest);
+        for attribute in attributes {
+            request = request.attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(attribute)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()?,
+            );
+        }
+        for element in key_schema(&self.partition_key, self.sort_key.as_deref())? {
+            request = request.key_schema(element);
+        }
+        for (name, pk, sk) in &self.indexes {
+            let mut index = GlobalSecondaryIndex::builder()
+                .index_name(name)
+                .projection(Projection::builder().projection_type(ProjectionType::All).build());
+            for element in key_schema(pk, sk.as_deref())? {
+                index = index.key_schema(element);
+            }
+            request = request.global_secondary_indexes(index.build()?);
+        }
+        Ok(request)
+    }
+}
+
+fn key_schema(
+    partition_key: &str,
+    sort_key: Option<&str>,
+) -> Result<Vec<KeySchemaElement>, aws_sdk_dynamodb::error::BuildError> {
+    let mut elements = vec![
+        KeySchemaElement::builder()
+            .attribute_name(partition_key)
+            .key_type(KeyType::Hash)
+            .build()?,
+    ];
+    if let Some(sort_key) = sort_key {
+        elements.push(
+            KeySchemaElement::builder()
+                .attribute_name(sort_key)
+                .key_type(KeyType::Range)
+                .build()?,
+        );
+    }
+    Ok(elements)
+}

@@ -1,0 +1,84 @@
+//! The event model: what flows through `triggers.events`.
+//!
+//! Attribute names follow [CloudEvents 1.0]. The payload (`data`) is any JSON
+//! value; in Avro it travels as a JSON string inside the envelope, so the
+//! schema never has to know the shape of a tenant's payloads.
+//!
+//! [CloudEvents 1.0]: https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/spec.md
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{EventId, TenantId};
+
+/// The CloudEvents spec version every event carries.
+pub const SPEC_VERSION: &str = "1.0";
+/// The content type of `data` when the producer does not say otherwise.
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+
+/// One event, as stored in `triggers.events` (Avro record `triggers.v1.Event`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique per tenant; chosen by the producer or assigned by the gateway.
+    pub id: EventId,
+    /// The tenant the event belongs to; the partition key unless
+    /// `partition_key` says otherwise.
+    pub tenant: TenantId,
+    /// What happened, e.g. `order.created` (CloudEvents `type`).
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Who says it happened, a URI-reference (CloudEvents `source`).
+    pub source: String,
+    /// What it happened to, within the source (CloudEvents `subject`).
+    pub subject: Option<String>,
+    /// When it happened, milliseconds since the Unix epoch (CloudEvents `time`).
+    pub time: i64,
+    /// When Triggers accepted it, milliseconds since the Unix epoch.
+    pub received_at: i64,
+    /// Always [`SPEC_VERSION`].
+    pub specversion: String,
+    /// The media type of `data`.
+    pub datacontenttype: String,
+    /// The payload, any JSON value.
+    #[serde(with = "json_text")]
+    pub data: serde_json::Value,
+    /// Overrides the tenant as the Kafka key, for ordering by something finer.
+    pub partition_key: Option<String>,
+    /// CloudEvents extension attributes, as strings.
+    pub extensions: BTreeMap<String, String>,
+}
+
+impl Event {
+    /// The Kafka record key: `partition_key` when given, else the tenant.
+    pub fn kafka_key(&self) -> String {
+        match &self.partition_key {
+            Some(key) => key.clone(),
+            None => self.tenant.to_string(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// (De)serializes a JSON value as its JSON text, for Avro `string` fields.
+pub mod json_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the value as compact JSON text.
+    pub fn serialize<S: Serializer>(value: &serde_json::Value, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&value.to_string())
+    }
+
+    /// Reads JSON text back into a value.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,178 @@
+//! Kafka client builders with the settings Triggers' guarantees rest on, and
+//! W3C trace context carried in record headers.
+//!
+//! - The producer is idempotent with `acks=all`, so a 202 means the record is
+//!   replicated and a retried send never duplicates it.
+//! - Consumers never store offsets on their own
+//!   (`enable.auto.offset.store=false`): a service stores an offset only after
+//!   the effect the record caused is done, and librdkafka commits what was
+//!   stored every `commit_interval`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, OwnedHeaders};
+use rdkafka::producer::FutureProducer;
+
+use crate::config::KafkaConfig;
+
+/// A Kafka client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create Kafka {role} client: {source}")]
+pub struct ClientError {
+    role: &'static str,
+    #[source]
+    source: KafkaError,
+}
+
+/// Settings shared by every client: brokers, client id, pass-through extras.
+pub fn base_config(config: &KafkaConfig, service: &str) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("client.id", format!("{}-{service}", config.client_id))
+        // Tansu and MSK both advertise their listeners; a short reconnect
+        // backoff keeps recovery after a broker restart quick.
+        .set("reconnect.backoff.max.ms", "2000");
+    for (key, value) in &config.extra {
+        client.set(key, value);
+    }
+    client
+}
+
+/// The shared, idempotent producer (`acks=all`, bounded queue).
+pub fn producer(config: &KafkaConfig, service: &str) -> Result<FutureProducer, ClientError> {
+    producer_config(config, service).create().map_err(|source| ClientError {
+        role: "producer",
+        source,
+    })
+}
+
+/// The producer's settings, for callers that need their own context.
+pub fn producer_config(config: &KafkaConfig, service: &str) -> ClientConfig {
+    let mut client = base_config(config, service);
+    client
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("message.timeout.ms", millis(config.produce_timeout))
+        .set(
+            "queue.buffering.max.messages",
+            config.producer_queue_max_messages.to_string(),
+        )
+        .set("linger.ms", millis(config.linger));
+    client
+}
+
+/// A consumer in `group` that stores offsets only when told to.
+pub fn consumer<C: ConsumerContext + 'static>(
+    config: &KafkaConfig,
+    service: &str,
+    group: &str,
+    context: C,
+) -> Result<StreamConsumer<C>, ClientError> {
+    consumer_config(config, service, group)
+        .create_with_context(context)
+        .map_err(|source| ClientError {
+            role: "consumer",
+            source,
+        })
+}
+
+/// The consumer's settings, for callers that need another consumer type.
+pub fn consumer_config(config: &KafkaConfig, service: &str, group: &str) -> ClientConfig {
+    let mut client = base_config(config, service);
+    client
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", millis(config.commit_interval))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", millis(config.session_timeout))
+        .set("fetch.wait.max.ms", millis(config.fetch_wait_max));
+    client
+}
+
+/// An admin client, for provisioning and readiness checks.
+pub fn admin(config: &KafkaConfig, service: &str) -> Result<AdminClient<DefaultClientContext>, ClientError> {
+    base_config(config, service)
+        .create()
+        .map_err(|source| ClientError { role: "admin", source })
+}
+
+fn millis(duration: Duration) -> String {
+    duration.as_millis().to_string()
+}
+
+/// Record headers that carry W3C trace context (`traceparent`, `tracestate`).
+pub mod trace_headers {
+    use opentelemetry::propagation::{Extractor, Injector};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use super::*;
+
+    struct HeaderInjector<'a>(&'a mut HashMap<String, String>);
+
+    impl Injector for HeaderInjector<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.insert(key.to_owned(), value);
+        }
+    }
+
+    struct HeaderExtractor(HashMap<String, String>);
+
+    impl Extractor for HeaderExtractor {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).map(String::as_str)
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(String::as_str).collect()
+        }
+    }
+
+    /// Adds the current span's trace context to `headers`.
+    pub fn inject(headers: OwnedHeaders) -> OwnedHeaders {
+        let context = tracing::Span::current().context();
+        let mut fields = HashMap::new();
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut HeaderInjector(&mut fields));
+        });
+        fields.into_iter().fold(headers, |headers, (key, value)| {
+            headers.insert(rdkafka::message::Header {
+                key: &key,
+                value: Some(value.as_bytes()),
+            })
+        })
+    }
+
+    /// Makes `span` a child of the trace context found in `headers`, if any.
+    pub fn extract_into<H: Headers>(headers: Option<&H>, span: &tracing::Span) {
+        let Some(headers) = headers else { return };
+        let mut fields = HashMap::new();
+        for header in headers.iter() {
+            if let Some(value) = header.value.and_then(|v| std::str::from_utf8(v).ok()) {
+                fields.insert(header.key.to_ascii_lowercase(), value.to_owned());
+            }
+        }
+        let extractor = HeaderExtractor(fields);
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&extractor));
+        // Fails only when the span is disabled; then there is nothing to link.
+        let _ = span.set_parent(parent);
+    }
+
+    /// The `traceparent` header of `headers`, if present.
+    pub fn traceparent<H: Headers>(headers: &H) -> Option<String> {
+        headers
+            .iter()
+            .find(|h| h.key.eq_ignore_ascii_case("traceparent"))
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_owned)
+    }
+}

@@ -1,0 +1,28 @@
+//! The shared core of Triggers: what every service needs and nothing
+//! service-specific.
+//!
+//! - [`ids`]: prefixed, time-ordered ids (`evt_…`, `sub_…`).
+//! - [`event`]: the event model (CloudEvents attribute names).
+//! - [`config`]: layered, validated configuration.
+//! - [`kafka`]: client builders that keep the delivery guarantees
+//!   (idempotent `acks=all` producer; consumers that store offsets only after
+//!   the effect), and W3C trace context in record headers.
+//! - [`codec`]: Avro in Confluent wire format through a schema registry.
+//! - [`dynamo`]: the DynamoDB client and table definitions.
+//! - [`provision`]: idempotent creation of every topic and table.
+//! - [`telemetry`], [`ops`]: logs, traces, metrics, health endpoints.
+//! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod config;
+pub mod dynamo;
+pub mod event;
+pub mod ids;
+pub mod kafka;
+pub mod ops;
+pub mod provision;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,116 @@
+//! Structured logs (`tracing`), Prometheus metrics, and OpenTelemetry trace
+//! export over OTLP/HTTP when an endpoint is configured. W3C trace context is
+//! the global propagator, so [`crate::kafka::trace_headers`] and HTTP
+//! `traceparent` headers agree.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::{LogFormat, TelemetryConfig};
+
+/// Telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The log filter does not parse.
+    #[error("telemetry.log_level: {0}")]
+    Filter(#[from] tracing_subscriber::filter::ParseError),
+    /// The OTLP exporter could not be built.
+    #[error("telemetry.otlp_endpoint: {0}")]
+    Otlp(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// A global subscriber was already installed.
+    #[error("a tracing subscriber is already installed: {0}")]
+    AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// Keeps trace export alive; flushes pending spans when dropped.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "trace exporter did not shut down cleanly");
+        }
+    }
+}
+
+/// Installs logging (and trace export) for the process. Call once, from `main`.
+pub fn init(config: &TelemetryConfig, service: &str) -> Result<TelemetryGuard, TelemetryError> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter = EnvFilter::builder().parse(&config.log_level)?;
+
+    let provider = match &config.otlp_endpoint {
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+                .build()?;
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name(service.to_owned())
+                .build();
+            Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource)
+                    .build(),
+            )
+        }
+        None => None,
+    };
+    let otel_layer = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service.to_owned())));
+
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    match config.log_format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false),
+            )
+            .try_init()?,
+        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().compact()).try_init()?,
+    }
+    Ok(TelemetryGuard { provider })
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+///
+/// Every service in the process (the local runner runs them all) reports to
+/// it, which is how the `metrics` facade works: there is one recorder.
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        // Another recorder may already be installed (a test harness's); then
+        // this handle still renders what it records itself.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    metrics::describe_counter!("triggers_build_info", "Build information; always 1.");
+    metrics::counter!("triggers_build_info", "version" => env!("CARGO_PKG_VERSION")).absolute(1);
+}

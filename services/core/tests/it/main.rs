@@ -1,0 +1,6 @@
+//! Integration tests of the shared core against real Tansu, DynamoDB Local
+//! and the dev schema registry.
+
+mod codec;
+mod provision;
+mod support;

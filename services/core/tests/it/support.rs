@@ -1,0 +1,65 @@
+use triggers_core::CancellationToken;
+use triggers_core::config::{CommonConfig, ConfigSource};
+use triggers_core::dynamo::Tables;
+use triggers_core::provision::{ProvisionReport, provision_all};
+use triggers_registry::{RegistryServerConfig, RunningRegistry};
+use triggers_stack::TestStack;
+
+/// One test's slice of the shared stack: its own topics and tables.
+pub struct TestEnv {
+    pub namespace: String,
+    pub common: CommonConfig,
+    pub tables: Tables,
+    pub dynamo: aws_sdk_dynamodb::Client,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        let stack = TestStack::shared();
+        let namespace = stack.namespace();
+        let common = ConfigSource::from_parts(None, Vec::new())
+            .map(|s| s.with_toml(&stack.config_toml(&namespace)))
+            .and_then(|s| s.common())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tables = Tables::new(&common.dynamodb.table_prefix);
+        let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
+        Self {
+            namespace,
+            common,
+            tables,
+            dynamo,
+        }
+    }
+
+    pub fn schemas_topic(&self) -> String {
+        format!("{}._schemas", self.namespace)
+    }
+
+    pub async fn provision(&self) -> ProvisionReport {
+        provision_all(
+            &self.common.kafka,
+            &self.common.topics,
+            &self.schemas_topic(),
+            &self.dynamo,
+            &self.tables,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("provisioning: {e}"))
+    }
+
+    /// Provisions, then starts a registry on a free port; returns the common
+    /// config pointing at it.
+    pub async fn with_registry(&mut self, shutdown: CancellationToken) -> RunningRegistry {
+        self.provision().await;
+        let config = RegistryServerConfig {
+            listen: "127.0.0.1:0".to_owned(),
+            topic: self.schemas_topic(),
+            ..RegistryServerConfig::default()
+        };
+        let registry = triggers_registry::start(&self.common.kafka, &config, shutdown)
+            .await
+            .unwrap_or_else(|e| panic!("registry: {e}"));
+        self.common.schema_registry.url = registry.url();
+        registry
+    }
+}

@@ -1,0 +1,65 @@
+//! Delivers signed webhooks with retry tiers and a dead-letter topic (consumer group `triggers-deliverer`). Delivery guarantee: at-least-once.
+//!
+//! Status: the service skeleton. It starts, answers `/healthz`, `/readyz`
+//! (Kafka and DynamoDB reachable) and `/metrics`, and stops on shutdown; its
+//! consuming loop is the work of its own issue.
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+use triggers_core::CancellationToken;
+use triggers_core::config::{CommonConfig, ConfigIssue, Validate, validate_listen};
+use triggers_core::ops::{self, Readiness, RunningServer};
+
+/// The `[deliverer]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DelivererConfig {
+    /// Where the operations endpoints listen.
+    pub listen: String,
+}
+
+impl Default for DelivererConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9104".to_owned(),
+        }
+    }
+}
+
+impl Validate for DelivererConfig {
+    fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
+        validate_listen(prefix, "listen", &self.listen, issues);
+    }
+}
+
+/// The deliverer could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DelivererError {
+    /// The operations server could not bind.
+    #[error("cannot listen on {listen}: {source}")]
+    Bind {
+        /// The address.
+        listen: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Starts the deliverer; it runs until `shutdown` is cancelled.
+pub async fn start(
+    common: &CommonConfig,
+    config: &DelivererConfig,
+    shutdown: CancellationToken,
+) -> Result<RunningServer, DelivererError> {
+    let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
+    let readiness = Readiness::new()
+        .with("kafka", ops::kafka_probe(&common.kafka))
+        .with("dynamodb", ops::dynamo_probe(&dynamo));
+    let server = ops::serve_ops(&config.listen, readiness, shutdown).map_err(|source| DelivererError::Bind {
+        listen: config.listen.clone(),
+        source,
+    })?;
+    tracing::info!(addr = %server.addr, "deliverer listening");
+    Ok(server)
+}

@@ -1,0 +1,65 @@
+//! Keeps every event, delivery attempt and status in DynamoDB (consumer group `triggers-persister`). Delivery guarantee: at-least-once, idempotent writes.
+//!
+//! Status: the service skeleton. It starts, answers `/healthz`, `/readyz`
+//! (Kafka and DynamoDB reachable) and `/metrics`, and stops on shutdown; its
+//! consuming loop is the work of its own issue.
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+use triggers_core::CancellationToken;
+use triggers_core::config::{CommonConfig, ConfigIssue, Validate, validate_listen};
+use triggers_core::ops::{self, Readiness, RunningServer};
+
+/// The `[persister]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersisterConfig {
+    /// Where the operations endpoints listen.
+    pub listen: String,
+}
+
+impl Default for PersisterConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9103".to_owned(),
+        }
+    }
+}
+
+impl Validate for PersisterConfig {
+    fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
+        validate_listen(prefix, "listen", &self.listen, issues);
+    }
+}
+
+/// The persister could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PersisterError {
+    /// The operations server could not bind.
+    #[error("cannot listen on {listen}: {source}")]
+    Bind {
+        /// The address.
+        listen: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Starts the persister; it runs until `shutdown` is cancelled.
+pub async fn start(
+    common: &CommonConfig,
+    config: &PersisterConfig,
+    shutdown: CancellationToken,
+) -> Result<RunningServer, PersisterError> {
+    let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
+    let readiness = Readiness::new()
+        .with("kafka", ops::kafka_probe(&common.kafka))
+        .with("dynamodb", ops::dynamo_probe(&dynamo));
+    let server = ops::serve_ops(&config.listen, readiness, shutdown).map_err(|source| PersisterError::Bind {
+        listen: config.listen.clone(),
+        source,
+    })?;
+    tracing::info!(addr = %server.addr, "persister listening");
+    Ok(server)
+}

@@ -1,0 +1,124 @@
+//! Starts the real local components of a Triggers stack: Tansu (Kafka API)
+//! and DynamoDB Local, on chosen or free ports, as child processes.
+//!
+//! Used by the local runner and by every integration-test binary
+//! ([`TestStack::shared`] starts one stack per test binary and hands each
+//! test a unique namespace for its topics and tables).
+//!
+//! Each child runs under a tiny `sh` watchdog that reads our end of a pipe:
+//! when this process exits, however abruptly, the pipe closes and the
+//! watchdog stops the child, so no broker outlives its test run. Children
+//! get their own process group, so a Ctrl-C in the terminal reaches the
+//! services first and the broker only when the runner stops it, after the
+//! services have stored their offsets.
+#![forbid(unsafe_code)]
+
+mod process;
+mod test_stack;
+mod tools;
+
+pub use process::{ChildProcess, StackError, free_port, wait_for_port};
+pub use test_stack::TestStack;
+pub use tools::Tools;
+
+use std::path::Path;
+use std::time::Duration;
+
+/// Starts Tansu on `port` with SQLite storage in `data_dir`.
+pub fn start_tansu(tools: &Tools, data_dir: &Path, port: u16, log: &Path) -> Result<ChildProcess, StackError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| StackError::io("create Tansu data dir", e))?;
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut child = ChildProcess::spawn(
+        "tansu",
+        &tools.tansu,
+        &[
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "sqlite://tansu.db",
+            "--cluster-id",
+            "triggers-local",
+        ],
+        data_dir,
+        log,
+    )?;
+    wait_for_port("tansu", port, Duration::from_secs(60), &mut child)?;
+    Ok(child)
+}
+
+/// Starts DynamoDB Local on `port` with its data in `data_dir`.
+pub fn start_dynamodb_local(tools: &Tools, data_dir: &Path, port: u16, log: &Path) -> Result<ChildProcess, StackError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| StackError::io("create DynamoDB Local data dir", e))?;
+    let lib = tools.dynamodb_local.join("DynamoDBLocal_lib");
+    let jar = tools.dynamodb_local.join("DynamoDBLocal.jar");
+    let data = data_dir.display().to_string();
+    let mut child = ChildProcess::spawn(
+        "dynamodb-local",
+        &tools.java,
+        &[
+            "-Xmx1g",
+            &format!("-Djava.library.path={}", lib.display()),
+            "-jar",
+            &jar.display().to_string(),
+            "-port",
+            &port.to_string(),
+            "-dbPath",
+            &data,
+            "-sharedDb",
+            "-disableTelemetry",
+        ],
+        data_dir,
+        log,
+    )?;
+    wait_for_port("dynamodb-local", port, Duration::from_secs(60), &mut child)?;
+    process::wait_for_http_answer("dynamodb-local", port, Duration::from_secs(60))?;
+    Ok(child)
+}
+
+/// Asserts that a service at `base` (`http://host:port`) answers the
+/// operations endpoints every Triggers service must have: `/healthz` 200,
+/// `/readyz` 200 with every check `ok`, `/metrics` 200 in Prometheus text
+/// with the build info metric.
+///
+/// # Panics
+/// When an endpoint is missing or wrong (a test assertion).
+pub async fn assert_ops_endpoints(base: &str) {
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        let url = format!("{base}{path}");
+        let client = client.clone();
+        async move {
+            match client.get(&url).send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let content_type = response
+                        .headers()
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    (status, content_type, response.text().await.unwrap_or_default())
+                }
+                Err(e) => panic!("GET {url}: {e}"),
+            }
+        }
+    };
+    let (status, _, body) = get("/healthz").await;
+    assert_eq!(status, 200, "{base}/healthz: {body}");
+    let (status, _, body) = get("/readyz").await;
+    assert_eq!(status, 200, "{base}/readyz: {body}");
+    assert!(body.contains("\"ready\""), "{base}/readyz: {body}");
+    let (status, content_type, body) = get("/metrics").await;
+    assert_eq!(status, 200, "{base}/metrics: {body}");
+    assert!(
+        content_type.starts_with("text/plain"),
+        "{base}/metrics content type {content_type}"
+    );
+    assert!(
+        body.contains("triggers_build_info"),
+        "{base}/metrics lacks triggers_build_info:\n{body}"
+    );
+}

@@ -1,0 +1,254 @@
+//! Child processes under a watchdog, and port helpers.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A local component could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    /// A program the stack needs is not installed.
+    #[error("{what} not found: {hint}")]
+    Missing {
+        /// The missing program or file.
+        what: String,
+        /// How to get it.
+        hint: String,
+    },
+    /// A system call failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A component did not come up in time.
+    #[error("{name} did not start within {waited:?}; see {log}")]
+    NotReady {
+        /// The component.
+        name: String,
+        /// How long we waited.
+        waited: Duration,
+        /// Its log file.
+        log: String,
+    },
+    /// A component exited while starting.
+    #[error("{name} exited while starting; see {log}")]
+    Exited {
+        /// The component.
+        name: String,
+        /// Its log file.
+        log: String,
+    },
+}
+
+impl StackError {
+    pub(crate) fn io(context: &str, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.to_owned(),
+            source,
+        }
+    }
+
+    pub(crate) fn missing(what: &str, hint: &str) -> Self {
+        Self::Missing {
+            what: what.to_owned(),
+            hint: hint.to_owned(),
+        }
+    }
+}
+
+// The watchdog: runs the program in the background and exits with it. A
+// guard waits until our end of the pipe closes (this process stopped or
+// exited), then stops the program with SIGTERM, and SIGKILL if it has not
+// exited 10 s later.
+const WATCHDOG: &str = r#"
+exec 3<&0
+"$@" </dev/null &
+child=$!
+(
+  read -r _ignored <&3
+  kill -TERM "$child" 2>/dev/null
+  i=0
+  while kill -0 "$child" 2>/dev/null; do
+    i=$((i+1))
+    if [ "$i" -gt 100 ]; then kill -KILL "$child" 2>/dev/null; break; fi
+    sleep 0.1
+  done
+) &
+guard=$!
+exec 3<&-
+wait "$child"
+status=$?
+kill "$guard" 2>/dev/null
+exit "$status"
+"#;
+
+/// A running component. Stopped (SIGTERM, then SIGKILL) when dropped or when
+/// this process exits.
+#[derive(Debug)]
+pub struct ChildProcess {
+    name: String,
+    watchdog: Child,
+    pipe: Option<ChildStdin>,
+    log: String,
+}
+
+impl ChildProcess {
+    /// Starts `program args…` in `dir`, its output appended to `log`.
+    pub fn spawn(name: &str, program: &Path, args: &[&str], dir: &Path, log: &Path) -> Result<Self, StackError> {
+        if let Some(parent) = log.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StackError::io("create log dir", e))?;
+        }
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| StackError::io("open log", e))?;
+        let err = out.try_clone().map_err(|e| StackError::io("open log", e))?;
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("sh")
+            .arg(program)
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(out)
+            .stderr(err)
+            // Its own process group: a terminal's Ctrl-C does not reach it.
+            .process_group(0)
+            // Tansu reads these from the environment; never inherit them.
+            .env_remove("LISTENER_URL")
+            .env_remove("ADVERTISED_LISTENER_URL")
+            .env_remove("STORAGE_ENGINE")
+            .env_remove("CLUSTER_ID")
+            .env_remove("SCHEMA_REGISTRY")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        let mut watchdog = command
+            .spawn()
+            .map_err(|e| StackError::io(&format!("start {name} ({})", program.display()), e))?;
+        let pipe = watchdog.stdin.take();
+        Ok(Self {
+            name: name.to_owned(),
+            watchdog,
+            pipe,
+            log: log.display().to_string(),
+        })
+    }
+
+    /// The component's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the component is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.watchdog.try_wait(), Ok(None))
+    }
+
+    /// Stops the component gracefully and waits for it (at most ~12 s).
+    pub fn stop(&mut self) {
+        if let Some(mut pipe) = self.pipe.take() {
+            // A newline wakes the watchdog even if the pipe close is delayed.
+            let _ = pipe.write_all(b"\n");
+        }
+        let deadline = Instant::now() + Duration::from_secs(12);
+        while Instant::now() < deadline {
+            if !matches!(self.watchdog.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(format!("-{}", self.watchdog.id()))
+            .status();
+        let _ = self.watchdog.wait();
+    }
+
+    /// Kills the component at once with SIGKILL (a crash, for tests).
+    pub fn kill(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(format!("-{}", self.watchdog.id()))
+            .status();
+        let _ = self.watchdog.wait();
+        self.pipe = None;
+    }
+
+    pub(crate) fn log(&self) -> &str {
+        &self.log
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if self.pipe.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> Result<u16, StackError> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| StackError::io("find a free port", e))?;
+    listener
+        .local_addr()
+        .map(|addr| addr.port())
+        .map_err(|e| StackError::io("find a free port", e))
+}
+
+/// Waits until 127.0.0.1:`port` accepts connections, or the child exits.
+pub fn wait_for_port(name: &str, port: u16, timeout: Duration, child: &mut ChildProcess) -> Result<(), StackError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if !child.is_running() {
+            return Err(StackError::Exited {
+                name: name.to_owned(),
+                log: child.log().to_owned(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(StackError::NotReady {
+        name: name.to_owned(),
+        waited: timeout,
+        log: child.log().to_owned(),
+    })
+}
+
+/// Waits until an HTTP request to 127.0.0.1:`port` gets any HTTP answer.
+pub(crate) fn wait_for_http_answer(name: &str, port: u16, timeout: Duration) -> Result<(), StackError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let request = format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+            let mut answer = [0u8; 12];
+            if stream.write_all(request.as_bytes()).is_ok()
+                && stream.read_exact(&mut answer).is_ok()
+                && answer.starts_with(b"HTTP/")
+            {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(StackError::NotReady {
+        name: name.to_owned(),
+        waited: timeout,
+        log: String::new(),
+    })
+}
