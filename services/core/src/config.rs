@@ -162,7 +162,20 @@ impl ConfigSource {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        Self::from_layers(None, file, env)
+    }
+
+    /// Defaults, then `base` (TOML defaults of a deployment, such as the
+    /// local runner's), then the file, then the variables.
+    pub fn from_layers(
+        base: Option<&str>,
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(CommonConfig::default()));
+        if let Some(base) = base {
+            figment = figment.merge(Toml::string(base));
+        }
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError::MissingFile {
@@ -577,9 +590,9 @@ pub fn tier_name(delay: Duration) -> String {
     let secs = delay.as_secs();
     if delay.subsec_millis() != 0 || secs == 0 {
         format!("{}ms", delay.as_millis())
-    } else if secs % 3_600 == 0 {
+    } else if secs.is_multiple_of(3_600) {
         format!("{}h", secs / 3_600)
-    } else if secs % 60 == 0 {
+    } else if secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")

@@ -11,6 +11,7 @@
 //! - [`dynamo`]: the DynamoDB client and table definitions.
 //! - [`provision`]: idempotent creation of every topic and table.
 //! - [`telemetry`], [`ops`]: logs, traces, metrics, health endpoints.
+//! - [`tenancy`], [`subscription`]: tenants, API keys and subscriptions.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,8 @@ pub mod kafka;
 pub mod ops;
 pub mod provision;
 pub mod shutdown;
+pub mod subscription;
 pub mod telemetry;
+pub mod tenancy;
 
 pub use tokio_util::sync::CancellationToken;

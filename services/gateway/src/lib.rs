@@ -14,14 +14,17 @@ use triggers_core::ops::{self, Readiness, RunningServer};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
-    /// Where the operations endpoints listen.
+    /// Where the API listens.
     pub listen: String,
+    /// The operator's token for the admin routes; unset disables them.
+    pub admin_token: Option<String>,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:8080".to_owned(),
+            admin_token: None,
         }
     }
 }
@@ -29,6 +32,12 @@ impl Default for GatewayConfig {
 impl Validate for GatewayConfig {
     fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
         validate_listen(prefix, "listen", &self.listen, issues);
+        if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            issues.push(ConfigIssue::new(
+                format!("{prefix}.admin_token"),
+                "must be at least 16 characters",
+            ));
+        }
     }
 }
 

@@ -1,1 +1,364 @@
-//! placeholder
+//! The whole Triggers pipeline on one machine: Tansu (Kafka API, SQLite
+//! under the data folder), DynamoDB Local, the dev schema registry, the
+//! gateway, router, persister and deliverer (in-process), and a demo webhook
+//! receiver. It provisions every topic and table, seeds a demo tenant, API
+//! key and subscription, and writes the endpoints to `<data>/local.env`.
+//!
+//! A second start on the same data folder keeps the data and the demo
+//! credentials. Stopping stops intake first: the services drain and store
+//! their offsets, then the broker and DynamoDB Local stop.
+#![forbid(unsafe_code)]
+
+pub mod receiver;
+mod seed;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use triggers_core::CancellationToken;
+use triggers_core::config::{CommonConfig, ConfigError, ConfigSource};
+use triggers_core::dynamo::Tables;
+use triggers_stack::{ChildProcess, StackError, Tools};
+
+pub use seed::Demo;
+
+/// Ports and folders of a local stack.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Where data, logs and `local.env` go (`var/`).
+    pub data_dir: PathBuf,
+    /// An optional configuration file layered over the local defaults.
+    pub config_file: Option<PathBuf>,
+    /// Tansu's port.
+    pub kafka_port: u16,
+    /// DynamoDB Local's port.
+    pub dynamodb_port: u16,
+    /// The schema registry's port.
+    pub registry_port: u16,
+    /// The gateway's port.
+    pub gateway_port: u16,
+    /// The router's operations port.
+    pub router_port: u16,
+    /// The persister's operations port.
+    pub persister_port: u16,
+    /// The deliverer's operations port.
+    pub deliverer_port: u16,
+    /// The demo receiver's port.
+    pub receiver_port: u16,
+    /// Environment variables for configuration (normally the process's).
+    pub env: Vec<(String, String)>,
+}
+
+impl LocalOptions {
+    /// The default ports, data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            config_file: None,
+            kafka_port: 9092,
+            dynamodb_port: 8000,
+            registry_port: 8081,
+            gateway_port: 8080,
+            router_port: 9102,
+            persister_port: 9103,
+            deliverer_port: 9104,
+            receiver_port: 9000,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// The local stack could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// A component process failed.
+    #[error(transparent)]
+    Stack(#[from] StackError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Topics or tables could not be created.
+    #[error(transparent)]
+    Provision(#[from] triggers_core::provision::ProvisionError),
+    /// A service did not start.
+    #[error("{service} did not start: {message}")]
+    Service {
+        /// Which.
+        service: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// Seeding the demo data failed.
+    #[error("seeding demo data: {0}")]
+    Seed(String),
+    /// Writing a file under the data folder failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The endpoints and demo credentials of a running stack.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// `http://127.0.0.1:<port>` of the gateway.
+    pub gateway_url: String,
+    /// The schema registry.
+    pub registry_url: String,
+    /// Tansu's bootstrap address.
+    pub kafka_bootstrap: String,
+    /// DynamoDB Local.
+    pub dynamodb_endpoint: String,
+    /// The demo receiver.
+    pub demo_receiver_url: String,
+    /// The operations ports of router, persister, deliverer.
+    pub ops_urls: Vec<(&'static str, String)>,
+}
+
+type ServiceTask = (&'static str, BoxFuture<'static, Result<(), String>>);
+
+/// A running local stack.
+pub struct LocalStack {
+    /// Where everything is.
+    pub endpoints: Endpoints,
+    /// The demo tenant, key and subscription.
+    pub demo: Demo,
+    /// The effective shared configuration.
+    pub common: CommonConfig,
+    /// Webhooks the demo receiver got.
+    pub received: receiver::Received,
+    services: Vec<ServiceTask>,
+    services_shutdown: CancellationToken,
+    processes: Vec<ChildProcess>,
+}
+
+impl std::fmt::Debug for LocalStack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStack")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The local defaults: quick fetches, readable logs, loopback allowed.
+fn local_toml(options: &LocalOptions) -> String {
+    format!(
+        r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:{kafka}"
+fetch_wait_max = "10ms"
+
+[topics]
+partitions = 3
+
+[dynamodb]
+endpoint = "http://127.0.0.1:{dynamo}"
+access_key_id = "local"
+secret_access_key = "local"
+
+[schema_registry]
+url = "http://127.0.0.1:{registry}"
+
+[telemetry]
+log_format = "pretty"
+log_level = "info,actix_server=warn,aws_config=warn,rdkafka=warn"
+"#,
+        kafka = options.kafka_port,
+        dynamo = options.dynamodb_port,
+        registry = options.registry_port,
+    )
+}
+
+/// Loads the configuration the stack runs with: defaults, local defaults,
+/// the file, the environment.
+pub fn load_config(options: &LocalOptions) -> Result<ConfigSource, ConfigError> {
+    ConfigSource::from_layers(
+        Some(&local_toml(options)),
+        options.config_file.as_deref(),
+        options.env.clone(),
+    )
+}
+
+/// Starts everything; returns once every part answers.
+pub async fn start(options: &LocalOptions, source: &ConfigSource) -> Result<LocalStack, LocalError> {
+    let common = source.common()?;
+    let tools = Tools::locate()?;
+    let data = &options.data_dir;
+    create_dir(data)?;
+    let logs = data.join("log");
+
+    tracing::info!(port = options.kafka_port, "starting Tansu");
+    let tansu = triggers_stack::start_tansu(&tools, &data.join("tansu"), options.kafka_port, &logs.join("tansu.log"))?;
+    tracing::info!(port = options.dynamodb_port, "starting DynamoDB Local");
+    let dynamodb = triggers_stack::start_dynamodb_local(
+        &tools,
+        &data.join("dynamodb"),
+        options.dynamodb_port,
+        &logs.join("dynamodb.log"),
+    )?;
+    let processes = vec![dynamodb, tansu];
+
+    let mut registry_config: triggers_registry::RegistryServerConfig = source.section("registry_server")?;
+    registry_config.listen = format!("127.0.0.1:{}", options.registry_port);
+    let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
+    let tables = Tables::new(&common.dynamodb.table_prefix);
+    let report = triggers_core::provision::provision_all(
+        &common.kafka,
+        &common.topics,
+        &registry_config.topic,
+        &dynamo,
+        &tables,
+    )
+    .await?;
+    tracing::info!(
+        topics_created = report.topics_created.len(),
+        tables_created = report.tables_created.len(),
+        "provisioned"
+    );
+
+    let shutdown = CancellationToken::new();
+    let mut services: Vec<ServiceTask> = Vec::new();
+    let service_error = |service: &'static str| {
+        move |e: &dyn std::fmt::Display| LocalError::Service {
+            service,
+            message: e.to_string(),
+        }
+    };
+
+    let registry = triggers_registry::start(&common.kafka, &registry_config, shutdown.clone())
+        .await
+        .map_err(|e| service_error("registry")(&e))?;
+    services.push(("registry", Box::pin(async move { flatten(registry.task.await) })));
+
+    let receiver_url = format!("http://127.0.0.1:{}/webhooks/demo", options.receiver_port);
+    let demo = seed::ensure(data, &common, &dynamo, &tables, &receiver_url).await?;
+
+    let mut gateway_config: triggers_gateway::GatewayConfig = source.section("gateway")?;
+    gateway_config.listen = format!("127.0.0.1:{}", options.gateway_port);
+    gateway_config.admin_token = Some(demo.admin_token.clone());
+    let gateway = triggers_gateway::start(&common, &gateway_config, shutdown.clone())
+        .await
+        .map_err(|e| service_error("gateway")(&e))?;
+    services.push(("gateway", Box::pin(async move { flatten(gateway.task.await) })));
+
+    let mut router_config: triggers_router::RouterConfig = source.section("router")?;
+    router_config.listen = format!("127.0.0.1:{}", options.router_port);
+    let router = triggers_router::start(&common, &router_config, shutdown.clone())
+        .await
+        .map_err(|e| service_error("router")(&e))?;
+    services.push(("router", Box::pin(async move { flatten(router.task.await) })));
+
+    let mut persister_config: triggers_persister::PersisterConfig = source.section("persister")?;
+    persister_config.listen = format!("127.0.0.1:{}", options.persister_port);
+    let persister = triggers_persister::start(&common, &persister_config, shutdown.clone())
+        .await
+        .map_err(|e| service_error("persister")(&e))?;
+    services.push(("persister", Box::pin(async move { flatten(persister.task.await) })));
+
+    let mut deliverer_config: triggers_deliverer::DelivererConfig = source.section("deliverer")?;
+    deliverer_config.listen = format!("127.0.0.1:{}", options.deliverer_port);
+    let deliverer = triggers_deliverer::start(&common, &deliverer_config, shutdown.clone())
+        .await
+        .map_err(|e| service_error("deliverer")(&e))?;
+    services.push(("deliverer", Box::pin(async move { flatten(deliverer.task.await) })));
+
+    let (receiver, received) = receiver::start(&format!("127.0.0.1:{}", options.receiver_port), shutdown.clone())
+        .map_err(|e| service_error("demo receiver")(&e))?;
+    services.push(("demo receiver", Box::pin(async move { flatten(receiver.task.await) })));
+
+    let endpoints = Endpoints {
+        gateway_url: format!("http://127.0.0.1:{}", options.gateway_port),
+        registry_url: format!("http://127.0.0.1:{}", options.registry_port),
+        kafka_bootstrap: common.kafka.bootstrap_servers.clone(),
+        dynamodb_endpoint: common.dynamodb.endpoint.clone().unwrap_or_default(),
+        demo_receiver_url: receiver_url,
+        ops_urls: vec![
+            ("router", format!("http://127.0.0.1:{}", options.router_port)),
+            ("persister", format!("http://127.0.0.1:{}", options.persister_port)),
+            ("deliverer", format!("http://127.0.0.1:{}", options.deliverer_port)),
+        ],
+    };
+    write_env_file(&data.join("local.env"), &endpoints, &demo)?;
+    Ok(LocalStack {
+        endpoints,
+        demo,
+        common,
+        received,
+        services,
+        services_shutdown: shutdown,
+        processes,
+    })
+}
+
+fn flatten<E1: std::fmt::Display, E2: std::fmt::Display>(result: Result<Result<(), E1>, E2>) -> Result<(), String> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl LocalStack {
+    /// Stops the services (they drain and store offsets), then the broker
+    /// and DynamoDB Local.
+    pub async fn stop(self) {
+        self.services_shutdown.cancel();
+        for (name, task) in self.services {
+            match tokio::time::timeout(Duration::from_secs(30), task).await {
+                Ok(Ok(())) => tracing::info!(service = name, "stopped"),
+                Ok(Err(e)) => tracing::warn!(service = name, error = %e, "stopped with an error"),
+                Err(_) => tracing::warn!(service = name, "did not stop within 30s"),
+            }
+        }
+        let processes = self.processes;
+        let stopped = tokio::task::spawn_blocking(move || {
+            for mut process in processes {
+                tracing::info!(process = process.name(), "stopping");
+                process.stop();
+            }
+        })
+        .await;
+        if let Err(e) = stopped {
+            tracing::warn!(error = %e, "stopping the local processes failed");
+        }
+    }
+}
+
+fn create_dir(path: &Path) -> Result<(), LocalError> {
+    std::fs::create_dir_all(path).map_err(|source| LocalError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Shell-quotes a value for `local.env`.
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+fn write_env_file(path: &Path, endpoints: &Endpoints, demo: &Demo) -> Result<(), LocalError> {
+    let lines = [
+        ("TRIGGERS_GATEWAY_URL", endpoints.gateway_url.as_str()),
+        ("TRIGGERS_ADMIN_TOKEN", demo.admin_token.as_str()),
+        ("TRIGGERS_DEMO_API_KEY", demo.api_key.as_str()),
+        ("TRIGGERS_DEMO_TENANT_ID", &demo.tenant_id),
+        ("TRIGGERS_DEMO_SUBSCRIPTION_ID", &demo.subscription_id),
+        ("TRIGGERS_KAFKA_BOOTSTRAP", endpoints.kafka_bootstrap.as_str()),
+        ("TRIGGERS_REGISTRY_URL", endpoints.registry_url.as_str()),
+        ("TRIGGERS_DYNAMODB_ENDPOINT", endpoints.dynamodb_endpoint.as_str()),
+        ("TRIGGERS_DEMO_RECEIVER_URL", endpoints.demo_receiver_url.as_str()),
+    ];
+    let mut text = String::from("# Written by triggers-local; `source` it to reach the local stack.\n");
+    for (name, value) in lines {
+        text.push_str(&format!("export {name}={}\n", quote(value)));
+    }
+    std::fs::write(path, text).map_err(|source| LocalError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}

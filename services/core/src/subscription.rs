@@ -1,0 +1,174 @@
+//! The subscription model, as carried on the compacted topic
+//! `<ns>.subscriptions` (Avro `triggers.v1.Subscription`) and stored in
+//! DynamoDB (the source of truth).
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
+use base64::Engine;
+use rand::RngCore;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{AvroCodec, CodecError, Contract};
+use crate::dynamo::Tables;
+use crate::ids::{SubscriptionId, TenantId};
+use crate::tenancy::StoreError;
+
+/// Whether a subscription receives events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscriptionStatus {
+    /// Receives matching events.
+    Active,
+    /// Paused by the user.
+    Paused,
+    /// Disabled by the system (e.g. after 410 Gone), with a reason.
+    Disabled,
+}
+
+/// A signing secret; several during a rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningSecret {
+    /// `whsec_<base64>`.
+    pub secret: String,
+    /// When a rotated-out secret stops signing (ms since the epoch).
+    pub expires_at: Option<i64>,
+}
+
+/// Batched delivery settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchSettings {
+    /// At most this many events per webhook.
+    pub max_events: i32,
+    /// Send a partial batch after this long.
+    pub max_wait_ms: i32,
+}
+
+/// A tenant's webhook target and what it wants to receive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// `sub_…`.
+    pub id: SubscriptionId,
+    /// The owner.
+    pub tenant: TenantId,
+    /// Where webhooks go.
+    pub target_url: String,
+    /// Exact types, `prefix.*` or `*`.
+    pub event_types: Vec<String>,
+    /// The content filter, as JSON text.
+    pub filter: Option<String>,
+    /// Active, paused or disabled.
+    pub status: SubscriptionStatus,
+    /// Why the system disabled it.
+    pub disabled_reason: Option<String>,
+    /// Signing secrets, newest first.
+    pub secrets: Vec<SigningSecret>,
+    /// Batched delivery, if asked for.
+    pub batch: Option<BatchSettings>,
+    /// FIFO delivery.
+    pub ordered: bool,
+    /// Free text.
+    pub description: Option<String>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// Milliseconds since the epoch.
+    pub updated_at: i64,
+    /// Increases with every change; readers keep the highest.
+    pub revision: i64,
+}
+
+/// A new signing secret: `whsec_` and 32 random bytes in base64.
+pub fn generate_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// Storing or publishing a subscription failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriptionStoreError {
+    /// DynamoDB refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The record could not be encoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// Kafka did not take the record.
+    #[error("publishing subscription {id}: {source}")]
+    Kafka {
+        /// The subscription.
+        id: SubscriptionId,
+        /// The producer's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The stored document does not parse.
+    #[error("stored subscription is corrupt: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+/// Writes `subscription` to DynamoDB (the source of truth).
+pub async fn put(client: &Client, tables: &Tables, subscription: &Subscription) -> Result<(), SubscriptionStoreError> {
+    let document = serde_json::to_string(subscription)?;
+    client
+        .put_item()
+        .table_name(&tables.subscriptions)
+        .item("pk", AttributeValue::S(subscription.tenant.to_string()))
+        .item("sk", AttributeValue::S(subscription.id.to_string()))
+        .item("revision", AttributeValue::N(subscription.revision.to_string()))
+        .item("doc", AttributeValue::S(document))
+        .send()
+        .await
+        .map_err(|e| StoreError::new("PutItem", &tables.subscriptions, e))?;
+    Ok(())
+}
+
+/// Reads one subscription of `tenant`.
+pub async fn get(
+    client: &Client,
+    tables: &Tables,
+    tenant: &TenantId,
+    id: &SubscriptionId,
+) -> Result<Option<Subscription>, SubscriptionStoreError> {
+    let output = client
+        .get_item()
+        .table_name(&tables.subscriptions)
+        .key("pk", AttributeValue::S(tenant.to_string()))
+        .key("sk", AttributeValue::S(id.to_string()))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| StoreError::new("GetItem", &tables.subscriptions, e))?;
+    match output
+        .item()
+        .and_then(|item| item.get("doc"))
+        .and_then(|v| v.as_s().ok())
+    {
+        Some(document) => Ok(Some(serde_json::from_str(document)?)),
+        None => Ok(None),
+    }
+}
+
+/// Publishes the subscription's state to the compacted topic (keyed by id),
+/// and waits for Kafka's acknowledgement.
+pub async fn publish(
+    producer: &FutureProducer,
+    codec: &AvroCodec,
+    topic: &str,
+    subscription: &Subscription,
+) -> Result<(), SubscriptionStoreError> {
+    let payload = codec.encode(topic, Contract::Subscription, subscription).await?;
+    let key = subscription.id.to_string();
+    let headers = crate::kafka::trace_headers::inject(rdkafka::message::OwnedHeaders::new());
+    producer
+        .send(
+            FutureRecord::to(topic).key(&key).payload(&payload).headers(headers),
+            rdkafka::util::Timeout::Never,
+        )
+        .await
+        .map_err(|(source, _)| SubscriptionStoreError::Kafka {
+            id: subscription.id,
+            source,
+        })?;
+    Ok(())
+}
