@@ -51,6 +51,10 @@ pub struct Tenant {
     pub name: String,
     /// Milliseconds since the epoch.
     pub created_at: i64,
+    /// Events per second, when not the deployment's default.
+    pub rate_limit: Option<u32>,
+    /// Days stored items live, when not the deployment's default.
+    pub retention_days: Option<u32>,
 }
 
 /// A newly made API key: the only time the key itself is known.
@@ -80,12 +84,19 @@ pub fn hash_api_key(key: &str) -> String {
 
 /// Stores a tenant.
 pub async fn put_tenant(client: &Client, tables: &Tables, tenant: &Tenant) -> Result<(), StoreError> {
-    client
+    let mut request = client
         .put_item()
         .table_name(&tables.tenants)
         .item("pk", AttributeValue::S(tenant.id.to_string()))
         .item("name", AttributeValue::S(tenant.name.clone()))
-        .item("created_at", AttributeValue::N(tenant.created_at.to_string()))
+        .item("created_at", AttributeValue::N(tenant.created_at.to_string()));
+    if let Some(limit) = tenant.rate_limit {
+        request = request.item("rate_limit", AttributeValue::N(limit.to_string()));
+    }
+    if let Some(days) = tenant.retention_days {
+        request = request.item("retention_days", AttributeValue::N(days.to_string()));
+    }
+    request
         .send()
         .await
         .map_err(|e| StoreError::new("PutItem", &tables.tenants, e))?;
@@ -106,6 +117,8 @@ pub async fn get_tenant(client: &Client, tables: &Tables, id: &TenantId) -> Resu
         id: *id,
         name: string(item, "name").unwrap_or_default(),
         created_at: number(item, "created_at").unwrap_or_default(),
+        rate_limit: number(item, "rate_limit").and_then(|n| u32::try_from(n).ok()),
+        retention_days: number(item, "retention_days").and_then(|n| u32::try_from(n).ok()),
     }))
 }
 
@@ -129,10 +142,16 @@ pub async fn create_api_key(client: &Client, tables: &Tables, tenant: &TenantId)
 
 /// The tenant an API key belongs to, if the key exists and is not revoked.
 pub async fn tenant_of_key(client: &Client, tables: &Tables, key: &str) -> Result<Option<TenantId>, StoreError> {
+    tenant_of_key_hash(client, tables, &hash_api_key(key)).await
+}
+
+/// [`tenant_of_key`] by the key's hash.
+pub async fn tenant_of_key_hash(client: &Client, tables: &Tables, hash: &str) -> Result<Option<TenantId>, StoreError> {
     let output = client
         .get_item()
         .table_name(&tables.api_keys)
-        .key("pk", AttributeValue::S(hash_api_key(key)))
+        .key("pk", AttributeValue::S(hash.to_owned()))
+        .consistent_read(true)
         .send()
         .await
         .map_err(|e| StoreError::new("GetItem", &tables.api_keys, e))?;
@@ -141,6 +160,82 @@ pub async fn tenant_of_key(client: &Client, tables: &Tables, key: &str) -> Resul
         .filter(|item| !item.contains_key("revoked_at"))
         .and_then(|item| string(item, "tenant"))
         .and_then(|tenant| tenant.parse().ok()))
+}
+
+/// An API key as listed (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyInfo {
+    /// `key_…`.
+    pub id: KeyId,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<i64>,
+}
+
+/// The keys of `tenant`, revoked ones included.
+pub async fn list_api_keys(client: &Client, tables: &Tables, tenant: &TenantId) -> Result<Vec<ApiKeyInfo>, StoreError> {
+    let mut keys = Vec::new();
+    let mut start = None;
+    loop {
+        let output = client
+            .query()
+            .table_name(&tables.api_keys)
+            .index_name("by_tenant")
+            .key_condition_expression("tenant = :t")
+            .expression_attribute_values(":t", AttributeValue::S(tenant.to_string()))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| StoreError::new("Query", &tables.api_keys, e))?;
+        for item in output.items() {
+            if let Some(id) = string(item, "key_id").and_then(|id| id.parse().ok()) {
+                keys.push(ApiKeyInfo {
+                    id,
+                    created_at: number(item, "created_at").unwrap_or_default(),
+                    revoked_at: number(item, "revoked_at"),
+                });
+            }
+        }
+        start = output.last_evaluated_key().cloned();
+        if start.is_none() {
+            return Ok(keys);
+        }
+    }
+}
+
+/// Revokes key `id` of `tenant`; `false` when the tenant has no such key.
+pub async fn revoke_api_key(
+    client: &Client,
+    tables: &Tables,
+    tenant: &TenantId,
+    id: &KeyId,
+) -> Result<bool, StoreError> {
+    let output = client
+        .query()
+        .table_name(&tables.api_keys)
+        .index_name("by_tenant")
+        .key_condition_expression("tenant = :t AND key_id = :k")
+        .expression_attribute_values(":t", AttributeValue::S(tenant.to_string()))
+        .expression_attribute_values(":k", AttributeValue::S(id.to_string()))
+        .send()
+        .await
+        .map_err(|e| StoreError::new("Query", &tables.api_keys, e))?;
+    let Some(hash) = output.items().first().and_then(|item| string(item, "pk")) else {
+        return Ok(false);
+    };
+    client
+        .update_item()
+        .table_name(&tables.api_keys)
+        .key("pk", AttributeValue::S(hash))
+        .update_expression("SET revoked_at = if_not_exists(revoked_at, :now)")
+        .condition_expression("tenant = :t")
+        .expression_attribute_values(":now", AttributeValue::N(now_ms().to_string()))
+        .expression_attribute_values(":t", AttributeValue::S(tenant.to_string()))
+        .send()
+        .await
+        .map_err(|e| StoreError::new("UpdateItem", &tables.api_keys, e))?;
+    Ok(true)
 }
 
 pub(crate) fn string(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {

@@ -1,50 +1,45 @@
-//! The HTTP front door: ingests events into `triggers.events` and serves the
-//! public API of `shared/API.md`. Guarantee: 202 only after Kafka acknowledged.
-//! Status: the service skeleton. It starts, answers `/healthz`, `/readyz`
-//! (Kafka and DynamoDB reachable) and `/metrics`, and stops on shutdown; its
-//! API is the work of its own issue.
+//! The HTTP front door: ingests events into `<ns>.events` and serves the
+//! public API of `shared/API.md` (ingest, tokens, tenants and keys).
+//!
+//! Guarantee: 202 means the event is in Kafka — the shared producer is
+//! idempotent with `acks=all` and the answer waits for the delivery report.
+//! When Kafka cannot take an event within `kafka.produce_timeout`, the client
+//! gets 503 with `Retry-After`; when the bounded producer queue is full, 503
+//! at once. Never a false 202, never a hang.
 #![forbid(unsafe_code)]
 
-use serde::{Deserialize, Serialize};
+pub mod api;
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod idempotency;
+pub mod ingest;
+pub mod jwt;
+pub mod middleware;
+pub mod openapi;
+pub mod ratelimit;
+pub mod sink;
+pub mod state;
+
+use std::time::Duration;
+
+use actix_web::{App, HttpRequest, HttpServer, web};
+use rand::RngCore;
+use tokio::task::JoinHandle;
 use triggers_core::CancellationToken;
-use triggers_core::config::{CommonConfig, ConfigIssue, Validate, validate_listen};
+use triggers_core::codec::AvroCodec;
+use triggers_core::config::CommonConfig;
+use triggers_core::dynamo::Tables;
 use triggers_core::ops::{self, Readiness, RunningServer};
 
-/// The `[gateway]` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GatewayConfig {
-    /// Where the API listens.
-    pub listen: String,
-    /// The operator's token for the admin routes; unset disables them.
-    pub admin_token: Option<String>,
-}
+pub use config::GatewayConfig;
+pub use error::ApiError;
 
-impl Default for GatewayConfig {
-    fn default() -> Self {
-        Self {
-            listen: "0.0.0.0:8080".to_owned(),
-            admin_token: None,
-        }
-    }
-}
-
-impl Validate for GatewayConfig {
-    fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
-        validate_listen(prefix, "listen", &self.listen, issues);
-        if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
-            issues.push(ConfigIssue::new(
-                format!("{prefix}.admin_token"),
-                "must be at least 16 characters",
-            ));
-        }
-    }
-}
-
-/// The gateway could not start or stopped with an error.
+/// The gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// The operations server could not bind.
+    /// The server could not bind.
     #[error("cannot listen on {listen}: {source}")]
     Bind {
         /// The address.
@@ -53,22 +48,119 @@ pub enum GatewayError {
         #[source]
         source: std::io::Error,
     },
+    /// A Kafka client could not be built.
+    #[error(transparent)]
+    Kafka(#[from] triggers_core::kafka::ClientError),
+    /// The codec could not be built.
+    #[error(transparent)]
+    Codec(#[from] triggers_core::codec::CodecError),
 }
 
-/// Starts the gateway; it runs until `shutdown` is cancelled.
+async fn not_found(request: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NoRoute {
+        method: request.method().to_string(),
+        path: request.path().to_owned(),
+    })
+}
+
+/// Starts the gateway; it runs until `shutdown` is cancelled, then stops
+/// taking requests, finishes those in flight and flushes the producer.
 pub async fn start(
     common: &CommonConfig,
     config: &GatewayConfig,
     shutdown: CancellationToken,
 ) -> Result<RunningServer, GatewayError> {
     let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
+    let tables = Tables::new(&common.dynamodb.table_prefix);
+    let codec = AvroCodec::new(&common.schema_registry)?;
+    let sink = sink::EventSink::new(&common.kafka, codec, common.topics.events())?;
+    let jwt_secret = match &config.jwt_secret {
+        Some(secret) => secret.as_bytes().to_vec(),
+        None => {
+            tracing::warn!("gateway.jwt_secret is not set: tokens from POST /token work only on this replica");
+            let mut secret = vec![0u8; 32];
+            rand::rng().fill_bytes(&mut secret);
+            secret
+        }
+    };
+    let auth = auth::Authenticator::new(
+        dynamo.clone(),
+        tables.clone(),
+        config.auth_cache_ttl,
+        jwt::JwtKeys::new(&jwt_secret),
+        config.admin_token.as_deref(),
+    );
+    let idempotency = idempotency::IdempotencyStore::new(
+        dynamo.clone(),
+        tables.idempotency.clone(),
+        config.idempotency_ttl,
+        common.kafka.produce_timeout + Duration::from_secs(2),
+    );
+    let state = web::Data::new(state::AppState {
+        auth,
+        limiter: ratelimit::RateLimiter::new(config.default_rate_limit, config.rate_limit_replicas),
+        sink: sink.clone(),
+        idempotency,
+        dynamo: dynamo.clone(),
+        tables,
+        config: config.clone(),
+    });
     let readiness = Readiness::new()
         .with("kafka", ops::kafka_probe(&common.kafka))
         .with("dynamodb", ops::dynamo_probe(&dynamo));
-    let server = ops::serve_ops(&config.listen, readiness, shutdown).map_err(|source| GatewayError::Bind {
+
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(actix_web::middleware::from_fn(middleware::request_context))
+            .configure(ops::configure(readiness.clone()))
+            .configure(api::configure)
+            .route("/openapi.json", web::get().to(openapi::openapi_json))
+            .route("/docs", web::get().to(openapi::docs))
+            .default_service(web::to(not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(10);
+    if config.workers > 0 {
+        server = server.workers(config.workers);
+    }
+    let server = server.bind(&config.listen).map_err(|source| GatewayError::Bind {
         listen: config.listen.clone(),
         source,
     })?;
-    tracing::info!(addr = %server.addr, "gateway listening");
-    Ok(server)
+    let running = ops::spawn_until(server, shutdown.clone());
+    tracing::info!(addr = %running.addr, "gateway listening");
+
+    spawn_queue_gauge(sink.clone(), shutdown);
+    let server_task = running.task;
+    let task: JoinHandle<std::io::Result<()>> = tokio::spawn(async move {
+        let result = server_task.await;
+        // Every request has been answered: flush what is left.
+        let flushing = sink.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || flushing.flush()).await {
+            tracing::warn!(error = %e, "flush task failed");
+        }
+        match result {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    });
+    Ok(RunningServer {
+        addr: running.addr,
+        task,
+    })
+}
+
+fn spawn_queue_gauge(sink: sink::EventSink, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    metrics::gauge!("triggers_gateway_producer_queue_depth").set(f64::from(sink.queue_depth()));
+                }
+            }
+        }
+    });
 }

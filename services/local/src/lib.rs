@@ -241,6 +241,7 @@ pub async fn start(options: &LocalOptions, source: &ConfigSource) -> Result<Loca
     let mut gateway_config: triggers_gateway::GatewayConfig = source.section("gateway")?;
     gateway_config.listen = format!("127.0.0.1:{}", options.gateway_port);
     gateway_config.admin_token = Some(demo.admin_token.clone());
+    gateway_config.jwt_secret.get_or_insert_with(|| demo.jwt_secret.clone());
     let gateway = triggers_gateway::start(&common, &gateway_config, shutdown.clone())
         .await
         .map_err(|e| service_error("gateway")(&e))?;

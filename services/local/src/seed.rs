@@ -30,6 +30,9 @@ pub struct Demo {
     pub admin_token: String,
     /// Where the subscription delivers.
     pub target_url: String,
+    /// The key of the gateway's JWTs (kept so tokens survive restarts).
+    #[serde(default)]
+    pub jwt_secret: String,
 }
 
 fn seed_error(e: impl std::fmt::Display) -> LocalError {
@@ -102,8 +105,14 @@ pub(crate) async fn ensure(
         .map_err(seed_error)?;
     producer.flush(Duration::from_secs(5)).map_err(seed_error)?;
 
+    let jwt_secret = if demo.jwt_secret.len() >= 32 {
+        demo.jwt_secret.clone()
+    } else {
+        random_text(48)
+    };
     let demo = Demo {
         target_url: target_url.to_owned(),
+        jwt_secret,
         ..demo
     };
     let text = serde_json::to_vec_pretty(&demo).map_err(seed_error)?;
@@ -133,6 +142,8 @@ async fn create(dynamo: &aws_sdk_dynamodb::Client, tables: &Tables, target_url: 
         id: TenantId::new(),
         name: "demo".to_owned(),
         created_at: now_ms(),
+        rate_limit: None,
+        retention_days: None,
     };
     tenancy::put_tenant(dynamo, tables, &tenant).await.map_err(seed_error)?;
     let key = tenancy::create_api_key(dynamo, tables, &tenant.id)
@@ -143,16 +154,16 @@ async fn create(dynamo: &aws_sdk_dynamodb::Client, tables: &Tables, target_url: 
         tenant_id: tenant.id.to_string(),
         api_key: key.key,
         subscription_id: SubscriptionId::new().to_string(),
-        admin_token: admin_token(),
+        admin_token: format!("adm_{}", random_text(32)),
         target_url: target_url.to_owned(),
+        jwt_secret: random_text(48),
     })
 }
 
-fn admin_token() -> String {
+fn random_text(len: usize) -> String {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::rng();
-    let body: String = (0..32)
+    (0..len)
         .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
-        .collect();
-    format!("adm_{body}")
+        .collect()
 }

@@ -87,6 +87,16 @@ async fn the_whole_stack_starts_answers_and_keeps_its_data_across_restarts() {
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|| panic!("demo subscription missing"));
     assert_eq!(subscription.target_url, stack.endpoints.demo_receiver_url);
+
+    // The printed curl line works: the demo key ingests an event.
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/events", stack.endpoints.gateway_url))
+        .bearer_auth(&api_key)
+        .json(&serde_json::json!({"type": "order.created", "source": "demo", "data": {"order_id": 42}}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status().as_u16(), 202);
     stack.stop().await;
 
     // A second start on the same data keeps the tenant, key and subscription.

@@ -1,0 +1,606 @@
+//! The HTTP handlers of the gateway and the table of its routes.
+
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use triggers_core::event::now_ms;
+use triggers_core::ids::{KeyId, TenantId};
+use triggers_core::tenancy::{self, Tenant};
+use utoipa::ToSchema;
+
+use crate::auth::{Admin, Caller};
+use crate::body::{self, read_json};
+use crate::error::{ApiError, ErrorBody, ErrorDetail};
+use crate::idempotency::{self, Claim};
+use crate::ingest::{batch_items, event_from_json, format_time};
+use crate::ratelimit::Quota;
+use crate::state::AppState;
+
+type State = web::Data<AppState>;
+
+macro_rules! api_routes {
+    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
+        /// Every API route as (method, path), the same table actix serves.
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        /// Registers every API route.
+        pub fn configure(cfg: &mut web::ServiceConfig) {
+            $(cfg.route($path, web::$method().to($handler));)*
+        }
+    };
+}
+
+api_routes! {
+    post "/v1/events" => ingest,
+    post "/v1/events/batch" => ingest_batch,
+    post "/events" => ingest_compat,
+    post "/token" => token,
+    get "/health" => health,
+    post "/v1/admin/tenants" => create_tenant,
+    get "/v1/admin/tenants/{tenant}" => get_tenant,
+    post "/v1/admin/tenants/{tenant}/keys" => create_key,
+    get "/v1/admin/tenants/{tenant}/keys" => list_keys,
+    delete "/v1/admin/tenants/{tenant}/keys/{key_id}" => revoke_key,
+}
+
+/// The answer to an accepted event.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    /// The event id (`evt_…`).
+    pub id: String,
+    /// Always `accepted`.
+    pub status: String,
+    /// When Triggers accepted it (RFC 3339).
+    pub received_at: String,
+}
+
+/// One event to ingest (CloudEvents 1.0 attribute names).
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // Documents the body; parsing is field by field in `ingest`.
+pub struct EventInput {
+    /// What happened, e.g. `order.created` (1-256 characters).
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Who says so, a URI-reference without whitespace (1-1024 characters).
+    pub source: String,
+    /// The payload: any JSON.
+    #[schema(value_type = Object)]
+    pub data: Option<serde_json::Value>,
+    /// Alias of `data` (first client guide).
+    #[schema(value_type = Object)]
+    pub payload: Option<serde_json::Value>,
+    /// `evt_<ULID>`; assigned when absent.
+    pub id: Option<String>,
+    /// What it happened to.
+    pub subject: Option<String>,
+    /// When it happened, RFC 3339; now when absent.
+    pub time: Option<String>,
+    /// Kafka key override, for ordering finer than the tenant.
+    pub partition_key: Option<String>,
+    /// `1.0` when given.
+    pub specversion: Option<String>,
+    /// Media type of `data`; `application/json` when absent.
+    pub datacontenttype: Option<String>,
+}
+
+/// A batch of events.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // Documents the body.
+pub struct BatchInput {
+    /// Up to 500 events (a bare JSON array is accepted too).
+    pub events: Vec<EventInput>,
+}
+
+/// The result of one batch entry.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchResult {
+    /// Its position in the request.
+    pub index: usize,
+    /// The event id, when accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Why it was refused, otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<serde_json::Value>,
+}
+
+/// The answer to a batch.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchAccepted {
+    /// One result per input, in order.
+    pub results: Vec<BatchResult>,
+    /// How many were accepted.
+    pub accepted: usize,
+    /// How many were refused.
+    pub rejected: usize,
+}
+
+fn authorization(request: &HttpRequest) -> Option<&str> {
+    request.headers().get("authorization").and_then(|v| v.to_str().ok())
+}
+
+fn header<'a>(request: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    request.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn with_quota(mut builder: HttpResponseBuilder, quota: &Quota) -> HttpResponseBuilder {
+    builder
+        .insert_header(("ratelimit-limit", quota.limit.to_string()))
+        .insert_header(("ratelimit-remaining", quota.remaining.to_string()))
+        .insert_header(("ratelimit-reset", quota.reset.to_string()));
+    builder
+}
+
+fn acquire(state: &AppState, caller: &Caller, events: u32) -> Result<Quota, ApiError> {
+    state
+        .limiter
+        .acquire(caller.tenant, caller.rate_limit, events, Instant::now())
+        .map_err(|exceeded| {
+            metrics::counter!("triggers_gateway_events_rejected_total", "reason" => "rate_limited")
+                .increment(u64::from(events));
+            ApiError::RateLimited {
+                limit: exceeded.quota.limit,
+                reset: exceeded.quota.reset,
+                retry_after: exceeded.retry_after,
+            }
+        })
+}
+
+fn replay(status: u16, body: String, quota: &Quota) -> HttpResponse {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+    with_quota(HttpResponse::build(status), quota)
+        .insert_header(("idempotent-replayed", "true"))
+        .content_type("application/json")
+        .body(body)
+}
+
+/// Runs `produce` under the request's `Idempotency-Key`, if it has one.
+async fn idempotent<F, Fut>(
+    state: &AppState,
+    request: &HttpRequest,
+    caller: &Caller,
+    body: &[u8],
+    quota: &Quota,
+    produce: F,
+) -> Result<HttpResponse, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(StatusCode, String), ApiError>>,
+{
+    let Some(key) = header(request, "idempotency-key") else {
+        let (status, body) = produce().await?;
+        return Ok(with_quota(HttpResponse::build(status), quota)
+            .content_type("application/json")
+            .body(body));
+    };
+    idempotency::validate_key(key)?;
+    let hash = idempotency::body_hash(body);
+    match state.idempotency.claim(&caller.tenant, key, &hash).await? {
+        Claim::Replay { status, body } => {
+            metrics::counter!("triggers_gateway_idempotent_replays_total").increment(1);
+            Ok(replay(status, body, quota))
+        }
+        Claim::Owned => match produce().await {
+            Ok((status, body)) => {
+                // The event is in Kafka: answer so even if the answer cannot
+                // be stored (a retry then waits for the claim to go stale).
+                if let Err(e) = state
+                    .idempotency
+                    .complete(&caller.tenant, key, status.as_u16(), &body)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot store an idempotent answer");
+                }
+                Ok(with_quota(HttpResponse::build(status), quota)
+                    .content_type("application/json")
+                    .body(body))
+            }
+            Err(e) => {
+                state.idempotency.release(&caller.tenant, key).await;
+                Err(e)
+            }
+        },
+    }
+}
+
+fn accepted_counter(n: usize) {
+    metrics::counter!("triggers_gateway_events_accepted_total").increment(n as u64);
+}
+
+fn invalid_counter(n: usize) {
+    metrics::counter!("triggers_gateway_events_rejected_total", "reason" => "invalid").increment(n as u64);
+}
+
+/// Ingest one event.
+///
+/// Answers 202 only after Kafka acknowledged the write; 503 with
+/// `Retry-After` when Kafka cannot take it in time.
+#[utoipa::path(
+    post, path = "/v1/events", tag = "events",
+    request_body(content = EventInput, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body within 24 h returns the original id")),
+    responses(
+        (status = 202, description = "In Kafka", body = Accepted),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn ingest(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
+    let caller = state.auth.authenticate(authorization(&request)).await?;
+    let (body, value) = read_json(&request, payload, state.config.max_body_bytes, body::SINGLE).await?;
+    let received_at = now_ms();
+    let event = event_from_json(value, caller.tenant, received_at, "").inspect_err(|_| invalid_counter(1))?;
+    let quota = acquire(&state, &caller, 1)?;
+    let traceparent = header(&request, "traceparent").map(str::to_owned);
+    idempotent(&state, &request, &caller, &body, &quota, || async {
+        state.sink.send(&event, traceparent.as_deref()).await?;
+        accepted_counter(1);
+        let answer = Accepted {
+            id: event.id.to_string(),
+            status: "accepted".to_owned(),
+            received_at: format_time(received_at),
+        };
+        Ok((StatusCode::ACCEPTED, json!(answer).to_string()))
+    })
+    .await
+}
+
+/// Ingest one event (the first client guide's route; same as `/v1/events`).
+#[utoipa::path(
+    post, path = "/events", tag = "compatibility",
+    request_body(content = EventInput, content_type = "application/json"),
+    responses((status = 202, body = Accepted), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn ingest_compat(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: State,
+) -> Result<HttpResponse, ApiError> {
+    ingest(request, payload, state).await
+}
+
+/// Ingest up to 500 events; one result per input, in order.
+#[utoipa::path(
+    post, path = "/v1/events/batch", tag = "events",
+    request_body(content = BatchInput, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Covers the whole batch")),
+    responses(
+        (status = 202, description = "Per-event results", body = BatchAccepted),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn ingest_batch(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
+    let caller = state.auth.authenticate(authorization(&request)).await?;
+    let (body, value) = read_json(&request, payload, state.config.max_body_bytes, body::BATCH).await?;
+    let items = batch_items(value, state.config.max_batch_events)?;
+    let received_at = now_ms();
+    let parsed: Vec<Result<triggers_core::event::Event, ApiError>> = items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| event_from_json(item, caller.tenant, received_at, &format!("events[{index}].")))
+        .collect();
+    let valid = parsed.iter().filter(|r| r.is_ok()).count();
+    invalid_counter(parsed.len() - valid);
+    let quota = acquire(&state, &caller, u32::try_from(valid.max(1)).unwrap_or(u32::MAX))?;
+    let traceparent = header(&request, "traceparent").map(str::to_owned);
+    idempotent(&state, &request, &caller, &body, &quota, || async {
+        let sends = parsed.iter().map(|result| {
+            let state = &state;
+            let traceparent = traceparent.as_deref();
+            async move {
+                match result {
+                    Ok(event) => state.sink.send(event, traceparent).await.map(|()| event.id.to_string()),
+                    Err(e) => Err(ApiError::field(String::new(), e.to_string())),
+                }
+            }
+        });
+        let sent = futures::future::join_all(sends).await;
+        let mut results = Vec::with_capacity(sent.len());
+        let (mut ok, mut unavailable) = (0, 0);
+        for (index, (outcome, input)) in sent.into_iter().zip(&parsed).enumerate() {
+            let error = match (outcome, input) {
+                (Ok(id), _) => {
+                    ok += 1;
+                    results.push(BatchResult {
+                        index,
+                        id: Some(id),
+                        error: None,
+                    });
+                    continue;
+                }
+                (Err(_), Err(invalid)) => invalid.detail(None),
+                (Err(send), Ok(_)) => {
+                    unavailable += 1;
+                    send.detail(None)
+                }
+            };
+            results.push(BatchResult {
+                index,
+                id: None,
+                error: Some(json!(ErrorDetail {
+                    request_id: None,
+                    ..error
+                })),
+            });
+        }
+        if ok == 0 && unavailable > 0 {
+            return Err(ApiError::Unavailable(
+                "Kafka did not acknowledge the batch in time".to_owned(),
+            ));
+        }
+        accepted_counter(ok);
+        let answer = BatchAccepted {
+            accepted: ok,
+            rejected: results.len() - ok,
+            results,
+        };
+        Ok((StatusCode::ACCEPTED, json!(answer).to_string()))
+    })
+    .await
+}
+
+/// The form of `POST /token`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TokenForm {
+    /// Any name (kept for the first client guide's code).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// An API key (`tk_…`).
+    pub password: String,
+}
+
+/// A token.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenResponse {
+    /// An HS256 JWT, accepted wherever an API key is.
+    pub access_token: String,
+    /// Always `bearer`.
+    pub token_type: String,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+}
+
+/// Exchange an API key for a 24 h JWT.
+#[utoipa::path(
+    post, path = "/token", tag = "auth",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody), (status = 415, body = ErrorBody))
+)]
+pub async fn token(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
+    let media = header(&request, "content-type")
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let body = body::read_limited(&request, payload, 16 * 1024).await?;
+    let form: TokenForm = match media.as_str() {
+        "application/x-www-form-urlencoded" | "multipart/form-data" | "" => serde_urlencoded::from_bytes(&body)
+            .map_err(|e| ApiError::BadRequest(format!("expected form fields username and password: {e}")))?,
+        "application/json" => serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?,
+        other => {
+            return Err(ApiError::UnsupportedMediaType {
+                got: other.to_owned(),
+                expected: "application/x-www-form-urlencoded",
+            });
+        }
+    };
+    let caller = state.auth.by_api_key(form.password.trim()).await?;
+    let ttl = state.config.token_ttl;
+    let access_token = state.auth.issue(&caller, ttl)?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .json(TokenResponse {
+            access_token,
+            token_type: "bearer".to_owned(),
+            expires_in: ttl.as_secs(),
+        }))
+}
+
+/// Alive (the first client guide's health route).
+#[utoipa::path(get, path = "/health", tag = "compatibility", responses((status = 200, description = "Alive")))]
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// A new tenant.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantInput {
+    /// Display name (1-200 characters).
+    pub name: String,
+    /// Events per second, instead of the deployment's default.
+    pub rate_limit: Option<u32>,
+    /// Days events are kept, instead of the deployment's default.
+    pub retention_days: Option<u32>,
+}
+
+/// A tenant.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TenantView {
+    /// `ten_…`.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Its own rate limit, if any.
+    pub rate_limit: Option<u32>,
+    /// Its own retention, if any.
+    pub retention_days: Option<u32>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<Tenant> for TenantView {
+    fn from(t: Tenant) -> Self {
+        Self {
+            id: t.id.to_string(),
+            name: t.name,
+            rate_limit: t.rate_limit,
+            retention_days: t.retention_days,
+            created_at: format_time(t.created_at),
+        }
+    }
+}
+
+fn store_error(e: tenancy::StoreError) -> ApiError {
+    tracing::warn!(error = %e, "tenant store failed");
+    ApiError::Unavailable("the tenant store is unavailable".to_owned())
+}
+
+/// Create a tenant (admin).
+#[utoipa::path(
+    post, path = "/v1/admin/tenants", tag = "admin",
+    request_body = TenantInput,
+    responses((status = 201, body = TenantView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("admin_token" = []))
+)]
+pub async fn create_tenant(
+    _admin: Admin,
+    request: HttpRequest,
+    payload: web::Payload,
+    state: State,
+) -> Result<HttpResponse, ApiError> {
+    let (_, value) = read_json(&request, payload, 64 * 1024, body::JSON).await?;
+    let input: TenantInput = serde_json::from_value(value).map_err(|e| ApiError::field("the body", e.to_string()))?;
+    let name = input.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::field("name", "must be 1-200 characters"));
+    }
+    if input.rate_limit == Some(0) {
+        return Err(ApiError::field("rate_limit", "must be at least 1"));
+    }
+    if input.retention_days.is_some_and(|d| !(1..=3650).contains(&d)) {
+        return Err(ApiError::field("retention_days", "must be between 1 and 3650"));
+    }
+    let tenant = Tenant {
+        id: TenantId::new(),
+        name: name.to_owned(),
+        created_at: now_ms(),
+        rate_limit: input.rate_limit,
+        retention_days: input.retention_days,
+    };
+    tenancy::put_tenant(&state.dynamo, &state.tables, &tenant)
+        .await
+        .map_err(store_error)?;
+    Ok(HttpResponse::Created().json(TenantView::from(tenant)))
+}
+
+fn tenant_path(text: &str) -> Result<TenantId, ApiError> {
+    text.parse().map_err(|_| ApiError::NotFound(format!("tenant {text}")))
+}
+
+async fn existing_tenant(state: &AppState, text: &str) -> Result<Tenant, ApiError> {
+    let id = tenant_path(text)?;
+    tenancy::get_tenant(&state.dynamo, &state.tables, &id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::NotFound(format!("tenant {text}")))
+}
+
+/// Read a tenant (admin).
+#[utoipa::path(
+    get, path = "/v1/admin/tenants/{tenant}", tag = "admin",
+    params(("tenant" = String, Path, description = "ten_…")),
+    responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)),
+    security(("admin_token" = []))
+)]
+pub async fn get_tenant(_admin: Admin, path: web::Path<String>, state: State) -> Result<HttpResponse, ApiError> {
+    let tenant = existing_tenant(&state, &path).await?;
+    Ok(HttpResponse::Ok().json(TenantView::from(tenant)))
+}
+
+/// A new API key, shown once.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyCreated {
+    /// `key_…`, for listing and revoking.
+    pub id: String,
+    /// `tk_…`: store it now, it is not shown again.
+    pub key: String,
+}
+
+/// An API key as listed.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyView {
+    /// `key_…`.
+    pub id: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, when revoked.
+    pub revoked_at: Option<String>,
+}
+
+/// Create an API key for a tenant (admin). A tenant may hold several.
+#[utoipa::path(
+    post, path = "/v1/admin/tenants/{tenant}/keys", tag = "admin",
+    params(("tenant" = String, Path, description = "ten_…")),
+    responses((status = 201, body = KeyCreated), (status = 404, body = ErrorBody)),
+    security(("admin_token" = []))
+)]
+pub async fn create_key(_admin: Admin, path: web::Path<String>, state: State) -> Result<HttpResponse, ApiError> {
+    let tenant = existing_tenant(&state, &path).await?;
+    let key = tenancy::create_api_key(&state.dynamo, &state.tables, &tenant.id)
+        .await
+        .map_err(store_error)?;
+    Ok(HttpResponse::Created()
+        .insert_header(("cache-control", "no-store"))
+        .json(KeyCreated {
+            id: key.id.to_string(),
+            key: key.key,
+        }))
+}
+
+/// List a tenant's API keys (admin).
+#[utoipa::path(
+    get, path = "/v1/admin/tenants/{tenant}/keys", tag = "admin",
+    params(("tenant" = String, Path, description = "ten_…")),
+    responses((status = 200, body = [KeyView]), (status = 404, body = ErrorBody)),
+    security(("admin_token" = []))
+)]
+pub async fn list_keys(_admin: Admin, path: web::Path<String>, state: State) -> Result<HttpResponse, ApiError> {
+    let tenant = existing_tenant(&state, &path).await?;
+    let keys = tenancy::list_api_keys(&state.dynamo, &state.tables, &tenant.id)
+        .await
+        .map_err(store_error)?;
+    let data: Vec<KeyView> = keys
+        .into_iter()
+        .map(|k| KeyView {
+            id: k.id.to_string(),
+            created_at: format_time(k.created_at),
+            revoked_at: k.revoked_at.map(format_time),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"data": data, "next_cursor": null})))
+}
+
+/// Revoke an API key (admin); effective within `auth_cache_ttl` everywhere.
+#[utoipa::path(
+    delete, path = "/v1/admin/tenants/{tenant}/keys/{key_id}", tag = "admin",
+    params(("tenant" = String, Path, description = "ten_…"), ("key_id" = String, Path, description = "key_…")),
+    responses((status = 204, description = "Revoked"), (status = 404, body = ErrorBody)),
+    security(("admin_token" = []))
+)]
+pub async fn revoke_key(
+    _admin: Admin,
+    path: web::Path<(String, String)>,
+    state: State,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, key) = path.into_inner();
+    let tenant = tenant_path(&tenant)?;
+    let key_id: KeyId = key.parse().map_err(|_| ApiError::NotFound(format!("key {key}")))?;
+    let revoked = tenancy::revoke_api_key(&state.dynamo, &state.tables, &tenant, &key_id)
+        .await
+        .map_err(store_error)?;
+    if !revoked {
+        return Err(ApiError::NotFound(format!("key {key}")));
+    }
+    // This replica forgets at once; the others within auth_cache_ttl.
+    state.auth.forget(None);
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,280 @@
+//! Who is calling: an API key (`tk_…`), a JWT from `POST /token`, or the
+//! operator's admin token.
+//!
+//! Key lookups go to DynamoDB by the key's SHA-256 and are cached for
+//! `auth_cache_ttl` (misses for one second), so a revoked key stops working
+//! within that time on every replica. A JWT carries the hash of the key it
+//! was issued for and goes through the same lookup, so revoking a key
+//! revokes its tokens too.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{FromRequest, HttpRequest, web};
+use futures::future::LocalBoxFuture;
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use triggers_core::dynamo::Tables;
+use triggers_core::ids::TenantId;
+use triggers_core::tenancy;
+
+use crate::error::ApiError;
+use crate::jwt::{Claims, JwtKeys};
+use crate::state::AppState;
+
+/// The most cached lookups before the cache is emptied.
+const CACHE_LIMIT: usize = 100_000;
+
+/// An authenticated tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The tenant every read and write is scoped to.
+    pub tenant: TenantId,
+    /// The hash of the key used (directly or through a JWT).
+    pub key_hash: String,
+    /// The tenant's own rate limit, if it has one.
+    pub rate_limit: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    caller: Option<Caller>,
+    until: Instant,
+}
+
+/// Resolves credentials to tenants.
+pub struct Authenticator {
+    dynamo: aws_sdk_dynamodb::Client,
+    tables: Tables,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, Entry>>,
+    jwt: JwtKeys,
+    admin_token_hash: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+impl Authenticator {
+    /// An authenticator over the key and tenant tables.
+    pub fn new(
+        dynamo: aws_sdk_dynamodb::Client,
+        tables: Tables,
+        ttl: Duration,
+        jwt: JwtKeys,
+        admin_token: Option<&str>,
+    ) -> Self {
+        Self {
+            dynamo,
+            tables,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+            jwt,
+            admin_token_hash: admin_token.map(|t| sha256(t.as_bytes())),
+        }
+    }
+
+    /// The signer of `POST /token`.
+    pub fn jwt(&self) -> &JwtKeys {
+        &self.jwt
+    }
+
+    /// The caller behind an API key.
+    pub async fn by_api_key(&self, key: &str) -> Result<Caller, ApiError> {
+        self.by_key_hash(&tenancy::hash_api_key(key)).await
+    }
+
+    /// The caller behind `Authorization: Bearer …`.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
+        let token = bearer(authorization)?;
+        if token.starts_with("tk_") {
+            return self.by_api_key(token).await;
+        }
+        if token.split('.').count() == 3 {
+            let claims = self
+                .jwt
+                .verify(token, triggers_core::event::now_ms() / 1000)
+                .map_err(|e| {
+                    metrics::counter!("triggers_gateway_auth_failures_total", "reason" => "jwt").increment(1);
+                    ApiError::Unauthorized(match e {
+                        crate::jwt::JwtError::Expired => "the token has expired; get a new one from POST /token",
+                        _ => "the token is not valid",
+                    })
+                })?;
+            let caller = self.by_key_hash(&claims.kh).await?;
+            if caller.tenant.to_string() != claims.sub {
+                return Err(ApiError::Unauthorized("the token is not valid"));
+            }
+            return Ok(caller);
+        }
+        Err(ApiError::Unauthorized(
+            "expected an API key (tk_…) or a token from POST /token",
+        ))
+    }
+
+    async fn by_key_hash(&self, hash: &str) -> Result<Caller, ApiError> {
+        let now = Instant::now();
+        if let Some(entry) = self.cache.lock().get(hash).filter(|e| e.until > now).cloned() {
+            return entry.caller.ok_or_else(|| {
+                metrics::counter!("triggers_gateway_auth_failures_total", "reason" => "unknown_key").increment(1);
+                ApiError::Unauthorized("unknown or revoked API key")
+            });
+        }
+        let caller = self.lookup(hash).await?;
+        let until = now
+            + if caller.is_some() {
+                self.ttl
+            } else {
+                self.ttl.min(Duration::from_secs(1))
+            };
+        {
+            let mut cache = self.cache.lock();
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(
+                hash.to_owned(),
+                Entry {
+                    caller: caller.clone(),
+                    until,
+                },
+            );
+        }
+        caller.ok_or_else(|| {
+            metrics::counter!("triggers_gateway_auth_failures_total", "reason" => "unknown_key").increment(1);
+            ApiError::Unauthorized("unknown or revoked API key")
+        })
+    }
+
+    async fn lookup(&self, hash: &str) -> Result<Option<Caller>, ApiError> {
+        let unavailable = |e: tenancy::StoreError| {
+            tracing::warn!(error = %e, "key lookup failed");
+            ApiError::Unavailable("the key store is unavailable".to_owned())
+        };
+        let Some(tenant) = tenancy::tenant_of_key_hash(&self.dynamo, &self.tables, hash)
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let settings = tenancy::get_tenant(&self.dynamo, &self.tables, &tenant)
+            .await
+            .map_err(unavailable)?;
+        // A key whose tenant was erased is no key.
+        Ok(settings.map(|t| Caller {
+            tenant,
+            key_hash: hash.to_owned(),
+            rate_limit: t.rate_limit,
+        }))
+    }
+
+    /// Checks the operator's admin token (constant time).
+    pub fn check_admin(&self, authorization: Option<&str>) -> Result<(), ApiError> {
+        let Some(expected) = &self.admin_token_hash else {
+            return Err(ApiError::Forbidden(
+                "admin routes are disabled: no gateway.admin_token is configured",
+            ));
+        };
+        let token = bearer(authorization)?;
+        if bool::from(sha256(token.as_bytes()).ct_eq(expected)) {
+            Ok(())
+        } else {
+            metrics::counter!("triggers_gateway_auth_failures_total", "reason" => "admin_token").increment(1);
+            Err(ApiError::Unauthorized("invalid admin token"))
+        }
+    }
+
+    /// Forgets cached lookups (after a revocation on this replica).
+    pub fn forget(&self, hash: Option<&str>) {
+        let mut cache = self.cache.lock();
+        match hash {
+            Some(hash) => {
+                cache.remove(hash);
+            }
+            None => cache.clear(),
+        }
+    }
+
+    /// Issues a token for an authenticated caller.
+    pub fn issue(&self, caller: &Caller, ttl: Duration) -> Result<String, ApiError> {
+        let now = triggers_core::event::now_ms() / 1000;
+        let claims = Claims {
+            sub: caller.tenant.to_string(),
+            kh: caller.key_hash.clone(),
+            iat: now,
+            exp: now + i64::try_from(ttl.as_secs()).unwrap_or(86_400),
+        };
+        self.jwt
+            .sign(&claims)
+            .map_err(|_| ApiError::Unavailable("cannot sign tokens".to_owned()))
+    }
+}
+
+fn bearer(authorization: Option<&str>) -> Result<&str, ApiError> {
+    let header = authorization.ok_or(ApiError::Unauthorized("send Authorization: Bearer <API key or token>"))?;
+    let (scheme, token) = header.split_once(' ').ok_or(ApiError::Unauthorized(
+        "expected Authorization: Bearer <API key or token>",
+    ))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::Unauthorized(
+            "expected Authorization: Bearer <API key or token>",
+        ));
+    }
+    Ok(token.trim())
+}
+
+fn authorization(request: &HttpRequest) -> Option<String> {
+    request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let state = request.app_data::<web::Data<AppState>>().cloned();
+        let header = authorization(request);
+        Box::pin(async move {
+            let state = state.ok_or_else(|| ApiError::Unavailable("gateway state missing".to_owned()))?;
+            state.auth.authenticate(header.as_deref()).await
+        })
+    }
+}
+
+/// The operator, authenticated by the admin token.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let result = match request.app_data::<web::Data<AppState>>() {
+            Some(state) => state
+                .auth
+                .check_admin(authorization(request).as_deref())
+                .map(|()| Admin),
+            None => Err(ApiError::Unavailable("gateway state missing".to_owned())),
+        };
+        std::future::ready(result)
+    }
+}
+
+/// Shared by the authenticator's users.
+pub type SharedAuth = Arc<Authenticator>;

@@ -1,0 +1,105 @@
+//! The `[gateway]` section.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use triggers_core::config::{ConfigIssue, Validate, validate_listen};
+
+/// The gateway's own settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Where the API listens.
+    pub listen: String,
+    /// HTTP worker threads (0: one per core).
+    pub workers: usize,
+    /// The operator's token for the admin routes; unset disables them.
+    pub admin_token: Option<String>,
+    /// The HS256 key of the JWTs `POST /token` issues. Every replica needs the
+    /// same one; unset makes a random key per process (tokens then only work
+    /// on the replica that issued them).
+    pub jwt_secret: Option<String>,
+    /// How long a JWT from `POST /token` is valid.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// The most events in one batch.
+    pub max_batch_events: usize,
+    /// Events per second per tenant, unless the tenant has its own limit.
+    pub default_rate_limit: u32,
+    /// How many gateway replicas share a tenant's limit: each enforces
+    /// `limit / rate_limit_replicas`. Set it to the replica count.
+    pub rate_limit_replicas: u32,
+    /// How long API key lookups (and tenant settings) are cached: the longest
+    /// a revoked key keeps working.
+    #[serde(with = "humantime_serde")]
+    pub auth_cache_ttl: Duration,
+    /// How long an `Idempotency-Key` is remembered.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".to_owned(),
+            workers: 0,
+            admin_token: None,
+            jwt_secret: None,
+            token_ttl: Duration::from_secs(24 * 3_600),
+            max_body_bytes: 1024 * 1024,
+            max_batch_events: 500,
+            default_rate_limit: 1_000,
+            rate_limit_replicas: 1,
+            auth_cache_ttl: Duration::from_secs(5),
+            idempotency_ttl: Duration::from_secs(24 * 3_600),
+        }
+    }
+}
+
+impl Validate for GatewayConfig {
+    fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
+        let field = |name: &str| format!("{prefix}.{name}");
+        validate_listen(prefix, "listen", &self.listen, issues);
+        if self.workers > 256 {
+            issues.push(ConfigIssue::new(field("workers"), "must be at most 256"));
+        }
+        if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            issues.push(ConfigIssue::new(field("admin_token"), "must be at least 16 characters"));
+        }
+        if self.jwt_secret.as_ref().is_some_and(|t| t.len() < 32) {
+            issues.push(ConfigIssue::new(field("jwt_secret"), "must be at least 32 characters"));
+        }
+        if self.token_ttl < Duration::from_secs(60) || self.token_ttl > Duration::from_secs(7 * 86_400) {
+            issues.push(ConfigIssue::new(field("token_ttl"), "must be between 1m and 7days"));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_body_bytes) {
+            issues.push(ConfigIssue::new(
+                field("max_body_bytes"),
+                "must be between 1024 and 67108864",
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_batch_events) {
+            issues.push(ConfigIssue::new(
+                field("max_batch_events"),
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.default_rate_limit == 0 {
+            issues.push(ConfigIssue::new(field("default_rate_limit"), "must be at least 1"));
+        }
+        if self.rate_limit_replicas == 0 {
+            issues.push(ConfigIssue::new(field("rate_limit_replicas"), "must be at least 1"));
+        }
+        if self.auth_cache_ttl > Duration::from_secs(300) {
+            issues.push(ConfigIssue::new(field("auth_cache_ttl"), "must be at most 5m"));
+        }
+        if self.idempotency_ttl < Duration::from_secs(60) || self.idempotency_ttl > Duration::from_secs(30 * 86_400) {
+            issues.push(ConfigIssue::new(
+                field("idempotency_ttl"),
+                "must be between 1m and 30days",
+            ));
+        }
+    }
+}

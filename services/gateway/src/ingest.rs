@@ -1,0 +1,329 @@
+//! Turning a request body into events: CloudEvents attribute names,
+//! `payload` as an alias of `data`, every problem a 422 naming its field.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use triggers_core::event::{Event, JSON_CONTENT_TYPE, SPEC_VERSION};
+use triggers_core::ids::{EventId, TenantId};
+
+use crate::error::ApiError;
+
+/// Attributes with a meaning of their own; anything else is an extension.
+const KNOWN: &[&str] = &[
+    "id",
+    "type",
+    "source",
+    "subject",
+    "time",
+    "specversion",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "payload",
+    "data_base64",
+    "partition_key",
+];
+
+/// The most extension attributes per event.
+const MAX_EXTENSIONS: usize = 32;
+
+fn text<'a>(
+    object: &'a Map<String, Value>,
+    name: &str,
+    path: &str,
+    max: usize,
+    required: bool,
+) -> Result<Option<&'a str>, ApiError> {
+    let field = format!("{path}{name}");
+    match object.get(name) {
+        None | Some(Value::Null) if required => Err(ApiError::field(field, "is required")),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() && required => Err(ApiError::field(field, "must not be empty")),
+        Some(Value::String(s)) if s.chars().count() > max => {
+            Err(ApiError::field(field, format!("must be at most {max} characters")))
+        }
+        Some(Value::String(s)) if s.chars().any(char::is_control) => {
+            Err(ApiError::field(field, "must not contain control characters"))
+        }
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::field(field, "must be a string")),
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time.
+pub fn parse_time(value: &str) -> Option<i64> {
+    let time = OffsetDateTime::parse(value, &Rfc3339).ok()?;
+    i64::try_from(time.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// RFC 3339 (UTC, milliseconds) of milliseconds since the epoch.
+pub fn format_time(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// Builds the event of one JSON object; `path` prefixes field names in
+/// errors (`events[3].`).
+pub fn event_from_json(value: Value, tenant: TenantId, received_at: i64, path: &str) -> Result<Event, ApiError> {
+    let Value::Object(mut object) = value else {
+        let what = if path.is_empty() {
+            "the body"
+        } else {
+            path.trim_end_matches('.')
+        };
+        return Err(ApiError::field(what, "must be a JSON object"));
+    };
+    if let Some(version) = text(&object, "specversion", path, 16, false)?
+        && version != SPEC_VERSION
+    {
+        return Err(ApiError::field(format!("{path}specversion"), "must be \"1.0\""));
+    }
+    let event_type = text(&object, "type", path, 256, true)?.unwrap_or_default().to_owned();
+    let source = text(&object, "source", path, 1024, true)?
+        .unwrap_or_default()
+        .to_owned();
+    if source.chars().any(char::is_whitespace) {
+        return Err(ApiError::field(
+            format!("{path}source"),
+            "must be a URI-reference (no whitespace)",
+        ));
+    }
+    let id = match text(&object, "id", path, 64, false)? {
+        Some(id) => id.parse::<EventId>().map_err(|_| {
+            ApiError::field(
+                format!("{path}id"),
+                "must be an event id (evt_ followed by a 26-character ULID); leave it out to have one assigned, and use the Idempotency-Key header to deduplicate",
+            )
+        })?,
+        None => EventId::new(),
+    };
+    let subject = text(&object, "subject", path, 1024, false)?.map(str::to_owned);
+    let time = match text(&object, "time", path, 64, false)? {
+        Some(time) => {
+            parse_time(time).ok_or_else(|| ApiError::field(format!("{path}time"), "must be an RFC 3339 timestamp"))?
+        }
+        None => received_at,
+    };
+    let datacontenttype = text(&object, "datacontenttype", path, 256, false)?
+        .unwrap_or(JSON_CONTENT_TYPE)
+        .to_owned();
+    let partition_key = text(&object, "partition_key", path, 256, false)?.map(str::to_owned);
+    if object.contains_key("data_base64") {
+        return Err(ApiError::field(
+            format!("{path}data_base64"),
+            "binary data is not supported; send JSON in `data`",
+        ));
+    }
+    let data = match (object.remove("data"), object.remove("payload")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field(
+                format!("{path}payload"),
+                "give `data` or its alias `payload`, not both",
+            ));
+        }
+        (Some(data), None) | (None, Some(data)) => data,
+        (None, None) => Value::Null,
+    };
+    let mut extensions = BTreeMap::new();
+    for (name, value) in &object {
+        if KNOWN.contains(&name.as_str()) {
+            continue;
+        }
+        let field = format!("{path}{name}");
+        let valid_name =
+            !name.is_empty() && name.len() <= 20 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !valid_name {
+            return Err(ApiError::field(
+                field,
+                "is not a known attribute, and extension attribute names are 1-20 lowercase letters or digits",
+            ));
+        }
+        let value = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Null => continue,
+            _ => {
+                return Err(ApiError::field(
+                    field,
+                    "extension attributes must be strings, numbers or booleans",
+                ));
+            }
+        };
+        if value.len() > 1024 {
+            return Err(ApiError::field(field, "must be at most 1024 characters"));
+        }
+        extensions.insert(name.clone(), value);
+    }
+    if extensions.len() > MAX_EXTENSIONS {
+        return Err(ApiError::field(
+            if path.is_empty() {
+                "the body"
+            } else {
+                path.trim_end_matches('.')
+            }
+            .to_owned(),
+            format!("has more than {MAX_EXTENSIONS} extension attributes"),
+        ));
+    }
+    Ok(Event {
+        id,
+        tenant,
+        event_type,
+        source,
+        subject,
+        time,
+        received_at,
+        specversion: SPEC_VERSION.to_owned(),
+        datacontenttype,
+        data,
+        partition_key,
+        extensions,
+    })
+}
+
+/// The list of a batch body: `{"events": [...]}` or a bare array
+/// (`application/cloudevents-batch+json`).
+pub fn batch_items(value: Value, max: usize) -> Result<Vec<Value>, ApiError> {
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Object(mut object) => match object.remove("events") {
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(ApiError::field("events", "must be an array")),
+            None => return Err(ApiError::field("events", "is required")),
+        },
+        _ => {
+            return Err(ApiError::field(
+                "the body",
+                "must be {\"events\": [...]} or an array of events",
+            ));
+        }
+    };
+    if items.is_empty() {
+        return Err(ApiError::field("events", "must hold at least one event"));
+    }
+    if items.len() > max {
+        return Err(ApiError::field(
+            "events",
+            format!("must hold at most {max} events, got {}", items.len()),
+        ));
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn parse(value: Value) -> Result<Event, ApiError> {
+        event_from_json(value, TenantId::new(), 1_700_000_000_000, "")
+    }
+
+    fn field_of(result: Result<Event, ApiError>) -> String {
+        match result {
+            Err(ApiError::InvalidField { field, .. }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_full_cloudevent_is_accepted() {
+        let id = EventId::new();
+        let event = parse(json!({
+            "specversion": "1.0", "id": id.to_string(), "type": "order.created", "source": "/shop",
+            "subject": "o-1", "time": "2024-05-01T12:00:00.250+02:00", "datacontenttype": "application/json",
+            "data": {"total": 3}, "partition_key": "cust-1", "traceparent": "00-x", "priority": 5
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(event.id, id);
+        assert_eq!(event.time, 1_714_557_600_250);
+        assert_eq!(event.data, json!({"total": 3}));
+        assert_eq!(event.partition_key.as_deref(), Some("cust-1"));
+        assert_eq!(event.extensions.get("priority").map(String::as_str), Some("5"));
+        assert_eq!(event.kafka_key(), "cust-1");
+    }
+
+    #[test]
+    fn payload_is_an_alias_of_data_and_defaults_fill_in() {
+        let event = parse(json!({"type": "a", "source": "b", "payload": [1, 2]})).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(event.data, json!([1, 2]));
+        assert_eq!(event.time, 1_700_000_000_000);
+        assert_eq!(event.datacontenttype, "application/json");
+        assert!(event.id.to_string().starts_with("evt_"));
+        let no_data = parse(json!({"type": "a", "source": "b"})).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(no_data.data, Value::Null);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert_eq!(field_of(parse(json!({"source": "b"}))), "type");
+        assert_eq!(field_of(parse(json!({"type": "", "source": "b"}))), "type");
+        assert_eq!(field_of(parse(json!({"type": 7, "source": "b"}))), "type");
+        assert_eq!(field_of(parse(json!({"type": "a\u{1}", "source": "b"}))), "type");
+        assert_eq!(field_of(parse(json!({"type": "x".repeat(257), "source": "b"}))), "type");
+        assert_eq!(field_of(parse(json!({"type": "a"}))), "source");
+        assert_eq!(field_of(parse(json!({"type": "a", "source": "has space"}))), "source");
+        assert_eq!(field_of(parse(json!({"type": "a", "source": "b", "id": "123"}))), "id");
+        assert_eq!(
+            field_of(parse(json!({"type": "a", "source": "b", "time": "yesterday"}))),
+            "time"
+        );
+        assert_eq!(
+            field_of(parse(json!({"type": "a", "source": "b", "specversion": "0.3"}))),
+            "specversion"
+        );
+        assert_eq!(
+            field_of(parse(json!({"type": "a", "source": "b", "data": 1, "payload": 2}))),
+            "payload"
+        );
+        assert_eq!(
+            field_of(parse(json!({"type": "a", "source": "b", "data_base64": "AA=="}))),
+            "data_base64"
+        );
+        assert_eq!(
+            field_of(parse(json!({"type": "a", "source": "b", "Bad_Name": 1}))),
+            "Bad_Name"
+        );
+        assert_eq!(
+            field_of(parse(json!({"type": "a", "source": "b", "ext": {"x": 1}}))),
+            "ext"
+        );
+        assert_eq!(field_of(parse(json!([1]))), "the body");
+        let nested = event_from_json(json!({"type": "a"}), TenantId::new(), 0, "events[3].");
+        assert_eq!(field_of(nested), "events[3].source");
+    }
+
+    #[test]
+    fn batches_come_in_two_shapes_and_are_bounded() {
+        assert_eq!(
+            batch_items(json!({"events": [1, 2]}), 10).map(|v| v.len()).ok(),
+            Some(2)
+        );
+        assert_eq!(batch_items(json!([1, 2, 3]), 10).map(|v| v.len()).ok(), Some(3));
+        assert!(matches!(
+            batch_items(json!({"events": []}), 10),
+            Err(ApiError::InvalidField { .. })
+        ));
+        assert!(matches!(
+            batch_items(json!([1, 2, 3]), 2),
+            Err(ApiError::InvalidField { .. })
+        ));
+        assert!(matches!(
+            batch_items(json!({"evts": []}), 2),
+            Err(ApiError::InvalidField { .. })
+        ));
+    }
+
+    #[test]
+    fn times_round_trip() {
+        assert_eq!(format_time(1_714_557_600_250), "2024-05-01T10:00:00.25Z");
+        assert_eq!(parse_time(&format_time(1_714_557_600_250)), Some(1_714_557_600_250));
+    }
+}

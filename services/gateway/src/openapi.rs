@@ -1,0 +1,151 @@
+//! `/openapi.json` (OpenAPI 3.1, generated from the handlers' annotations)
+//! and `/docs`, a self-contained reference page rendered from it.
+
+use actix_web::HttpResponse;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::api;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key (tk_…) or a token from POST /token"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The operator's admin token"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API description.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "Triggers API",
+        description = "One endpoint for every event source: ingest events, get them routed to matching subscriptions and delivered as signed webhooks. Errors: see docs/errors.md.",
+        version = env!("CARGO_PKG_VERSION"),
+    ),
+    paths(
+        api::ingest, api::ingest_batch, api::ingest_compat, api::token, api::health,
+        api::create_tenant, api::get_tenant, api::create_key, api::list_keys, api::revoke_key,
+    ),
+    modifiers(&Security),
+    tags(
+        (name = "events", description = "Ingest"),
+        (name = "auth", description = "Tokens"),
+        (name = "admin", description = "Tenants and API keys (admin token)"),
+        (name = "compatibility", description = "Routes of the first client guide"),
+    )
+)]
+pub struct ApiDoc;
+
+/// `GET /openapi.json`.
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// The `/docs` page: every operation with its parameters, body and answers.
+pub fn docs_html() -> String {
+    let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let mut html = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Triggers API</title><style>\
+body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}\
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em}.op{margin:1.2em 0;padding:.6em 1em;border-left:4px solid #36c;background:#f7f9fc}\
+.m{font-weight:bold;text-transform:uppercase;margin-right:.5em}code{background:#eef;padding:0 .2em}td{padding:0 1em 0 0}\
+</style></head><body><h1>Triggers API</h1><p>The machine-readable description is <a href=\"/openapi.json\">/openapi.json</a>.</p>",
+    );
+    if let Some(text) = doc.pointer("/info/description").and_then(|v| v.as_str()) {
+        html.push_str(&format!("<p>{}</p>", escape(text)));
+    }
+    if let Some(paths) = doc.get("paths").and_then(|v| v.as_object()) {
+        for (path, operations) in paths {
+            let Some(operations) = operations.as_object() else {
+                continue;
+            };
+            for (method, op) in operations {
+                html.push_str(&format!(
+                    "<div class=\"op\"><span class=\"m\">{}</span><code>{}</code>",
+                    escape(method),
+                    escape(path)
+                ));
+                for key in ["summary", "description"] {
+                    if let Some(text) = op.get(key).and_then(|v| v.as_str()) {
+                        html.push_str(&format!("<p>{}</p>", escape(text)));
+                    }
+                }
+                if let Some(params) = op.get("parameters").and_then(|v| v.as_array()) {
+                    html.push_str("<p>Parameters:</p><table>");
+                    for p in params {
+                        html.push_str(&format!(
+                            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                            escape(p["name"].as_str().unwrap_or_default()),
+                            escape(p["in"].as_str().unwrap_or_default()),
+                            escape(p["description"].as_str().unwrap_or_default())
+                        ));
+                    }
+                    html.push_str("</table>");
+                }
+                if let Some(content) = op.pointer("/requestBody/content").and_then(|v| v.as_object()) {
+                    for (media, body) in content {
+                        let schema = body.pointer("/schema/$ref").and_then(|v| v.as_str()).unwrap_or("");
+                        html.push_str(&format!(
+                            "<p>Body ({}): <code>{}</code></p>",
+                            escape(media),
+                            escape(schema.rsplit('/').next().unwrap_or_default())
+                        ));
+                    }
+                }
+                if let Some(responses) = op.get("responses").and_then(|v| v.as_object()) {
+                    let codes: Vec<&str> = responses.keys().map(String::as_str).collect();
+                    html.push_str(&format!("<p>Answers: {}</p>", escape(&codes.join(", "))));
+                }
+                html.push_str("</div>");
+            }
+        }
+    }
+    if let Some(schemas) = doc.pointer("/components/schemas").and_then(|v| v.as_object()) {
+        html.push_str("<h2>Schemas</h2>");
+        for (name, schema) in schemas {
+            html.push_str(&format!("<h3 id=\"{0}\">{0}</h3><table>", escape(name)));
+            if let Some(properties) = schema.get("properties").and_then(|v| v.as_object()) {
+                for (field, spec) in properties {
+                    html.push_str(&format!(
+                        "<tr><td><code>{}</code></td><td>{}</td></tr>",
+                        escape(field),
+                        escape(spec.get("description").and_then(|v| v.as_str()).unwrap_or_default())
+                    ));
+                }
+            }
+            html.push_str("</table>");
+        }
+    }
+    html.push_str("</body></html>");
+    html
+}
+
+/// `GET /docs`.
+pub async fn docs() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(docs_html())
+}
