@@ -2,8 +2,10 @@
 //! operator's admin token.
 //!
 //! Key lookups go to DynamoDB by the key's SHA-256 and are cached for
-//! `auth_cache_ttl` (misses for one second), so a revoked key stops working
-//! within that time on every replica. A JWT carries the hash of the key it
+//! `auth_cache_ttl` (misses for one second). When an entry expires, one
+//! request refreshes it while the others keep the previous answer for at most
+//! one more TTL (no stampede on DynamoDB under load), so a revoked key stops
+//! working within twice `auth_cache_ttl` on every replica. A JWT carries the hash of the key it
 //! was issued for and goes through the same lookup, so revoking a key
 //! revokes its tokens too.
 
@@ -42,6 +44,16 @@ pub struct Caller {
 struct Entry {
     caller: Option<Caller>,
     until: Instant,
+    /// A request is looking the key up again.
+    refreshing: bool,
+}
+
+/// What the cache says about a key.
+enum Cached {
+    /// Use this answer.
+    Answer(Option<Caller>),
+    /// Look it up (this request refreshes the entry).
+    Lookup,
 }
 
 /// Resolves credentials to tenants.
@@ -123,34 +135,59 @@ impl Authenticator {
         ))
     }
 
+    fn cached(&self, hash: &str, now: Instant) -> Cached {
+        let mut cache = self.cache.lock();
+        let Some(entry) = cache.get_mut(hash) else {
+            return Cached::Lookup;
+        };
+        if entry.until > now {
+            return Cached::Answer(entry.caller.clone());
+        }
+        // Expired: while another request refreshes a known key, keep using
+        // it for at most one more TTL.
+        if entry.refreshing && entry.caller.is_some() && now < entry.until + self.ttl {
+            return Cached::Answer(entry.caller.clone());
+        }
+        entry.refreshing = true;
+        Cached::Lookup
+    }
+
     async fn by_key_hash(&self, hash: &str) -> Result<Caller, ApiError> {
         let now = Instant::now();
-        if let Some(entry) = self.cache.lock().get(hash).filter(|e| e.until > now).cloned() {
-            return entry.caller.ok_or_else(|| {
-                metrics::counter!("triggers_gateway_auth_failures_total", "reason" => "unknown_key").increment(1);
-                ApiError::Unauthorized("unknown or revoked API key")
-            });
-        }
-        let caller = self.lookup(hash).await?;
-        let until = now
-            + if caller.is_some() {
-                self.ttl
-            } else {
-                self.ttl.min(Duration::from_secs(1))
-            };
-        {
-            let mut cache = self.cache.lock();
-            if cache.len() >= CACHE_LIMIT {
-                cache.clear();
+        let caller = match self.cached(hash, now) {
+            Cached::Answer(caller) => caller,
+            Cached::Lookup => {
+                let looked_up = self.lookup(hash).await;
+                let mut cache = self.cache.lock();
+                match looked_up {
+                    Ok(caller) => {
+                        let ttl = if caller.is_some() {
+                            self.ttl
+                        } else {
+                            self.ttl.min(Duration::from_secs(1))
+                        };
+                        if cache.len() >= CACHE_LIMIT {
+                            cache.clear();
+                        }
+                        cache.insert(
+                            hash.to_owned(),
+                            Entry {
+                                caller: caller.clone(),
+                                until: Instant::now() + ttl,
+                                refreshing: false,
+                            },
+                        );
+                        caller
+                    }
+                    Err(e) => {
+                        if let Some(entry) = cache.get_mut(hash) {
+                            entry.refreshing = false;
+                        }
+                        return Err(e);
+                    }
+                }
             }
-            cache.insert(
-                hash.to_owned(),
-                Entry {
-                    caller: caller.clone(),
-                    until,
-                },
-            );
-        }
+        };
         caller.ok_or_else(|| {
             metrics::counter!("triggers_gateway_auth_failures_total", "reason" => "unknown_key").increment(1);
             ApiError::Unauthorized("unknown or revoked API key")

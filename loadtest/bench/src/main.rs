@@ -1,0 +1,384 @@
+//! `triggers-bench`: measures ingest on this machine, in one run.
+//!
+//! 1. A bare rdkafka produce loop (the gateway's producer settings, the same
+//!    Avro message size) against the same broker: the ceiling.
+//! 2. The gateway under HTTP load at fixed arrival rates (open loop: latency
+//!    is measured from when a request was due, so a slow server cannot hide
+//!    its queueing), rising until a step fails; then a longer run at half the
+//!    highest sustained rate for the latency figures.
+//! 3. The same for batches of 100 events.
+//!
+//! It starts its own stack (Tansu, DynamoDB Local, registry, services) on free
+//! ports in a temporary folder. Results go to standard output as Markdown.
+
+// A benchmark program: its report is its output.
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rdkafka::producer::FutureRecord;
+use serde_json::json;
+use triggers_core::codec::{AvroCodec, Contract};
+use triggers_core::event::Event;
+use triggers_local::LocalOptions;
+use triggers_stack::free_port;
+
+#[derive(Debug, Parser)]
+#[command(about = "Ingest benchmarks of Triggers on this machine")]
+struct Args {
+    /// Seconds per rate step.
+    #[arg(long, default_value_t = 5)]
+    step_seconds: u64,
+    /// Seconds of the run at half the highest sustained rate.
+    #[arg(long, default_value_t = 10)]
+    hold_seconds: u64,
+    /// First rate (events/s) of the single-event steps.
+    #[arg(long, default_value_t = 200)]
+    start_rate: u64,
+    /// Rate multiplier between steps.
+    #[arg(long, default_value_t = 1.3)]
+    growth: f64,
+    /// A step passes when at least this share of requests got 202 …
+    #[arg(long, default_value_t = 0.995)]
+    min_success: f64,
+    /// … and its p99 is at most this many milliseconds.
+    #[arg(long, default_value_t = 250)]
+    max_p99_ms: u64,
+    /// Seconds of the bare produce loop.
+    #[arg(long, default_value_t = 8)]
+    produce_seconds: u64,
+}
+
+/// Latencies and counts of one load step.
+#[derive(Debug, Clone)]
+struct Step {
+    target: f64,
+    sent: usize,
+    ok: usize,
+    achieved: f64,
+    latencies: Vec<Duration>,
+}
+
+impl Step {
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[index.min(sorted.len() - 1)]
+    }
+
+    fn success(&self) -> f64 {
+        if self.sent == 0 {
+            0.0
+        } else {
+            self.ok as f64 / self.sent as f64
+        }
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn sample_event(tenant: triggers_core::ids::TenantId) -> Event {
+    let now = triggers_core::event::now_ms();
+    Event {
+        id: triggers_core::ids::EventId::new(),
+        tenant,
+        event_type: "order.created".to_owned(),
+        source: "https://shop.example/orders".to_owned(),
+        subject: Some("order-42".to_owned()),
+        time: now,
+        received_at: now,
+        specversion: "1.0".to_owned(),
+        datacontenttype: "application/json".to_owned(),
+        data: sample_data(),
+        partition_key: None,
+        extensions: Default::default(),
+    }
+}
+
+fn sample_data() -> serde_json::Value {
+    json!({"order_id": 42, "customer": "cus_123", "total": 99.5, "currency": "EUR",
+           "items": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}]})
+}
+
+/// (a) The bare produce loop: as many in flight as the producer queue takes.
+async fn produce_loop(stack: &triggers_local::LocalStack, seconds: u64) -> anyhow::Result<(f64, usize)> {
+    let producer = triggers_core::kafka::producer(&stack.common.kafka, "bench")?;
+    let codec = AvroCodec::new(&stack.common.schema_registry)?;
+    let topic = stack.common.topics.events();
+    let tenant = stack.demo.tenant_id.parse()?;
+    let payload = codec.encode(&topic, Contract::Event, &sample_event(tenant)).await?;
+    let key = stack.demo.tenant_id.clone();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    let mut acked = 0usize;
+    while Instant::now() < deadline {
+        while in_flight.len() < 2_000 {
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload);
+            match producer.send_result(record) {
+                Ok(delivery) => in_flight.push(delivery),
+                Err(_) => break,
+            }
+        }
+        if let Some(Ok(Ok(_))) = in_flight.next().await {
+            acked += 1;
+        }
+    }
+    while let Some(result) = in_flight.next().await {
+        if let Ok(Ok(_)) = result {
+            acked += 1;
+        }
+    }
+    Ok((acked as f64 / start.elapsed().as_secs_f64(), payload.len()))
+}
+
+/// A keep-alive HTTP/1.1 connection that sends one pre-built request at a
+/// time: the cheapest client there is, so the generator does not eat the
+/// CPU the gateway needs.
+struct Connection {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+}
+
+impl Connection {
+    async fn open(addr: &str) -> std::io::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream: tokio::io::BufReader::with_capacity(16 * 1024, stream),
+        })
+    }
+
+    /// Sends `request`; the response's status.
+    async fn call(&mut self, request: &[u8]) -> std::io::Result<u16> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        self.stream.get_mut().write_all(request).await?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await?;
+        let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            if self.stream.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.stream.read_exact(&mut body).await?;
+        Ok(status)
+    }
+}
+
+fn raw_request(url: &str, key: &str, body: &str) -> (String, Vec<u8>) {
+    let without_scheme = url.trim_start_matches("http://");
+    let (addr, path) = without_scheme.split_once('/').unwrap_or((without_scheme, ""));
+    let request = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    (addr.to_owned(), request.into_bytes())
+}
+
+/// (b) Requests at a fixed arrival rate for `seconds`: a dispatcher hands
+/// due times to `connections` keep-alive connections every millisecond;
+/// latency counts from the due time, so queueing anywhere shows.
+async fn open_loop(url: &str, key: &str, body: Arc<String>, rate: f64, seconds: u64) -> Step {
+    const CONNECTIONS: usize = 128;
+    let (addr, request) = raw_request(url, key, &body);
+    let request = Arc::new(request);
+    let total = (rate * seconds as f64).round() as usize;
+    let (due_tx, due_rx) = async_channel::bounded::<tokio::time::Instant>(total.max(1));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let (addr, request, due_rx, ok) = (addr.clone(), request.clone(), due_rx.clone(), ok.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut connection = Connection::open(&addr).await.ok();
+            while let Ok(due) = due_rx.recv().await {
+                let status = match connection.as_mut() {
+                    Some(c) => c.call(&request).await.unwrap_or(0),
+                    None => 0,
+                };
+                if status == 202 {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else if status == 0 {
+                    connection = Connection::open(&addr).await.ok();
+                }
+                latencies.push(due.elapsed());
+            }
+            latencies
+        }));
+    }
+    let start = tokio::time::Instant::now();
+    let mut sent = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while sent < total {
+        tick.tick().await;
+        let due_by_now = ((start.elapsed().as_secs_f64() * rate) as usize).min(total);
+        while sent < due_by_now {
+            let due = start + Duration::from_secs_f64(sent as f64 / rate);
+            if due_tx.send(due).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+    }
+    due_tx.close();
+    let mut latencies = Vec::with_capacity(total);
+    for worker in workers {
+        if let Ok(mut part) = worker.await {
+            latencies.append(&mut part);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let ok = ok.load(Ordering::Relaxed);
+    Step {
+        target: rate,
+        sent: total,
+        ok,
+        achieved: ok as f64 / elapsed,
+        latencies,
+    }
+}
+
+fn passes(step: &Step, args: &Args) -> bool {
+    step.success() >= args.min_success
+        && step.achieved >= step.target * 0.95
+        && step.percentile(0.99) <= Duration::from_millis(args.max_p99_ms)
+}
+
+fn print_step(step: &Step, events_per_request: usize, pass: bool) {
+    println!(
+        "| {:.0} | {:.0} | {:.2}% | {} | {} | {} | {} |",
+        step.target * events_per_request as f64,
+        step.achieved * events_per_request as f64,
+        step.success() * 100.0,
+        ms(step.percentile(0.50)),
+        ms(step.percentile(0.95)),
+        ms(step.percentile(0.99)),
+        if pass { "yes" } else { "no" }
+    );
+}
+
+/// Rising steps until one fails; the highest passing request rate.
+async fn ramp(args: &Args, url: &str, key: &str, body: Arc<String>, start_rate: f64, events_per_request: usize) -> f64 {
+    println!("| target events/s | achieved events/s | 202 | p50 ms | p95 ms | p99 ms | sustained |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut rate = start_rate;
+    let mut best = 0.0;
+    loop {
+        let step = open_loop(url, key, body.clone(), rate, args.step_seconds).await;
+        let pass = passes(&step, args);
+        print_step(&step, events_per_request, pass);
+        if !pass {
+            return best;
+        }
+        best = rate;
+        rate *= args.growth;
+        // Let queues drain between steps.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let port = || free_port().map_err(anyhow::Error::from);
+    let options = LocalOptions {
+        kafka_port: port()?,
+        dynamodb_port: port()?,
+        registry_port: port()?,
+        gateway_port: port()?,
+        router_port: port()?,
+        persister_port: port()?,
+        deliverer_port: port()?,
+        receiver_port: port()?,
+        env: vec![
+            ("TRIGGERS_TELEMETRY__LOG_LEVEL".to_owned(), "error".to_owned()),
+            (
+                "TRIGGERS_GATEWAY__DEFAULT_RATE_LIMIT".to_owned(),
+                "100000000".to_owned(),
+            ),
+        ],
+        ..LocalOptions::new(dir.path())
+    };
+    let source = triggers_local::load_config(&options)?;
+    let stack = triggers_local::start(&options, &source).await?;
+    println!("# Ingest benchmark\n");
+    println!(
+        "Machine: {} cores; broker, DynamoDB Local, every service and the load generator on it.\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+
+    let (raw_rate, message_bytes) = produce_loop(&stack, args.produce_seconds).await?;
+    println!("## (a) Bare produce loop\n");
+    println!(
+        "idempotent `acks=all` producer, {message_bytes}-byte Avro events, up to 2,000 in flight: **{raw_rate:.0} events/s**\n"
+    );
+
+    let single = Arc::new(json!({"type": "order.created", "source": "https://shop.example/orders", "subject": "order-42", "data": sample_data()}).to_string());
+    let url = format!("{}/v1/events", stack.endpoints.gateway_url);
+    let key = stack.demo.api_key.clone();
+    // Warm up connections, caches and the schema id.
+    let _ = open_loop(&url, &key, single.clone(), 50.0, 1).await;
+
+    println!("## (b) Gateway, single events, fixed arrival rates\n");
+    let max_single = ramp(&args, &url, &key, single.clone(), args.start_rate as f64, 1).await;
+    println!();
+    let hold = open_loop(
+        &url,
+        &key,
+        single.clone(),
+        (max_single / 2.0).max(1.0),
+        args.hold_seconds,
+    )
+    .await;
+    println!(
+        "Highest sustained: **{max_single:.0} events/s** = **{:.0}%** of the bare produce rate.\n\nAt half of it ({:.0}/s for {} s): p50 **{} ms**, p95 **{} ms**, p99 **{} ms**, {:.2}% 202.\n",
+        max_single / raw_rate * 100.0,
+        hold.target,
+        args.hold_seconds,
+        ms(hold.percentile(0.50)),
+        ms(hold.percentile(0.95)),
+        ms(hold.percentile(0.99)),
+        hold.success() * 100.0
+    );
+
+    println!("## (c) Gateway, batches of 100 events\n");
+    let events: Vec<serde_json::Value> = (0..100)
+        .map(|i| json!({"type": "order.created", "source": "https://shop.example/orders", "subject": format!("order-{i}"), "data": sample_data()}))
+        .collect();
+    let batch = Arc::new(json!({"events": events}).to_string());
+    let batch_url = format!("{}/v1/events/batch", stack.endpoints.gateway_url);
+    let start_batches = (max_single / 100.0).max(2.0);
+    let max_batches = ramp(&args, &batch_url, &key, batch, start_batches, 100).await;
+    println!(
+        "\nHighest sustained: **{:.0} events/s** in batches of 100 = **{:.1}×** the single-event rate.\n",
+        max_batches * 100.0,
+        max_batches * 100.0 / max_single.max(1.0)
+    );
+    stack.stop().await;
+    Ok(())
+}
