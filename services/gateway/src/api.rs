@@ -579,7 +579,7 @@ pub async fn list_keys(_admin: Admin, path: web::Path<String>, state: State) -> 
     Ok(HttpResponse::Ok().json(json!({"data": data, "next_cursor": null})))
 }
 
-/// Revoke an API key (admin); effective within `auth_cache_ttl` everywhere.
+/// Revoke an API key (admin); effective everywhere within twice `auth_cache_ttl` (4 s by default).
 #[utoipa::path(
     delete, path = "/v1/admin/tenants/{tenant}/keys/{key_id}", tag = "admin",
     params(("tenant" = String, Path, description = "ten_…"), ("key_id" = String, Path, description = "key_…")),
@@ -600,7 +600,7 @@ pub async fn revoke_key(
     if !revoked {
         return Err(ApiError::NotFound(format!("key {key}")));
     }
-    // This replica forgets at once; the others within auth_cache_ttl.
+    // This replica forgets at once; the others within twice auth_cache_ttl.
     state.auth.forget(None);
     Ok(HttpResponse::NoContent().finish())
 }

@@ -31,8 +31,8 @@ pub struct GatewayConfig {
     /// How many gateway replicas share a tenant's limit: each enforces
     /// `limit / rate_limit_replicas`. Set it to the replica count.
     pub rate_limit_replicas: u32,
-    /// How long API key lookups (and tenant settings) are cached: the longest
-    /// a revoked key keeps working.
+    /// How long API key lookups (and tenant settings) are cached; a revoked
+    /// key keeps working for at most twice this.
     #[serde(with = "humantime_serde")]
     pub auth_cache_ttl: Duration,
     /// How long an `Idempotency-Key` is remembered.
@@ -52,7 +52,7 @@ impl Default for GatewayConfig {
             max_batch_events: 500,
             default_rate_limit: 1_000,
             rate_limit_replicas: 1,
-            auth_cache_ttl: Duration::from_secs(5),
+            auth_cache_ttl: Duration::from_secs(2),
             idempotency_ttl: Duration::from_secs(24 * 3_600),
         }
     }
