@@ -3,6 +3,9 @@
 //!
 //! - [`ids`]: prefixed, time-ordered ids (`evt_…`, `sub_…`).
 //! - [`event`]: the event model (CloudEvents attribute names).
+//! - [`matching`]: event type patterns and content filters.
+//! - [`delivery`]: deliveries and outcomes.
+//! - [`offsets`]: the contiguous done watermark for storing offsets.
 //! - [`config`]: layered, validated configuration.
 //! - [`kafka`]: client builders that keep the delivery guarantees
 //!   (idempotent `acks=all` producer; consumers that store offsets only after
@@ -17,10 +20,13 @@
 
 pub mod codec;
 pub mod config;
+pub mod delivery;
 pub mod dynamo;
 pub mod event;
 pub mod ids;
 pub mod kafka;
+pub mod matching;
+pub mod offsets;
 pub mod ops;
 pub mod provision;
 pub mod shutdown;

@@ -166,6 +166,8 @@ where
     S::Response: Into<actix_web::dev::Response<B>>,
     B: actix_web::body::MessageBody + 'static,
 {
+    // Install the recorder now: what is counted before the first scrape counts.
+    crate::telemetry::metrics();
     let addr = server
         .addrs()
         .first()

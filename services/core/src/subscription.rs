@@ -105,6 +105,174 @@ pub enum SubscriptionStoreError {
     /// The stored document does not parse.
     #[error("stored subscription is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
+    /// Someone else changed it first (the revision moved).
+    #[error("subscription {0} was changed concurrently")]
+    Conflict(SubscriptionId),
+    /// A list cursor that this store did not make.
+    #[error("invalid cursor")]
+    BadCursor,
+}
+
+impl Subscription {
+    /// Whether it receives events now.
+    pub fn is_active(&self) -> bool {
+        self.status == SubscriptionStatus::Active
+    }
+
+    /// The secrets that sign at `now`: unexpired ones, newest first.
+    pub fn signing_secrets(&self, now: i64) -> impl Iterator<Item = &str> {
+        self.secrets
+            .iter()
+            .filter(move |s| s.expires_at.is_none_or(|at| at > now))
+            .map(|s| s.secret.as_str())
+    }
+}
+
+fn item_condition_error<E, R>(
+    error: aws_sdk_dynamodb::error::SdkError<E, R>,
+    id: SubscriptionId,
+    table: &str,
+    operation: &'static str,
+) -> SubscriptionStoreError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    if let aws_sdk_dynamodb::error::SdkError::ServiceError(e) = &error
+        && e.err().code() == Some("ConditionalCheckFailedException")
+    {
+        return SubscriptionStoreError::Conflict(id);
+    }
+    SubscriptionStoreError::Store(StoreError::new(operation, table, error))
+}
+
+/// Stores a new subscription (fails if the id exists).
+pub async fn create(
+    client: &Client,
+    tables: &Tables,
+    subscription: &Subscription,
+) -> Result<(), SubscriptionStoreError> {
+    let document = serde_json::to_string(subscription)?;
+    client
+        .put_item()
+        .table_name(&tables.subscriptions)
+        .item("pk", AttributeValue::S(subscription.tenant.to_string()))
+        .item("sk", AttributeValue::S(subscription.id.to_string()))
+        .item("revision", AttributeValue::N(subscription.revision.to_string()))
+        .item("doc", AttributeValue::S(document))
+        .condition_expression("attribute_not_exists(pk)")
+        .send()
+        .await
+        .map_err(|e| item_condition_error(e, subscription.id, &tables.subscriptions, "PutItem"))?;
+    Ok(())
+}
+
+/// Replaces a subscription whose stored revision is `expected_revision`.
+pub async fn update(
+    client: &Client,
+    tables: &Tables,
+    subscription: &Subscription,
+    expected_revision: i64,
+) -> Result<(), SubscriptionStoreError> {
+    let document = serde_json::to_string(subscription)?;
+    client
+        .put_item()
+        .table_name(&tables.subscriptions)
+        .item("pk", AttributeValue::S(subscription.tenant.to_string()))
+        .item("sk", AttributeValue::S(subscription.id.to_string()))
+        .item("revision", AttributeValue::N(subscription.revision.to_string()))
+        .item("doc", AttributeValue::S(document))
+        .condition_expression("revision = :expected")
+        .expression_attribute_values(":expected", AttributeValue::N(expected_revision.to_string()))
+        .send()
+        .await
+        .map_err(|e| item_condition_error(e, subscription.id, &tables.subscriptions, "PutItem"))?;
+    Ok(())
+}
+
+/// Deletes a subscription of `tenant`; `false` if there was none.
+pub async fn delete(
+    client: &Client,
+    tables: &Tables,
+    tenant: &TenantId,
+    id: &SubscriptionId,
+) -> Result<bool, SubscriptionStoreError> {
+    let output = client
+        .delete_item()
+        .table_name(&tables.subscriptions)
+        .key("pk", AttributeValue::S(tenant.to_string()))
+        .key("sk", AttributeValue::S(id.to_string()))
+        .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+        .send()
+        .await
+        .map_err(|e| StoreError::new("DeleteItem", &tables.subscriptions, e))?;
+    Ok(output.attributes().is_some())
+}
+
+/// One page of `tenant`'s subscriptions, oldest first, and the cursor of the
+/// next page.
+pub async fn list(
+    client: &Client,
+    tables: &Tables,
+    tenant: &TenantId,
+    limit: i32,
+    cursor: Option<&str>,
+) -> Result<(Vec<Subscription>, Option<String>), SubscriptionStoreError> {
+    let mut request = client
+        .query()
+        .table_name(&tables.subscriptions)
+        .key_condition_expression("pk = :t")
+        .expression_attribute_values(":t", AttributeValue::S(tenant.to_string()))
+        .limit(limit);
+    if let Some(cursor) = cursor {
+        let after: SubscriptionId = decode_cursor(cursor).ok_or(SubscriptionStoreError::BadCursor)?;
+        request = request
+            .exclusive_start_key("pk", AttributeValue::S(tenant.to_string()))
+            .exclusive_start_key("sk", AttributeValue::S(after.to_string()));
+    }
+    let output = request
+        .send()
+        .await
+        .map_err(|e| StoreError::new("Query", &tables.subscriptions, e))?;
+    let mut page = Vec::new();
+    for item in output.items() {
+        if let Some(document) = item.get("doc").and_then(|v| v.as_s().ok()) {
+            page.push(serde_json::from_str::<Subscription>(document)?);
+        }
+    }
+    let next = output
+        .last_evaluated_key()
+        .and_then(|key| key.get("sk"))
+        .and_then(|v| v.as_s().ok())
+        .map(|sk| encode_cursor(sk));
+    Ok((page, next))
+}
+
+fn encode_cursor(sk: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("s1:{sk}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<SubscriptionId> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    text.strip_prefix("s1:")?.parse().ok()
+}
+
+/// Publishes a tombstone (the subscription is gone) to the compacted topic.
+pub async fn publish_tombstone(
+    producer: &FutureProducer,
+    topic: &str,
+    id: &SubscriptionId,
+) -> Result<(), SubscriptionStoreError> {
+    let key = id.to_string();
+    producer
+        .send(
+            FutureRecord::<String, [u8]>::to(topic).key(&key),
+            rdkafka::util::Timeout::Never,
+        )
+        .await
+        .map_err(|(source, _)| SubscriptionStoreError::Kafka { id: *id, source })?;
+    Ok(())
 }
 
 /// Writes `subscription` to DynamoDB (the source of truth).

@@ -49,6 +49,7 @@ impl Drop for TelemetryGuard {
 /// Installs logging (and trace export) for the process. Call once, from `main`.
 pub fn init(config: &TelemetryConfig, service: &str) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    metrics();
     let filter = EnvFilter::builder().parse(&config.log_level)?;
 
     let provider = match &config.otlp_endpoint {

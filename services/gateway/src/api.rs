@@ -44,6 +44,13 @@ api_routes! {
     post "/v1/admin/tenants/{tenant}/keys" => create_key,
     get "/v1/admin/tenants/{tenant}/keys" => list_keys,
     delete "/v1/admin/tenants/{tenant}/keys/{key_id}" => revoke_key,
+    post "/v1/subscriptions" => crate::subscriptions::create,
+    get "/v1/subscriptions" => crate::subscriptions::list,
+    get "/v1/subscriptions/{id}" => crate::subscriptions::get,
+    patch "/v1/subscriptions/{id}" => crate::subscriptions::patch,
+    delete "/v1/subscriptions/{id}" => crate::subscriptions::delete,
+    post "/v1/subscriptions/{id}/rotate-secret" => crate::subscriptions::rotate_secret,
+    post "/v1/subscriptions/{id}/test-match" => crate::subscriptions::test_match,
 }
 
 /// The answer to an accepted event.

@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod sink;
 pub mod state;
+pub mod subscriptions;
 
 use std::time::Duration;
 
@@ -73,7 +74,12 @@ pub async fn start(
     let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
     let tables = Tables::new(&common.dynamodb.table_prefix);
     let codec = AvroCodec::new(&common.schema_registry)?;
-    let sink = sink::EventSink::new(&common.kafka, codec, common.topics.events())?;
+    let sink = sink::EventSink::new(&common.kafka, codec.clone(), common.topics.events())?;
+    let publisher = subscriptions::SubscriptionPublisher {
+        producer: triggers_core::kafka::producer(&common.kafka, "gateway-subscriptions")?,
+        codec,
+        topic: common.topics.subscriptions(),
+    };
     let jwt_secret = match &config.jwt_secret {
         Some(secret) => secret.as_bytes().to_vec(),
         None => {
@@ -104,6 +110,7 @@ pub async fn start(
         dynamo: dynamo.clone(),
         tables,
         config: config.clone(),
+        subscriptions: publisher,
     });
     let readiness = Readiness::new()
         .with("kafka", ops::kafka_probe(&common.kafka))

@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api;
+use crate::{api, subscriptions};
 
 struct Security;
 
@@ -44,10 +44,13 @@ impl Modify for Security {
     paths(
         api::ingest, api::ingest_batch, api::ingest_compat, api::token, api::health,
         api::create_tenant, api::get_tenant, api::create_key, api::list_keys, api::revoke_key,
+        subscriptions::create, subscriptions::list, subscriptions::get, subscriptions::patch,
+        subscriptions::delete, subscriptions::rotate_secret, subscriptions::test_match,
     ),
     modifiers(&Security),
     tags(
         (name = "events", description = "Ingest"),
+        (name = "subscriptions", description = "Where events go"),
         (name = "auth", description = "Tokens"),
         (name = "admin", description = "Tenants and API keys (admin token)"),
         (name = "compatibility", description = "Routes of the first client guide"),

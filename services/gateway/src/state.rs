@@ -25,4 +25,6 @@ pub struct AppState {
     pub tables: Tables,
     /// The `[gateway]` section.
     pub config: GatewayConfig,
+    /// Publishes subscription changes.
+    pub subscriptions: crate::subscriptions::SubscriptionPublisher,
 }

@@ -16,6 +16,7 @@
 mod process;
 mod test_stack;
 mod tools;
+pub mod topics;
 
 pub use process::{ChildProcess, StackError, free_port, wait_for_port};
 pub use test_stack::TestStack;

@@ -1,0 +1,571 @@
+//! The subscriptions API: create, list, read, change, delete, rotate the
+//! secret, and test whether an event would match. DynamoDB is the source of
+//! truth; every change is then published to the compacted topic
+//! `<ns>.subscriptions` (a tombstone on delete), which the router and the
+//! deliverer follow. The answer waits for both.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use rdkafka::producer::FutureProducer;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use triggers_core::codec::AvroCodec;
+use triggers_core::event::now_ms;
+use triggers_core::ids::SubscriptionId;
+use triggers_core::matching::{Filter, TypePattern};
+use triggers_core::subscription::{
+    self, BatchSettings, SigningSecret, Subscription, SubscriptionStatus, SubscriptionStoreError,
+};
+use utoipa::ToSchema;
+
+use crate::auth::Caller;
+use crate::body::{self, read_json};
+use crate::error::{ApiError, ErrorBody};
+use crate::ingest::{event_from_json, format_time};
+use crate::state::AppState;
+
+type State = web::Data<AppState>;
+
+/// How long a rotated-out secret keeps signing.
+const ROTATION_OVERLAP_MS: i64 = 24 * 3_600 * 1_000;
+
+/// Publishes subscription changes to the compacted topic.
+#[derive(Clone)]
+pub struct SubscriptionPublisher {
+    /// The producer.
+    pub producer: FutureProducer,
+    /// The codec.
+    pub codec: AvroCodec,
+    /// `<ns>.subscriptions`.
+    pub topic: String,
+}
+
+impl std::fmt::Debug for SubscriptionPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionPublisher")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Batched delivery.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchInput {
+    /// 1-1000 events per webhook.
+    pub max_events: i32,
+    /// Send a partial batch after this many milliseconds (0-60000).
+    pub max_wait_ms: i32,
+}
+
+/// A new subscription.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionInput {
+    /// Where webhooks go: an absolute http(s) URL.
+    pub target_url: String,
+    /// 1-50 patterns: exact types, `prefix.*` or `*`.
+    pub event_types: Vec<String>,
+    /// A content filter (see the filter language in the README).
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    /// Batched delivery.
+    pub batch: Option<BatchInput>,
+    /// Deliver in order, one at a time.
+    #[serde(default)]
+    pub ordered: bool,
+    /// Free text, at most 500 characters.
+    pub description: Option<String>,
+}
+
+/// A change to a subscription; absent fields stay as they are, `null`
+/// clears `filter`, `batch` and `description`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionPatch {
+    /// Where webhooks go.
+    pub target_url: Option<String>,
+    /// Patterns.
+    pub event_types: Option<Vec<String>>,
+    /// A content filter, or null to remove it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Option<Value>>,
+    /// `active` or `paused` (`active` also re-enables a disabled one).
+    pub status: Option<String>,
+    /// Batched delivery, or null.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<BatchInput>)]
+    pub batch: Option<Option<BatchInput>>,
+    /// FIFO delivery.
+    pub ordered: Option<bool>,
+    /// Free text, or null.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+}
+
+/// Distinguishes an absent field (`None`) from `null` (`Some(None)`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A subscription as the API shows it (never its secrets).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubscriptionView {
+    /// `sub_…`.
+    pub id: String,
+    /// Where webhooks go.
+    pub target_url: String,
+    /// Patterns.
+    pub event_types: Vec<String>,
+    /// The content filter.
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    /// `active`, `paused` or `disabled`.
+    pub status: String,
+    /// Why the system disabled it.
+    pub disabled_reason: Option<String>,
+    /// Batched delivery.
+    pub batch: Option<BatchInput>,
+    /// FIFO delivery.
+    pub ordered: bool,
+    /// Free text.
+    pub description: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// A subscription with its new secret (create and rotate only).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubscriptionWithSecret {
+    /// The subscription.
+    #[serde(flatten)]
+    pub subscription: SubscriptionView,
+    /// `whsec_…`: shown only now.
+    pub secret: String,
+}
+
+fn status_name(status: SubscriptionStatus) -> &'static str {
+    match status {
+        SubscriptionStatus::Active => "active",
+        SubscriptionStatus::Paused => "paused",
+        SubscriptionStatus::Disabled => "disabled",
+    }
+}
+
+fn view(s: &Subscription) -> SubscriptionView {
+    SubscriptionView {
+        id: s.id.to_string(),
+        target_url: s.target_url.clone(),
+        event_types: s.event_types.clone(),
+        filter: s.filter.as_deref().and_then(|f| serde_json::from_str(f).ok()),
+        status: status_name(s.status).to_owned(),
+        disabled_reason: s.disabled_reason.clone(),
+        batch: s.batch.map(|b| BatchInput {
+            max_events: b.max_events,
+            max_wait_ms: b.max_wait_ms,
+        }),
+        ordered: s.ordered,
+        description: s.description.clone(),
+        created_at: format_time(s.created_at),
+        updated_at: format_time(s.updated_at),
+    }
+}
+
+fn check_url(url: &str) -> Result<(), ApiError> {
+    match url::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() && url.len() <= 2048 => {
+            Ok(())
+        }
+        _ => Err(ApiError::field(
+            "target_url",
+            "must be an absolute http(s) URL of at most 2048 characters",
+        )),
+    }
+}
+
+fn check_types(types: &[String]) -> Result<(), ApiError> {
+    if types.is_empty() || types.len() > 50 {
+        return Err(ApiError::field("event_types", "must hold 1 to 50 patterns"));
+    }
+    for (i, pattern) in types.iter().enumerate() {
+        TypePattern::parse(pattern).map_err(|m| ApiError::field(format!("event_types[{i}]"), m))?;
+    }
+    Ok(())
+}
+
+/// Compiles a filter; its JSON text to store.
+fn check_filter(filter: &Value) -> Result<String, ApiError> {
+    Filter::compile(filter).map_err(|e| ApiError::field(e.path, e.message))?;
+    Ok(filter.to_string())
+}
+
+fn check_batch(batch: BatchInput) -> Result<BatchSettings, ApiError> {
+    if !(1..=1000).contains(&batch.max_events) {
+        return Err(ApiError::field("batch.max_events", "must be between 1 and 1000"));
+    }
+    if !(0..=60_000).contains(&batch.max_wait_ms) {
+        return Err(ApiError::field("batch.max_wait_ms", "must be between 0 and 60000"));
+    }
+    Ok(BatchSettings {
+        max_events: batch.max_events,
+        max_wait_ms: batch.max_wait_ms,
+    })
+}
+
+fn check_description(description: &str) -> Result<(), ApiError> {
+    if description.chars().count() > 500 {
+        return Err(ApiError::field("description", "must be at most 500 characters"));
+    }
+    Ok(())
+}
+
+fn store_error(e: SubscriptionStoreError) -> ApiError {
+    match e {
+        SubscriptionStoreError::BadCursor => ApiError::BadRequest("invalid cursor".to_owned()),
+        SubscriptionStoreError::Conflict(id) => {
+            ApiError::Unavailable(format!("subscription {id} was changed concurrently"))
+        }
+        other => {
+            tracing::warn!(error = %other, "subscription store failed");
+            ApiError::Unavailable("the subscription store is unavailable".to_owned())
+        }
+    }
+}
+
+async fn publish(state: &AppState, subscription: &Subscription) -> Result<(), ApiError> {
+    let publisher = &state.subscriptions;
+    subscription::publish(&publisher.producer, &publisher.codec, &publisher.topic, subscription)
+        .await
+        .map_err(store_error)
+}
+
+fn parse_id(text: &str) -> Result<SubscriptionId, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::NotFound(format!("subscription {text}")))
+}
+
+async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<Subscription, ApiError> {
+    let id = parse_id(id)?;
+    subscription::get(&state.dynamo, &state.tables, &caller.tenant, &id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::NotFound(format!("subscription {id}")))
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_json::from_value(value).map_err(|e| {
+        let message = e.to_string();
+        let field = message
+            .split('`')
+            .nth(1)
+            .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"))
+            .unwrap_or("the body")
+            .to_owned();
+        ApiError::field(field, message)
+    })
+}
+
+/// Create a subscription.
+#[utoipa::path(
+    post, path = "/v1/subscriptions", tag = "subscriptions",
+    request_body = SubscriptionInput,
+    responses((status = 201, body = SubscriptionWithSecret), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn create(
+    caller: Caller,
+    request: HttpRequest,
+    payload: web::Payload,
+    state: State,
+) -> Result<HttpResponse, ApiError> {
+    let (_, value) = read_json(&request, payload, 256 * 1024, body::JSON).await?;
+    let input: SubscriptionInput = parse_body(value)?;
+    check_url(&input.target_url)?;
+    check_types(&input.event_types)?;
+    let filter = input
+        .filter
+        .as_ref()
+        .filter(|f| !f.is_null())
+        .map(check_filter)
+        .transpose()?;
+    let batch = input.batch.map(check_batch).transpose()?;
+    if let Some(description) = &input.description {
+        check_description(description)?;
+    }
+    let now = now_ms();
+    let secret = subscription::generate_secret();
+    let created = Subscription {
+        id: SubscriptionId::new(),
+        tenant: caller.tenant,
+        target_url: input.target_url,
+        event_types: input.event_types,
+        filter,
+        status: SubscriptionStatus::Active,
+        disabled_reason: None,
+        secrets: vec![SigningSecret {
+            secret: secret.clone(),
+            expires_at: None,
+        }],
+        batch,
+        ordered: input.ordered,
+        description: input.description,
+        created_at: now,
+        updated_at: now,
+        revision: 1,
+    };
+    subscription::create(&state.dynamo, &state.tables, &created)
+        .await
+        .map_err(store_error)?;
+    publish(&state, &created).await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("cache-control", "no-store"))
+        .json(SubscriptionWithSecret {
+            subscription: view(&created),
+            secret,
+        }))
+}
+
+/// List query parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Page size, 1-1000 (default 50).
+    pub limit: Option<i32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of subscriptions.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubscriptionPage {
+    /// The subscriptions.
+    pub data: Vec<SubscriptionView>,
+    /// The cursor of the next page, or null at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// List the tenant's subscriptions, oldest first.
+#[utoipa::path(
+    get, path = "/v1/subscriptions", tag = "subscriptions",
+    params(ListQuery),
+    responses((status = 200, body = SubscriptionPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn list(caller: Caller, query: web::Query<ListQuery>, state: State) -> Result<HttpResponse, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be between 1 and 1000".to_owned()));
+    }
+    let (page, next) = subscription::list(
+        &state.dynamo,
+        &state.tables,
+        &caller.tenant,
+        limit,
+        query.cursor.as_deref(),
+    )
+    .await
+    .map_err(store_error)?;
+    Ok(HttpResponse::Ok().json(SubscriptionPage {
+        data: page.iter().map(view).collect(),
+        next_cursor: next,
+    }))
+}
+
+/// Read a subscription.
+#[utoipa::path(
+    get, path = "/v1/subscriptions/{id}", tag = "subscriptions",
+    params(("id" = String, Path, description = "sub_…")),
+    responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn get(caller: Caller, path: web::Path<String>, state: State) -> Result<HttpResponse, ApiError> {
+    let found = load(&state, &caller, &path).await?;
+    Ok(HttpResponse::Ok().json(view(&found)))
+}
+
+/// Change a subscription.
+#[utoipa::path(
+    patch, path = "/v1/subscriptions/{id}", tag = "subscriptions",
+    params(("id" = String, Path, description = "sub_…")),
+    request_body = SubscriptionPatch,
+    responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn patch(
+    caller: Caller,
+    path: web::Path<String>,
+    request: HttpRequest,
+    payload: web::Payload,
+    state: State,
+) -> Result<HttpResponse, ApiError> {
+    let (_, value) = read_json(&request, payload, 256 * 1024, body::JSON).await?;
+    let change: SubscriptionPatch = parse_body(value)?;
+    let mut current = load(&state, &caller, &path).await?;
+    let expected = current.revision;
+    if let Some(url) = change.target_url {
+        check_url(&url)?;
+        current.target_url = url;
+    }
+    if let Some(types) = change.event_types {
+        check_types(&types)?;
+        current.event_types = types;
+    }
+    if let Some(filter) = change.filter {
+        current.filter = filter.as_ref().filter(|f| !f.is_null()).map(check_filter).transpose()?;
+    }
+    if let Some(batch) = change.batch {
+        current.batch = batch.map(check_batch).transpose()?;
+    }
+    if let Some(description) = change.description {
+        if let Some(text) = &description {
+            check_description(text)?;
+        }
+        current.description = description;
+    }
+    if let Some(ordered) = change.ordered {
+        current.ordered = ordered;
+    }
+    if let Some(status) = change.status {
+        current.status = match status.as_str() {
+            "active" => SubscriptionStatus::Active,
+            "paused" => SubscriptionStatus::Paused,
+            _ => return Err(ApiError::field("status", "must be `active` or `paused`")),
+        };
+        if current.status == SubscriptionStatus::Active {
+            current.disabled_reason = None;
+        }
+    }
+    current.updated_at = now_ms();
+    current.revision = expected + 1;
+    subscription::update(&state.dynamo, &state.tables, &current, expected)
+        .await
+        .map_err(store_error)?;
+    publish(&state, &current).await?;
+    Ok(HttpResponse::Ok().json(view(&current)))
+}
+
+/// Delete a subscription; routing to it stops.
+#[utoipa::path(
+    delete, path = "/v1/subscriptions/{id}", tag = "subscriptions",
+    params(("id" = String, Path, description = "sub_…")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn delete(caller: Caller, path: web::Path<String>, state: State) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let deleted = subscription::delete(&state.dynamo, &state.tables, &caller.tenant, &id)
+        .await
+        .map_err(store_error)?;
+    if !deleted {
+        return Err(ApiError::NotFound(format!("subscription {id}")));
+    }
+    subscription::publish_tombstone(&state.subscriptions.producer, &state.subscriptions.topic, &id)
+        .await
+        .map_err(store_error)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Make a new signing secret; the old one keeps signing for 24 h.
+#[utoipa::path(
+    post, path = "/v1/subscriptions/{id}/rotate-secret", tag = "subscriptions",
+    params(("id" = String, Path, description = "sub_…")),
+    responses((status = 200, body = SubscriptionWithSecret), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn rotate_secret(caller: Caller, path: web::Path<String>, state: State) -> Result<HttpResponse, ApiError> {
+    let mut current = load(&state, &caller, &path).await?;
+    let expected = current.revision;
+    let now = now_ms();
+    let secret = subscription::generate_secret();
+    // Keep the secrets that still sign, ending within the overlap window.
+    let mut secrets: Vec<SigningSecret> = current
+        .secrets
+        .iter()
+        .filter(|s| s.expires_at.is_none_or(|at| at > now))
+        .map(|s| SigningSecret {
+            secret: s.secret.clone(),
+            expires_at: Some(
+                s.expires_at
+                    .map_or(now + ROTATION_OVERLAP_MS, |at| at.min(now + ROTATION_OVERLAP_MS)),
+            ),
+        })
+        .collect();
+    secrets.insert(
+        0,
+        SigningSecret {
+            secret: secret.clone(),
+            expires_at: None,
+        },
+    );
+    current.secrets = secrets;
+    current.updated_at = now;
+    current.revision = expected + 1;
+    subscription::update(&state.dynamo, &state.tables, &current, expected)
+        .await
+        .map_err(store_error)?;
+    publish(&state, &current).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .json(SubscriptionWithSecret {
+            subscription: view(&current),
+            secret,
+        }))
+}
+
+/// The verdict of a test match.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TestMatchResult {
+    /// The event would be delivered (types and filter match, and the
+    /// subscription is active).
+    pub matches: bool,
+    /// Some event type pattern matches.
+    pub event_type_matched: bool,
+    /// The filter holds (true when there is none).
+    pub filter_matched: bool,
+    /// The subscription's status.
+    pub status: String,
+}
+
+/// Tell whether an event would match this subscription (nothing is sent).
+///
+/// The body is an event as for `POST /v1/events`.
+#[utoipa::path(
+    post, path = "/v1/subscriptions/{id}/test-match", tag = "subscriptions",
+    params(("id" = String, Path, description = "sub_…")),
+    request_body(content = crate::api::EventInput, content_type = "application/json"),
+    responses((status = 200, body = TestMatchResult), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn test_match(
+    caller: Caller,
+    path: web::Path<String>,
+    request: HttpRequest,
+    payload: web::Payload,
+    state: State,
+) -> Result<HttpResponse, ApiError> {
+    let found = load(&state, &caller, &path).await?;
+    let (_, value) = read_json(&request, payload, state.config.max_body_bytes, body::SINGLE).await?;
+    let event = event_from_json(value, caller.tenant, now_ms(), "")?;
+    let event_type_matched = found
+        .event_types
+        .iter()
+        .filter_map(|p| TypePattern::parse(p).ok())
+        .any(|p| p.matches(&event.event_type));
+    let filter_matched = match found.filter.as_deref().map(serde_json::from_str::<Value>) {
+        Some(Ok(filter)) => Filter::compile(&filter).map(|f| f.matches(&event)).unwrap_or(false),
+        Some(Err(_)) => false,
+        None => true,
+    };
+    Ok(HttpResponse::Ok().json(json!(TestMatchResult {
+        matches: event_type_matched && filter_matched && found.is_active(),
+        event_type_matched,
+        filter_matched,
+        status: status_name(found.status).to_owned(),
+    })))
+}

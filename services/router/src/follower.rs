@@ -1,0 +1,159 @@
+//! Follows the compacted topic `<ns>.subscriptions` into a
+//! [`SubscriptionTable`]: from the beginning, every partition, no consumer
+//! group (every router instance needs the whole table), and on forever. It
+//! is caught up once every partition has reached its end at least once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
+use triggers_core::CancellationToken;
+use triggers_core::codec::{AvroCodec, Contract};
+use triggers_core::config::KafkaConfig;
+use triggers_core::ids::SubscriptionId;
+use triggers_core::subscription::Subscription;
+
+use crate::RouterError;
+use crate::table::SubscriptionTable;
+
+/// The live table and whether it has caught up.
+#[derive(Debug, Clone)]
+pub struct Follower {
+    /// The table.
+    pub table: Arc<RwLock<SubscriptionTable>>,
+    caught_up: watch::Receiver<bool>,
+}
+
+impl Follower {
+    /// Starts following `topic` until `shutdown`.
+    pub async fn start(
+        kafka: &KafkaConfig,
+        topic: &str,
+        codec: AvroCodec,
+        service: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Self, RouterError> {
+        let consumer: StreamConsumer = triggers_core::kafka::base_config(kafka, service)
+            .set(
+                "group.id",
+                format!("{service}-follower-{}", triggers_core::ids::RequestId::new()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", kafka.fetch_wait_max.as_millis().to_string())
+            .create()
+            .map_err(RouterError::Kafka)?;
+        let consumer = Arc::new(consumer);
+        let partitions = {
+            let consumer = consumer.clone();
+            let topic = topic.to_owned();
+            tokio::task::spawn_blocking(move || {
+                consumer
+                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                    .map(|m| m.topics().first().map(|t| t.partitions().len()).unwrap_or(0))
+            })
+            .await
+            .map_err(|e| RouterError::Internal(e.to_string()))?
+            .map_err(RouterError::Kafka)?
+        };
+        if partitions == 0 {
+            return Err(RouterError::Internal(format!(
+                "topic {topic} does not exist; provision it first"
+            )));
+        }
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..partitions {
+            assignment
+                .add_partition_offset(topic, partition as i32, Offset::Beginning)
+                .map_err(RouterError::Kafka)?;
+        }
+        consumer.assign(&assignment).map_err(RouterError::Kafka)?;
+        let table = Arc::new(RwLock::new(SubscriptionTable::new()));
+        let (caught_up_tx, caught_up) = watch::channel(false);
+        tokio::spawn(follow(
+            consumer,
+            codec,
+            table.clone(),
+            partitions,
+            caught_up_tx,
+            shutdown,
+        ));
+        Ok(Self { table, caught_up })
+    }
+
+    /// Waits until every partition was read to its end once.
+    pub async fn caught_up(&self, timeout: Duration) -> Result<(), RouterError> {
+        let mut caught_up = self.caught_up.clone();
+        tokio::time::timeout(timeout, caught_up.wait_for(|c| *c))
+            .await
+            .map_err(|_| RouterError::Internal("the subscription table did not catch up in time".to_owned()))?
+            .map_err(|_| RouterError::Internal("the subscription follower stopped".to_owned()))?;
+        Ok(())
+    }
+}
+
+async fn follow(
+    consumer: Arc<StreamConsumer>,
+    codec: AvroCodec,
+    table: Arc<RwLock<SubscriptionTable>>,
+    partitions: usize,
+    caught_up: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    let mut at_end: HashSet<i32> = HashSet::new();
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            message = consumer.recv() => message,
+        };
+        match message {
+            Ok(message) => {
+                let Some(id) = message
+                    .key()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .and_then(|k| k.parse::<SubscriptionId>().ok())
+                else {
+                    tracing::warn!(offset = message.offset(), "subscription record without a valid key");
+                    continue;
+                };
+                match message.payload() {
+                    None => {
+                        table.write().remove(&id);
+                    }
+                    Some(payload) => loop {
+                        match codec.decode::<Subscription>(Contract::Subscription, payload).await {
+                            Ok(subscription) => {
+                                table.write().upsert(subscription);
+                                break;
+                            }
+                            Err(e) if e.is_retriable() => {
+                                tracing::warn!(error = %e, "cannot decode a subscription yet; retrying");
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, subscription = %id, "skipping an undecodable subscription record");
+                                break;
+                            }
+                        }
+                    },
+                }
+                metrics::gauge!("triggers_router_subscriptions").set(table.read().len() as f64);
+            }
+            Err(KafkaError::PartitionEOF(partition)) => {
+                at_end.insert(partition);
+                if at_end.len() >= partitions {
+                    caught_up.send_replace(true);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "error following subscriptions");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The routing loop: `<ns>.events` in, deliveries and outcomes out.
+//!
+//! Records are read in order; for each event the delivery records are
+//! enqueued in that order (so deliveries of one subscription keep the order of
+//! its events), and the acknowledgements are awaited concurrently, up to
+//! `max_in_flight` events. An event's offset is stored only when every record
+//! it caused is acknowledged by Kafka, and only as part of the contiguous
+//! done prefix of its partition. A failed produce is retried, never skipped.
+//! A record that cannot be decoded, or names an unknown tenant, is copied to
+//! `<ns>.events.invalid` with the reason in its headers, and routing goes on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientContext, Message};
+use triggers_core::CancellationToken;
+use triggers_core::codec::{AvroCodec, CodecError, Contract};
+use triggers_core::config::TopicsConfig;
+use triggers_core::delivery::{Delivery, Outcome};
+use triggers_core::event::Event;
+use triggers_core::offsets::OffsetTracker;
+
+use crate::follower::Follower;
+use crate::tenants::Tenants;
+
+/// Logs rebalances. Offsets of work still in flight when a partition is
+/// revoked are not stored: the next owner routes those events again, with the
+/// same delivery ids.
+#[derive(Debug, Default)]
+pub struct RouterContext;
+
+impl ClientContext for RouterContext {}
+
+impl ConsumerContext for RouterContext {
+    fn pre_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        tracing::info!(?rebalance, "router rebalance starting");
+    }
+
+    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        tracing::info!(?rebalance, "router rebalance done");
+    }
+}
+
+/// One record to produce.
+#[derive(Debug, Clone)]
+struct OutRecord {
+    topic: String,
+    key: String,
+    payload: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl OutRecord {
+    fn headers(&self) -> OwnedHeaders {
+        self.headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value.as_slice()),
+            })
+        })
+    }
+}
+
+/// Why a record went to quarantine.
+struct Invalid {
+    reason: &'static str,
+    message: String,
+}
+
+/// Everything the loop needs.
+#[allow(missing_debug_implementations)] // Holds clients without Debug.
+pub struct Pipeline {
+    /// Reads `<ns>.events` in the router's group.
+    pub consumer: Arc<StreamConsumer<RouterContext>>,
+    /// Writes deliveries, outcomes and quarantined records.
+    pub producer: FutureProducer,
+    /// Avro.
+    pub codec: AvroCodec,
+    /// Topic names.
+    pub topics: TopicsConfig,
+    /// The subscription table.
+    pub follower: Follower,
+    /// Tenant existence.
+    pub tenants: Tenants,
+    /// Events whose records are awaited at once.
+    pub max_in_flight: usize,
+}
+
+fn invalid(reason: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        reason,
+        message: message.into(),
+    }
+}
+
+impl Pipeline {
+    /// Runs until `shutdown`, then finishes the work in flight (at most
+    /// `grace`), stores and commits offsets and flushes the producer.
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
+        let mut tracker = OffsetTracker::new();
+        let mut in_flight: FuturesUnordered<futures::future::BoxFuture<'static, (String, i32, i64)>> =
+            FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some((topic, partition, offset)) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.done(&mut tracker, &topic, partition, offset);
+                }
+                message = self.consumer.recv(), if in_flight.len() < self.max_in_flight => {
+                    let message = match message {
+                        Ok(message) => message.detach(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "error reading events");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let Some(records) = self.route(&message, &shutdown).await else { break };
+                    tracker.start(message.topic(), message.partition(), message.offset());
+                    in_flight.push(Box::pin(self.send(records, message.topic().to_owned(), message.partition(), message.offset(), shutdown.clone())));
+                }
+            }
+        }
+        // Finish what was started, within the grace period.
+        let drain = async {
+            while let Some((topic, partition, offset)) = in_flight.next().await {
+                self.done(&mut tracker, &topic, partition, offset);
+            }
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!("router stopped with work in flight; it will be routed again");
+        }
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::warn!(error = %e, "final offset commit failed");
+        }
+        if let Err(e) = self.producer.flush(Duration::from_secs(10)) {
+            tracing::warn!(error = %e, "router producer did not flush");
+        }
+        tracing::info!("router stopped");
+    }
+
+    fn done(&self, tracker: &mut OffsetTracker, topic: &str, partition: i32, offset: i64) {
+        if offset < 0 {
+            return;
+        }
+        if let Some(watermark) = tracker.complete(topic, partition, offset)
+            && let Err(e) = self.consumer.store_offset(topic, partition, watermark)
+        {
+            // The partition was revoked meanwhile; its next owner re-routes.
+            tracing::debug!(error = %e, partition, watermark, "cannot store offset");
+        }
+    }
+
+    /// The records one event causes; `None` when shutting down first.
+    async fn route(&self, message: &OwnedMessage, shutdown: &CancellationToken) -> Option<Vec<OutRecord>> {
+        loop {
+            match self.route_once(message).await {
+                Ok(records) => return Some(records),
+                Err(Ok(invalid)) => {
+                    metrics::counter!("triggers_router_invalid_events_total", "reason" => invalid.reason).increment(1);
+                    metrics::counter!("triggers_router_events_total", "result" => "invalid").increment(1);
+                    tracing::warn!(
+                        reason = invalid.reason,
+                        error = %invalid.message,
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "quarantining an event record"
+                    );
+                    return Some(vec![self.quarantine(message, invalid)]);
+                }
+                Err(Err(retriable)) => {
+                    tracing::warn!(error = %retriable, "cannot route yet; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Err(Ok(_))`: quarantine; `Err(Err(_))`: try again later.
+    async fn route_once(&self, message: &OwnedMessage) -> Result<Vec<OutRecord>, Result<Invalid, String>> {
+        let Some(payload) = message.payload() else {
+            return Err(Ok(invalid("empty_record", "the record has no value")));
+        };
+        let event: Event = match self.codec.decode(Contract::Event, payload).await {
+            Ok(event) => event,
+            Err(e) if e.is_retriable() => return Err(Err(e.to_string())),
+            Err(e @ (CodecError::BadMagic | CodecError::UnknownSchema { .. } | CodecError::InvalidAvro { .. })) => {
+                return Err(Ok(invalid(e.reason(), e.to_string())));
+            }
+            Err(e) => return Err(Ok(invalid(e.reason(), e.to_string()))),
+        };
+        if event.event_type.trim().is_empty() || event.source.trim().is_empty() {
+            return Err(Ok(invalid("invalid_event", "type and source must not be empty")));
+        }
+        match self.tenants.exists(&event.tenant).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Ok(invalid(
+                    "unknown_tenant",
+                    format!("tenant {} does not exist", event.tenant),
+                )));
+            }
+            Err(e) => return Err(Err(e.to_string())),
+        }
+
+        let matched = self.follower.table.read().matching(&event);
+        let traceparent: Vec<(String, Vec<u8>)> = message
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key.eq_ignore_ascii_case("traceparent"))
+                    .and_then(|h| h.value.map(<[u8]>::to_vec))
+            })
+            .map(|v| vec![("traceparent".to_owned(), v)])
+            .unwrap_or_default();
+        let deliveries_topic = self.topics.deliveries();
+        let mut records = Vec::with_capacity(matched.len() + 1);
+        for compiled in &matched {
+            let delivery = Delivery::first(event.clone(), compiled.subscription.id);
+            let payload = self
+                .codec
+                .encode(&deliveries_topic, Contract::Delivery, &delivery)
+                .await
+                .map_err(|e| Err(e.to_string()))?;
+            records.push(OutRecord {
+                topic: deliveries_topic.clone(),
+                key: compiled.subscription.id.to_string(),
+                payload,
+                headers: traceparent.clone(),
+            });
+        }
+        let outcome = Outcome::routing(&event, matched.iter().map(|c| c.subscription.id).collect());
+        let outcomes_topic = self.topics.outcomes();
+        let payload = self
+            .codec
+            .encode(&outcomes_topic, Contract::Outcome, &outcome)
+            .await
+            .map_err(|e| Err(e.to_string()))?;
+        records.push(OutRecord {
+            topic: outcomes_topic,
+            key: event.id.to_string(),
+            payload,
+            headers: traceparent,
+        });
+        let result = if matched.is_empty() { "unmatched" } else { "routed" };
+        metrics::counter!("triggers_router_events_total", "result" => result).increment(1);
+        metrics::counter!("triggers_router_deliveries_total").increment(matched.len() as u64);
+        Ok(records)
+    }
+
+    fn quarantine(&self, message: &OwnedMessage, invalid: Invalid) -> OutRecord {
+        let mut headers = vec![
+            ("triggers-error-reason".to_owned(), invalid.reason.as_bytes().to_vec()),
+            ("triggers-error-message".to_owned(), invalid.message.into_bytes()),
+            ("triggers-source-topic".to_owned(), message.topic().as_bytes().to_vec()),
+            (
+                "triggers-source-partition".to_owned(),
+                message.partition().to_string().into_bytes(),
+            ),
+            (
+                "triggers-source-offset".to_owned(),
+                message.offset().to_string().into_bytes(),
+            ),
+        ];
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                if let Some(value) = header.value {
+                    headers.push((header.key.to_owned(), value.to_vec()));
+                }
+            }
+        }
+        OutRecord {
+            topic: self.topics.events_invalid(),
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default(),
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers,
+        }
+    }
+
+    /// Enqueues `records` now (in order) and returns a future that resolves
+    /// with the source position once Kafka acknowledged all of them (retrying
+    /// failures), or with offset -1 when shutdown came first.
+    fn send(
+        &self,
+        records: Vec<OutRecord>,
+        topic: String,
+        partition: i32,
+        offset: i64,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = (String, i32, i64)> + Send + 'static + use<> {
+        let producer = self.producer.clone();
+        let first: Vec<_> = records.iter().map(|r| enqueue(&producer, r)).collect();
+        async move {
+            let mut pending: Vec<(OutRecord, Option<rdkafka::producer::DeliveryFuture>)> =
+                records.into_iter().zip(first).collect();
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let mut failed = Vec::new();
+                for (record, delivery) in pending {
+                    let ok = match delivery {
+                        Some(delivery) => matches!(delivery.await, Ok(Ok(_))),
+                        None => false,
+                    };
+                    if !ok {
+                        failed.push(record);
+                    }
+                }
+                if failed.is_empty() {
+                    return (topic, partition, offset);
+                }
+                metrics::counter!("triggers_router_produce_retries_total").increment(failed.len() as u64);
+                tracing::warn!(records = failed.len(), "produce failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return (topic, partition, -1),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                pending = failed
+                    .into_iter()
+                    .map(|r| {
+                        let delivery = enqueue(&producer, &r);
+                        (r, delivery)
+                    })
+                    .collect();
+            }
+        }
+    }
+}
+
+fn enqueue(producer: &FutureProducer, record: &OutRecord) -> Option<rdkafka::producer::DeliveryFuture> {
+    let future_record = FutureRecord::to(&record.topic)
+        .key(&record.key)
+        .payload(&record.payload)
+        .headers(record.headers());
+    producer.send_result(future_record).ok()
+}

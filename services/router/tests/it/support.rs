@@ -1,0 +1,271 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use triggers_core::CancellationToken;
+use triggers_core::codec::{AvroCodec, Contract};
+use triggers_core::config::{CommonConfig, ConfigSource};
+use triggers_core::delivery::{Delivery, Outcome};
+use triggers_core::dynamo::Tables;
+use triggers_core::event::{Event, now_ms};
+use triggers_core::ids::{EventId, TenantId};
+use triggers_core::ops::RunningServer;
+use triggers_core::tenancy::{self, Tenant};
+use triggers_router::RouterConfig;
+use triggers_stack::TestStack;
+use triggers_stack::topics::read_topic;
+
+pub struct Env {
+    pub common: CommonConfig,
+    pub gateway: String,
+    pub key: String,
+    pub tenant: TenantId,
+    pub http: reqwest::Client,
+    pub codec: AvroCodec,
+    pub producer: FutureProducer,
+    pub shutdown: CancellationToken,
+    pub router_shutdown: CancellationToken,
+    pub router: Option<RunningServer>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.router_shutdown.cancel();
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn env() -> Env {
+    let stack = TestStack::shared();
+    let namespace = stack.namespace();
+    let mut common = ConfigSource::from_parts(None, Vec::new())
+        .map(|s| s.with_toml(&stack.config_toml(&namespace)))
+        .and_then(|s| s.common())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tables = Tables::new(&common.dynamodb.table_prefix);
+    let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
+    let schemas_topic = format!("{namespace}._schemas");
+    triggers_core::provision::provision_all(&common.kafka, &common.topics, &schemas_topic, &dynamo, &tables)
+        .await
+        .unwrap_or_else(|e| panic!("provisioning: {e}"));
+    let shutdown = CancellationToken::new();
+    let registry = triggers_registry::start(
+        &common.kafka,
+        &triggers_registry::RegistryServerConfig {
+            listen: "127.0.0.1:0".to_owned(),
+            topic: schemas_topic,
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("registry: {e}"));
+    common.schema_registry.url = registry.url();
+    let tenant = Tenant {
+        id: TenantId::new(),
+        name: "acme".to_owned(),
+        created_at: now_ms(),
+        rate_limit: None,
+        retention_days: None,
+    };
+    tenancy::put_tenant(&dynamo, &tables, &tenant)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let key = tenancy::create_api_key(&dynamo, &tables, &tenant.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let gateway = triggers_gateway::start(
+        &common,
+        &triggers_gateway::GatewayConfig {
+            listen: "127.0.0.1:0".to_owned(),
+            workers: 1,
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("gateway: {e}"));
+    let codec = AvroCodec::new(&common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
+    let producer = triggers_core::kafka::producer(&common.kafka, "test").unwrap_or_else(|e| panic!("{e}"));
+    let mut env = Env {
+        common,
+        gateway: format!("http://{}", gateway.addr),
+        key: key.key,
+        tenant: tenant.id,
+        http: reqwest::Client::new(),
+        codec,
+        producer,
+        shutdown,
+        router_shutdown: CancellationToken::new(),
+        router: None,
+    };
+    env.start_router(RouterConfig::default()).await;
+    env
+}
+
+impl Env {
+    pub async fn start_router(&mut self, config: RouterConfig) {
+        self.router_shutdown = CancellationToken::new();
+        let config = RouterConfig {
+            listen: "127.0.0.1:0".to_owned(),
+            ..config
+        };
+        let router = triggers_router::start(&self.common, &config, self.router_shutdown.clone())
+            .await
+            .unwrap_or_else(|e| panic!("router: {e}"));
+        self.router = Some(router);
+    }
+
+    /// Stops the router; with a zero grace period, work in flight is
+    /// abandoned as in a crash.
+    pub async fn stop_router(&mut self) {
+        self.router_shutdown.cancel();
+        if let Some(router) = self.router.take() {
+            let stopped = tokio::time::timeout(Duration::from_secs(30), router.task).await;
+            assert!(matches!(stopped, Ok(Ok(Ok(())))), "router did not stop: {stopped:?}");
+        }
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.gateway))
+            .bearer_auth(&self.key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn subscribe(&self, body: Value) -> String {
+        let (status, created) = self.call(reqwest::Method::POST, "/v1/subscriptions", Some(body)).await;
+        assert_eq!(status, 201, "{created}");
+        assert!(created["secret"].as_str().is_some_and(|s| s.starts_with("whsec_")));
+        created["id"].as_str().unwrap_or_default().to_owned()
+    }
+
+    pub async fn ingest(&self, event: Value) -> String {
+        let (status, accepted) = self.call(reqwest::Method::POST, "/v1/events", Some(event)).await;
+        assert_eq!(status, 202, "{accepted}");
+        accepted["id"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// An event as a Kafka-native producer would write it.
+    pub fn native_event(&self, tenant: TenantId, event_type: &str, data: Value) -> Event {
+        Event {
+            id: EventId::new(),
+            tenant,
+            event_type: event_type.to_owned(),
+            source: "kafka://orders-service".to_owned(),
+            subject: None,
+            time: now_ms(),
+            received_at: now_ms(),
+            specversion: "1.0".to_owned(),
+            datacontenttype: "application/json".to_owned(),
+            data,
+            partition_key: None,
+            extensions: BTreeMap::new(),
+        }
+    }
+
+    pub async fn produce_raw(&self, key: &str, payload: &[u8]) {
+        self.producer
+            .send(
+                FutureRecord::to(&self.common.topics.events()).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("{e}"));
+    }
+
+    pub async fn produce_native(&self, event: &Event) {
+        let payload = self
+            .codec
+            .encode(&self.common.topics.events(), Contract::Event, event)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.produce_raw(&event.tenant.to_string(), &payload).await;
+    }
+
+    pub async fn outcomes(&self, count: usize, timeout: Duration) -> Vec<Outcome> {
+        let mut outcomes = Vec::new();
+        for message in read_topic(
+            &self.common.kafka.bootstrap_servers,
+            &self.common.topics.outcomes(),
+            count,
+            timeout,
+        )
+        .await
+        {
+            let outcome: Outcome = self
+                .codec
+                .decode(Contract::Outcome, message.payload().unwrap_or_default())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    pub async fn deliveries(&self, count: usize, timeout: Duration) -> Vec<(String, Delivery)> {
+        let mut deliveries = Vec::new();
+        for message in read_topic(
+            &self.common.kafka.bootstrap_servers,
+            &self.common.topics.deliveries(),
+            count,
+            timeout,
+        )
+        .await
+        {
+            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+            let delivery: Delivery = self
+                .codec
+                .decode(Contract::Delivery, message.payload().unwrap_or_default())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            deliveries.push((key, delivery));
+        }
+        deliveries
+    }
+
+    /// The subscriptions the router sent event `id` to, once it routed it.
+    pub async fn routed_to(&self, id: &str) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let outcomes = self.outcomes(usize::MAX, Duration::from_millis(700)).await;
+            if let Some(outcome) = outcomes.iter().find(|o| o.event_id.to_string() == id) {
+                let mut subscriptions: Vec<String> = outcome.subscriptions.iter().map(ToString::to_string).collect();
+                subscriptions.sort();
+                return subscriptions;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "event {id} was never routed");
+        }
+    }
+
+    /// Sends probe events until routing gives `expected` (subscription
+    /// changes reach the router asynchronously), then returns.
+    pub async fn eventually_routes(&self, event: Value, expected: &[&str]) {
+        let mut expected: Vec<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+        expected.sort();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let id = self.ingest(event.clone()).await;
+            let got = self.routed_to(&id).await;
+            if got == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "routing never became {expected:?}; last {got:?}"
+            );
+        }
+    }
+}
+
+pub fn order(total: u32) -> Value {
+    json!({"type": "order.created", "source": "shop", "data": {"total": total}})
+}
