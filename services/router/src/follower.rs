@@ -21,6 +21,23 @@ use triggers_core::subscription::Subscription;
 use crate::RouterError;
 use crate::table::SubscriptionTable;
 
+/// A consumer context that does not report the end of a partition as an
+/// error: the follower asks for those signals on purpose.
+#[derive(Debug, Default)]
+pub struct FollowerContext;
+
+impl rdkafka::ClientContext for FollowerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::trace!(reason, "end of a subscription partition");
+        } else {
+            tracing::error!(%error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for FollowerContext {}
+
 /// The live table and whether it has caught up.
 #[derive(Debug, Clone)]
 pub struct Follower {
@@ -38,7 +55,7 @@ impl Follower {
         service: &str,
         shutdown: CancellationToken,
     ) -> Result<Self, RouterError> {
-        let consumer: StreamConsumer = triggers_core::kafka::base_config(kafka, service)
+        let consumer: StreamConsumer<FollowerContext> = triggers_core::kafka::base_config(kafka, service)
             .set(
                 "group.id",
                 format!("{service}-follower-{}", triggers_core::ids::RequestId::new()),
@@ -46,7 +63,7 @@ impl Follower {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", kafka.fetch_wait_max.as_millis().to_string())
-            .create()
+            .create_with_context(FollowerContext)
             .map_err(RouterError::Kafka)?;
         let consumer = Arc::new(consumer);
         let partitions = {
@@ -98,7 +115,7 @@ impl Follower {
 }
 
 async fn follow(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<FollowerContext>>,
     codec: AvroCodec,
     table: Arc<RwLock<SubscriptionTable>>,
     partitions: usize,
