@@ -20,9 +20,11 @@
 
 pub mod codec;
 pub mod config;
+pub mod consume;
 pub mod delivery;
 pub mod dynamo;
 pub mod event;
+pub mod eventstore;
 pub mod ids;
 pub mod kafka;
 pub mod matching;
@@ -30,6 +32,7 @@ pub mod offsets;
 pub mod ops;
 pub mod provision;
 pub mod shutdown;
+pub mod status;
 pub mod subscription;
 pub mod telemetry;
 pub mod tenancy;

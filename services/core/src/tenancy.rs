@@ -264,3 +264,109 @@ mod tests {
         assert_ne!(hash_api_key(&a), hash_api_key(&b));
     }
 }
+
+/// Tenants by id, cached: known ones for a minute, unknown ones for five
+/// seconds. For consumers that meet tenant ids in records.
+#[derive(Debug)]
+pub struct TenantCache {
+    client: Client,
+    tables: Tables,
+    cache: parking_lot::Mutex<HashMap<TenantId, (Option<Tenant>, std::time::Instant)>>,
+}
+
+impl TenantCache {
+    /// A cache over the tenants table.
+    pub fn new(client: Client, tables: Tables) -> Self {
+        Self {
+            client,
+            tables,
+            cache: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The tenant, if it exists.
+    pub async fn get(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        let now = std::time::Instant::now();
+        if let Some((tenant, until)) = self.cache.lock().get(id).cloned()
+            && until > now
+        {
+            return Ok(tenant);
+        }
+        let tenant = get_tenant(&self.client, &self.tables, id).await?;
+        let ttl = std::time::Duration::from_secs(if tenant.is_some() { 60 } else { 5 });
+        let mut cache = self.cache.lock();
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(*id, (tenant.clone(), now + ttl));
+        Ok(tenant)
+    }
+}
+
+/// Erases a tenant's own items: the tenant, its API keys and its idempotency
+/// records. Its events, attempts and subscriptions are erased by their
+/// stores.
+pub async fn erase_tenant(client: &Client, tables: &Tables, tenant: &TenantId) -> Result<(), StoreError> {
+    client
+        .delete_item()
+        .table_name(&tables.tenants)
+        .key("pk", AttributeValue::S(tenant.to_string()))
+        .send()
+        .await
+        .map_err(|e| StoreError::new("DeleteItem", &tables.tenants, e))?;
+    // Keys, by the tenant index.
+    loop {
+        let page = client
+            .query()
+            .table_name(&tables.api_keys)
+            .index_name("by_tenant")
+            .key_condition_expression("tenant = :t")
+            .expression_attribute_values(":t", AttributeValue::S(tenant.to_string()))
+            .send()
+            .await
+            .map_err(|e| StoreError::new("Query", &tables.api_keys, e))?;
+        if page.items().is_empty() {
+            break;
+        }
+        for item in page.items() {
+            if let Some(hash) = string(item, "pk") {
+                client
+                    .delete_item()
+                    .table_name(&tables.api_keys)
+                    .key("pk", AttributeValue::S(hash))
+                    .send()
+                    .await
+                    .map_err(|e| StoreError::new("DeleteItem", &tables.api_keys, e))?;
+            }
+        }
+    }
+    // Idempotency records are keyed `<tenant>#<key>`: a filtered scan (rare,
+    // and they expire within a day anyway).
+    let mut start = None;
+    loop {
+        let page = client
+            .scan()
+            .table_name(&tables.idempotency)
+            .filter_expression("begins_with(pk, :t)")
+            .expression_attribute_values(":t", AttributeValue::S(format!("{tenant}#")))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| StoreError::new("Scan", &tables.idempotency, e))?;
+        for item in page.items() {
+            if let Some(pk) = item.get("pk").cloned() {
+                client
+                    .delete_item()
+                    .table_name(&tables.idempotency)
+                    .key("pk", pk)
+                    .send()
+                    .await
+                    .map_err(|e| StoreError::new("DeleteItem", &tables.idempotency, e))?;
+            }
+        }
+        start = page.last_evaluated_key().cloned();
+        if start.is_none() {
+            return Ok(());
+        }
+    }
+}

@@ -44,6 +44,15 @@ api_routes! {
     post "/v1/admin/tenants/{tenant}/keys" => create_key,
     get "/v1/admin/tenants/{tenant}/keys" => list_keys,
     delete "/v1/admin/tenants/{tenant}/keys/{key_id}" => revoke_key,
+    get "/v1/events" => crate::events::list,
+    get "/v1/events/{id}" => crate::events::get,
+    delete "/v1/events/{id}" => crate::events::delete,
+    get "/v1/inbox" => crate::events::inbox,
+    post "/v1/inbox/{id}/ack" => crate::events::ack,
+    post "/v1/inbox/ack" => crate::events::ack_many,
+    get "/inbox" => crate::events::inbox_compat,
+    post "/inbox/{id}/ack" => crate::events::ack_compat,
+    delete "/v1/admin/tenants/{tenant}" => erase_tenant,
     post "/v1/subscriptions" => crate::subscriptions::create,
     get "/v1/subscriptions" => crate::subscriptions::list,
     get "/v1/subscriptions/{id}" => crate::subscriptions::get,
@@ -609,5 +618,54 @@ pub async fn revoke_key(
     }
     // This replica forgets at once; the others within twice auth_cache_ttl.
     state.auth.forget(None);
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Erase a tenant (admin): its keys, subscriptions, events, attempts and
+/// idempotency records. Its events are gone from every API at once.
+#[utoipa::path(
+    delete, path = "/v1/admin/tenants/{tenant}", tag = "admin",
+    params(("tenant" = String, Path, description = "ten_…")),
+    responses((status = 204, description = "Erased"), (status = 404, body = ErrorBody)),
+    security(("admin_token" = []))
+)]
+pub async fn erase_tenant(_admin: Admin, path: web::Path<String>, state: State) -> Result<HttpResponse, ApiError> {
+    let tenant = existing_tenant(&state, &path).await?;
+    // The tenant goes first: from now on its keys do not authenticate and
+    // consumers drop its records.
+    tenancy::erase_tenant(&state.dynamo, &state.tables, &tenant.id)
+        .await
+        .map_err(store_error)?;
+    let mut cursor = None;
+    loop {
+        let (page, next) =
+            triggers_core::subscription::list(&state.dynamo, &state.tables, &tenant.id, 100, cursor.as_deref())
+                .await
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        for subscription in page {
+            triggers_core::subscription::delete(&state.dynamo, &state.tables, &tenant.id, &subscription.id)
+                .await
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            triggers_core::subscription::publish_tombstone(
+                &state.subscriptions.producer,
+                &state.subscriptions.topic,
+                &subscription.id,
+            )
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        }
+        match next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let events = triggers_core::eventstore::delete_prefix(&state.dynamo, &state.tables.events, &tenant.id, "")
+        .await
+        .map_err(store_error)?;
+    let attempts = triggers_core::eventstore::delete_prefix(&state.dynamo, &state.tables.attempts, &tenant.id, "")
+        .await
+        .map_err(store_error)?;
+    state.auth.forget(None);
+    tracing::info!(tenant = %tenant.id, events, attempts, "tenant erased");
     Ok(HttpResponse::NoContent().finish())
 }

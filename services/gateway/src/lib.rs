@@ -13,6 +13,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod idempotency;
 pub mod ingest;
 pub mod jwt;

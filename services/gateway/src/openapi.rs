@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{api, subscriptions};
+use crate::{api, events, subscriptions};
 
 struct Security;
 
@@ -43,7 +43,9 @@ impl Modify for Security {
     ),
     paths(
         api::ingest, api::ingest_batch, api::ingest_compat, api::token, api::health,
-        api::create_tenant, api::get_tenant, api::create_key, api::list_keys, api::revoke_key,
+        api::create_tenant, api::get_tenant, api::create_key, api::list_keys, api::revoke_key, api::erase_tenant,
+        events::list, events::get, events::delete, events::inbox, events::ack, events::ack_many,
+        events::inbox_compat, events::ack_compat,
         subscriptions::create, subscriptions::list, subscriptions::get, subscriptions::patch,
         subscriptions::delete, subscriptions::rotate_secret, subscriptions::test_match,
     ),
@@ -51,6 +53,7 @@ impl Modify for Security {
     tags(
         (name = "events", description = "Ingest"),
         (name = "subscriptions", description = "Where events go"),
+        (name = "inbox", description = "Pull delivery"),
         (name = "auth", description = "Tokens"),
         (name = "admin", description = "Tenants and API keys (admin token)"),
         (name = "compatibility", description = "Routes of the first client guide"),

@@ -1,14 +1,30 @@
-//! Keeps every event, delivery attempt and status in DynamoDB (consumer group `triggers-persister`). Delivery guarantee: at-least-once, idempotent writes.
+//! Keeps every event, every delivery attempt and every event's status in
+//! DynamoDB (consumer group `triggers-persister`, reading `<ns>.events` and
+//! `<ns>.outcomes`).
 //!
-//! Status: the service skeleton. It starts, answers `/healthz`, `/readyz`
-//! (Kafka and DynamoDB reachable) and `/metrics`, and stops on shutdown; its
-//! consuming loop is the work of its own issue.
+//! Guarantee: at-least-once, idempotent effects. An offset is stored only
+//! after DynamoDB confirmed the write it covers; writes are upserts and
+//! status changes only move forward, so a replayed or reordered record never
+//! regresses an event. Events of tenants that do not exist (erased) are not
+//! stored. Large payloads are compressed and split across items.
 #![forbid(unsafe_code)]
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::OwnedMessage;
 use serde::{Deserialize, Serialize};
 use triggers_core::CancellationToken;
+use triggers_core::codec::{AvroCodec, Contract};
 use triggers_core::config::{CommonConfig, ConfigIssue, Validate, validate_listen};
+use triggers_core::delivery::Outcome;
+use triggers_core::dynamo::Tables;
+use triggers_core::event::Event;
+use triggers_core::eventstore;
 use triggers_core::ops::{self, Readiness, RunningServer};
+use triggers_core::tenancy::TenantCache;
 
 /// The `[persister]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -16,12 +32,22 @@ use triggers_core::ops::{self, Readiness, RunningServer};
 pub struct PersisterConfig {
     /// Where the operations endpoints listen.
     pub listen: String,
+    /// The consumer group.
+    pub group_id: String,
+    /// Records written to DynamoDB at once.
+    pub max_in_flight: usize,
+    /// How long shutdown waits for writes in flight.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for PersisterConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:9103".to_owned(),
+            group_id: "triggers-persister".to_owned(),
+            max_in_flight: 64,
+            shutdown_grace: Duration::from_secs(20),
         }
     }
 }
@@ -29,10 +55,25 @@ impl Default for PersisterConfig {
 impl Validate for PersisterConfig {
     fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
         validate_listen(prefix, "listen", &self.listen, issues);
+        if self.group_id.trim().is_empty() {
+            issues.push(ConfigIssue::new(format!("{prefix}.group_id"), "must not be empty"));
+        }
+        if !(1..=10_000).contains(&self.max_in_flight) {
+            issues.push(ConfigIssue::new(
+                format!("{prefix}.max_in_flight"),
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.shutdown_grace > Duration::from_secs(300) {
+            issues.push(ConfigIssue::new(
+                format!("{prefix}.shutdown_grace"),
+                "must be at most 5m",
+            ));
+        }
     }
 }
 
-/// The persister could not start or stopped with an error.
+/// The persister could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum PersisterError {
     /// The operations server could not bind.
@@ -44,22 +85,169 @@ pub enum PersisterError {
         #[source]
         source: std::io::Error,
     },
+    /// Kafka refused.
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A client could not be built.
+    #[error(transparent)]
+    Client(#[from] triggers_core::kafka::ClientError),
+    /// The codec could not be built.
+    #[error(transparent)]
+    Codec(#[from] triggers_core::codec::CodecError),
 }
 
-/// Starts the persister; it runs until `shutdown` is cancelled.
+struct Persister {
+    dynamo: aws_sdk_dynamodb::Client,
+    tables: Tables,
+    codec: AvroCodec,
+    tenants: TenantCache,
+    events_topic: String,
+    default_retention: Duration,
+}
+
+impl Persister {
+    /// Decodes a record: `None` on shutdown, `Some(None)` when it never will
+    /// decode (skipped, counted), else the value. Registry outages are waited out.
+    async fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        contract: Contract,
+        message: &OwnedMessage,
+        shutdown: &CancellationToken,
+    ) -> Option<Option<T>> {
+        let payload = message.payload().unwrap_or_default();
+        triggers_core::consume::retry("decode", shutdown, || async {
+            match self.codec.decode::<T>(contract, payload).await {
+                Ok(value) => Ok(Some(value)),
+                Err(e) if e.is_retriable() => Err(e),
+                Err(e) => {
+                    metrics::counter!("triggers_persister_skipped_total", "reason" => "undecodable").increment(1);
+                    tracing::warn!(error = %e, topic = message.topic(), offset = message.offset(), "skipping an undecodable record");
+                    Ok(None)
+                }
+            }
+        })
+        .await
+    }
+
+    /// Writes one record's effect; `false` on shutdown (read it again later).
+    async fn handle(&self, message: OwnedMessage, shutdown: &CancellationToken) -> bool {
+        if message.payload().is_none() {
+            return true;
+        }
+        if message.topic() == self.events_topic {
+            let Some(decoded) = self.decode::<Event>(Contract::Event, &message, shutdown).await else {
+                return false;
+            };
+            let Some(event) = decoded else { return true };
+            let Some(expires_at) = self.expiry(&event.tenant, event.received_at, shutdown).await else {
+                return false;
+            };
+            let Some(expires_at) = expires_at else { return true };
+            let done = triggers_core::consume::retry("store event", shutdown, || {
+                eventstore::put_event(&self.dynamo, &self.tables, &event, expires_at)
+            })
+            .await
+            .is_some();
+            if done {
+                metrics::counter!("triggers_persister_events_total").increment(1);
+            }
+            done
+        } else {
+            let Some(decoded) = self.decode::<Outcome>(Contract::Outcome, &message, shutdown).await else {
+                return false;
+            };
+            let Some(outcome) = decoded else { return true };
+            let Some(expires_at) = self.expiry(&outcome.tenant, outcome.at, shutdown).await else {
+                return false;
+            };
+            let Some(expires_at) = expires_at else { return true };
+            let done = triggers_core::consume::retry("store outcome", shutdown, || {
+                eventstore::apply_outcome(&self.dynamo, &self.tables, &outcome, expires_at)
+            })
+            .await
+            .is_some();
+            if done {
+                metrics::counter!("triggers_persister_outcomes_total").increment(1);
+            }
+            done
+        }
+    }
+
+    /// `None` on shutdown; `Some(None)` when the tenant does not exist (its
+    /// records are not stored); else the expiry of items received at `at`.
+    async fn expiry(
+        &self,
+        tenant: &triggers_core::ids::TenantId,
+        at: i64,
+        shutdown: &CancellationToken,
+    ) -> Option<Option<i64>> {
+        let tenant = triggers_core::consume::retry("tenant lookup", shutdown, || self.tenants.get(tenant)).await?;
+        let Some(tenant) = tenant else {
+            metrics::counter!("triggers_persister_skipped_total", "reason" => "unknown_tenant").increment(1);
+            return Some(None);
+        };
+        let retention = tenant.retention_days.map_or(self.default_retention, |days| {
+            Duration::from_secs(u64::from(days) * 86_400)
+        });
+        Some(Some(eventstore::expiry(at, retention)))
+    }
+}
+
+/// Starts the persister; it runs until `shutdown` is cancelled, then
+/// finishes its writes in flight, stores and commits its offsets.
 pub async fn start(
     common: &CommonConfig,
     config: &PersisterConfig,
     shutdown: CancellationToken,
 ) -> Result<RunningServer, PersisterError> {
     let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
+    let tables = Tables::new(&common.dynamodb.table_prefix);
+    let persister = Arc::new(Persister {
+        dynamo: dynamo.clone(),
+        tables: tables.clone(),
+        codec: AvroCodec::new(&common.schema_registry)?,
+        tenants: TenantCache::new(dynamo.clone(), tables),
+        events_topic: common.topics.events(),
+        default_retention: common.dynamodb.retention,
+    });
+    let consumer = triggers_core::kafka::consumer(
+        &common.kafka,
+        "persister",
+        &config.group_id,
+        rdkafka::consumer::DefaultConsumerContext,
+    )?;
+    consumer.subscribe(&[&common.topics.events(), &common.topics.outcomes()])?;
     let readiness = Readiness::new()
         .with("kafka", ops::kafka_probe(&common.kafka))
         .with("dynamodb", ops::dynamo_probe(&dynamo));
-    let server = ops::serve_ops(&config.listen, readiness, shutdown).map_err(|source| PersisterError::Bind {
-        listen: config.listen.clone(),
-        source,
-    })?;
+    let ops_shutdown = CancellationToken::new();
+    let server =
+        ops::serve_ops(&config.listen, readiness, ops_shutdown.clone()).map_err(|source| PersisterError::Bind {
+            listen: config.listen.clone(),
+            source,
+        })?;
     tracing::info!(addr = %server.addr, "persister listening");
-    Ok(server)
+    let (max_in_flight, grace) = (config.max_in_flight, config.shutdown_grace);
+    let work = tokio::spawn(async move {
+        let handle_shutdown = shutdown.clone();
+        triggers_core::consume::run(&consumer, max_in_flight, shutdown, grace, |message| {
+            let persister = persister.clone();
+            let shutdown = handle_shutdown.clone();
+            async move { persister.handle(message, &shutdown).await }
+        })
+        .await;
+        tracing::info!("persister stopped");
+    });
+    let ops_task = server.task;
+    let task = tokio::spawn(async move {
+        let worked = work.await;
+        ops_shutdown.cancel();
+        let served = ops_task.await;
+        worked.map_err(std::io::Error::other)?;
+        served.map_err(std::io::Error::other)?
+    });
+    Ok(RunningServer {
+        addr: server.addr,
+        task,
+    })
 }

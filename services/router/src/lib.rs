@@ -17,7 +17,6 @@
 pub mod follower;
 pub mod pipeline;
 pub mod table;
-pub mod tenants;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,7 +144,7 @@ pub async fn start(
         codec,
         topics: common.topics.clone(),
         follower,
-        tenants: tenants::Tenants::new(dynamo.clone(), tables),
+        tenants: triggers_core::tenancy::TenantCache::new(dynamo.clone(), tables),
         max_in_flight: config.max_in_flight,
     };
     let readiness = Readiness::new()

@@ -26,7 +26,6 @@ use triggers_core::event::Event;
 use triggers_core::offsets::OffsetTracker;
 
 use crate::follower::Follower;
-use crate::tenants::Tenants;
 
 /// Logs rebalances. Offsets of work still in flight when a partition is
 /// revoked are not stored: the next owner routes those events again, with the
@@ -86,7 +85,7 @@ pub struct Pipeline {
     /// The subscription table.
     pub follower: Follower,
     /// Tenant existence.
-    pub tenants: Tenants,
+    pub tenants: triggers_core::tenancy::TenantCache,
     /// Events whose records are awaited at once.
     pub max_in_flight: usize,
 }
@@ -201,9 +200,9 @@ impl Pipeline {
         if event.event_type.trim().is_empty() || event.source.trim().is_empty() {
             return Err(Ok(invalid("invalid_event", "type and source must not be empty")));
         }
-        match self.tenants.exists(&event.tenant).await {
-            Ok(true) => {}
-            Ok(false) => {
+        match self.tenants.get(&event.tenant).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
                 return Err(Ok(invalid(
                     "unknown_tenant",
                     format!("tenant {} does not exist", event.tenant),

@@ -1,0 +1,100 @@
+//! The at-least-once consume loop shared by consumers whose records may be
+//! worked on concurrently and in any order: up to `max_in_flight` records at
+//! once, each offset stored only as part of its partition's contiguous done
+//! prefix, and on shutdown: stop reading, finish what is in flight (within a
+//! grace period), store, commit synchronously.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use tokio_util::sync::CancellationToken;
+
+use crate::offsets::OffsetTracker;
+
+/// Runs `handle` on every record until `shutdown`. `handle` resolves `true`
+/// when the record's effect is done (its offset may be stored), `false` when
+/// it gave up because of shutdown (it will be read again).
+pub async fn run<C, F, Fut>(
+    consumer: &StreamConsumer<C>,
+    max_in_flight: usize,
+    shutdown: CancellationToken,
+    grace: Duration,
+    handle: F,
+) where
+    C: ConsumerContext + 'static,
+    F: Fn(OwnedMessage) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut tracker = OffsetTracker::new();
+    let mut in_flight = FuturesUnordered::new();
+    let store = |tracker: &mut OffsetTracker, (topic, partition, offset, done): (String, i32, i64, bool)| {
+        if !done {
+            return;
+        }
+        if let Some(watermark) = tracker.complete(&topic, partition, offset)
+            && let Err(e) = consumer.store_offset(&topic, partition, watermark)
+        {
+            tracing::debug!(error = %e, topic, partition, "cannot store offset (revoked?)");
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(result) = in_flight.next(), if !in_flight.is_empty() => store(&mut tracker, result),
+            message = consumer.recv(), if in_flight.len() < max_in_flight => {
+                let message = match message {
+                    Ok(message) => message.detach(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "error reading records");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
+                tracker.start(&topic, partition, offset);
+                let work = handle(message);
+                in_flight.push(async move { (topic, partition, offset, work.await) });
+            }
+        }
+    }
+    let drain = async {
+        while let Some(result) = in_flight.next().await {
+            store(&mut tracker, result);
+        }
+    };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!("stopped with records in flight; they will be read again");
+    }
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::warn!(error = %e, "final offset commit failed");
+    }
+}
+
+/// Retries `attempt` with backoff until it succeeds or `shutdown`; `None`
+/// on shutdown.
+pub async fn retry<T, E: std::fmt::Display, Fut: Future<Output = Result<T, E>>>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut attempt: impl FnMut() -> Fut,
+) -> Option<T> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(value) => return Some(value),
+            Err(e) => {
+                tracing::warn!(error = %e, what, "failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

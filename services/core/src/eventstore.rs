@@ -1,0 +1,828 @@
+//! The durable event store in DynamoDB: every event with its payload, its
+//! progress (per-subscription delivery states), its overall status, and every
+//! delivery attempt.
+//!
+//! Items of the events table, all under `pk` = tenant:
+//! - `e#<event id>`: the event and its progress. It is in the `inbox` index
+//!   (`inbox_pk` = tenant) while not delivered or acknowledged, and in the
+//!   `status` index under `<tenant>#<status>`.
+//! - `c#<event id>#<n>`: chunks of a payload too large for one item (a
+//!   DynamoDB item holds at most 400 KB): payloads over 350 KB are deflated,
+//!   and if still too large, split into 300 KB chunks written before the item.
+//!
+//! Attempts live in the attempts table under `pk` = tenant, `sk` =
+//! `<event id>#<subscription id>#<attempt>#<kind>`.
+//!
+//! Writes are idempotent: the event body is an upsert that never touches its
+//! progress; progress changes are read-modify-write under a version
+//! condition, and only move states forward ([`Progress::apply`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
+use base64::Engine;
+
+use crate::delivery::{Outcome, OutcomeKind};
+use crate::dynamo::{TTL_ATTRIBUTE, Tables};
+use crate::event::{Event, now_ms};
+use crate::ids::{EventId, TenantId};
+use crate::status::{EventStatus, Progress};
+use crate::tenancy::StoreError;
+
+/// Payloads up to this size are stored as they are.
+const INLINE_LIMIT: usize = 350 * 1024;
+/// Chunk size of payloads that do not fit one item even deflated.
+const CHUNK_SIZE: usize = 300 * 1024;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// The event (its `data` is `null` when it was not loaded).
+    pub event: Event,
+    /// Whether the body has been stored (an outcome can arrive first).
+    pub has_body: bool,
+    /// Per-subscription progress.
+    pub progress: Progress,
+    /// The overall status.
+    pub status: EventStatus,
+    /// Last change (ms since the epoch).
+    pub updated_at: i64,
+    /// Whether `data` was left out (a chunked payload in a listing).
+    pub data_omitted: bool,
+}
+
+/// One delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// The subscription.
+    pub subscription_id: String,
+    /// The attempt number.
+    pub attempt: i32,
+    /// What happened (`delivered`, `retrying`, `dead_lettered`, …).
+    pub kind: String,
+    /// When (ms since the epoch).
+    pub at: i64,
+    /// The endpoint's status.
+    pub http_status: Option<i32>,
+    /// How long it took.
+    pub latency_ms: Option<i64>,
+    /// What went wrong.
+    pub error: Option<String>,
+    /// The start of the answer.
+    pub response_excerpt: Option<String>,
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn get_s(item: &Item, name: &str) -> Option<String> {
+    item.get(name).and_then(|v| v.as_s().ok()).cloned()
+}
+
+fn get_n(item: &Item, name: &str) -> Option<i64> {
+    item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+}
+
+fn event_sk(id: &EventId) -> String {
+    format!("e#{id}")
+}
+
+fn chunk_sk(id: &EventId, index: usize) -> String {
+    format!("c#{id}#{index:04}")
+}
+
+fn store_error<E: std::error::Error + 'static>(operation: &'static str, table: &str, error: E) -> StoreError {
+    StoreError::new(operation, table, error)
+}
+
+fn is_conditional<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> bool {
+    matches!(error, SdkError::ServiceError(e) if e.err().code() == Some("ConditionalCheckFailedException"))
+}
+
+/// How a payload is stored.
+enum Payload {
+    Inline(String),
+    Deflated(Vec<u8>),
+    Chunked(Vec<Vec<u8>>),
+}
+
+fn deflate(text: &str) -> Vec<u8> {
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(text.as_bytes());
+    encoder.finish().unwrap_or_default()
+}
+
+fn inflate(bytes: &[u8]) -> Option<String> {
+    let mut text = String::new();
+    flate2::read::DeflateDecoder::new(bytes)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
+fn encode_payload(text: String) -> Payload {
+    if text.len() <= INLINE_LIMIT {
+        return Payload::Inline(text);
+    }
+    let deflated = deflate(&text);
+    if deflated.len() <= INLINE_LIMIT {
+        return Payload::Deflated(deflated);
+    }
+    Payload::Chunked(deflated.chunks(CHUNK_SIZE).map(<[u8]>::to_vec).collect())
+}
+
+/// Seconds since the epoch when items of an event received at `received_at`
+/// expire.
+pub fn expiry(received_at: i64, retention: std::time::Duration) -> i64 {
+    received_at / 1000 + i64::try_from(retention.as_secs()).unwrap_or(i64::MAX / 2)
+}
+
+/// Stores an event's body (idempotent; never changes its progress).
+pub async fn put_event(client: &Client, tables: &Tables, event: &Event, expires_at: i64) -> Result<(), StoreError> {
+    let table = &tables.events;
+    let payload = encode_payload(event.data.to_string());
+    if let Payload::Chunked(chunks) = &payload {
+        for (batch_index, batch) in chunks.chunks(25).enumerate() {
+            let requests: Vec<WriteRequest> = batch
+                .iter()
+                .enumerate()
+                .filter_map(|(i, bytes)| {
+                    let put = PutRequest::builder()
+                        .item("pk", s(event.tenant.to_string()))
+                        .item("sk", s(chunk_sk(&event.id, batch_index * 25 + i)))
+                        .item("bytes", AttributeValue::B(Blob::new(bytes.clone())))
+                        .item(TTL_ATTRIBUTE, n(expires_at))
+                        .build()
+                        .ok()?;
+                    Some(WriteRequest::builder().put_request(put).build())
+                })
+                .collect();
+            batch_write(client, table, requests).await?;
+        }
+    }
+    let mut body: Vec<(&str, AttributeValue)> = vec![
+        ("event_type", s(&event.event_type)),
+        ("source", s(&event.source)),
+        ("time", n(event.time)),
+        ("received_at", n(event.received_at)),
+        ("specversion", s(&event.specversion)),
+        ("datacontenttype", s(&event.datacontenttype)),
+        (
+            "extensions",
+            s(serde_json::to_string(&event.extensions).unwrap_or_default()),
+        ),
+        ("has_body", AttributeValue::Bool(true)),
+        (TTL_ATTRIBUTE, n(expires_at)),
+    ];
+    if let Some(subject) = &event.subject {
+        body.push(("subject", s(subject)));
+    }
+    if let Some(key) = &event.partition_key {
+        body.push(("partition_key", s(key)));
+    }
+    match payload {
+        Payload::Inline(text) => body.push(("data", s(text))),
+        Payload::Deflated(bytes) => body.push(("data_z", AttributeValue::B(Blob::new(bytes)))),
+        Payload::Chunked(chunks) => body.push(("chunks", n(chunks.len()))),
+    }
+    // A new item: body, and the initial progress (in the inbox).
+    let mut names = HashMap::new();
+    let mut values = HashMap::new();
+    let mut sets = Vec::new();
+    for (i, (name, value)) in body.iter().enumerate() {
+        names.insert(format!("#b{i}"), (*name).to_owned());
+        values.insert(format!(":b{i}"), value.clone());
+        sets.push(format!("#b{i} = :b{i}"));
+    }
+    let body_only = format!("SET {}", sets.join(", "));
+    let progress = Progress::default();
+    let result = client
+        .update_item()
+        .table_name(table)
+        .key("pk", s(event.tenant.to_string()))
+        .key("sk", s(event_sk(&event.id)))
+        .update_expression(format!(
+            "{body_only}, progress = :progress, #status = :status, status_pk = :status_pk, inbox_pk = :inbox, version = :zero, updated_at = :now"
+        ))
+        .condition_expression("attribute_not_exists(version)")
+        .set_expression_attribute_names(Some({
+            let mut names = names.clone();
+            names.insert("#status".to_owned(), "status".to_owned());
+            names
+        }))
+        .set_expression_attribute_values(Some({
+            let mut values = values.clone();
+            values.insert(":progress".to_owned(), s(serde_json::to_string(&progress).unwrap_or_default()));
+            values.insert(":status".to_owned(), s(EventStatus::Accepted.as_str()));
+            values.insert(
+                ":status_pk".to_owned(),
+                s(format!("{}#{}", event.tenant, EventStatus::Accepted.as_str())),
+            );
+            values.insert(":inbox".to_owned(), s(event.tenant.to_string()));
+            values.insert(":zero".to_owned(), n(0));
+            values.insert(":now".to_owned(), n(now_ms()));
+            values
+        }))
+        .send()
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if is_conditional(&e) => {
+            // The item exists (an outcome came first, or a replayed record):
+            // write the body only.
+            client
+                .update_item()
+                .table_name(table)
+                .key("pk", s(event.tenant.to_string()))
+                .key("sk", s(event_sk(&event.id)))
+                .update_expression(body_only)
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(Some(values))
+                .send()
+                .await
+                .map_err(|e| store_error("UpdateItem", table, e))?;
+            Ok(())
+        }
+        Err(e) => Err(store_error("UpdateItem", table, e)),
+    }
+}
+
+async fn batch_write(client: &Client, table: &str, mut requests: Vec<WriteRequest>) -> Result<(), StoreError> {
+    let mut backoff = std::time::Duration::from_millis(20);
+    while !requests.is_empty() {
+        let output = client
+            .batch_write_item()
+            .request_items(table, requests)
+            .send()
+            .await
+            .map_err(|e| store_error("BatchWriteItem", table, e))?;
+        requests = output
+            .unprocessed_items()
+            .and_then(|u| u.get(table))
+            .cloned()
+            .unwrap_or_default();
+        if !requests.is_empty() {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+        }
+    }
+    Ok(())
+}
+
+/// Changes an event's progress with `change` (read-modify-write under the
+/// item's version; retried on conflicts). Creates a stub when the body has
+/// not arrived yet (unless `must_exist`). Returns the new status, or `None`
+/// when the event does not exist and `must_exist`.
+async fn update_progress(
+    client: &Client,
+    tables: &Tables,
+    tenant: &TenantId,
+    id: &EventId,
+    expires_at: i64,
+    must_exist: bool,
+    change: impl Fn(&mut Progress) -> bool,
+) -> Result<Option<EventStatus>, StoreError> {
+    let table = &tables.events;
+    for _ in 0..50 {
+        let current = client
+            .get_item()
+            .table_name(table)
+            .key("pk", s(tenant.to_string()))
+            .key("sk", s(event_sk(id)))
+            .projection_expression("progress, version, has_body")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_error("GetItem", table, e))?;
+        let item = current.item();
+        if must_exist && !item.is_some_and(|i| i.contains_key("has_body")) {
+            return Ok(None);
+        }
+        let version = item.and_then(|i| get_n(i, "version"));
+        let mut progress: Progress = item
+            .and_then(|i| get_s(i, "progress"))
+            .and_then(|p| serde_json::from_str(&p).ok())
+            .unwrap_or_default();
+        if !change(&mut progress) && version.is_some() {
+            return Ok(Some(progress.status()));
+        }
+        let status = progress.status();
+        let mut update = String::from(
+            "SET progress = :progress, #status = :status, status_pk = :status_pk, version = :next, updated_at = :now, #ttl = if_not_exists(#ttl, :ttl)",
+        );
+        update.push_str(if status.in_inbox() {
+            ", inbox_pk = :inbox"
+        } else {
+            " REMOVE inbox_pk"
+        });
+        let mut request = client
+            .update_item()
+            .table_name(table)
+            .key("pk", s(tenant.to_string()))
+            .key("sk", s(event_sk(id)))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+            .expression_attribute_values(":progress", s(serde_json::to_string(&progress).unwrap_or_default()))
+            .expression_attribute_values(":status", s(status.as_str()))
+            .expression_attribute_values(":status_pk", s(format!("{tenant}#{}", status.as_str())))
+            .expression_attribute_values(":next", n(version.unwrap_or(-1) + 1))
+            .expression_attribute_values(":now", n(now_ms()))
+            .expression_attribute_values(":ttl", n(expires_at));
+        if status.in_inbox() {
+            request = request.expression_attribute_values(":inbox", s(tenant.to_string()));
+        }
+        request = match version {
+            Some(v) => request
+                .condition_expression("version = :v")
+                .expression_attribute_values(":v", n(v)),
+            None => request.condition_expression("attribute_not_exists(version)"),
+        };
+        match request.update_expression(update).send().await {
+            Ok(_) => return Ok(Some(status)),
+            Err(e) if is_conditional(&e) => continue,
+            Err(e) => return Err(store_error("UpdateItem", table, e)),
+        }
+    }
+    Err(StoreError::new(
+        "UpdateItem",
+        table,
+        std::io::Error::other("too many concurrent changes"),
+    ))
+}
+
+/// Records an outcome: the event's progress, and for delivery outcomes the
+/// attempt. Idempotent and monotonic.
+pub async fn apply_outcome(
+    client: &Client,
+    tables: &Tables,
+    outcome: &Outcome,
+    expires_at: i64,
+) -> Result<EventStatus, StoreError> {
+    if !matches!(outcome.kind, OutcomeKind::Routed | OutcomeKind::Unmatched)
+        && let Some(subscription) = &outcome.subscription_id
+    {
+        let kind = serde_json::to_value(outcome.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let mut put = client
+            .put_item()
+            .table_name(&tables.attempts)
+            .item("pk", s(outcome.tenant.to_string()))
+            .item(
+                "sk",
+                s(format!(
+                    "{}#{subscription}#{:05}#{kind}",
+                    outcome.event_id, outcome.attempt
+                )),
+            )
+            .item("subscription_id", s(subscription.to_string()))
+            .item("attempt", n(outcome.attempt))
+            .item("kind", s(kind))
+            .item("at", n(outcome.at))
+            .item(TTL_ATTRIBUTE, n(expires_at));
+        if let Some(status) = outcome.http_status {
+            put = put.item("http_status", n(status));
+        }
+        if let Some(latency) = outcome.latency_ms {
+            put = put.item("latency_ms", n(latency));
+        }
+        if let Some(error) = &outcome.error {
+            put = put.item("error", s(error));
+        }
+        if let Some(excerpt) = &outcome.response_excerpt {
+            put = put.item("response_excerpt", s(excerpt));
+        }
+        put.send()
+            .await
+            .map_err(|e| store_error("PutItem", &tables.attempts, e))?;
+    }
+    let status = update_progress(
+        client,
+        tables,
+        &outcome.tenant,
+        &outcome.event_id,
+        expires_at,
+        false,
+        |p| p.apply(outcome),
+    )
+    .await?;
+    Ok(status.unwrap_or(EventStatus::Accepted))
+}
+
+/// Acknowledges an event from the inbox; `false` when there is no such event.
+pub async fn acknowledge(
+    client: &Client,
+    tables: &Tables,
+    tenant: &TenantId,
+    id: &EventId,
+) -> Result<bool, StoreError> {
+    let status = update_progress(client, tables, tenant, id, 0, true, |p| {
+        let changed = !p.acknowledged;
+        p.acknowledged = true;
+        changed
+    })
+    .await?;
+    Ok(status.is_some())
+}
+
+fn from_item(item: &Item, tenant: &TenantId) -> Option<StoredEvent> {
+    let id: EventId = get_s(item, "sk")?.strip_prefix("e#")?.parse().ok()?;
+    let progress: Progress = get_s(item, "progress")
+        .and_then(|p| serde_json::from_str(&p).ok())
+        .unwrap_or_default();
+    let (data, data_omitted) = if let Some(text) = get_s(item, "data") {
+        (serde_json::from_str(&text).unwrap_or(serde_json::Value::Null), false)
+    } else if let Some(bytes) = item.get("data_z").and_then(|v| v.as_b().ok()) {
+        let text = inflate(bytes.as_ref()).unwrap_or_default();
+        (serde_json::from_str(&text).unwrap_or(serde_json::Value::Null), false)
+    } else {
+        (serde_json::Value::Null, item.contains_key("chunks"))
+    };
+    let extensions: BTreeMap<String, String> = get_s(item, "extensions")
+        .and_then(|e| serde_json::from_str(&e).ok())
+        .unwrap_or_default();
+    Some(StoredEvent {
+        event: Event {
+            id,
+            tenant: *tenant,
+            event_type: get_s(item, "event_type").unwrap_or_default(),
+            source: get_s(item, "source").unwrap_or_default(),
+            subject: get_s(item, "subject"),
+            time: get_n(item, "time").unwrap_or_default(),
+            received_at: get_n(item, "received_at").unwrap_or_default(),
+            specversion: get_s(item, "specversion").unwrap_or_else(|| "1.0".to_owned()),
+            datacontenttype: get_s(item, "datacontenttype").unwrap_or_default(),
+            data,
+            partition_key: get_s(item, "partition_key"),
+            extensions,
+        },
+        has_body: item.contains_key("has_body"),
+        status: get_s(item, "status")
+            .and_then(|s| EventStatus::parse(&s))
+            .unwrap_or_else(|| progress.status()),
+        progress,
+        updated_at: get_n(item, "updated_at").unwrap_or_default(),
+        data_omitted,
+    })
+}
+
+/// An event of `tenant` with its whole payload, if it exists.
+pub async fn get(
+    client: &Client,
+    tables: &Tables,
+    tenant: &TenantId,
+    id: &EventId,
+) -> Result<Option<StoredEvent>, StoreError> {
+    let table = &tables.events;
+    let output = client
+        .get_item()
+        .table_name(table)
+        .key("pk", s(tenant.to_string()))
+        .key("sk", s(event_sk(id)))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| store_error("GetItem", table, e))?;
+    let Some(item) = output.item() else { return Ok(None) };
+    if !item.contains_key("has_body") {
+        return Ok(None);
+    }
+    let Some(mut stored) = from_item(item, tenant) else {
+        return Ok(None);
+    };
+    if let Some(count) = get_n(item, "chunks") {
+        let mut bytes = Vec::new();
+        let mut start = None;
+        loop {
+            let page = client
+                .query()
+                .table_name(table)
+                .key_condition_expression("pk = :t AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":t", s(tenant.to_string()))
+                .expression_attribute_values(":prefix", s(format!("c#{id}#")))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| store_error("Query", table, e))?;
+            for chunk in page.items() {
+                if let Some(b) = chunk.get("bytes").and_then(|v| v.as_b().ok()) {
+                    bytes.extend_from_slice(b.as_ref());
+                }
+            }
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+        let text = inflate(&bytes).ok_or_else(|| {
+            StoreError::new(
+                "Query",
+                table,
+                std::io::Error::other(format!("{count} chunks of {id} do not inflate")),
+            )
+        })?;
+        stored.event.data = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        stored.data_omitted = false;
+    }
+    Ok(Some(stored))
+}
+
+/// Every attempt of an event, in order.
+pub async fn attempts(
+    client: &Client,
+    tables: &Tables,
+    tenant: &TenantId,
+    id: &EventId,
+) -> Result<Vec<Attempt>, StoreError> {
+    let table = &tables.attempts;
+    let mut found = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .query()
+            .table_name(table)
+            .key_condition_expression("pk = :t AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":t", s(tenant.to_string()))
+            .expression_attribute_values(":prefix", s(format!("{id}#")))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| store_error("Query", table, e))?;
+        for item in page.items() {
+            found.push(Attempt {
+                subscription_id: get_s(item, "subscription_id").unwrap_or_default(),
+                attempt: get_n(item, "attempt")
+                    .and_then(|a| i32::try_from(a).ok())
+                    .unwrap_or_default(),
+                kind: get_s(item, "kind").unwrap_or_default(),
+                at: get_n(item, "at").unwrap_or_default(),
+                http_status: get_n(item, "http_status").and_then(|v| i32::try_from(v).ok()),
+                latency_ms: get_n(item, "latency_ms"),
+                error: get_s(item, "error"),
+                response_excerpt: get_s(item, "response_excerpt"),
+            });
+        }
+        start = page.last_evaluated_key().cloned();
+        if start.is_none() {
+            break;
+        }
+    }
+    found.sort_by_key(|a| (a.attempt, a.at));
+    Ok(found)
+}
+
+/// Filters of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// An exact type, or `prefix.*`.
+    pub event_type: Option<String>,
+    /// One status.
+    pub status: Option<EventStatus>,
+    /// Received at or after (ms).
+    pub since: Option<i64>,
+    /// Received before (ms).
+    pub until: Option<i64>,
+    /// Routed to this subscription.
+    pub subscription_id: Option<String>,
+    /// Page size.
+    pub limit: usize,
+    /// From a previous page.
+    pub cursor: Option<String>,
+}
+
+fn bound(ms: i64, high: bool) -> String {
+    let ms = u64::try_from(ms.max(0)).unwrap_or(0).min((1 << 48) - 1);
+    let random = if high { (1u128 << 80) - 1 } else { 0 };
+    let ulid = ulid::Ulid::from_parts(ms, random);
+    format!("e#{}", EventId::from_ulid(ulid))
+}
+
+fn encode_cursor(key: &Item) -> Option<String> {
+    let sk = get_s(key, "sk")?;
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("e1:{sk}")))
+}
+
+fn decode_cursor(cursor: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let sk = text.strip_prefix("e1:")?;
+    sk.strip_prefix("e#")?.parse::<EventId>().ok()?;
+    Some(sk.to_owned())
+}
+
+/// A listing could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// DynamoDB failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The cursor was not made by this store.
+    #[error("invalid cursor")]
+    BadCursor,
+}
+
+/// One page of events: newest first, or oldest first from the inbox.
+pub async fn list(
+    client: &Client,
+    tables: &Tables,
+    tenant: &TenantId,
+    query: &ListQuery,
+    inbox: bool,
+) -> Result<(Vec<StoredEvent>, Option<String>), ListError> {
+    let table = &tables.events;
+    let mut start: Option<Item> = match &query.cursor {
+        Some(cursor) => {
+            let sk = decode_cursor(cursor).ok_or(ListError::BadCursor)?;
+            let mut key = HashMap::from([("pk".to_owned(), s(tenant.to_string())), ("sk".to_owned(), s(sk))]);
+            if inbox {
+                key.insert("inbox_pk".to_owned(), s(tenant.to_string()));
+            }
+            Some(key)
+        }
+        None => None,
+    };
+    let low = bound(query.since.unwrap_or(0), false);
+    let high = bound(query.until.map_or(i64::MAX, |u| u - 1), true);
+    let mut filters = vec!["attribute_exists(has_body)".to_owned()];
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut values: HashMap<String, AttributeValue> = HashMap::new();
+    values.insert(":t".to_owned(), s(tenant.to_string()));
+    values.insert(":low".to_owned(), s(low));
+    values.insert(":high".to_owned(), s(high));
+    match query.event_type.as_deref() {
+        Some(t) if t.ends_with(".*") => {
+            names.insert("#type".to_owned(), "event_type".to_owned());
+            values.insert(":type".to_owned(), s(t.trim_end_matches('*')));
+            filters.push("begins_with(#type, :type)".to_owned());
+        }
+        Some(t) => {
+            names.insert("#type".to_owned(), "event_type".to_owned());
+            values.insert(":type".to_owned(), s(t));
+            filters.push("#type = :type".to_owned());
+        }
+        None => {}
+    }
+    if let Some(status) = query.status {
+        names.insert("#status".to_owned(), "status".to_owned());
+        values.insert(":status".to_owned(), s(status.as_str()));
+        filters.push("#status = :status".to_owned());
+    }
+    if let Some(subscription) = &query.subscription_id {
+        values.insert(":sub".to_owned(), s(format!("\"{subscription}\"")));
+        filters.push("contains(progress, :sub)".to_owned());
+    }
+    let key_condition = if inbox {
+        "inbox_pk = :t AND sk BETWEEN :low AND :high"
+    } else {
+        "pk = :t AND sk BETWEEN :low AND :high"
+    };
+    let mut page = Vec::new();
+    loop {
+        let mut request = client
+            .query()
+            .table_name(table)
+            .key_condition_expression(key_condition)
+            .filter_expression(filters.join(" AND "))
+            .set_expression_attribute_values(Some(values.clone()))
+            .scan_index_forward(inbox)
+            .limit(i32::try_from((query.limit - page.len()).max(1)).unwrap_or(1000))
+            .set_exclusive_start_key(start.take());
+        if inbox {
+            request = request.index_name("inbox");
+        }
+        if !names.is_empty() {
+            request = request.set_expression_attribute_names(Some(names.clone()));
+        }
+        let output = request.send().await.map_err(|e| store_error("Query", table, e))?;
+        for item in output.items() {
+            if let Some(stored) = from_item(item, tenant) {
+                page.push(stored);
+            }
+        }
+        start = output.last_evaluated_key().cloned();
+        if page.len() >= query.limit || start.is_none() {
+            break;
+        }
+    }
+    let next = match (&start, page.last()) {
+        (Some(_), Some(last)) => encode_cursor(&HashMap::from([("sk".to_owned(), s(event_sk(&last.event.id)))])),
+        _ => None,
+    };
+    Ok((page, next))
+}
+
+/// Deletes an event, its chunks and its attempts; `false` if there was none.
+pub async fn delete(client: &Client, tables: &Tables, tenant: &TenantId, id: &EventId) -> Result<bool, StoreError> {
+    let existed = client
+        .delete_item()
+        .table_name(&tables.events)
+        .key("pk", s(tenant.to_string()))
+        .key("sk", s(event_sk(id)))
+        .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+        .send()
+        .await
+        .map_err(|e| store_error("DeleteItem", &tables.events, e))?
+        .attributes()
+        .is_some_and(|a| a.contains_key("has_body"));
+    delete_prefix(client, &tables.events, tenant, &format!("c#{id}#")).await?;
+    delete_prefix(client, &tables.attempts, tenant, &format!("{id}#")).await?;
+    Ok(existed)
+}
+
+/// Deletes every item of `tenant` in `table` whose sort key starts with
+/// `prefix` (everything with an empty prefix).
+pub async fn delete_prefix(client: &Client, table: &str, tenant: &TenantId, prefix: &str) -> Result<usize, StoreError> {
+    let mut deleted = 0;
+    loop {
+        let mut request = client
+            .query()
+            .table_name(table)
+            .expression_attribute_values(":t", s(tenant.to_string()))
+            .projection_expression("pk, sk")
+            .limit(100);
+        request = if prefix.is_empty() {
+            request.key_condition_expression("pk = :t")
+        } else {
+            request
+                .key_condition_expression("pk = :t AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":prefix", s(prefix))
+        };
+        let page = request.send().await.map_err(|e| store_error("Query", table, e))?;
+        if page.items().is_empty() {
+            return Ok(deleted);
+        }
+        let requests: Vec<WriteRequest> = page
+            .items()
+            .iter()
+            .filter_map(|item| {
+                let delete = DeleteRequest::builder()
+                    .key("pk", item.get("pk")?.clone())
+                    .key("sk", item.get("sk")?.clone())
+                    .build()
+                    .ok()?;
+                Some(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect();
+        deleted += requests.len();
+        for batch in requests.chunks(25) {
+            batch_write(client, table, batch.to_vec()).await?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_stored_inline_deflated_or_chunked() {
+        assert!(matches!(encode_payload("x".repeat(1000)), Payload::Inline(_)));
+        assert!(matches!(encode_payload("ab".repeat(400 * 1024)), Payload::Deflated(_)));
+        // Incompressible: 1 MiB of pseudo-random hex-free bytes as a JSON string.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let noise: String = (0..1024 * 1024)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'!' + (state % 90) as u8)
+            })
+            .filter(|c| *c != '"' && *c != '\\')
+            .collect();
+        let text = serde_json::to_string(&noise).unwrap_or_default();
+        match encode_payload(text.clone()) {
+            Payload::Chunked(chunks) => {
+                assert!(chunks.len() >= 2);
+                assert!(chunks.iter().all(|c| c.len() <= CHUNK_SIZE));
+                assert_eq!(inflate(&chunks.concat()), Some(text));
+            }
+            _ => panic!("1 MiB of noise was not chunked"),
+        }
+    }
+
+    #[test]
+    fn cursors_and_time_bounds() {
+        let id = EventId::new();
+        let cursor = encode_cursor(&HashMap::from([("sk".to_owned(), s(event_sk(&id)))])).unwrap_or_default();
+        assert_eq!(decode_cursor(&cursor), Some(event_sk(&id)));
+        assert_eq!(decode_cursor("bm9wZQ"), None);
+        let low = bound(id.timestamp_ms() as i64, false);
+        let high = bound(id.timestamp_ms() as i64, true);
+        let key = event_sk(&id);
+        assert!(low <= key && key <= high, "{low} {key} {high}");
+    }
+}

@@ -1,0 +1,335 @@
+//! Reading events back: listing and detail with delivery history, deletion,
+//! the pull inbox with acknowledgements, and the first client guide's inbox
+//! routes. Every read is scoped to the caller's tenant: another tenant's
+//! event is reported as not found.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use triggers_core::eventstore::{self, ListError, ListQuery, StoredEvent};
+use triggers_core::ids::EventId;
+use triggers_core::status::EventStatus;
+use triggers_core::tenancy::StoreError;
+use utoipa::ToSchema;
+
+use crate::auth::Caller;
+use crate::body::{self, read_json};
+use crate::error::{ApiError, ErrorBody};
+use crate::ingest::{format_time, parse_time};
+use crate::state::AppState;
+
+type State = web::Data<AppState>;
+
+/// Filters and paging of event listings.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct EventsQuery {
+    /// An exact type or `prefix.*`.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub event_type: Option<String>,
+    /// `accepted`, `routed`, `retrying`, `dead_lettered`, `unmatched`, `delivered`, `acknowledged`.
+    pub status: Option<String>,
+    /// Received at or after (RFC 3339).
+    pub since: Option<String>,
+    /// Received before (RFC 3339).
+    pub until: Option<String>,
+    /// Routed to this subscription.
+    pub subscription_id: Option<String>,
+    /// Page size, 1-1000 (default 50).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// An event as the API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    /// `evt_…`.
+    pub id: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Its source.
+    pub source: String,
+    /// Its subject.
+    pub subject: Option<String>,
+    /// When it happened (RFC 3339).
+    pub time: String,
+    /// The payload (null in listings for payloads over 350 KB: see `data_omitted`).
+    #[schema(value_type = Object)]
+    pub data: Value,
+    /// Whether `data` was left out of a listing; `GET /v1/events/{id}` has it.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub data_omitted: bool,
+    /// The overall status.
+    pub status: String,
+    /// When Triggers accepted it (RFC 3339).
+    pub received_at: String,
+    /// Last change of its status (RFC 3339).
+    pub updated_at: String,
+    /// One entry per subscription (only on `GET /v1/events/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub deliveries: Option<Vec<Value>>,
+}
+
+/// A page of events.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventPage {
+    /// The events.
+    pub data: Vec<EventView>,
+    /// The cursor of the next page, or null at the end.
+    pub next_cursor: Option<String>,
+}
+
+fn view(stored: &StoredEvent) -> EventView {
+    EventView {
+        id: stored.event.id.to_string(),
+        event_type: stored.event.event_type.clone(),
+        source: stored.event.source.clone(),
+        subject: stored.event.subject.clone(),
+        time: format_time(stored.event.time),
+        data: stored.event.data.clone(),
+        data_omitted: stored.data_omitted,
+        status: stored.status.as_str().to_owned(),
+        received_at: format_time(stored.event.received_at),
+        updated_at: format_time(stored.updated_at.max(stored.event.received_at)),
+        deliveries: None,
+    }
+}
+
+fn unavailable(e: StoreError) -> ApiError {
+    tracing::warn!(error = %e, "event store failed");
+    ApiError::Unavailable("the event store is unavailable".to_owned())
+}
+
+fn list_error(e: ListError) -> ApiError {
+    match e {
+        ListError::BadCursor => ApiError::BadRequest("invalid cursor".to_owned()),
+        ListError::Store(e) => unavailable(e),
+    }
+}
+
+fn parse_query(query: &EventsQuery) -> Result<ListQuery, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be between 1 and 1000".to_owned()));
+    }
+    let time = |name: &str, value: &Option<String>| -> Result<Option<i64>, ApiError> {
+        value
+            .as_deref()
+            .map(|v| parse_time(v).ok_or_else(|| ApiError::BadRequest(format!("{name} must be an RFC 3339 time"))))
+            .transpose()
+    };
+    let status = query
+        .status
+        .as_deref()
+        .map(|s| EventStatus::parse(s).ok_or_else(|| ApiError::BadRequest(format!("unknown status `{s}`"))))
+        .transpose()?;
+    Ok(ListQuery {
+        event_type: query.event_type.clone(),
+        status,
+        since: time("since", &query.since)?,
+        until: time("until", &query.until)?,
+        subscription_id: query.subscription_id.clone(),
+        limit,
+        cursor: query.cursor.clone(),
+    })
+}
+
+fn parse_id(text: &str) -> Result<EventId, ApiError> {
+    text.parse().map_err(|_| ApiError::NotFound(format!("event {text}")))
+}
+
+/// List the tenant's events, newest first.
+#[utoipa::path(
+    get, path = "/v1/events", tag = "events",
+    params(EventsQuery),
+    responses((status = 200, body = EventPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn list(caller: Caller, query: web::Query<EventsQuery>, state: State) -> Result<HttpResponse, ApiError> {
+    let query = parse_query(&query)?;
+    let (page, next) = eventstore::list(&state.dynamo, &state.tables, &caller.tenant, &query, false)
+        .await
+        .map_err(list_error)?;
+    Ok(HttpResponse::Ok().json(EventPage {
+        data: page.iter().map(view).collect(),
+        next_cursor: next,
+    }))
+}
+
+/// One event with its delivery history.
+#[utoipa::path(
+    get, path = "/v1/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "evt_…")),
+    responses((status = 200, body = EventView), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn get(caller: Caller, path: web::Path<String>, state: State) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let stored = eventstore::get(&state.dynamo, &state.tables, &caller.tenant, &id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| ApiError::NotFound(format!("event {id}")))?;
+    let attempts = eventstore::attempts(&state.dynamo, &state.tables, &caller.tenant, &id)
+        .await
+        .map_err(unavailable)?;
+    let deliveries = stored
+        .progress
+        .subscriptions
+        .iter()
+        .map(|(subscription, delivery_state)| {
+            let attempts: Vec<Value> = attempts
+                .iter()
+                .filter(|a| &a.subscription_id == subscription)
+                .map(|a| {
+                    json!({"attempt": a.attempt, "outcome": a.kind, "at": format_time(a.at),
+                           "http_status": a.http_status, "latency_ms": a.latency_ms,
+                           "error": a.error, "response_excerpt": a.response_excerpt})
+                })
+                .collect();
+            json!({"subscription_id": subscription, "state": delivery_state, "attempts": attempts})
+        })
+        .collect();
+    let mut body = view(&stored);
+    body.deliveries = Some(deliveries);
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// Remove an event and its history.
+#[utoipa::path(
+    delete, path = "/v1/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "evt_…")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn delete(caller: Caller, path: web::Path<String>, state: State) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    if !eventstore::delete(&state.dynamo, &state.tables, &caller.tenant, &id)
+        .await
+        .map_err(unavailable)?
+    {
+        return Err(ApiError::NotFound(format!("event {id}")));
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Events not yet delivered or acknowledged, oldest first.
+#[utoipa::path(
+    get, path = "/v1/inbox", tag = "inbox",
+    params(EventsQuery),
+    responses((status = 200, body = EventPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn inbox(caller: Caller, query: web::Query<EventsQuery>, state: State) -> Result<HttpResponse, ApiError> {
+    let query = parse_query(&query)?;
+    let (page, next) = eventstore::list(&state.dynamo, &state.tables, &caller.tenant, &query, true)
+        .await
+        .map_err(list_error)?;
+    Ok(HttpResponse::Ok().json(EventPage {
+        data: page.iter().map(view).collect(),
+        next_cursor: next,
+    }))
+}
+
+async fn acknowledge(state: &AppState, caller: &Caller, text: &str) -> Result<(), ApiError> {
+    let id = parse_id(text)?;
+    if eventstore::acknowledge(&state.dynamo, &state.tables, &caller.tenant, &id)
+        .await
+        .map_err(unavailable)?
+    {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!("event {id}")))
+    }
+}
+
+/// Acknowledge one event: it leaves the inbox and its pending retries stop.
+#[utoipa::path(
+    post, path = "/v1/inbox/{id}/ack", tag = "inbox",
+    params(("id" = String, Path, description = "evt_…")),
+    responses((status = 200, description = "Acknowledged"), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn ack(caller: Caller, path: web::Path<String>, state: State) -> Result<HttpResponse, ApiError> {
+    acknowledge(&state, &caller, &path).await?;
+    Ok(HttpResponse::Ok().json(json!({"id": path.as_str(), "status": "acknowledged"})))
+}
+
+/// Ids to acknowledge.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckMany {
+    /// 1-1000 event ids.
+    pub ids: Vec<String>,
+}
+
+/// Acknowledge many events; one result per id, in order.
+#[utoipa::path(
+    post, path = "/v1/inbox/ack", tag = "inbox",
+    request_body = AckMany,
+    responses((status = 200, description = "One result per id"), (status = 422, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn ack_many(
+    caller: Caller,
+    request: HttpRequest,
+    payload: web::Payload,
+    state: State,
+) -> Result<HttpResponse, ApiError> {
+    let (_, value) = read_json(&request, payload, 256 * 1024, body::JSON).await?;
+    let input: AckMany = serde_json::from_value(value).map_err(|e| ApiError::field("ids", e.to_string()))?;
+    if input.ids.is_empty() || input.ids.len() > 1000 {
+        return Err(ApiError::field("ids", "must hold 1 to 1000 ids"));
+    }
+    let results = futures::future::join_all(input.ids.iter().map(|id| {
+        let (state, caller) = (&state, &caller);
+        async move {
+            match acknowledge(state, caller, id).await {
+                Ok(()) => json!({"id": id, "status": "acknowledged"}),
+                Err(e) => json!({"id": id, "error": e.detail(None)}),
+            }
+        }
+    }))
+    .await;
+    Ok(HttpResponse::Ok().json(json!({"results": results})))
+}
+
+/// Up to 100 pending events, as a bare array (first client guide).
+#[utoipa::path(
+    get, path = "/inbox", tag = "compatibility",
+    responses((status = 200, description = "A JSON array of events with id, type, source, payload, status, created_at, updated_at")),
+    security(("api_key" = []))
+)]
+pub async fn inbox_compat(caller: Caller, state: State) -> Result<HttpResponse, ApiError> {
+    let query = ListQuery {
+        limit: 100,
+        ..ListQuery::default()
+    };
+    let (page, _) = eventstore::list(&state.dynamo, &state.tables, &caller.tenant, &query, true)
+        .await
+        .map_err(list_error)?;
+    let items: Vec<Value> = page
+        .iter()
+        .map(|e| {
+            json!({"id": e.event.id.to_string(), "type": e.event.event_type, "source": e.event.source,
+                   "payload": e.event.data, "status": e.status.as_str(),
+                   "created_at": format_time(e.event.received_at),
+                   "updated_at": format_time(e.updated_at.max(e.event.received_at))})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(items))
+}
+
+/// Acknowledge one event (first client guide): answers status `delivered`.
+#[utoipa::path(
+    post, path = "/inbox/{id}/ack", tag = "compatibility",
+    params(("id" = String, Path, description = "evt_…")),
+    responses((status = 200, description = "{\"id\", \"status\": \"delivered\"}"), (status = 404, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+pub async fn ack_compat(caller: Caller, path: web::Path<String>, state: State) -> Result<HttpResponse, ApiError> {
+    acknowledge(&state, &caller, &path).await?;
+    Ok(HttpResponse::Ok().json(json!({"id": path.as_str(), "status": "delivered"})))
+}

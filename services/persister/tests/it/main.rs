@@ -1,0 +1,5 @@
+//! The persister and the event APIs against real Tansu, DynamoDB Local, the
+//! registry, the gateway and the router.
+
+mod store;
+mod support;

@@ -1,0 +1,230 @@
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+use triggers_core::CancellationToken;
+use triggers_core::codec::{AvroCodec, Contract};
+use triggers_core::config::{CommonConfig, ConfigSource};
+use triggers_core::delivery::Outcome;
+use triggers_core::dynamo::Tables;
+use triggers_core::event::now_ms;
+use triggers_core::ids::TenantId;
+use triggers_core::ops::RunningServer;
+use triggers_core::tenancy::{self, Tenant};
+use triggers_persister::PersisterConfig;
+use triggers_stack::TestStack;
+
+pub const ADMIN: &str = "persister-test-admin-token";
+
+pub struct Env {
+    pub common: CommonConfig,
+    pub tables: Tables,
+    pub dynamo: aws_sdk_dynamodb::Client,
+    pub gateway: String,
+    pub key: String,
+    pub tenant: TenantId,
+    pub http: reqwest::Client,
+    pub codec: AvroCodec,
+    pub producer: FutureProducer,
+    pub shutdown: CancellationToken,
+    pub persister_shutdown: CancellationToken,
+    pub persister: Option<RunningServer>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.persister_shutdown.cancel();
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn tenant_with_key(dynamo: &aws_sdk_dynamodb::Client, tables: &Tables) -> (TenantId, String) {
+    let tenant = Tenant {
+        id: TenantId::new(),
+        name: "t".to_owned(),
+        created_at: now_ms(),
+        rate_limit: None,
+        retention_days: Some(30),
+    };
+    tenancy::put_tenant(dynamo, tables, &tenant)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let key = tenancy::create_api_key(dynamo, tables, &tenant.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (tenant.id, key.key)
+}
+
+pub async fn env() -> Env {
+    let stack = TestStack::shared();
+    let namespace = stack.namespace();
+    let mut common = ConfigSource::from_parts(None, Vec::new())
+        .map(|s| s.with_toml(&stack.config_toml(&namespace)))
+        .and_then(|s| s.common())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tables = Tables::new(&common.dynamodb.table_prefix);
+    let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
+    let schemas_topic = format!("{namespace}._schemas");
+    triggers_core::provision::provision_all(&common.kafka, &common.topics, &schemas_topic, &dynamo, &tables)
+        .await
+        .unwrap_or_else(|e| panic!("provisioning: {e}"));
+    let shutdown = CancellationToken::new();
+    let registry = triggers_registry::start(
+        &common.kafka,
+        &triggers_registry::RegistryServerConfig {
+            listen: "127.0.0.1:0".to_owned(),
+            topic: schemas_topic,
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("registry: {e}"));
+    common.schema_registry.url = registry.url();
+    let (tenant, key) = tenant_with_key(&dynamo, &tables).await;
+    let gateway = triggers_gateway::start(
+        &common,
+        &triggers_gateway::GatewayConfig {
+            listen: "127.0.0.1:0".to_owned(),
+            workers: 2,
+            admin_token: Some(ADMIN.to_owned()),
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("gateway: {e}"));
+    triggers_router::start(
+        &common,
+        &triggers_router::RouterConfig {
+            listen: "127.0.0.1:0".to_owned(),
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("router: {e}"));
+    let codec = AvroCodec::new(&common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
+    let producer = triggers_core::kafka::producer(&common.kafka, "test").unwrap_or_else(|e| panic!("{e}"));
+    let mut env = Env {
+        common,
+        tables,
+        dynamo,
+        gateway: format!("http://{}", gateway.addr),
+        key,
+        tenant,
+        http: reqwest::Client::new(),
+        codec,
+        producer,
+        shutdown,
+        persister_shutdown: CancellationToken::new(),
+        persister: None,
+    };
+    env.start_persister(Duration::from_secs(20)).await;
+    env
+}
+
+impl Env {
+    pub async fn start_persister(&mut self, grace: Duration) {
+        self.persister_shutdown = CancellationToken::new();
+        let persister = triggers_persister::start(
+            &self.common,
+            &PersisterConfig {
+                listen: "127.0.0.1:0".to_owned(),
+                shutdown_grace: grace,
+                ..Default::default()
+            },
+            self.persister_shutdown.clone(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("persister: {e}"));
+        self.persister = Some(persister);
+    }
+
+    pub async fn stop_persister(&mut self) {
+        self.persister_shutdown.cancel();
+        if let Some(persister) = self.persister.take() {
+            let stopped = tokio::time::timeout(Duration::from_secs(30), persister.task).await;
+            assert!(matches!(stopped, Ok(Ok(Ok(())))), "persister did not stop: {stopped:?}");
+        }
+    }
+
+    pub async fn call_as(&self, key: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.gateway))
+            .bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_as(&self.key, method, path, body).await
+    }
+
+    pub async fn ingest(&self, event: Value) -> String {
+        let (status, accepted) = self.call(reqwest::Method::POST, "/v1/events", Some(event)).await;
+        assert_eq!(status, 202, "{accepted}");
+        accepted["id"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Waits until `GET /v1/events/{id}` answers 200 with `check` true.
+    pub async fn wait_event(&self, id: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.call(reqwest::Method::GET, &format!("/v1/events/{id}"), None).await;
+            if status == 200 && check(&body) {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "event {id} never got there: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every event id listed by `path` (paging with the cursor).
+    pub async fn all_ids(&self, path: &str) -> Vec<String> {
+        let mut ids = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let separator = if path.contains('?') { '&' } else { '?' };
+            let url = match &cursor {
+                Some(c) => format!("{path}{separator}limit=7&cursor={c}"),
+                None => format!("{path}{separator}limit=7"),
+            };
+            let (status, page) = self.call(reqwest::Method::GET, &url, None).await;
+            assert_eq!(status, 200, "{page}");
+            for item in page["data"].as_array().cloned().unwrap_or_default() {
+                ids.push(item["id"].as_str().unwrap_or_default().to_owned());
+            }
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return ids,
+            }
+        }
+    }
+
+    pub async fn produce_outcome(&self, outcome: &Outcome) {
+        let topic = self.common.topics.outcomes();
+        let payload = self
+            .codec
+            .encode(&topic, Contract::Outcome, outcome)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&outcome.event_id.to_string())
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("{e}"));
+    }
+}
