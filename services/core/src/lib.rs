@@ -25,6 +25,7 @@ pub mod delivery;
 pub mod dynamo;
 pub mod event;
 pub mod eventstore;
+pub mod follower;
 pub mod ids;
 pub mod kafka;
 pub mod matching;
@@ -34,6 +35,7 @@ pub mod provision;
 pub mod shutdown;
 pub mod status;
 pub mod subscription;
+pub mod subscription_table;
 pub mod telemetry;
 pub mod tenancy;
 

@@ -14,9 +14,9 @@
 //! `<ns>.events.invalid` and never stop the router.
 #![forbid(unsafe_code)]
 
-pub mod follower;
 pub mod pipeline;
-pub mod table;
+
+pub use triggers_core::subscription_table as table;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,15 +122,19 @@ pub async fn start(
     let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
     let tables = Tables::new(&common.dynamodb.table_prefix);
     let codec = AvroCodec::new(&common.schema_registry)?;
-    let follower = follower::Follower::start(
+    let follower = triggers_core::follower::Follower::start(
         &common.kafka,
         &common.topics.subscriptions(),
         codec.clone(),
         "router",
         shutdown.clone(),
     )
-    .await?;
-    follower.caught_up(config.catch_up_timeout).await?;
+    .await
+    .map_err(|e| RouterError::Internal(e.to_string()))?;
+    follower
+        .caught_up(config.catch_up_timeout)
+        .await
+        .map_err(|e| RouterError::Internal(e.to_string()))?;
     tracing::info!(
         subscriptions = follower.table.read().len(),
         "subscription table caught up"

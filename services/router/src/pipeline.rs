@@ -25,7 +25,7 @@ use triggers_core::delivery::{Delivery, Outcome};
 use triggers_core::event::Event;
 use triggers_core::offsets::OffsetTracker;
 
-use crate::follower::Follower;
+use triggers_core::follower::Follower;
 
 /// Logs rebalances. Offsets of work still in flight when a partition is
 /// revoked are not stored: the next owner routes those events again, with the

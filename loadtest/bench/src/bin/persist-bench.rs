@@ -57,7 +57,10 @@ async fn main() -> anyhow::Result<()> {
         receiver_port: port()?,
         env: vec![
             ("TRIGGERS_TELEMETRY__LOG_LEVEL".to_owned(), "error".to_owned()),
-            ("TRIGGERS_GATEWAY__DEFAULT_RATE_LIMIT".to_owned(), "100000000".to_owned()),
+            (
+                "TRIGGERS_GATEWAY__DEFAULT_RATE_LIMIT".to_owned(),
+                "100000000".to_owned(),
+            ),
         ],
         ..LocalOptions::new(dir.path())
     };
@@ -68,7 +71,10 @@ async fn main() -> anyhow::Result<()> {
     let key = Arc::new(stack.demo.api_key.clone());
 
     println!("# Persistence benchmark\n");
-    println!("Gateway, router, persister, Tansu and DynamoDB Local on this machine; every {}th event polled every {} ms from its 202 until `GET /v1/events/{{id}}` answers.\n", args.sample_every, args.poll_ms);
+    println!(
+        "Gateway, router, persister, Tansu and DynamoDB Local on this machine; every {}th event polled every {} ms from its 202 until `GET /v1/events/{{id}}` answers.\n",
+        args.sample_every, args.poll_ms
+    );
     println!("| ingest events/s | 202s | sampled | readable p50 | p95 | p99 | max | unreadable after 30 s |");
     println!("|---|---|---|---|---|---|---|---|");
     for &rate in &args.rates {
@@ -92,7 +98,9 @@ async fn main() -> anyhow::Result<()> {
                     return None;
                 }
                 let accepted = Instant::now();
-                let id = response.json::<serde_json::Value>().await.ok()?["id"].as_str()?.to_owned();
+                let id = response.json::<serde_json::Value>().await.ok()?["id"]
+                    .as_str()?
+                    .to_owned();
                 if i % sample_every != 0 {
                     return Some(None);
                 }

@@ -9,11 +9,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::event::Event;
+use crate::ids::{SubscriptionId, TenantId};
+use crate::matching::{Filter, TypePattern};
+use crate::subscription::Subscription;
 use serde_json::Value;
-use triggers_core::event::Event;
-use triggers_core::ids::{SubscriptionId, TenantId};
-use triggers_core::matching::{Filter, TypePattern};
-use triggers_core::subscription::Subscription;
 
 /// A subscription ready for matching.
 #[derive(Debug)]

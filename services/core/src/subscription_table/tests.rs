@@ -1,9 +1,9 @@
 use std::collections::BTreeMap;
 
+use crate::ids::EventId;
+use crate::subscription::{SigningSecret, SubscriptionStatus};
 use proptest::prelude::*;
 use serde_json::json;
-use triggers_core::ids::EventId;
-use triggers_core::subscription::{SigningSecret, SubscriptionStatus};
 
 use super::*;
 

@@ -12,14 +12,24 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
-use triggers_core::CancellationToken;
-use triggers_core::codec::{AvroCodec, Contract};
-use triggers_core::config::KafkaConfig;
-use triggers_core::ids::SubscriptionId;
-use triggers_core::subscription::Subscription;
+use tokio_util::sync::CancellationToken;
 
-use crate::RouterError;
-use crate::table::SubscriptionTable;
+use crate::codec::{AvroCodec, Contract};
+use crate::config::KafkaConfig;
+use crate::ids::SubscriptionId;
+use crate::subscription::Subscription;
+use crate::subscription_table::SubscriptionTable;
+
+/// The follower could not start or catch up.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowerError {
+    /// Kafka refused.
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// Anything else.
+    #[error("{0}")]
+    Internal(String),
+}
 
 /// A consumer context that does not report the end of a partition as an
 /// error: the follower asks for those signals on purpose.
@@ -54,17 +64,17 @@ impl Follower {
         codec: AvroCodec,
         service: &str,
         shutdown: CancellationToken,
-    ) -> Result<Self, RouterError> {
-        let consumer: StreamConsumer<FollowerContext> = triggers_core::kafka::base_config(kafka, service)
+    ) -> Result<Self, FollowerError> {
+        let consumer: StreamConsumer<FollowerContext> = crate::kafka::base_config(kafka, service)
             .set(
                 "group.id",
-                format!("{service}-follower-{}", triggers_core::ids::RequestId::new()),
+                format!("{service}-follower-{}", crate::ids::RequestId::new()),
             )
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", kafka.fetch_wait_max.as_millis().to_string())
             .create_with_context(FollowerContext)
-            .map_err(RouterError::Kafka)?;
+            .map_err(FollowerError::Kafka)?;
         let consumer = Arc::new(consumer);
         let partitions = {
             let consumer = consumer.clone();
@@ -75,11 +85,11 @@ impl Follower {
                     .map(|m| m.topics().first().map(|t| t.partitions().len()).unwrap_or(0))
             })
             .await
-            .map_err(|e| RouterError::Internal(e.to_string()))?
-            .map_err(RouterError::Kafka)?
+            .map_err(|e| FollowerError::Internal(e.to_string()))?
+            .map_err(FollowerError::Kafka)?
         };
         if partitions == 0 {
-            return Err(RouterError::Internal(format!(
+            return Err(FollowerError::Internal(format!(
                 "topic {topic} does not exist; provision it first"
             )));
         }
@@ -87,9 +97,9 @@ impl Follower {
         for partition in 0..partitions {
             assignment
                 .add_partition_offset(topic, partition as i32, Offset::Beginning)
-                .map_err(RouterError::Kafka)?;
+                .map_err(FollowerError::Kafka)?;
         }
-        consumer.assign(&assignment).map_err(RouterError::Kafka)?;
+        consumer.assign(&assignment).map_err(FollowerError::Kafka)?;
         let table = Arc::new(RwLock::new(SubscriptionTable::new()));
         let (caught_up_tx, caught_up) = watch::channel(false);
         tokio::spawn(follow(
@@ -99,17 +109,18 @@ impl Follower {
             partitions,
             caught_up_tx,
             shutdown,
+            service.to_owned(),
         ));
         Ok(Self { table, caught_up })
     }
 
     /// Waits until every partition was read to its end once.
-    pub async fn caught_up(&self, timeout: Duration) -> Result<(), RouterError> {
+    pub async fn caught_up(&self, timeout: Duration) -> Result<(), FollowerError> {
         let mut caught_up = self.caught_up.clone();
         tokio::time::timeout(timeout, caught_up.wait_for(|c| *c))
             .await
-            .map_err(|_| RouterError::Internal("the subscription table did not catch up in time".to_owned()))?
-            .map_err(|_| RouterError::Internal("the subscription follower stopped".to_owned()))?;
+            .map_err(|_| FollowerError::Internal("the subscription table did not catch up in time".to_owned()))?
+            .map_err(|_| FollowerError::Internal("the subscription follower stopped".to_owned()))?;
         Ok(())
     }
 }
@@ -121,6 +132,7 @@ async fn follow(
     partitions: usize,
     caught_up: watch::Sender<bool>,
     shutdown: CancellationToken,
+    service: String,
 ) {
     let mut at_end: HashSet<i32> = HashSet::new();
     loop {
@@ -159,7 +171,8 @@ async fn follow(
                         }
                     },
                 }
-                metrics::gauge!("triggers_router_subscriptions").set(table.read().len() as f64);
+                metrics::gauge!("triggers_subscriptions_known", "service" => service.clone())
+                    .set(table.read().len() as f64);
             }
             Err(KafkaError::PartitionEOF(partition)) => {
                 at_end.insert(partition);
