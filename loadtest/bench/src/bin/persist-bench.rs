@@ -121,16 +121,13 @@ async fn main() -> anyhow::Result<()> {
         }
         let (mut ok, mut latencies, mut lost) = (0usize, Vec::new(), 0usize);
         for task in tasks {
-            match task.await {
-                Ok(Some(sample)) => {
-                    ok += 1;
-                    match sample {
-                        Some(Some(latency)) => latencies.push(latency),
-                        Some(None) => lost += 1,
-                        None => {}
-                    }
+            if let Ok(Some(sample)) = task.await {
+                ok += 1;
+                match sample {
+                    Some(Some(latency)) => latencies.push(latency),
+                    Some(None) => lost += 1,
+                    None => {}
                 }
-                _ => {}
             }
         }
         latencies.sort_unstable();
