@@ -82,3 +82,19 @@ pub mod json_text {
         serde_json::from_str(&text).map_err(serde::de::Error::custom)
     }
 }
+
+/// RFC 3339 (UTC, milliseconds) of milliseconds since the epoch.
+pub fn rfc3339(ms: i64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time.
+pub fn parse_rfc3339(value: &str) -> Option<i64> {
+    use time::format_description::well_known::Rfc3339;
+    let time = time::OffsetDateTime::parse(value, &Rfc3339).ok()?;
+    i64::try_from(time.unix_timestamp_nanos() / 1_000_000).ok()
+}

@@ -422,6 +422,29 @@ pub async fn apply_outcome(
     Ok(status.unwrap_or(EventStatus::Accepted))
 }
 
+/// Whether an event was acknowledged (its deliveries then stop).
+pub async fn is_acknowledged(
+    client: &Client,
+    tables: &Tables,
+    tenant: &TenantId,
+    id: &EventId,
+) -> Result<bool, StoreError> {
+    let output = client
+        .get_item()
+        .table_name(&tables.events)
+        .key("pk", s(tenant.to_string()))
+        .key("sk", s(event_sk(id)))
+        .projection_expression("progress")
+        .send()
+        .await
+        .map_err(|e| store_error("GetItem", &tables.events, e))?;
+    Ok(output
+        .item()
+        .and_then(|i| get_s(i, "progress"))
+        .and_then(|p| serde_json::from_str::<Progress>(&p).ok())
+        .is_some_and(|p| p.acknowledged))
+}
+
 /// Acknowledges an event from the inbox; `false` when there is no such event.
 pub async fn acknowledge(
     client: &Client,

@@ -1,14 +1,46 @@
-//! Delivers signed webhooks with retry tiers and a dead-letter topic (consumer group `triggers-deliverer`). Delivery guarantee: at-least-once.
+//! Delivers signed webhooks (consumer group `triggers-deliverer` on
+//! `<ns>.deliveries`, and one group per retry tier on
+//! `<ns>.deliveries.retry.<tier>`).
 //!
-//! Status: the service skeleton. It starts, answers `/healthz`, `/readyz`
-//! (Kafka and DynamoDB reachable) and `/metrics`, and stops on shutdown; its
-//! consuming loop is the work of its own issue.
+//! Each delivery is POSTed to its subscription's `target_url` with the event
+//! as JSON and Standard Webhooks headers (`webhook-id` = the event id). A 2xx
+//! is `delivered`. 410 Gone disables the subscription at once (REST Hooks).
+//! Any other failure (timeout, connection error, 5xx, 408, 429, other non-2xx)
+//! goes to the next retry tier with a `not_before` time — at least the tier's
+//! delay (with ±10% jitter) and at least what `Retry-After` asks on 429/503 —
+//! and after the last tier to `<ns>.deliveries.dlq`, `dead_lettered`. Every
+//! attempt writes an outcome. Acknowledged events, and deliveries to deleted,
+//! paused or disabled subscriptions, are skipped. Outbound requests pass the
+//! SSRF guard.
+//!
+//! Guarantee: at-least-once. An offset is stored only after the attempt's
+//! outcome and its follow-up record (retry or DLQ) are acknowledged by Kafka;
+//! a crash repeats attempts, with the same `webhook-id`, for receivers to
+//! deduplicate.
 #![forbid(unsafe_code)]
 
+pub mod signature;
+pub mod ssrf;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use rdkafka::Message;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use triggers_core::CancellationToken;
-use triggers_core::config::{CommonConfig, ConfigIssue, Validate, validate_listen};
+use triggers_core::codec::{AvroCodec, Contract};
+use triggers_core::config::{CommonConfig, ConfigIssue, TopicsConfig, Validate, validate_listen};
+use triggers_core::delivery::{Delivery, Outcome, OutcomeKind};
+use triggers_core::dynamo::Tables;
+use triggers_core::event::{now_ms, rfc3339};
+use triggers_core::follower::Follower;
 use triggers_core::ops::{self, Readiness, RunningServer};
+use triggers_core::subscription::{self, Subscription, SubscriptionStatus};
 
 /// The `[deliverer]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -16,12 +48,30 @@ use triggers_core::ops::{self, Readiness, RunningServer};
 pub struct DelivererConfig {
     /// Where the operations endpoints listen.
     pub listen: String,
+    /// The consumer group of `<ns>.deliveries`; tiers use `<group>-retry-<tier>`.
+    pub group_id: String,
+    /// Deliveries in flight per consumer.
+    pub max_in_flight: usize,
+    /// The longest a webhook request may take.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Networks webhooks may reach although private or loopback
+    /// (`127.0.0.0/8` locally). Empty in production.
+    pub allow_networks: Vec<String>,
+    /// How long shutdown waits for attempts in flight.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for DelivererConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:9104".to_owned(),
+            group_id: "triggers-deliverer".to_owned(),
+            max_in_flight: 256,
+            request_timeout: Duration::from_secs(10),
+            allow_networks: Vec::new(),
+            shutdown_grace: Duration::from_secs(20),
         }
     }
 }
@@ -29,10 +79,28 @@ impl Default for DelivererConfig {
 impl Validate for DelivererConfig {
     fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
         validate_listen(prefix, "listen", &self.listen, issues);
+        if self.group_id.trim().is_empty() {
+            issues.push(ConfigIssue::new(format!("{prefix}.group_id"), "must not be empty"));
+        }
+        if !(1..=10_000).contains(&self.max_in_flight) {
+            issues.push(ConfigIssue::new(
+                format!("{prefix}.max_in_flight"),
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.request_timeout < Duration::from_millis(100) || self.request_timeout > Duration::from_secs(120) {
+            issues.push(ConfigIssue::new(
+                format!("{prefix}.request_timeout"),
+                "must be between 100ms and 2m",
+            ));
+        }
+        if let Err(e) = ssrf::AllowList::parse(&self.allow_networks) {
+            issues.push(ConfigIssue::new(format!("{prefix}.allow_networks"), e));
+        }
     }
 }
 
-/// The deliverer could not start or stopped with an error.
+/// The deliverer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DelivererError {
     /// The operations server could not bind.
@@ -44,22 +112,582 @@ pub enum DelivererError {
         #[source]
         source: std::io::Error,
     },
+    /// Kafka refused.
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A client could not be built.
+    #[error(transparent)]
+    Client(#[from] triggers_core::kafka::ClientError),
+    /// The codec could not be built.
+    #[error(transparent)]
+    Codec(#[from] triggers_core::codec::CodecError),
+    /// Anything else.
+    #[error("{0}")]
+    Internal(String),
 }
 
-/// Starts the deliverer; it runs until `shutdown` is cancelled.
+/// What one HTTP attempt gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptResult {
+    /// The status, if the endpoint answered.
+    pub status: Option<u16>,
+    /// The start of the body (at most 4 KB).
+    pub excerpt: Option<String>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// `Retry-After` in seconds, on 429 and 503.
+    pub retry_after: Option<u64>,
+    /// How long it took.
+    pub latency_ms: i64,
+}
+
+/// How an attempt ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx.
+    Delivered,
+    /// 410 Gone: disable the subscription.
+    Gone,
+    /// Anything else: retry later.
+    Retry,
+}
+
+/// The verdict of an attempt.
+pub fn verdict(result: &AttemptResult) -> Verdict {
+    match result.status {
+        Some(status) if (200..300).contains(&status) => Verdict::Delivered,
+        Some(410) => Verdict::Gone,
+        _ => Verdict::Retry,
+    }
+}
+
+/// When the next attempt after a failed `attempt` (1-based) may run, and on
+/// which tier; `None` when the tiers are exhausted (dead-letter).
+pub fn next_attempt(
+    tiers: &[Duration],
+    attempt: i32,
+    retry_after: Option<u64>,
+    now: i64,
+    jitter: f64,
+) -> Option<(usize, i64)> {
+    let tier = usize::try_from(attempt - 1).ok()?;
+    let delay = tiers.get(tier)?;
+    let jittered = delay.as_secs_f64() * (1.0 + jitter);
+    let wait = jittered.max(retry_after.unwrap_or(0) as f64);
+    Some((tier, now + (wait * 1000.0) as i64))
+}
+
+struct Deliverer {
+    http: reqwest::Client,
+    allow: ssrf::AllowList,
+    follower: Follower,
+    producer: FutureProducer,
+    codec: AvroCodec,
+    topics: TopicsConfig,
+    dynamo: aws_sdk_dynamodb::Client,
+    tables: Tables,
+    max_response_bytes: usize,
+}
+
+struct Out {
+    topic: String,
+    key: String,
+    payload: Vec<u8>,
+}
+
+impl Deliverer {
+    async fn handle(&self, message: OwnedMessage, shutdown: &CancellationToken) -> bool {
+        let Some(payload) = message.payload() else { return true };
+        let decoded = triggers_core::consume::retry("decode delivery", shutdown, || async {
+            match self.codec.decode::<Delivery>(Contract::Delivery, payload).await {
+                Ok(d) => Ok(Some(d)),
+                Err(e) if e.is_retriable() => Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, offset = message.offset(), "skipping an undecodable delivery");
+                    metrics::counter!("triggers_deliverer_skipped_total", "reason" => "undecodable").increment(1);
+                    Ok(None)
+                }
+            }
+        })
+        .await;
+        let Some(decoded) = decoded else { return false };
+        let Some(delivery) = decoded else { return true };
+        // Not before its time, without holding anything else up.
+        let wait = delivery.not_before - now_ms();
+        if wait > 0 {
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+            }
+        }
+        let traceparent = message.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == "traceparent")
+                .and_then(|h| h.value.map(<[u8]>::to_vec))
+        });
+        let records = self.attempt(&delivery, traceparent.as_deref()).await;
+        self.produce(records, shutdown).await
+    }
+
+    fn outcome(
+        &self,
+        delivery: &Delivery,
+        kind: OutcomeKind,
+        result: Option<&AttemptResult>,
+        error: Option<String>,
+    ) -> Outcome {
+        Outcome {
+            event_id: delivery.event.id,
+            tenant: delivery.tenant,
+            subscription_id: Some(delivery.subscription_id),
+            delivery_id: Some(delivery.id),
+            kind,
+            attempt: delivery.attempt,
+            at: now_ms(),
+            http_status: result.and_then(|r| r.status).map(i32::from),
+            latency_ms: result.map(|r| r.latency_ms),
+            error: error.or_else(|| result.and_then(|r| r.error.clone())),
+            response_excerpt: result.and_then(|r| r.excerpt.clone()),
+            subscriptions: Vec::new(),
+        }
+    }
+
+    async fn encode<T: Serialize>(&self, topic: &str, contract: Contract, key: String, value: &T) -> Option<Out> {
+        match self.codec.encode(topic, contract, value).await {
+            Ok(payload) => Some(Out {
+                topic: topic.to_owned(),
+                key,
+                payload,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a record");
+                None
+            }
+        }
+    }
+
+    /// Runs one attempt; the records it leads to.
+    async fn attempt(&self, delivery: &Delivery, traceparent: Option<&[u8]>) -> Vec<Out> {
+        let outcomes = self.topics.outcomes();
+        let event_key = delivery.event.id.to_string();
+        let subscription = self
+            .follower
+            .table
+            .read()
+            .get(&delivery.subscription_id)
+            .map(|c| c.subscription.clone());
+        let skip = match &subscription {
+            None => Some("the subscription no longer exists"),
+            Some(s) if s.status == SubscriptionStatus::Paused => Some("the subscription is paused"),
+            Some(s) if s.status == SubscriptionStatus::Disabled => Some("the subscription is disabled"),
+            Some(_) => None,
+        };
+        let acknowledged = triggers_core::eventstore::is_acknowledged(
+            &self.dynamo,
+            &self.tables,
+            &delivery.tenant,
+            &delivery.event.id,
+        )
+        .await
+        .unwrap_or(false);
+        let skip = skip.or(acknowledged.then_some("the event was acknowledged"));
+        if let Some(reason) = skip {
+            metrics::counter!("triggers_deliverer_skipped_total", "reason" => reason).increment(1);
+            let outcome = self.outcome(delivery, OutcomeKind::Skipped, None, Some(reason.to_owned()));
+            return self
+                .encode(&outcomes, Contract::Outcome, event_key, &outcome)
+                .await
+                .into_iter()
+                .collect();
+        }
+        let Some(subscription) = subscription else {
+            return Vec::new();
+        };
+        let result = self.post(&subscription, delivery, traceparent).await;
+        let mut records = Vec::new();
+        match verdict(&result) {
+            Verdict::Delivered => {
+                metrics::counter!("triggers_deliverer_attempts_total", "result" => "delivered").increment(1);
+                records.extend(
+                    self.encode(
+                        &outcomes,
+                        Contract::Outcome,
+                        event_key,
+                        &self.outcome(delivery, OutcomeKind::Delivered, Some(&result), None),
+                    )
+                    .await,
+                );
+            }
+            Verdict::Gone => {
+                metrics::counter!("triggers_deliverer_attempts_total", "result" => "gone").increment(1);
+                self.disable(&subscription).await;
+                records.extend(
+                    self.encode(
+                        &outcomes,
+                        Contract::Outcome,
+                        event_key,
+                        &self.outcome(
+                            delivery,
+                            OutcomeKind::Disabled,
+                            Some(&result),
+                            Some("410 Gone: subscription disabled".to_owned()),
+                        ),
+                    )
+                    .await,
+                );
+            }
+            Verdict::Retry => {
+                let jitter = rand::rng().random_range(-0.1..0.1);
+                let error = result
+                    .error
+                    .clone()
+                    .or_else(|| result.status.map(|s| format!("HTTP {s}")))
+                    .unwrap_or_else(|| "failed".to_owned());
+                let mut next = delivery.clone();
+                next.last_error = Some(error.clone());
+                next.last_status = result.status.map(i32::from);
+                let key = delivery.subscription_id.to_string();
+                match next_attempt(
+                    &self.topics.retry_tiers,
+                    delivery.attempt,
+                    result.retry_after,
+                    now_ms(),
+                    jitter,
+                ) {
+                    Some((tier, not_before)) => {
+                        metrics::counter!("triggers_deliverer_attempts_total", "result" => "retrying").increment(1);
+                        next.attempt += 1;
+                        next.not_before = not_before;
+                        let topic = self.topics.retries()[tier].clone();
+                        records.extend(self.encode(&topic, Contract::Delivery, key, &next).await);
+                        records.extend(
+                            self.encode(
+                                &outcomes,
+                                Contract::Outcome,
+                                event_key,
+                                &self.outcome(delivery, OutcomeKind::Retrying, Some(&result), Some(error)),
+                            )
+                            .await,
+                        );
+                    }
+                    None => {
+                        metrics::counter!("triggers_deliverer_attempts_total", "result" => "dead_lettered")
+                            .increment(1);
+                        records.extend(self.encode(&self.topics.dlq(), Contract::Delivery, key, &next).await);
+                        records.extend(
+                            self.encode(
+                                &outcomes,
+                                Contract::Outcome,
+                                event_key,
+                                &self.outcome(delivery, OutcomeKind::DeadLettered, Some(&result), Some(error)),
+                            )
+                            .await,
+                        );
+                    }
+                }
+            }
+        }
+        records
+    }
+
+    /// The webhook request.
+    async fn post(
+        &self,
+        subscription: &Subscription,
+        delivery: &Delivery,
+        traceparent: Option<&[u8]>,
+    ) -> AttemptResult {
+        let event = &delivery.event;
+        let body = json!({
+            "id": event.id.to_string(), "type": event.event_type, "source": event.source,
+            "specversion": "1.0", "time": rfc3339(event.time), "subject": event.subject,
+            "datacontenttype": event.datacontenttype, "data": event.data,
+        })
+        .to_string();
+        let started = std::time::Instant::now();
+        let failed = |error: String| AttemptResult {
+            status: None,
+            excerpt: None,
+            error: Some(error),
+            retry_after: None,
+            latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        };
+        let url = match url::Url::parse(&subscription.target_url) {
+            Ok(url) => url,
+            Err(e) => return failed(format!("invalid target_url: {e}")),
+        };
+        if !ssrf::literal_ip_permitted(&url, &self.allow) {
+            return failed(format!(
+                "blocked by the SSRF guard: {} is not an allowed address",
+                url.host_str().unwrap_or("")
+            ));
+        }
+        let id = event.id.to_string();
+        let timestamp = now_ms() / 1000;
+        let signature = match signature::header(subscription.signing_secrets(now_ms()), &id, timestamp, body.as_bytes())
+        {
+            Ok(signature) => signature,
+            Err(e) => return failed(e.to_string()),
+        };
+        let mut request = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .header("user-agent", concat!("Triggers/", env!("CARGO_PKG_VERSION")));
+        if let Some(traceparent) = traceparent.and_then(|t| std::str::from_utf8(t).ok()) {
+            request = request.header("traceparent", traceparent);
+        }
+        if delivery.replay {
+            request = request.header("triggers-replay", "true");
+        }
+        let response = match request.body(body).send().await {
+            Ok(response) => response,
+            Err(e) => {
+                let mut message = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(inner) = source {
+                    message.push_str(": ");
+                    message.push_str(&inner.to_string());
+                    source = inner.source();
+                }
+                return failed(message);
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = (status == 429 || status == 503)
+            .then(|| {
+                response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            })
+            .flatten();
+        let excerpt = read_at_most(response, self.max_response_bytes).await;
+        AttemptResult {
+            status: Some(status),
+            excerpt: (!excerpt.is_empty()).then_some(excerpt),
+            error: (!(200..300).contains(&status)).then(|| format!("HTTP {status}")),
+            retry_after,
+            latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Disables a subscription after 410 Gone.
+    async fn disable(&self, seen: &Subscription) {
+        let current = match subscription::get(&self.dynamo, &self.tables, &seen.tenant, &seen.id).await {
+            Ok(Some(current)) => current,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a subscription to disable it");
+                return;
+            }
+        };
+        let mut disabled = current.clone();
+        disabled.status = SubscriptionStatus::Disabled;
+        disabled.disabled_reason = Some(format!(
+            "{} answered 410 Gone at {}",
+            current.target_url,
+            rfc3339(now_ms())
+        ));
+        disabled.revision = current.revision + 1;
+        disabled.updated_at = now_ms();
+        if let Err(e) = subscription::update(&self.dynamo, &self.tables, &disabled, current.revision).await {
+            tracing::warn!(error = %e, "cannot disable a subscription");
+            return;
+        }
+        if let Err(e) =
+            subscription::publish(&self.producer, &self.codec, &self.topics.subscriptions(), &disabled).await
+        {
+            tracing::warn!(error = %e, "cannot publish a disabled subscription");
+        }
+        // Apply it here at once, so the next deliveries skip.
+        self.follower.table.write().upsert(disabled);
+        tracing::info!(subscription = %seen.id, "disabled after 410 Gone");
+    }
+
+    /// Produces the records and waits for Kafka; `false` on shutdown.
+    async fn produce(&self, records: Vec<Out>, shutdown: &CancellationToken) -> bool {
+        for record in &records {
+            let sent = triggers_core::consume::retry("produce", shutdown, || async {
+                self.producer
+                    .send(
+                        FutureRecord::to(&record.topic)
+                            .key(&record.key)
+                            .payload(&record.payload),
+                        rdkafka::util::Timeout::Never,
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+            })
+            .await;
+            if sent.is_none() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+async fn read_at_most(mut response: reqwest::Response, limit: usize) -> String {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(limit - body.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Starts the deliverer: reads the subscription table to its end, then
+/// delivers from `<ns>.deliveries` and every retry tier until `shutdown`.
 pub async fn start(
     common: &CommonConfig,
     config: &DelivererConfig,
     shutdown: CancellationToken,
 ) -> Result<RunningServer, DelivererError> {
+    let allow = ssrf::AllowList::parse(&config.allow_networks).map_err(DelivererError::Internal)?;
+    let http = reqwest::Client::builder()
+        .dns_resolver(Arc::new(ssrf::GuardedResolver::new(allow.clone())))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(config.request_timeout)
+        .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
+        .pool_max_idle_per_host(32)
+        .build()
+        .map_err(|e| DelivererError::Internal(e.to_string()))?;
     let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
+    let tables = Tables::new(&common.dynamodb.table_prefix);
+    let codec = AvroCodec::new(&common.schema_registry)?;
+    let follower = Follower::start(
+        &common.kafka,
+        &common.topics.subscriptions(),
+        codec.clone(),
+        "deliverer",
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| DelivererError::Internal(e.to_string()))?;
+    follower
+        .caught_up(Duration::from_secs(120))
+        .await
+        .map_err(|e| DelivererError::Internal(e.to_string()))?;
+    let deliverer = Arc::new(Deliverer {
+        http,
+        allow,
+        follower,
+        producer: triggers_core::kafka::producer(&common.kafka, "deliverer")?,
+        codec,
+        topics: common.topics.clone(),
+        dynamo: dynamo.clone(),
+        tables,
+        max_response_bytes: 4096,
+    });
+    let mut groups = vec![(config.group_id.clone(), common.topics.deliveries())];
+    for (tier, topic) in common.topics.retry_tiers.iter().zip(common.topics.retries()) {
+        groups.push((
+            format!("{}-retry-{}", config.group_id, triggers_core::config::tier_name(*tier)),
+            topic,
+        ));
+    }
+    let mut workers = Vec::new();
+    for (group, topic) in groups {
+        let consumer = triggers_core::kafka::consumer(
+            &common.kafka,
+            "deliverer",
+            &group,
+            rdkafka::consumer::DefaultConsumerContext,
+        )?;
+        consumer.subscribe(&[&topic])?;
+        let (deliverer, shutdown, max, grace) = (
+            deliverer.clone(),
+            shutdown.clone(),
+            config.max_in_flight,
+            config.shutdown_grace,
+        );
+        workers.push(tokio::spawn(async move {
+            let handle_shutdown = shutdown.clone();
+            triggers_core::consume::run(&consumer, max, shutdown, grace, |message| {
+                let (deliverer, shutdown) = (deliverer.clone(), handle_shutdown.clone());
+                async move { deliverer.handle(message, &shutdown).await }
+            })
+            .await;
+        }));
+    }
     let readiness = Readiness::new()
         .with("kafka", ops::kafka_probe(&common.kafka))
         .with("dynamodb", ops::dynamo_probe(&dynamo));
-    let server = ops::serve_ops(&config.listen, readiness, shutdown).map_err(|source| DelivererError::Bind {
-        listen: config.listen.clone(),
-        source,
-    })?;
+    let ops_shutdown = CancellationToken::new();
+    let server =
+        ops::serve_ops(&config.listen, readiness, ops_shutdown.clone()).map_err(|source| DelivererError::Bind {
+            listen: config.listen.clone(),
+            source,
+        })?;
     tracing::info!(addr = %server.addr, "deliverer listening");
-    Ok(server)
+    let ops_task = server.task;
+    let producer = deliverer.producer.clone();
+    let task = tokio::spawn(async move {
+        for worker in workers {
+            worker.await.map_err(std::io::Error::other)?;
+        }
+        let _ =
+            tokio::task::spawn_blocking(move || rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)))
+                .await;
+        tracing::info!("deliverer stopped");
+        ops_shutdown.cancel();
+        ops_task.await.map_err(std::io::Error::other)?
+    });
+    Ok(RunningServer {
+        addr: server.addr,
+        task,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(status: Option<u16>) -> AttemptResult {
+        AttemptResult {
+            status,
+            excerpt: None,
+            error: None,
+            retry_after: None,
+            latency_ms: 1,
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(verdict(&result(Some(200))), Verdict::Delivered);
+        assert_eq!(verdict(&result(Some(204))), Verdict::Delivered);
+        assert_eq!(verdict(&result(Some(410))), Verdict::Gone);
+        for status in [
+            Some(301),
+            Some(400),
+            Some(404),
+            Some(408),
+            Some(429),
+            Some(500),
+            Some(503),
+            None,
+        ] {
+            assert_eq!(verdict(&result(status)), Verdict::Retry, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn the_retry_schedule_follows_the_tiers_and_retry_after() {
+        let tiers: Vec<Duration> = [5, 30, 120].into_iter().map(Duration::from_secs).collect();
+        assert_eq!(next_attempt(&tiers, 1, None, 0, 0.0), Some((0, 5_000)));
+        assert_eq!(next_attempt(&tiers, 2, None, 0, 0.0), Some((1, 30_000)));
+        assert_eq!(next_attempt(&tiers, 3, None, 1_000, 0.0), Some((2, 121_000)));
+        assert_eq!(next_attempt(&tiers, 4, None, 0, 0.0), None);
+        // Retry-After wins when longer; jitter moves the delay by at most its share.
+        assert_eq!(next_attempt(&tiers, 1, Some(60), 0, 0.0), Some((0, 60_000)));
+        assert_eq!(next_attempt(&tiers, 1, Some(2), 0, 0.0), Some((0, 5_000)));
+        assert_eq!(next_attempt(&tiers, 1, None, 0, 0.1), Some((0, 5_500)));
+    }
 }

@@ -4,8 +4,6 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use triggers_core::event::{Event, JSON_CONTENT_TYPE, SPEC_VERSION};
 use triggers_core::ids::{EventId, TenantId};
 
@@ -53,19 +51,7 @@ fn text<'a>(
     }
 }
 
-/// Milliseconds since the epoch of an RFC 3339 time.
-pub fn parse_time(value: &str) -> Option<i64> {
-    let time = OffsetDateTime::parse(value, &Rfc3339).ok()?;
-    i64::try_from(time.unix_timestamp_nanos() / 1_000_000).ok()
-}
-
-/// RFC 3339 (UTC, milliseconds) of milliseconds since the epoch.
-pub fn format_time(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
-}
+pub use triggers_core::event::{parse_rfc3339 as parse_time, rfc3339 as format_time};
 
 /// Builds the event of one JSON object; `path` prefixes field names in
 /// errors (`events[3].`).

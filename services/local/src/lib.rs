@@ -164,6 +164,10 @@ secret_access_key = "local"
 [schema_registry]
 url = "http://127.0.0.1:{registry}"
 
+[deliverer]
+# The demo receiver is on loopback: allow it past the SSRF guard.
+allow_networks = ["127.0.0.0/8", "::1/128"]
+
 [telemetry]
 log_format = "pretty"
 log_level = "info,actix_server=warn,aws_config=warn,rdkafka=warn"

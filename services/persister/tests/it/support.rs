@@ -17,6 +17,7 @@ use triggers_stack::TestStack;
 pub const ADMIN: &str = "persister-test-admin-token";
 
 pub struct Env {
+    pub namespace: String,
     pub common: CommonConfig,
     pub tables: Tables,
     pub dynamo: aws_sdk_dynamodb::Client,
@@ -98,6 +99,7 @@ pub async fn env() -> Env {
         &common,
         &triggers_router::RouterConfig {
             listen: "127.0.0.1:0".to_owned(),
+            group_id: format!("{namespace}-router"),
             ..Default::default()
         },
         shutdown.clone(),
@@ -107,6 +109,7 @@ pub async fn env() -> Env {
     let codec = AvroCodec::new(&common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
     let producer = triggers_core::kafka::producer(&common.kafka, "test").unwrap_or_else(|e| panic!("{e}"));
     let mut env = Env {
+        namespace: namespace.clone(),
         common,
         tables,
         dynamo,
@@ -131,6 +134,7 @@ impl Env {
             &self.common,
             &PersisterConfig {
                 listen: "127.0.0.1:0".to_owned(),
+                group_id: format!("{}-persister", self.namespace),
                 shutdown_grace: grace,
                 ..Default::default()
             },

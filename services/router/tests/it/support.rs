@@ -18,6 +18,7 @@ use triggers_stack::TestStack;
 use triggers_stack::topics::read_topic;
 
 pub struct Env {
+    pub namespace: String,
     pub common: CommonConfig,
     pub gateway: String,
     pub key: String,
@@ -90,6 +91,7 @@ pub async fn env() -> Env {
     let codec = AvroCodec::new(&common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
     let producer = triggers_core::kafka::producer(&common.kafka, "test").unwrap_or_else(|e| panic!("{e}"));
     let mut env = Env {
+        namespace: namespace.clone(),
         common,
         gateway: format!("http://{}", gateway.addr),
         key: key.key,
@@ -108,8 +110,10 @@ pub async fn env() -> Env {
 impl Env {
     pub async fn start_router(&mut self, config: RouterConfig) {
         self.router_shutdown = CancellationToken::new();
+        // A group of its own: tests running at once must not rebalance each other.
         let config = RouterConfig {
             listen: "127.0.0.1:0".to_owned(),
+            group_id: format!("{}-router", self.namespace),
             ..config
         };
         let router = triggers_router::start(&self.common, &config, self.router_shutdown.clone())

@@ -1,0 +1,306 @@
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use parking_lot::Mutex;
+use rdkafka::Message;
+use serde_json::{Value, json};
+use triggers_core::CancellationToken;
+use triggers_core::codec::{AvroCodec, Contract};
+use triggers_core::config::{CommonConfig, ConfigSource};
+use triggers_core::delivery::Outcome;
+use triggers_core::dynamo::Tables;
+use triggers_core::event::now_ms;
+use triggers_core::ids::TenantId;
+use triggers_core::tenancy::{self, Tenant};
+use triggers_deliverer::DelivererConfig;
+use triggers_stack::TestStack;
+use triggers_stack::topics::read_topic;
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Scripted answers: a status and an optional `Retry-After`.
+type Script = Arc<Mutex<VecDeque<(u16, Option<u64>)>>>;
+
+/// A webhook receiver that answers from a script (then 200).
+#[derive(Clone, Default)]
+pub struct Receiver {
+    pub received: Arc<Mutex<Vec<Received>>>,
+    pub script: Script,
+    pub always: Arc<Mutex<Option<u16>>>,
+}
+
+async fn receive(request: HttpRequest, body: web::Bytes, receiver: web::Data<Receiver>) -> HttpResponse {
+    receiver.received.lock().push(Received {
+        at: Instant::now(),
+        headers: request
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+            .collect(),
+        body: body.to_vec(),
+    });
+    let scripted = receiver.script.lock().pop_front();
+    let (status, retry_after) = scripted.unwrap_or_else(|| (receiver.always.lock().unwrap_or(200), None));
+    let mut response = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or_default());
+    if let Some(seconds) = retry_after {
+        response.insert_header(("retry-after", seconds.to_string()));
+    }
+    response.body("receiver says hi")
+}
+
+impl Receiver {
+    pub fn start(&self) -> String {
+        let data = web::Data::new(self.clone());
+        let server = HttpServer::new(move || App::new().app_data(data.clone()).default_service(web::to(receive)))
+            .workers(1)
+            .disable_signals()
+            .bind("127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = server.addrs()[0];
+        tokio::spawn(server.run());
+        format!("http://{addr}/hook")
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().len()
+    }
+
+    pub async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        while self.count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "receiver got {} of {count} requests",
+                self.count()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.received.lock().clone()
+    }
+}
+
+pub struct Env {
+    pub common: CommonConfig,
+    pub gateway: String,
+    pub key: String,
+    pub http: reqwest::Client,
+    pub codec: AvroCodec,
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn env() -> Env {
+    let stack = TestStack::shared();
+    let namespace = stack.namespace();
+    let mut common = ConfigSource::from_parts(None, Vec::new())
+        .map(|s| s.with_toml(&stack.config_toml(&namespace)))
+        .and_then(|s| s.common())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tables = Tables::new(&common.dynamodb.table_prefix);
+    let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
+    let schemas_topic = format!("{namespace}._schemas");
+    triggers_core::provision::provision_all(&common.kafka, &common.topics, &schemas_topic, &dynamo, &tables)
+        .await
+        .unwrap_or_else(|e| panic!("provisioning: {e}"));
+    let shutdown = CancellationToken::new();
+    let registry = triggers_registry::start(
+        &common.kafka,
+        &triggers_registry::RegistryServerConfig {
+            listen: "127.0.0.1:0".to_owned(),
+            topic: schemas_topic,
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("registry: {e}"));
+    common.schema_registry.url = registry.url();
+    let tenant = Tenant {
+        id: TenantId::new(),
+        name: "t".to_owned(),
+        created_at: now_ms(),
+        rate_limit: None,
+        retention_days: None,
+    };
+    tenancy::put_tenant(&dynamo, &tables, &tenant)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let key = tenancy::create_api_key(&dynamo, &tables, &tenant.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let gateway = triggers_gateway::start(
+        &common,
+        &triggers_gateway::GatewayConfig {
+            listen: "127.0.0.1:0".to_owned(),
+            workers: 1,
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("gateway: {e}"));
+    triggers_router::start(
+        &common,
+        &triggers_router::RouterConfig {
+            listen: "127.0.0.1:0".to_owned(),
+            // Groups of their own: tests running at once must not rebalance each other.
+            group_id: format!("{namespace}-router"),
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("router: {e}"));
+    triggers_deliverer::start(
+        &common,
+        &DelivererConfig {
+            listen: "127.0.0.1:0".to_owned(),
+            group_id: format!("{namespace}-deliverer"),
+            allow_networks: vec!["127.0.0.0/8".to_owned()],
+            request_timeout: Duration::from_secs(2),
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("deliverer: {e}"));
+    let codec = AvroCodec::new(&common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
+    Env {
+        common,
+        gateway: format!("http://{}", gateway.addr),
+        key: key.key,
+        http: reqwest::Client::new(),
+        codec,
+        shutdown,
+    }
+}
+
+impl Env {
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.gateway))
+            .bearer_auth(&self.key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a subscription of every event type to `url`; (id, secret).
+    pub async fn subscribe(&self, url: &str) -> (String, String) {
+        let (status, created) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/subscriptions",
+                Some(json!({"target_url": url, "event_types": ["*"]})),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        (
+            created["id"].as_str().unwrap_or_default().to_owned(),
+            created["secret"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    pub async fn ingest(&self, event: Value) -> String {
+        let (status, accepted) = self.call(reqwest::Method::POST, "/v1/events", Some(event)).await;
+        assert_eq!(status, 202, "{accepted}");
+        accepted["id"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Sends `event` until `receiver` got a request (a new subscription
+    /// reaches the router asynchronously); the id of the event it got.
+    pub async fn ingest_until_received(&self, receiver: &Receiver, event: Value) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while receiver.count() == 0 {
+            assert!(Instant::now() < deadline, "the subscription never received anything");
+            self.ingest(event.clone()).await;
+            let waited = Instant::now() + Duration::from_millis(500);
+            while receiver.count() == 0 && Instant::now() < waited {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let first = receiver.received.lock()[0].clone();
+        first.header("webhook-id").unwrap_or_default().to_owned()
+    }
+
+    /// The requests `receiver` got for event `id`, once there are `count`.
+    pub async fn attempts_of(&self, receiver: &Receiver, id: &str, count: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found: Vec<Received> = receiver
+                .received
+                .lock()
+                .iter()
+                .filter(|r| r.header("webhook-id") == Some(id))
+                .cloned()
+                .collect();
+            if found.len() >= count {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {count} attempts for {id}",
+                found.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The outcomes of event `id` so far.
+    pub async fn outcomes_of(&self, id: &str) -> Vec<Outcome> {
+        let mut found = Vec::new();
+        for message in read_topic(
+            &self.common.kafka.bootstrap_servers,
+            &self.common.topics.outcomes(),
+            usize::MAX,
+            Duration::from_millis(800),
+        )
+        .await
+        {
+            let outcome: Outcome = self
+                .codec
+                .decode(Contract::Outcome, message.payload().unwrap_or_default())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            if outcome.event_id.to_string() == id {
+                found.push(outcome);
+            }
+        }
+        found
+    }
+
+    /// Waits until event `id` has an outcome for which `check` holds.
+    pub async fn wait_outcome(&self, id: &str, check: impl Fn(&Outcome) -> bool, timeout: Duration) -> Vec<Outcome> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let outcomes = self.outcomes_of(id).await;
+            if outcomes.iter().any(&check) {
+                return outcomes;
+            }
+            assert!(Instant::now() < deadline, "no such outcome for {id}: {outcomes:?}");
+        }
+    }
+}
