@@ -28,6 +28,7 @@ use std::time::Duration;
 /// Starts Tansu on `port` with SQLite storage in `data_dir`.
 pub fn start_tansu(tools: &Tools, data_dir: &Path, port: u16, log: &Path) -> Result<ChildProcess, StackError> {
     std::fs::create_dir_all(data_dir).map_err(|e| StackError::io("create Tansu data dir", e))?;
+    let data_dir = &std::path::absolute(data_dir).map_err(|e| StackError::io("resolve Tansu data dir", e))?;
     let url = format!("tcp://127.0.0.1:{port}");
     let mut child = ChildProcess::spawn(
         "tansu",
@@ -53,6 +54,8 @@ pub fn start_tansu(tools: &Tools, data_dir: &Path, port: u16, log: &Path) -> Res
 /// Starts DynamoDB Local on `port` with its data in `data_dir`.
 pub fn start_dynamodb_local(tools: &Tools, data_dir: &Path, port: u16, log: &Path) -> Result<ChildProcess, StackError> {
     std::fs::create_dir_all(data_dir).map_err(|e| StackError::io("create DynamoDB Local data dir", e))?;
+    // The process runs in `data_dir`: a relative -dbPath would not resolve.
+    let data_dir = &std::path::absolute(data_dir).map_err(|e| StackError::io("resolve DynamoDB Local data dir", e))?;
     let lib = tools.dynamodb_local.join("DynamoDBLocal_lib");
     let jar = tools.dynamodb_local.join("DynamoDBLocal.jar");
     let data = data_dir.display().to_string();

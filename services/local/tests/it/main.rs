@@ -7,6 +7,27 @@ use triggers_core::dynamo::Tables;
 use triggers_local::LocalOptions;
 use triggers_stack::{assert_ops_endpoints, free_port};
 
+/// A folder under the current directory, by a relative path, removed on drop.
+struct RelativeDir(std::path::PathBuf);
+
+impl RelativeDir {
+    fn new() -> Self {
+        let path = std::path::PathBuf::from(format!(".tmp-local-{}", triggers_core::ids::RequestId::new()));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("{e}"));
+        Self(path)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for RelativeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn options(data_dir: &std::path::Path) -> LocalOptions {
     let port = || free_port().unwrap_or_else(|e| panic!("{e}"));
     LocalOptions {
@@ -34,7 +55,9 @@ fn read_env_file(path: &std::path::Path) -> HashMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_stack_starts_answers_and_keeps_its_data_across_restarts() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // A relative data folder, as `scripts/run-local` uses (`var/`).
+    let dir = RelativeDir::new();
+    assert!(dir.path().is_relative(), "{}", dir.path().display());
     let options = options(dir.path());
     let source = triggers_local::load_config(&options).unwrap_or_else(|e| panic!("{e}"));
     let stack = triggers_local::start(&options, &source)
