@@ -4,19 +4,17 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, Contract};
-use triggers_core::config::{CommonConfig, ConfigSource};
-use triggers_core::dynamo::Tables;
-use triggers_core::event::{Event, now_ms};
+use triggers_core::config::CommonConfig;
+use triggers_core::event::Event;
 use triggers_core::ids::TenantId;
-use triggers_core::tenancy::{self, Tenant};
 use triggers_gateway::GatewayConfig;
-use triggers_registry::RegistryServerConfig;
 use triggers_stack::TestStack;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 /// A gateway on its own topics and tables, with a tenant and its key.
 pub struct Gateway {
+    _slice: triggers_testkit::Slice,
     pub url: String,
     pub common: CommonConfig,
     pub tenant: TenantId,
@@ -32,44 +30,9 @@ impl Drop for Gateway {
 }
 
 pub async fn start(stack: &TestStack, adjust: impl FnOnce(&mut CommonConfig, &mut GatewayConfig)) -> Gateway {
-    let namespace = stack.namespace();
-    let mut common = ConfigSource::from_parts(None, Vec::new())
-        .map(|s| s.with_toml(&stack.config_toml(&namespace)))
-        .and_then(|s| s.common())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let tables = Tables::new(&common.dynamodb.table_prefix);
-    let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
-    let schemas_topic = format!("{namespace}._schemas");
-    triggers_core::provision::provision_all(&common.kafka, &common.topics, &schemas_topic, &dynamo, &tables)
-        .await
-        .unwrap_or_else(|e| panic!("provisioning: {e}"));
-    let shutdown = CancellationToken::new();
-    let registry = triggers_registry::start(
-        &common.kafka,
-        &RegistryServerConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            topic: schemas_topic,
-            ..RegistryServerConfig::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("registry: {e}"));
-    common.schema_registry.url = registry.url();
-
-    let tenant = Tenant {
-        id: TenantId::new(),
-        name: "acme".to_owned(),
-        created_at: now_ms(),
-        rate_limit: None,
-        retention_days: None,
-    };
-    tenancy::put_tenant(&dynamo, &tables, &tenant)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let key = tenancy::create_api_key(&dynamo, &tables, &tenant.id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let slice = triggers_testkit::slice(stack).await;
+    let (tenant, key) = slice.tenant_with_key(None).await;
+    let (mut common, shutdown) = (slice.common.clone(), slice.shutdown.clone());
 
     let mut config = GatewayConfig {
         listen: "127.0.0.1:0".to_owned(),
@@ -84,10 +47,11 @@ pub async fn start(stack: &TestStack, adjust: impl FnOnce(&mut CommonConfig, &mu
         .await
         .unwrap_or_else(|e| panic!("gateway: {e}"));
     Gateway {
+        _slice: slice,
         url: format!("http://{}", running.addr),
         common,
-        tenant: tenant.id,
-        key: key.key,
+        tenant,
+        key,
         http: reqwest::Client::new(),
         shutdown,
     }

@@ -4,7 +4,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, Contract};
-use triggers_core::config::{CommonConfig, ConfigSource};
+use triggers_core::config::CommonConfig;
 use triggers_core::delivery::Outcome;
 use triggers_core::dynamo::Tables;
 use triggers_core::event::now_ms;
@@ -17,6 +17,7 @@ use triggers_stack::TestStack;
 pub const ADMIN: &str = "persister-test-admin-token";
 
 pub struct Env {
+    _slice: triggers_testkit::Slice,
     pub namespace: String,
     pub common: CommonConfig,
     pub tables: Tables,
@@ -57,32 +58,10 @@ pub async fn tenant_with_key(dynamo: &aws_sdk_dynamodb::Client, tables: &Tables)
 }
 
 pub async fn env() -> Env {
-    let stack = TestStack::shared();
-    let namespace = stack.namespace();
-    let mut common = ConfigSource::from_parts(None, Vec::new())
-        .map(|s| s.with_toml(&stack.config_toml(&namespace)))
-        .and_then(|s| s.common())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let tables = Tables::new(&common.dynamodb.table_prefix);
-    let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
-    let schemas_topic = format!("{namespace}._schemas");
-    triggers_core::provision::provision_all(&common.kafka, &common.topics, &schemas_topic, &dynamo, &tables)
-        .await
-        .unwrap_or_else(|e| panic!("provisioning: {e}"));
-    let shutdown = CancellationToken::new();
-    let registry = triggers_registry::start(
-        &common.kafka,
-        &triggers_registry::RegistryServerConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            topic: schemas_topic,
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("registry: {e}"));
-    common.schema_registry.url = registry.url();
-    let (tenant, key) = tenant_with_key(&dynamo, &tables).await;
+    let slice = triggers_testkit::slice(TestStack::shared()).await;
+    let (tenant, key) = slice.tenant_with_key(Some(30)).await;
+    let (common, namespace, shutdown) = (slice.common.clone(), slice.namespace.clone(), slice.shutdown.clone());
+    let (tables, dynamo) = (slice.tables.clone(), slice.dynamo.clone());
     let gateway = triggers_gateway::start(
         &common,
         &triggers_gateway::GatewayConfig {
@@ -109,6 +88,7 @@ pub async fn env() -> Env {
     let codec = AvroCodec::new(&common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
     let producer = triggers_core::kafka::producer(&common.kafka, "test").unwrap_or_else(|e| panic!("{e}"));
     let mut env = Env {
+        _slice: slice,
         namespace: namespace.clone(),
         common,
         tables,

@@ -6,18 +6,17 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, Contract};
-use triggers_core::config::{CommonConfig, ConfigSource};
+use triggers_core::config::CommonConfig;
 use triggers_core::delivery::{Delivery, Outcome};
-use triggers_core::dynamo::Tables;
 use triggers_core::event::{Event, now_ms};
 use triggers_core::ids::{EventId, TenantId};
 use triggers_core::ops::RunningServer;
-use triggers_core::tenancy::{self, Tenant};
 use triggers_router::RouterConfig;
 use triggers_stack::TestStack;
 use triggers_stack::topics::read_topic;
 
 pub struct Env {
+    _slice: triggers_testkit::Slice,
     pub namespace: String,
     pub common: CommonConfig,
     pub gateway: String,
@@ -39,44 +38,9 @@ impl Drop for Env {
 }
 
 pub async fn env() -> Env {
-    let stack = TestStack::shared();
-    let namespace = stack.namespace();
-    let mut common = ConfigSource::from_parts(None, Vec::new())
-        .map(|s| s.with_toml(&stack.config_toml(&namespace)))
-        .and_then(|s| s.common())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let tables = Tables::new(&common.dynamodb.table_prefix);
-    let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
-    let schemas_topic = format!("{namespace}._schemas");
-    triggers_core::provision::provision_all(&common.kafka, &common.topics, &schemas_topic, &dynamo, &tables)
-        .await
-        .unwrap_or_else(|e| panic!("provisioning: {e}"));
-    let shutdown = CancellationToken::new();
-    let registry = triggers_registry::start(
-        &common.kafka,
-        &triggers_registry::RegistryServerConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            topic: schemas_topic,
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("registry: {e}"));
-    common.schema_registry.url = registry.url();
-    let tenant = Tenant {
-        id: TenantId::new(),
-        name: "acme".to_owned(),
-        created_at: now_ms(),
-        rate_limit: None,
-        retention_days: None,
-    };
-    tenancy::put_tenant(&dynamo, &tables, &tenant)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let key = tenancy::create_api_key(&dynamo, &tables, &tenant.id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let slice = triggers_testkit::slice(TestStack::shared()).await;
+    let (tenant, key) = slice.tenant_with_key(None).await;
+    let (common, namespace, shutdown) = (slice.common.clone(), slice.namespace.clone(), slice.shutdown.clone());
     let gateway = triggers_gateway::start(
         &common,
         &triggers_gateway::GatewayConfig {
@@ -91,11 +55,12 @@ pub async fn env() -> Env {
     let codec = AvroCodec::new(&common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
     let producer = triggers_core::kafka::producer(&common.kafka, "test").unwrap_or_else(|e| panic!("{e}"));
     let mut env = Env {
+        _slice: slice,
         namespace: namespace.clone(),
         common,
         gateway: format!("http://{}", gateway.addr),
-        key: key.key,
-        tenant: tenant.id,
+        key,
+        tenant,
         http: reqwest::Client::new(),
         codec,
         producer,
