@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::offsets::OffsetTracker;
 
-/// Runs `handle` on every record until `shutdown`. `handle` resolves `true`
-/// when the record's effect is done (its offset may be stored), `false` when
-/// it gave up because of shutdown (it will be read again).
+/// Runs `handle` on every record until `shutdown`; `handle` gets the record
+/// and the shutdown token. It resolves `true` when the record's effect is
+/// done (its offset may be stored), `false` when it gave up because of
+/// shutdown (it will be read again).
 pub async fn run<C, F, Fut>(
     consumer: &StreamConsumer<C>,
     max_in_flight: usize,
@@ -27,7 +28,7 @@ pub async fn run<C, F, Fut>(
     handle: F,
 ) where
     C: ConsumerContext + 'static,
-    F: Fn(OwnedMessage) -> Fut,
+    F: Fn(OwnedMessage, CancellationToken) -> Fut,
     Fut: Future<Output = bool>,
 {
     let mut tracker = OffsetTracker::new();
@@ -58,7 +59,7 @@ pub async fn run<C, F, Fut>(
                 };
                 let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
                 tracker.start(&topic, partition, offset);
-                let work = handle(message);
+                let work = handle(message, shutdown.clone());
                 in_flight.push(async move { (topic, partition, offset, work.await) });
             }
         }

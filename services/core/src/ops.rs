@@ -154,6 +154,31 @@ pub fn serve_ops(listen: &str, readiness: Readiness, shutdown: CancellationToken
     Ok(spawn_until(server, shutdown))
 }
 
+/// Serves the operations endpoints while `work` runs (spawned here), and
+/// stops them only once it has finished, so `/healthz` keeps answering while
+/// a consumer service drains. The returned task ends with the work's result,
+/// after the server stopped.
+pub fn serve_during<W>(listen: &str, readiness: Readiness, work: W) -> std::io::Result<RunningServer>
+where
+    W: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let ops_shutdown = CancellationToken::new();
+    let server = serve_ops(listen, readiness, ops_shutdown.clone())?;
+    let work = tokio::spawn(work);
+    let served = server.task;
+    let task = tokio::spawn(async move {
+        let worked = work.await;
+        ops_shutdown.cancel();
+        let served = served.await;
+        worked.map_err(std::io::Error::other)??;
+        served.map_err(std::io::Error::other)?
+    });
+    Ok(RunningServer {
+        addr: server.addr,
+        task,
+    })
+}
+
 /// Runs a bound actix server until `shutdown` is cancelled, then stops it
 /// gracefully (in-flight requests finish).
 pub fn spawn_until<F, I, S, B>(server: HttpServer<F, I, S, B>, shutdown: CancellationToken) -> RunningServer

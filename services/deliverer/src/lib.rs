@@ -608,9 +608,8 @@ pub async fn start(
             config.shutdown_grace,
         );
         workers.push(tokio::spawn(async move {
-            let handle_shutdown = shutdown.clone();
-            triggers_core::consume::run(&consumer, max, shutdown, grace, |message| {
-                let (deliverer, shutdown) = (deliverer.clone(), handle_shutdown.clone());
+            triggers_core::consume::run(&consumer, max, shutdown, grace, |message, shutdown| {
+                let deliverer = deliverer.clone();
                 async move { deliverer.handle(message, &shutdown).await }
             })
             .await;
@@ -619,30 +618,26 @@ pub async fn start(
     let readiness = Readiness::new()
         .with("kafka", ops::kafka_probe(&common.kafka))
         .with("dynamodb", ops::dynamo_probe(&dynamo));
-    let ops_shutdown = CancellationToken::new();
-    let server =
-        ops::serve_ops(&config.listen, readiness, ops_shutdown.clone()).map_err(|source| DelivererError::Bind {
-            listen: config.listen.clone(),
-            source,
-        })?;
-    tracing::info!(addr = %server.addr, "deliverer listening");
-    let ops_task = server.task;
     let producer = deliverer.producer.clone();
-    let task = tokio::spawn(async move {
+    let work = async move {
         for worker in workers {
             worker.await.map_err(std::io::Error::other)?;
         }
-        let _ =
+        let flushed =
             tokio::task::spawn_blocking(move || rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)))
                 .await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!("deliverer producer did not flush");
+        }
         tracing::info!("deliverer stopped");
-        ops_shutdown.cancel();
-        ops_task.await.map_err(std::io::Error::other)?
-    });
-    Ok(RunningServer {
-        addr: server.addr,
-        task,
-    })
+        Ok(())
+    };
+    let server = ops::serve_during(&config.listen, readiness, work).map_err(|source| DelivererError::Bind {
+        listen: config.listen.clone(),
+        source,
+    })?;
+    tracing::info!(addr = %server.addr, "deliverer listening");
+    Ok(server)
 }
 
 #[cfg(test)]

@@ -220,34 +220,20 @@ pub async fn start(
     let readiness = Readiness::new()
         .with("kafka", ops::kafka_probe(&common.kafka))
         .with("dynamodb", ops::dynamo_probe(&dynamo));
-    let ops_shutdown = CancellationToken::new();
-    let server =
-        ops::serve_ops(&config.listen, readiness, ops_shutdown.clone()).map_err(|source| PersisterError::Bind {
-            listen: config.listen.clone(),
-            source,
-        })?;
-    tracing::info!(addr = %server.addr, "persister listening");
     let (max_in_flight, grace) = (config.max_in_flight, config.shutdown_grace);
-    let work = tokio::spawn(async move {
-        let handle_shutdown = shutdown.clone();
-        triggers_core::consume::run(&consumer, max_in_flight, shutdown, grace, |message| {
+    let work = async move {
+        triggers_core::consume::run(&consumer, max_in_flight, shutdown, grace, |message, shutdown| {
             let persister = persister.clone();
-            let shutdown = handle_shutdown.clone();
             async move { persister.handle(message, &shutdown).await }
         })
         .await;
         tracing::info!("persister stopped");
-    });
-    let ops_task = server.task;
-    let task = tokio::spawn(async move {
-        let worked = work.await;
-        ops_shutdown.cancel();
-        let served = ops_task.await;
-        worked.map_err(std::io::Error::other)?;
-        served.map_err(std::io::Error::other)?
-    });
-    Ok(RunningServer {
-        addr: server.addr,
-        task,
-    })
+        Ok(())
+    };
+    let server = ops::serve_during(&config.listen, readiness, work).map_err(|source| PersisterError::Bind {
+        listen: config.listen.clone(),
+        source,
+    })?;
+    tracing::info!(addr = %server.addr, "persister listening");
+    Ok(server)
 }

@@ -154,26 +154,15 @@ pub async fn start(
     let readiness = Readiness::new()
         .with("kafka", ops::kafka_probe(&common.kafka))
         .with("dynamodb", ops::dynamo_probe(&dynamo));
-    // The ops server outlives routing a little, so /healthz answers while draining.
-    let ops_shutdown = CancellationToken::new();
-    let server =
-        ops::serve_ops(&config.listen, readiness, ops_shutdown.clone()).map_err(|source| RouterError::Bind {
-            listen: config.listen.clone(),
-            source,
-        })?;
-    tracing::info!(addr = %server.addr, "router listening");
     let grace = config.shutdown_grace;
-    let routing = tokio::spawn(pipeline.run(shutdown, grace));
-    let ops_task = server.task;
-    let task = tokio::spawn(async move {
-        let routed = routing.await;
-        ops_shutdown.cancel();
-        let served = ops_task.await;
-        routed.map_err(std::io::Error::other)?;
-        served.map_err(std::io::Error::other)?
-    });
-    Ok(RunningServer {
-        addr: server.addr,
-        task,
-    })
+    let routing = async move {
+        pipeline.run(shutdown, grace).await;
+        Ok(())
+    };
+    let server = ops::serve_during(&config.listen, readiness, routing).map_err(|source| RouterError::Bind {
+        listen: config.listen.clone(),
+        source,
+    })?;
+    tracing::info!(addr = %server.addr, "router listening");
+    Ok(server)
 }

@@ -7,7 +7,7 @@ use triggers_core::delivery::{Outcome, OutcomeKind};
 use triggers_core::event::now_ms;
 use triggers_core::ids::{DeliveryId, EventId, SubscriptionId};
 
-use crate::support::{ADMIN, env, tenant_with_key};
+use crate::support::{ADMIN, env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_event_is_stored_and_pages_have_no_duplicates_or_gaps() {
@@ -215,7 +215,7 @@ async fn inbox_acks_isolation_and_erasure() {
     );
 
     // Another tenant sees none of it, on every route.
-    let (_, other_key) = tenant_with_key(&env.dynamo, &env.tables).await;
+    let (_, other_key) = env.slice.tenant_with_key(Some(30)).await;
     for (method, path) in [
         (reqwest::Method::GET, format!("/v1/events/{first}")),
         (reqwest::Method::DELETE, format!("/v1/events/{first}")),

@@ -7,17 +7,15 @@ use triggers_core::codec::{AvroCodec, Contract};
 use triggers_core::config::CommonConfig;
 use triggers_core::delivery::Outcome;
 use triggers_core::dynamo::Tables;
-use triggers_core::event::now_ms;
 use triggers_core::ids::TenantId;
 use triggers_core::ops::RunningServer;
-use triggers_core::tenancy::{self, Tenant};
 use triggers_persister::PersisterConfig;
 use triggers_stack::TestStack;
 
 pub const ADMIN: &str = "persister-test-admin-token";
 
 pub struct Env {
-    _slice: triggers_testkit::Slice,
+    pub slice: triggers_testkit::Slice,
     pub namespace: String,
     pub common: CommonConfig,
     pub tables: Tables,
@@ -38,23 +36,6 @@ impl Drop for Env {
         self.persister_shutdown.cancel();
         self.shutdown.cancel();
     }
-}
-
-pub async fn tenant_with_key(dynamo: &aws_sdk_dynamodb::Client, tables: &Tables) -> (TenantId, String) {
-    let tenant = Tenant {
-        id: TenantId::new(),
-        name: "t".to_owned(),
-        created_at: now_ms(),
-        rate_limit: None,
-        retention_days: Some(30),
-    };
-    tenancy::put_tenant(dynamo, tables, &tenant)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let key = tenancy::create_api_key(dynamo, tables, &tenant.id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    (tenant.id, key.key)
 }
 
 pub async fn env() -> Env {
@@ -88,7 +69,7 @@ pub async fn env() -> Env {
     let codec = AvroCodec::new(&common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
     let producer = triggers_core::kafka::producer(&common.kafka, "test").unwrap_or_else(|e| panic!("{e}"));
     let mut env = Env {
-        _slice: slice,
+        slice,
         namespace: namespace.clone(),
         common,
         tables,
