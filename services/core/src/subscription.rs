@@ -146,20 +146,29 @@ where
     SubscriptionStoreError::Store(StoreError::new(operation, table, error))
 }
 
+/// The `PutItem` of a subscription's item (keys, revision, JSON document).
+fn put_request(
+    client: &Client,
+    tables: &Tables,
+    subscription: &Subscription,
+) -> Result<aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder, serde_json::Error> {
+    let document = serde_json::to_string(subscription)?;
+    Ok(client
+        .put_item()
+        .table_name(&tables.subscriptions)
+        .item("pk", AttributeValue::S(subscription.tenant.to_string()))
+        .item("sk", AttributeValue::S(subscription.id.to_string()))
+        .item("revision", AttributeValue::N(subscription.revision.to_string()))
+        .item("doc", AttributeValue::S(document)))
+}
+
 /// Stores a new subscription (fails if the id exists).
 pub async fn create(
     client: &Client,
     tables: &Tables,
     subscription: &Subscription,
 ) -> Result<(), SubscriptionStoreError> {
-    let document = serde_json::to_string(subscription)?;
-    client
-        .put_item()
-        .table_name(&tables.subscriptions)
-        .item("pk", AttributeValue::S(subscription.tenant.to_string()))
-        .item("sk", AttributeValue::S(subscription.id.to_string()))
-        .item("revision", AttributeValue::N(subscription.revision.to_string()))
-        .item("doc", AttributeValue::S(document))
+    put_request(client, tables, subscription)?
         .condition_expression("attribute_not_exists(pk)")
         .send()
         .await
@@ -174,14 +183,7 @@ pub async fn update(
     subscription: &Subscription,
     expected_revision: i64,
 ) -> Result<(), SubscriptionStoreError> {
-    let document = serde_json::to_string(subscription)?;
-    client
-        .put_item()
-        .table_name(&tables.subscriptions)
-        .item("pk", AttributeValue::S(subscription.tenant.to_string()))
-        .item("sk", AttributeValue::S(subscription.id.to_string()))
-        .item("revision", AttributeValue::N(subscription.revision.to_string()))
-        .item("doc", AttributeValue::S(document))
+    put_request(client, tables, subscription)?
         .condition_expression("revision = :expected")
         .expression_attribute_values(":expected", AttributeValue::N(expected_revision.to_string()))
         .send()
@@ -277,14 +279,7 @@ pub async fn publish_tombstone(
 
 /// Writes `subscription` to DynamoDB (the source of truth).
 pub async fn put(client: &Client, tables: &Tables, subscription: &Subscription) -> Result<(), SubscriptionStoreError> {
-    let document = serde_json::to_string(subscription)?;
-    client
-        .put_item()
-        .table_name(&tables.subscriptions)
-        .item("pk", AttributeValue::S(subscription.tenant.to_string()))
-        .item("sk", AttributeValue::S(subscription.id.to_string()))
-        .item("revision", AttributeValue::N(subscription.revision.to_string()))
-        .item("doc", AttributeValue::S(document))
+    put_request(client, tables, subscription)?
         .send()
         .await
         .map_err(|e| StoreError::new("PutItem", &tables.subscriptions, e))?;
