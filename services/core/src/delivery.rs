@@ -18,8 +18,15 @@ pub struct Delivery {
     pub tenant: TenantId,
     /// The event itself.
     pub event: Event,
-    /// The attempt this record asks for, from 1.
+    /// The attempt this record asks for, from 1. Attempt numbers keep
+    /// counting across replays and redrives, so every attempt of an event to
+    /// a subscription has its own number in the history.
     pub attempt: i32,
+    /// The attempt that started this round of the retry schedule: 1, or the
+    /// first attempt of a replay or redrive. The retry tier of a failed
+    /// attempt is `attempt - first_attempt`.
+    #[serde(default = "one")]
+    pub first_attempt: i32,
     /// Not before this time (ms since the epoch); 0 for at once.
     pub not_before: i64,
     /// A replay of an earlier delivery.
@@ -39,11 +46,35 @@ impl Delivery {
             tenant: event.tenant,
             event,
             attempt: 1,
+            first_attempt: 1,
             not_before: 0,
             replay: false,
             last_error: None,
             last_status: None,
         }
+    }
+}
+
+fn one() -> i32 {
+    1
+}
+
+impl Delivery {
+    /// A new round of deliveries of `event` to `subscription` after
+    /// `previous_attempts` earlier attempts: a replay (`replay`) or a redrive.
+    pub fn again(event: Event, subscription: SubscriptionId, previous_attempts: i32, replay: bool) -> Self {
+        let attempt = previous_attempts.max(0) + 1;
+        Self {
+            attempt,
+            first_attempt: attempt,
+            replay,
+            ..Self::first(event, subscription)
+        }
+    }
+
+    /// The position of this attempt in the current round (0 for its first).
+    pub fn round_position(&self) -> i32 {
+        self.attempt - self.first_attempt.max(1)
     }
 }
 

@@ -11,7 +11,8 @@
 //!   and if still too large, split into 300 KB chunks written before the item.
 //!
 //! Attempts live in the attempts table under `pk` = tenant, `sk` =
-//! `<event id>#<subscription id>#<attempt>#<kind>`.
+//! `<event id>#<subscription id>#<attempt>#<kind>`; dead letters beside them
+//! ([`crate::deadletter`]).
 //!
 //! Writes are idempotent: the event body is an upsert that never touches its
 //! progress; progress changes are read-modify-write under a version
@@ -78,19 +79,19 @@ pub struct Attempt {
     pub response_excerpt: Option<String>,
 }
 
-fn s(value: impl Into<String>) -> AttributeValue {
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
-fn n(value: impl ToString) -> AttributeValue {
+pub(crate) fn n(value: impl ToString) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
-fn get_s(item: &Item, name: &str) -> Option<String> {
+pub(crate) fn get_s(item: &Item, name: &str) -> Option<String> {
     item.get(name).and_then(|v| v.as_s().ok()).cloned()
 }
 
-fn get_n(item: &Item, name: &str) -> Option<i64> {
+pub(crate) fn get_n(item: &Item, name: &str) -> Option<i64> {
     item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
 }
 
@@ -102,7 +103,11 @@ fn chunk_sk(id: &EventId, index: usize) -> String {
     format!("c#{id}#{index:04}")
 }
 
-fn store_error<E: std::error::Error + 'static>(operation: &'static str, table: &str, error: E) -> StoreError {
+pub(crate) fn store_error<E: std::error::Error + 'static>(
+    operation: &'static str,
+    table: &str,
+    error: E,
+) -> StoreError {
     StoreError::new(operation, table, error)
 }
 
@@ -408,6 +413,9 @@ pub async fn apply_outcome(
         put.send()
             .await
             .map_err(|e| store_error("PutItem", &tables.attempts, e))?;
+        if outcome.kind == OutcomeKind::DeadLettered {
+            crate::deadletter::put(client, tables, outcome, expires_at).await?;
+        }
     }
     let status = update_progress(
         client,
@@ -763,6 +771,7 @@ pub async fn delete(client: &Client, tables: &Tables, tenant: &TenantId, id: &Ev
         .is_some_and(|a| a.contains_key("has_body"));
     delete_prefix(client, &tables.events, tenant, &format!("c#{id}#")).await?;
     delete_prefix(client, &tables.attempts, tenant, &format!("{id}#")).await?;
+    delete_prefix(client, &tables.attempts, tenant, &crate::deadletter::event_prefix(id)).await?;
     Ok(existed)
 }
 

@@ -140,6 +140,13 @@ prefixed_id!(
     "dlv_"
 );
 prefixed_id!(
+    /// One batched webhook (its `webhook-id`): several deliveries to one
+    /// subscription in one request.
+    BatchId,
+    "bat_"
+);
+
+prefixed_id!(
     /// A request handled by an HTTP service, for correlating logs and errors.
     RequestId,
     "req_"

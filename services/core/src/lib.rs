@@ -21,6 +21,7 @@
 pub mod codec;
 pub mod config;
 pub mod consume;
+pub mod deadletter;
 pub mod delivery;
 pub mod dynamo;
 pub mod event;

@@ -9,9 +9,24 @@
 //! goes to the next retry tier with a `not_before` time — at least the tier's
 //! delay (with ±10% jitter) and at least what `Retry-After` asks on 429/503 —
 //! and after the last tier to `<ns>.deliveries.dlq`, `dead_lettered`. Every
-//! attempt writes an outcome. Acknowledged events, and deliveries to deleted,
-//! paused or disabled subscriptions, are skipped. Outbound requests pass the
-//! SSRF guard.
+//! attempt writes an outcome. Acknowledged events (unless replayed), and
+//! deliveries to deleted, paused or disabled subscriptions, are skipped.
+//! Outbound requests pass the SSRF guard.
+//!
+//! Flow control, per subscription:
+//! - **Cap.** At most `max_in_flight_per_subscription` attempts at once. A
+//!   delivery finding its subscription's slots busy is *parked*: put on the
+//!   first retry tier for `park_delay`, not counted as an attempt, so it
+//!   frees its consumer slot and one slow endpoint cannot starve the rest.
+//! - **Ordered (FIFO).** Deliveries take turns in the order they were read
+//!   (they are keyed by subscription, so that is the partition's order), and
+//!   a failed attempt is retried in place on the same schedule: nothing later
+//!   overtakes it. The price is head-of-line blocking for that subscription,
+//!   and the partition's stored offset waits for it.
+//! - **Batched.** Deliveries join the subscription's open batch, sent as one
+//!   JSON array (one signature, `webhook-id` = a `bat_…` id) when it holds
+//!   `max_events` or after `max_wait_ms`; each event gets its own outcome and,
+//!   on failure, its own retry. Replays are sent alone (they are marked).
 //!
 //! Guarantee: at-least-once. An offset is stored only after the attempt's
 //! outcome and its follow-up record (retry or DLQ) are acknowledged by Kafka;
@@ -19,6 +34,8 @@
 //! deduplicate.
 #![forbid(unsafe_code)]
 
+pub mod batch;
+pub mod lanes;
 pub mod signature;
 pub mod ssrf;
 
@@ -32,6 +49,7 @@ use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::oneshot;
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, Contract};
 use triggers_core::config::{CommonConfig, ConfigIssue, TopicsConfig, Validate, validate_listen};
@@ -39,8 +57,12 @@ use triggers_core::delivery::{Delivery, Outcome, OutcomeKind};
 use triggers_core::dynamo::Tables;
 use triggers_core::event::{now_ms, rfc3339};
 use triggers_core::follower::Follower;
+use triggers_core::ids::{BatchId, SubscriptionId};
 use triggers_core::ops::{self, Readiness, RunningServer};
-use triggers_core::subscription::{self, Subscription, SubscriptionStatus};
+use triggers_core::subscription::{self, BatchSettings, Subscription, SubscriptionStatus};
+
+use crate::batch::{Batcher, Member};
+use crate::lanes::{Lanes, Slots, Turn};
 
 /// The `[deliverer]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +74,12 @@ pub struct DelivererConfig {
     pub group_id: String,
     /// Deliveries in flight per consumer.
     pub max_in_flight: usize,
+    /// Attempts in flight per subscription; further deliveries to it wait
+    /// on the first retry tier (`park_delay`) instead of holding a slot.
+    pub max_in_flight_per_subscription: usize,
+    /// How long a delivery waits when its subscription has no free slot.
+    #[serde(with = "humantime_serde")]
+    pub park_delay: Duration,
     /// The longest a webhook request may take.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -69,6 +97,8 @@ impl Default for DelivererConfig {
             listen: "0.0.0.0:9104".to_owned(),
             group_id: "triggers-deliverer".to_owned(),
             max_in_flight: 256,
+            max_in_flight_per_subscription: 32,
+            park_delay: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
             allow_networks: Vec::new(),
             shutdown_grace: Duration::from_secs(20),
@@ -86,6 +116,18 @@ impl Validate for DelivererConfig {
             issues.push(ConfigIssue::new(
                 format!("{prefix}.max_in_flight"),
                 "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=self.max_in_flight.max(1)).contains(&self.max_in_flight_per_subscription) {
+            issues.push(ConfigIssue::new(
+                format!("{prefix}.max_in_flight_per_subscription"),
+                "must be between 1 and max_in_flight",
+            ));
+        }
+        if self.park_delay < Duration::from_millis(10) || self.park_delay > Duration::from_secs(60) {
+            issues.push(ConfigIssue::new(
+                format!("{prefix}.park_delay"),
+                "must be between 10ms and 1m",
             ));
         }
         if self.request_timeout < Duration::from_millis(100) || self.request_timeout > Duration::from_secs(120) {
@@ -161,16 +203,18 @@ pub fn verdict(result: &AttemptResult) -> Verdict {
     }
 }
 
-/// When the next attempt after a failed `attempt` (1-based) may run, and on
-/// which tier; `None` when the tiers are exhausted (dead-letter).
+/// When the next attempt after a failed one may run, and on which tier;
+/// `None` when the tiers are exhausted (dead-letter). `position` is the
+/// failed attempt's place in its round ([`Delivery::round_position`]): 0 for
+/// the first attempt, whose retry goes to the first tier.
 pub fn next_attempt(
     tiers: &[Duration],
-    attempt: i32,
+    position: i32,
     retry_after: Option<u64>,
     now: i64,
     jitter: f64,
 ) -> Option<(usize, i64)> {
-    let tier = usize::try_from(attempt - 1).ok()?;
+    let tier = usize::try_from(position).ok()?;
     let delay = tiers.get(tier)?;
     let jittered = delay.as_secs_f64() * (1.0 + jitter);
     let wait = jittered.max(retry_after.unwrap_or(0) as f64);
@@ -187,6 +231,10 @@ struct Deliverer {
     dynamo: aws_sdk_dynamodb::Client,
     tables: Tables,
     max_response_bytes: usize,
+    lanes: Lanes,
+    slots: Slots,
+    batcher: Batcher,
+    park_delay: Duration,
 }
 
 struct Out {
@@ -195,8 +243,46 @@ struct Out {
     payload: Vec<u8>,
 }
 
+/// The webhook body of one event.
+fn event_body(event: &triggers_core::event::Event) -> serde_json::Value {
+    json!({
+        "id": event.id.to_string(), "type": event.event_type, "source": event.source,
+        "specversion": "1.0", "time": rfc3339(event.time), "subject": event.subject,
+        "datacontenttype": event.datacontenttype, "data": event.data,
+    })
+}
+
+fn elapsed_ms(started: std::time::Instant) -> i64 {
+    i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Sleeps until `at` (ms since the epoch); `false` if shutdown came first.
+async fn sleep_until(at: i64, shutdown: &CancellationToken) -> bool {
+    let wait = at - now_ms();
+    if wait <= 0 {
+        return true;
+    }
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(Duration::from_millis(wait.unsigned_abs())) => true,
+    }
+}
+
 impl Deliverer {
-    async fn handle(&self, message: OwnedMessage, shutdown: &CancellationToken) -> bool {
+    /// The current version of a subscription.
+    fn subscription(&self, id: &SubscriptionId) -> Option<Subscription> {
+        self.follower.table.read().get(id).map(|c| c.subscription.clone())
+    }
+
+    /// A turn in the subscription's FIFO lane if the record is for an ordered
+    /// subscription. Called as the record is read, so turns follow the log.
+    fn turn(&self, message: &OwnedMessage) -> Option<Turn> {
+        let id: SubscriptionId = std::str::from_utf8(message.key()?).ok()?.parse().ok()?;
+        let ordered = self.follower.table.read().get(&id)?.subscription.ordered;
+        ordered.then(|| self.lanes.enqueue(id))
+    }
+
+    async fn handle(self: &Arc<Self>, message: OwnedMessage, turn: Option<Turn>, shutdown: &CancellationToken) -> bool {
         let Some(payload) = message.payload() else { return true };
         let decoded = triggers_core::consume::retry("decode delivery", shutdown, || async {
             match self.codec.decode::<Delivery>(Contract::Delivery, payload).await {
@@ -213,20 +299,214 @@ impl Deliverer {
         let Some(decoded) = decoded else { return false };
         let Some(delivery) = decoded else { return true };
         // Not before its time, without holding anything else up.
-        let wait = delivery.not_before - now_ms();
-        if wait > 0 {
-            tokio::select! {
-                _ = shutdown.cancelled() => return false,
-                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
-            }
+        if !sleep_until(delivery.not_before, shutdown).await {
+            return false;
         }
         let traceparent = message.headers().and_then(|h| {
             h.iter()
                 .find(|h| h.key == "traceparent")
                 .and_then(|h| h.value.map(<[u8]>::to_vec))
         });
-        let records = self.attempt(&delivery, traceparent.as_deref()).await;
+        match turn {
+            Some(mut turn) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = turn.wait() => {}
+                }
+                // The turn is held (and the lane waits) until this returns.
+                self.deliver_in_order(delivery, traceparent, shutdown).await
+            }
+            None => self.deliver(delivery, traceparent, shutdown).await,
+        }
+    }
+
+    /// The subscription to deliver to, or why the delivery is skipped.
+    async fn usable(&self, delivery: &Delivery) -> Result<Subscription, &'static str> {
+        let subscription = match self.subscription(&delivery.subscription_id) {
+            None => return Err("the subscription no longer exists"),
+            Some(s) if s.status == SubscriptionStatus::Paused => return Err("the subscription is paused"),
+            Some(s) if s.status == SubscriptionStatus::Disabled => return Err("the subscription is disabled"),
+            Some(s) => s,
+        };
+        // A replay is an explicit request: it goes out even if acknowledged.
+        if !delivery.replay
+            && triggers_core::eventstore::is_acknowledged(
+                &self.dynamo,
+                &self.tables,
+                &delivery.tenant,
+                &delivery.event.id,
+            )
+            .await
+            .unwrap_or(false)
+        {
+            return Err("the event was acknowledged");
+        }
+        Ok(subscription)
+    }
+
+    async fn skip(&self, delivery: &Delivery, reason: &'static str, shutdown: &CancellationToken) -> bool {
+        metrics::counter!("triggers_deliverer_skipped_total", "reason" => reason).increment(1);
+        let outcome = self.outcome(delivery, OutcomeKind::Skipped, None, Some(reason.to_owned()));
+        let records = self
+            .encode(
+                &self.topics.outcomes(),
+                Contract::Outcome,
+                delivery.event.id.to_string(),
+                &outcome,
+            )
+            .await;
+        self.produce(records.into_iter().collect(), shutdown).await
+    }
+
+    /// One delivery of an unordered subscription: alone, or into its batch.
+    async fn deliver(
+        self: &Arc<Self>,
+        delivery: Delivery,
+        traceparent: Option<Vec<u8>>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let subscription = match self.usable(&delivery).await {
+            Ok(subscription) => subscription,
+            Err(reason) => return self.skip(&delivery, reason, shutdown).await,
+        };
+        if let Some(batch) = subscription.batch.filter(|_| !delivery.replay) {
+            return self
+                .join_batch(&subscription, batch, delivery, traceparent, shutdown)
+                .await;
+        }
+        let permit = match self.slots.try_acquire(subscription.id) {
+            Some(permit) => permit,
+            None if !self.topics.retry_tiers.is_empty() => return self.park(delivery, shutdown).await,
+            None => match self.slots.acquire(subscription.id).await {
+                Some(permit) => permit,
+                None => return false,
+            },
+        };
+        let result = self.post_one(&subscription, &delivery, traceparent.as_deref()).await;
+        drop(permit);
+        let verdict = verdict(&result);
+        if verdict == Verdict::Gone {
+            self.disable(&subscription).await;
+        }
+        let (records, _) = self.settle(&delivery, &result, verdict, false).await;
         self.produce(records, shutdown).await
+    }
+
+    /// Its subscription has all its slots busy: the delivery waits on the
+    /// first retry tier (not an attempt) instead of holding a consumer slot,
+    /// so one slow endpoint cannot starve the others.
+    async fn park(&self, mut delivery: Delivery, shutdown: &CancellationToken) -> bool {
+        metrics::counter!("triggers_deliverer_parked_total").increment(1);
+        delivery.not_before = now_ms() + i64::try_from(self.park_delay.as_millis()).unwrap_or(1_000);
+        let Some(topic) = self.topics.retries().into_iter().next() else {
+            return false;
+        };
+        let key = delivery.subscription_id.to_string();
+        let records = self.encode(&topic, Contract::Delivery, key, &delivery).await;
+        self.produce(records.into_iter().collect(), shutdown).await
+    }
+
+    /// One delivery of an ordered subscription: its retries happen in place
+    /// (the lane waits), so a later event never overtakes an earlier one.
+    async fn deliver_in_order(
+        &self,
+        mut delivery: Delivery,
+        traceparent: Option<Vec<u8>>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        loop {
+            let subscription = match self.usable(&delivery).await {
+                Ok(subscription) => subscription,
+                Err(reason) => return self.skip(&delivery, reason, shutdown).await,
+            };
+            let result = self.post_one(&subscription, &delivery, traceparent.as_deref()).await;
+            let verdict = verdict(&result);
+            if verdict == Verdict::Gone {
+                self.disable(&subscription).await;
+            }
+            let (records, next) = self.settle(&delivery, &result, verdict, true).await;
+            if !self.produce(records, shutdown).await {
+                return false;
+            }
+            let Some(next) = next else { return true };
+            if !sleep_until(next.not_before, shutdown).await {
+                return false;
+            }
+            delivery = next;
+        }
+    }
+
+    /// Adds a delivery to its subscription's open batch; resolves when the
+    /// batch has been sent and this delivery's records are in Kafka.
+    async fn join_batch(
+        self: &Arc<Self>,
+        subscription: &Subscription,
+        settings: BatchSettings,
+        delivery: Delivery,
+        traceparent: Option<Vec<u8>>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let (done, finished) = oneshot::channel();
+        let member = Member {
+            delivery,
+            traceparent,
+            done,
+        };
+        let max_events = usize::try_from(settings.max_events).unwrap_or(1);
+        let joined = self.batcher.join(subscription.id, member, max_events);
+        if let Some(generation) = joined.opened {
+            let (deliverer, shutdown, id) = (self.clone(), shutdown.clone(), subscription.id);
+            let wait = Duration::from_millis(u64::try_from(settings.max_wait_ms).unwrap_or(0));
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                if let Some(members) = deliverer.batcher.take(id, generation) {
+                    deliverer.send_batch(id, members, &shutdown).await;
+                }
+            });
+        }
+        if let Some(members) = joined.full {
+            let (deliverer, shutdown, id) = (self.clone(), shutdown.clone(), subscription.id);
+            tokio::spawn(async move { deliverer.send_batch(id, members, &shutdown).await });
+        }
+        finished.await.unwrap_or(false)
+    }
+
+    /// Sends a batch as one webhook (a JSON array, one signature, a batch
+    /// id as `webhook-id`); every member gets its own outcome.
+    async fn send_batch(&self, id: SubscriptionId, members: Vec<Member>, shutdown: &CancellationToken) {
+        let subscription = match self.subscription(&id) {
+            Some(s) if s.status == SubscriptionStatus::Active => s,
+            current => {
+                let reason = match current {
+                    None => "the subscription no longer exists",
+                    Some(s) if s.status == SubscriptionStatus::Paused => "the subscription is paused",
+                    Some(_) => "the subscription is disabled",
+                };
+                for member in members {
+                    let skipped = self.skip(&member.delivery, reason, shutdown).await;
+                    let _ = member.done.send(skipped);
+                }
+                return;
+            }
+        };
+        let permit = self.slots.acquire(id).await;
+        let body = serde_json::Value::Array(members.iter().map(|m| event_body(&m.delivery.event)).collect());
+        let batch = BatchId::new().to_string();
+        let traceparent = members.first().and_then(|m| m.traceparent.clone());
+        let result = self
+            .post(&subscription, &batch, body.to_string(), false, traceparent.as_deref())
+            .await;
+        drop(permit);
+        metrics::histogram!("triggers_deliverer_batch_size").record(members.len() as f64);
+        let verdict = verdict(&result);
+        if verdict == Verdict::Gone {
+            self.disable(&subscription).await;
+        }
+        for member in members {
+            let (records, _) = self.settle(&member.delivery, &result, verdict, false).await;
+            let produced = self.produce(records, shutdown).await;
+            let _ = member.done.send(produced);
+        }
     }
 
     fn outcome(
@@ -266,75 +546,31 @@ impl Deliverer {
         }
     }
 
-    /// Runs one attempt; the records it leads to.
-    async fn attempt(&self, delivery: &Delivery, traceparent: Option<&[u8]>) -> Vec<Out> {
+    /// The records an attempt leads to: its outcome, and on failure the next
+    /// attempt on its retry tier or the DLQ record. With `in_place` the next
+    /// attempt is returned instead of produced (ordered subscriptions).
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        result: &AttemptResult,
+        verdict: Verdict,
+        in_place: bool,
+    ) -> (Vec<Out>, Option<Delivery>) {
         let outcomes = self.topics.outcomes();
         let event_key = delivery.event.id.to_string();
-        let subscription = self
-            .follower
-            .table
-            .read()
-            .get(&delivery.subscription_id)
-            .map(|c| c.subscription.clone());
-        let skip = match &subscription {
-            None => Some("the subscription no longer exists"),
-            Some(s) if s.status == SubscriptionStatus::Paused => Some("the subscription is paused"),
-            Some(s) if s.status == SubscriptionStatus::Disabled => Some("the subscription is disabled"),
-            Some(_) => None,
-        };
-        let acknowledged = triggers_core::eventstore::is_acknowledged(
-            &self.dynamo,
-            &self.tables,
-            &delivery.tenant,
-            &delivery.event.id,
-        )
-        .await
-        .unwrap_or(false);
-        let skip = skip.or(acknowledged.then_some("the event was acknowledged"));
-        if let Some(reason) = skip {
-            metrics::counter!("triggers_deliverer_skipped_total", "reason" => reason).increment(1);
-            let outcome = self.outcome(delivery, OutcomeKind::Skipped, None, Some(reason.to_owned()));
-            return self
-                .encode(&outcomes, Contract::Outcome, event_key, &outcome)
-                .await
-                .into_iter()
-                .collect();
-        }
-        let Some(subscription) = subscription else {
-            return Vec::new();
-        };
-        let result = self.post(&subscription, delivery, traceparent).await;
         let mut records = Vec::new();
-        match verdict(&result) {
+        let (kind, error, next) = match verdict {
             Verdict::Delivered => {
                 metrics::counter!("triggers_deliverer_attempts_total", "result" => "delivered").increment(1);
-                records.extend(
-                    self.encode(
-                        &outcomes,
-                        Contract::Outcome,
-                        event_key,
-                        &self.outcome(delivery, OutcomeKind::Delivered, Some(&result), None),
-                    )
-                    .await,
-                );
+                (OutcomeKind::Delivered, None, None)
             }
             Verdict::Gone => {
                 metrics::counter!("triggers_deliverer_attempts_total", "result" => "gone").increment(1);
-                self.disable(&subscription).await;
-                records.extend(
-                    self.encode(
-                        &outcomes,
-                        Contract::Outcome,
-                        event_key,
-                        &self.outcome(
-                            delivery,
-                            OutcomeKind::Disabled,
-                            Some(&result),
-                            Some("410 Gone: subscription disabled".to_owned()),
-                        ),
-                    )
-                    .await,
-                );
+                (
+                    OutcomeKind::Disabled,
+                    Some("410 Gone: subscription disabled".to_owned()),
+                    None,
+                )
             }
             Verdict::Retry => {
                 let jitter = rand::rng().random_range(-0.1..0.1);
@@ -349,7 +585,7 @@ impl Deliverer {
                 let key = delivery.subscription_id.to_string();
                 match next_attempt(
                     &self.topics.retry_tiers,
-                    delivery.attempt,
+                    delivery.round_position(),
                     result.retry_after,
                     now_ms(),
                     jitter,
@@ -358,59 +594,62 @@ impl Deliverer {
                         metrics::counter!("triggers_deliverer_attempts_total", "result" => "retrying").increment(1);
                         next.attempt += 1;
                         next.not_before = not_before;
-                        let topic = self.topics.retries()[tier].clone();
-                        records.extend(self.encode(&topic, Contract::Delivery, key, &next).await);
-                        records.extend(
-                            self.encode(
-                                &outcomes,
-                                Contract::Outcome,
-                                event_key,
-                                &self.outcome(delivery, OutcomeKind::Retrying, Some(&result), Some(error)),
-                            )
-                            .await,
-                        );
+                        if in_place {
+                            (OutcomeKind::Retrying, Some(error), Some(next))
+                        } else {
+                            let topic = self.topics.retries()[tier].clone();
+                            records.extend(self.encode(&topic, Contract::Delivery, key, &next).await);
+                            (OutcomeKind::Retrying, Some(error), None)
+                        }
                     }
                     None => {
                         metrics::counter!("triggers_deliverer_attempts_total", "result" => "dead_lettered")
                             .increment(1);
                         records.extend(self.encode(&self.topics.dlq(), Contract::Delivery, key, &next).await);
-                        records.extend(
-                            self.encode(
-                                &outcomes,
-                                Contract::Outcome,
-                                event_key,
-                                &self.outcome(delivery, OutcomeKind::DeadLettered, Some(&result), Some(error)),
-                            )
-                            .await,
-                        );
+                        (OutcomeKind::DeadLettered, Some(error), None)
                     }
                 }
             }
-        }
-        records
+        };
+        let outcome = self.outcome(delivery, kind, Some(result), error);
+        records.extend(self.encode(&outcomes, Contract::Outcome, event_key, &outcome).await);
+        (records, next)
     }
 
-    /// The webhook request.
-    async fn post(
+    /// The webhook request of one delivery.
+    async fn post_one(
         &self,
         subscription: &Subscription,
         delivery: &Delivery,
         traceparent: Option<&[u8]>,
     ) -> AttemptResult {
-        let event = &delivery.event;
-        let body = json!({
-            "id": event.id.to_string(), "type": event.event_type, "source": event.source,
-            "specversion": "1.0", "time": rfc3339(event.time), "subject": event.subject,
-            "datacontenttype": event.datacontenttype, "data": event.data,
-        })
-        .to_string();
+        let body = event_body(&delivery.event).to_string();
+        self.post(
+            subscription,
+            &delivery.event.id.to_string(),
+            body,
+            delivery.replay,
+            traceparent,
+        )
+        .await
+    }
+
+    /// A signed webhook request with `webhook-id` = `id`.
+    async fn post(
+        &self,
+        subscription: &Subscription,
+        id: &str,
+        body: String,
+        replay: bool,
+        traceparent: Option<&[u8]>,
+    ) -> AttemptResult {
         let started = std::time::Instant::now();
         let failed = |error: String| AttemptResult {
             status: None,
             excerpt: None,
             error: Some(error),
             retry_after: None,
-            latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+            latency_ms: elapsed_ms(started),
         };
         let url = match url::Url::parse(&subscription.target_url) {
             Ok(url) => url,
@@ -422,9 +661,8 @@ impl Deliverer {
                 url.host_str().unwrap_or("")
             ));
         }
-        let id = event.id.to_string();
         let timestamp = now_ms() / 1000;
-        let signature = match signature::header(subscription.signing_secrets(now_ms()), &id, timestamp, body.as_bytes())
+        let signature = match signature::header(subscription.signing_secrets(now_ms()), id, timestamp, body.as_bytes())
         {
             Ok(signature) => signature,
             Err(e) => return failed(e.to_string()),
@@ -433,14 +671,14 @@ impl Deliverer {
             .http
             .post(url)
             .header("content-type", "application/json")
-            .header("webhook-id", &id)
+            .header("webhook-id", id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
             .header("user-agent", concat!("Triggers/", env!("CARGO_PKG_VERSION")));
         if let Some(traceparent) = traceparent.and_then(|t| std::str::from_utf8(t).ok()) {
             request = request.header("traceparent", traceparent);
         }
-        if delivery.replay {
+        if replay {
             request = request.header("triggers-replay", "true");
         }
         let response = match request.body(body).send().await {
@@ -471,7 +709,7 @@ impl Deliverer {
             excerpt: (!excerpt.is_empty()).then_some(excerpt),
             error: (!(200..300).contains(&status)).then(|| format!("HTTP {status}")),
             retry_after,
-            latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+            latency_ms: elapsed_ms(started),
         }
     }
 
@@ -584,6 +822,10 @@ pub async fn start(
         dynamo: dynamo.clone(),
         tables,
         max_response_bytes: 4096,
+        lanes: Lanes::default(),
+        slots: Slots::new(config.max_in_flight_per_subscription),
+        batcher: Batcher::default(),
+        park_delay: config.park_delay,
     });
     let mut groups = vec![(config.group_id.clone(), common.topics.deliveries())];
     for (tier, topic) in common.topics.retry_tiers.iter().zip(common.topics.retries()) {
@@ -610,7 +852,8 @@ pub async fn start(
         workers.push(tokio::spawn(async move {
             triggers_core::consume::run(&consumer, max, shutdown, grace, |message, shutdown| {
                 let deliverer = deliverer.clone();
-                async move { deliverer.handle(message, &shutdown).await }
+                let turn = deliverer.turn(&message);
+                async move { deliverer.handle(message, turn, &shutdown).await }
             })
             .await;
         }));
@@ -676,13 +919,41 @@ mod tests {
     #[test]
     fn the_retry_schedule_follows_the_tiers_and_retry_after() {
         let tiers: Vec<Duration> = [5, 30, 120].into_iter().map(Duration::from_secs).collect();
-        assert_eq!(next_attempt(&tiers, 1, None, 0, 0.0), Some((0, 5_000)));
-        assert_eq!(next_attempt(&tiers, 2, None, 0, 0.0), Some((1, 30_000)));
-        assert_eq!(next_attempt(&tiers, 3, None, 1_000, 0.0), Some((2, 121_000)));
-        assert_eq!(next_attempt(&tiers, 4, None, 0, 0.0), None);
+        assert_eq!(next_attempt(&tiers, 0, None, 0, 0.0), Some((0, 5_000)));
+        assert_eq!(next_attempt(&tiers, 1, None, 0, 0.0), Some((1, 30_000)));
+        assert_eq!(next_attempt(&tiers, 2, None, 1_000, 0.0), Some((2, 121_000)));
+        assert_eq!(next_attempt(&tiers, 3, None, 0, 0.0), None);
+        assert_eq!(next_attempt(&tiers, -1, None, 0, 0.0), None);
         // Retry-After wins when longer; jitter moves the delay by at most its share.
-        assert_eq!(next_attempt(&tiers, 1, Some(60), 0, 0.0), Some((0, 60_000)));
-        assert_eq!(next_attempt(&tiers, 1, Some(2), 0, 0.0), Some((0, 5_000)));
-        assert_eq!(next_attempt(&tiers, 1, None, 0, 0.1), Some((0, 5_500)));
+        assert_eq!(next_attempt(&tiers, 0, Some(60), 0, 0.0), Some((0, 60_000)));
+        assert_eq!(next_attempt(&tiers, 0, Some(2), 0, 0.0), Some((0, 5_000)));
+        assert_eq!(next_attempt(&tiers, 0, None, 0, 0.1), Some((0, 5_500)));
+    }
+
+    #[test]
+    fn a_replay_starts_a_new_round_of_the_schedule() {
+        let tiers: Vec<Duration> = [5, 30].into_iter().map(Duration::from_secs).collect();
+        let event = triggers_core::event::Event {
+            id: triggers_core::ids::EventId::new(),
+            tenant: triggers_core::ids::TenantId::new(),
+            event_type: "t".to_owned(),
+            source: "s".to_owned(),
+            subject: None,
+            time: 0,
+            received_at: 0,
+            specversion: "1.0".to_owned(),
+            datacontenttype: "application/json".to_owned(),
+            data: serde_json::Value::Null,
+            partition_key: None,
+            extensions: Default::default(),
+        };
+        // Three attempts before (the round was exhausted): the replay is attempt 4,
+        // and its retry goes to the first tier again.
+        let replay = Delivery::again(event, SubscriptionId::new(), 3, true);
+        assert_eq!((replay.attempt, replay.round_position()), (4, 0));
+        assert_eq!(
+            next_attempt(&tiers, replay.round_position(), None, 0, 0.0),
+            Some((0, 5_000))
+        );
     }
 }

@@ -98,12 +98,12 @@ fn view(stored: &StoredEvent) -> EventView {
     }
 }
 
-fn unavailable(e: StoreError) -> ApiError {
+pub(crate) fn unavailable(e: StoreError) -> ApiError {
     tracing::warn!(error = %e, "event store failed");
     ApiError::Unavailable("the event store is unavailable".to_owned())
 }
 
-fn list_error(e: ListError) -> ApiError {
+pub(crate) fn list_error(e: ListError) -> ApiError {
     match e {
         ListError::BadCursor => ApiError::BadRequest("invalid cursor".to_owned()),
         ListError::Store(e) => unavailable(e),
@@ -137,7 +137,7 @@ fn parse_query(query: &EventsQuery) -> Result<ListQuery, ApiError> {
     })
 }
 
-fn parse_id(text: &str) -> Result<EventId, ApiError> {
+pub(crate) fn parse_id(text: &str) -> Result<EventId, ApiError> {
     text.parse().map_err(|_| ApiError::NotFound(format!("event {text}")))
 }
 

@@ -20,6 +20,7 @@ pub mod jwt;
 pub mod middleware;
 pub mod openapi;
 pub mod ratelimit;
+pub mod redelivery;
 pub mod sink;
 pub mod state;
 pub mod subscriptions;
@@ -80,6 +81,7 @@ pub async fn start(
         producer: triggers_core::kafka::producer(&common.kafka, "gateway-subscriptions")?,
         codec,
         topic: common.topics.subscriptions(),
+        deliveries: common.topics.deliveries(),
     };
     let jwt_secret = match &config.jwt_secret {
         Some(secret) => secret.as_bytes().to_vec(),

@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{api, events, subscriptions};
+use crate::{api, events, redelivery, subscriptions};
 
 struct Security;
 
@@ -48,12 +48,14 @@ impl Modify for Security {
         events::inbox_compat, events::ack_compat,
         subscriptions::create, subscriptions::list, subscriptions::get, subscriptions::patch,
         subscriptions::delete, subscriptions::rotate_secret, subscriptions::test_match,
+        redelivery::replay, redelivery::list, redelivery::redrive,
     ),
     modifiers(&Security),
     tags(
         (name = "events", description = "Ingest"),
         (name = "subscriptions", description = "Where events go"),
         (name = "inbox", description = "Pull delivery"),
+        (name = "dlq", description = "Dead-lettered deliveries and redrive"),
         (name = "auth", description = "Tokens"),
         (name = "admin", description = "Tenants and API keys (admin token)"),
         (name = "compatibility", description = "Routes of the first client guide"),

@@ -37,6 +37,8 @@ pub struct SubscriptionPublisher {
     pub codec: AvroCodec,
     /// `<ns>.subscriptions`.
     pub topic: String,
+    /// `<ns>.deliveries`, for replays and redrives.
+    pub deliveries: String,
 }
 
 impl std::fmt::Debug for SubscriptionPublisher {
@@ -70,7 +72,8 @@ pub struct SubscriptionInput {
     pub filter: Option<Value>,
     /// Batched delivery.
     pub batch: Option<BatchInput>,
-    /// Deliver in order, one at a time.
+    /// Deliver in order (FIFO), one at a time: a failed attempt is retried
+    /// before any later event goes out. Not with `batch`.
     #[serde(default)]
     pub ordered: bool,
     /// Free text, at most 500 characters.
@@ -219,6 +222,17 @@ fn check_batch(batch: BatchInput) -> Result<BatchSettings, ApiError> {
     })
 }
 
+/// Ordered delivery sends one event at a time; a batch sends several.
+fn check_ordering(ordered: bool, batch: Option<&BatchSettings>) -> Result<(), ApiError> {
+    if ordered && batch.is_some() {
+        return Err(ApiError::field(
+            "batch",
+            "cannot be combined with ordered delivery; choose one",
+        ));
+    }
+    Ok(())
+}
+
 fn check_description(description: &str) -> Result<(), ApiError> {
     if description.chars().count() > 500 {
         return Err(ApiError::field("description", "must be at most 500 characters"));
@@ -226,7 +240,7 @@ fn check_description(description: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn store_error(e: SubscriptionStoreError) -> ApiError {
+pub(crate) fn store_error(e: SubscriptionStoreError) -> ApiError {
     match e {
         SubscriptionStoreError::BadCursor => ApiError::BadRequest("invalid cursor".to_owned()),
         SubscriptionStoreError::Conflict(id) => {
@@ -251,7 +265,7 @@ fn parse_id(text: &str) -> Result<SubscriptionId, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("subscription {text}")))
 }
 
-async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<Subscription, ApiError> {
+pub(crate) async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<Subscription, ApiError> {
     let id = parse_id(id)?;
     subscription::get(&state.dynamo, &state.tables, &caller.tenant, &id)
         .await
@@ -259,7 +273,7 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<Subscriptio
         .ok_or_else(|| ApiError::NotFound(format!("subscription {id}")))
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
     serde_json::from_value(value).map_err(|e| {
         let message = e.to_string();
         let field = message
@@ -296,6 +310,7 @@ pub async fn create(
         .map(check_filter)
         .transpose()?;
     let batch = input.batch.map(check_batch).transpose()?;
+    check_ordering(input.ordered, batch.as_ref())?;
     if let Some(description) = &input.description {
         check_description(description)?;
     }
@@ -431,6 +446,7 @@ pub async fn patch(
     if let Some(ordered) = change.ordered {
         current.ordered = ordered;
     }
+    check_ordering(current.ordered, current.batch.as_ref())?;
     if let Some(status) = change.status {
         current.status = match status.as_str() {
             "active" => SubscriptionStatus::Active,

@@ -1,5 +1,7 @@
-//! The deliverer against real Tansu, DynamoDB Local, the registry, the gateway
-//! and the router, with a programmable webhook receiver.
+//! The deliverer against real Tansu, DynamoDB Local, the registry, the gateway,
+//! the router and the persister, with a programmable webhook receiver.
 
 mod delivery;
+mod flow;
+mod redelivery;
 mod support;

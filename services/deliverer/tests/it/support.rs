@@ -31,15 +31,28 @@ impl Received {
 /// Scripted answers: a status and an optional `Retry-After`.
 type Script = Arc<Mutex<VecDeque<(u16, Option<u64>)>>>;
 
-/// A webhook receiver that answers from a script (then 200).
+/// A webhook receiver that answers from a script (then 200), optionally
+/// after a delay, and keeps the most requests it had at once.
 #[derive(Clone, Default)]
 pub struct Receiver {
     pub received: Arc<Mutex<Vec<Received>>>,
     pub script: Script,
     pub always: Arc<Mutex<Option<u16>>>,
+    pub delay: Arc<Mutex<Option<Duration>>>,
+    pub concurrent: Arc<Mutex<(usize, usize)>>,
 }
 
 async fn receive(request: HttpRequest, body: web::Bytes, receiver: web::Data<Receiver>) -> HttpResponse {
+    let delay = *receiver.delay.lock();
+    if let Some(delay) = delay {
+        {
+            let mut concurrent = receiver.concurrent.lock();
+            concurrent.0 += 1;
+            concurrent.1 = concurrent.1.max(concurrent.0);
+        }
+        tokio::time::sleep(delay).await;
+        receiver.concurrent.lock().0 -= 1;
+    }
     receiver.received.lock().push(Received {
         at: Instant::now(),
         headers: request
@@ -62,7 +75,7 @@ impl Receiver {
     pub fn start(&self) -> String {
         let data = web::Data::new(self.clone());
         let server = HttpServer::new(move || App::new().app_data(data.clone()).default_service(web::to(receive)))
-            .workers(1)
+            .workers(2)
             .disable_signals()
             .bind("127.0.0.1:0")
             .unwrap_or_else(|e| panic!("{e}"));
@@ -73,6 +86,20 @@ impl Receiver {
 
     pub fn count(&self) -> usize {
         self.received.lock().len()
+    }
+
+    /// The most requests it was answering at once (with a delay set).
+    pub fn most_at_once(&self) -> usize {
+        self.concurrent.lock().1
+    }
+
+    /// The JSON bodies of the requests so far.
+    pub fn bodies(&self) -> Vec<Value> {
+        self.received
+            .lock()
+            .iter()
+            .map(|r| serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+            .collect()
     }
 
     pub async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<Received> {
@@ -91,6 +118,9 @@ impl Receiver {
 
 pub struct Env {
     _slice: triggers_testkit::Slice,
+    pub deliverer: DelivererConfig,
+    /// Stops the deliverer alone.
+    pub deliverer_shutdown: CancellationToken,
     pub common: CommonConfig,
     pub gateway: String,
     pub key: String,
@@ -105,7 +135,24 @@ impl Drop for Env {
     }
 }
 
+/// The deliverer configuration of the tests.
+fn deliverer_config(namespace: &str) -> DelivererConfig {
+    DelivererConfig {
+        listen: "127.0.0.1:0".to_owned(),
+        group_id: format!("{namespace}-deliverer"),
+        allow_networks: vec!["127.0.0.0/8".to_owned()],
+        request_timeout: Duration::from_secs(2),
+        ..Default::default()
+    }
+}
+
+/// Gateway, router, persister and deliverer on a slice of the shared stack.
 pub async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+/// [`env`] with the deliverer's configuration changed by `tune`.
+pub async fn env_with(tune: impl FnOnce(&mut DelivererConfig)) -> Env {
     let slice = triggers_testkit::slice(TestStack::shared()).await;
     let (_, key) = slice.tenant_with_key(None).await;
     let (common, namespace, shutdown) = (slice.common.clone(), slice.namespace.clone(), slice.shutdown.clone());
@@ -132,22 +179,28 @@ pub async fn env() -> Env {
     )
     .await
     .unwrap_or_else(|e| panic!("router: {e}"));
-    triggers_deliverer::start(
+    triggers_persister::start(
         &common,
-        &DelivererConfig {
+        &triggers_persister::PersisterConfig {
             listen: "127.0.0.1:0".to_owned(),
-            group_id: format!("{namespace}-deliverer"),
-            allow_networks: vec!["127.0.0.0/8".to_owned()],
-            request_timeout: Duration::from_secs(2),
+            group_id: format!("{namespace}-persister"),
             ..Default::default()
         },
         shutdown.clone(),
     )
     .await
-    .unwrap_or_else(|e| panic!("deliverer: {e}"));
+    .unwrap_or_else(|e| panic!("persister: {e}"));
+    let mut deliverer = deliverer_config(&namespace);
+    tune(&mut deliverer);
+    let deliverer_shutdown = shutdown.child_token();
+    triggers_deliverer::start(&common, &deliverer, deliverer_shutdown.clone())
+        .await
+        .unwrap_or_else(|e| panic!("deliverer: {e}"));
     let codec = AvroCodec::new(&common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
     Env {
         _slice: slice,
+        deliverer,
+        deliverer_shutdown,
         common,
         gateway: format!("http://{}", gateway.addr),
         key,
@@ -158,6 +211,17 @@ pub async fn env() -> Env {
 }
 
 impl Env {
+    /// Stops the running deliverer at once (its in-flight work is dropped,
+    /// as in a crash) and starts another one in the same group.
+    pub async fn restart_deliverer(&mut self) {
+        self.deliverer_shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.deliverer_shutdown = self.shutdown.child_token();
+        triggers_deliverer::start(&self.common, &self.deliverer, self.deliverer_shutdown.clone())
+            .await
+            .unwrap_or_else(|e| panic!("deliverer: {e}"));
+    }
+
     pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = self
             .http
@@ -173,18 +237,36 @@ impl Env {
 
     /// Creates a subscription of every event type to `url`; (id, secret).
     pub async fn subscribe(&self, url: &str) -> (String, String) {
-        let (status, created) = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/subscriptions",
-                Some(json!({"target_url": url, "event_types": ["*"]})),
-            )
-            .await;
+        self.subscribe_with(json!({"target_url": url, "event_types": ["*"]}))
+            .await
+    }
+
+    /// Creates a subscription from `body`; (id, secret).
+    pub async fn subscribe_with(&self, body: Value) -> (String, String) {
+        let (status, created) = self.call(reqwest::Method::POST, "/v1/subscriptions", Some(body)).await;
         assert_eq!(status, 201, "{created}");
         (
             created["id"].as_str().unwrap_or_default().to_owned(),
             created["secret"].as_str().unwrap_or_default().to_owned(),
         )
+    }
+
+    /// Ingests `events` in one batch request; their ids in order.
+    pub async fn ingest_batch(&self, events: Vec<Value>) -> Vec<String> {
+        let (status, answer) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/events/batch",
+                Some(json!({"events": events})),
+            )
+            .await;
+        assert_eq!(status, 202, "{answer}");
+        answer["results"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{answer}"))
+            .iter()
+            .map(|r| r["id"].as_str().unwrap_or_else(|| panic!("{r}")).to_owned())
+            .collect()
     }
 
     pub async fn ingest(&self, event: Value) -> String {

@@ -1,0 +1,206 @@
+//! The dead-letter store behind `GET /v1/dlq` and `POST /v1/dlq/redrive`.
+//!
+//! `<ns>.deliveries.dlq` is the log of dead-lettered deliveries, for
+//! Kafka-native consumers; the API needs to list them by tenant and take
+//! them out again, which a topic cannot do. So the persister also keeps one
+//! item per dead-lettered (event, subscription) in the attempts table, under
+//! `pk` = tenant and `sk` = `dlq#<event id>#<subscription id>` (oldest event
+//! first), and a redrive deletes it once the new delivery is in Kafka.
+//! Deleting an event deletes its entries; erasing a tenant deletes them all.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
+use base64::Engine;
+
+use crate::delivery::Outcome;
+use crate::dynamo::{TTL_ATTRIBUTE, Tables};
+use crate::eventstore::{ListError, get_n, get_s, n, s, store_error};
+use crate::ids::{DeliveryId, EventId, SubscriptionId, TenantId};
+use crate::tenancy::StoreError;
+
+const PREFIX: &str = "dlq#";
+
+/// A dead-lettered delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The delivery (derived from the event and the subscription).
+    pub delivery_id: DeliveryId,
+    /// The event.
+    pub event_id: EventId,
+    /// The subscription.
+    pub subscription_id: SubscriptionId,
+    /// The last attempt's number.
+    pub attempt: i32,
+    /// When it was dead-lettered (ms since the epoch).
+    pub at: i64,
+    /// The last attempt's HTTP status, if the endpoint answered.
+    pub http_status: Option<i32>,
+    /// The last error.
+    pub error: Option<String>,
+}
+
+fn sk(event: &EventId, subscription: &SubscriptionId) -> String {
+    format!("{PREFIX}{event}#{subscription}")
+}
+
+/// The prefix of an event's entries.
+pub fn event_prefix(event: &EventId) -> String {
+    format!("{PREFIX}{event}#")
+}
+
+/// Records a `dead_lettered` outcome (idempotent).
+pub async fn put(client: &Client, tables: &Tables, outcome: &Outcome, expires_at: i64) -> Result<(), StoreError> {
+    let Some(subscription) = &outcome.subscription_id else {
+        return Ok(());
+    };
+    let delivery = outcome
+        .delivery_id
+        .unwrap_or_else(|| DeliveryId::derive(&outcome.event_id, subscription));
+    let mut put = client
+        .put_item()
+        .table_name(&tables.attempts)
+        .item("pk", s(outcome.tenant.to_string()))
+        .item("sk", s(sk(&outcome.event_id, subscription)))
+        .item("delivery_id", s(delivery.to_string()))
+        .item("event_id", s(outcome.event_id.to_string()))
+        .item("subscription_id", s(subscription.to_string()))
+        .item("attempt", n(outcome.attempt))
+        .item("at", n(outcome.at))
+        .item(TTL_ATTRIBUTE, n(expires_at));
+    if let Some(status) = outcome.http_status {
+        put = put.item("http_status", n(status));
+    }
+    if let Some(error) = &outcome.error {
+        put = put.item("error", s(error));
+    }
+    put.send()
+        .await
+        .map_err(|e| store_error("PutItem", &tables.attempts, e))?;
+    Ok(())
+}
+
+/// Takes an entry out (after its redrive is in Kafka).
+pub async fn remove(
+    client: &Client,
+    tables: &Tables,
+    tenant: &TenantId,
+    event: &EventId,
+    subscription: &SubscriptionId,
+) -> Result<(), StoreError> {
+    client
+        .delete_item()
+        .table_name(&tables.attempts)
+        .key("pk", s(tenant.to_string()))
+        .key("sk", s(sk(event, subscription)))
+        .send()
+        .await
+        .map_err(|e| store_error("DeleteItem", &tables.attempts, e))?;
+    Ok(())
+}
+
+fn from_item(item: &HashMap<String, AttributeValue>) -> Option<DeadLetter> {
+    Some(DeadLetter {
+        delivery_id: get_s(item, "delivery_id")?.parse().ok()?,
+        event_id: get_s(item, "event_id")?.parse().ok()?,
+        subscription_id: get_s(item, "subscription_id")?.parse().ok()?,
+        attempt: get_n(item, "attempt").and_then(|a| i32::try_from(a).ok())?,
+        at: get_n(item, "at").unwrap_or_default(),
+        http_status: get_n(item, "http_status").and_then(|v| i32::try_from(v).ok()),
+        error: get_s(item, "error"),
+    })
+}
+
+/// Which entries to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterQuery {
+    /// Only this subscription's.
+    pub subscription_id: Option<SubscriptionId>,
+    /// Only these deliveries.
+    pub delivery_ids: Option<Vec<DeliveryId>>,
+    /// Page size.
+    pub limit: usize,
+    /// From a previous page.
+    pub cursor: Option<String>,
+}
+
+fn encode_cursor(sk: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("d1:{sk}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let sk = String::from_utf8(bytes).ok()?.strip_prefix("d1:")?.to_owned();
+    sk.starts_with(PREFIX).then_some(sk)
+}
+
+/// One page of a tenant's dead letters, oldest event first.
+pub async fn list(
+    client: &Client,
+    tables: &Tables,
+    tenant: &TenantId,
+    query: &DeadLetterQuery,
+) -> Result<(Vec<DeadLetter>, Option<String>), ListError> {
+    let table = &tables.attempts;
+    let mut start = match &query.cursor {
+        Some(cursor) => {
+            let sk = decode_cursor(cursor).ok_or(ListError::BadCursor)?;
+            Some(HashMap::from([
+                ("pk".to_owned(), s(tenant.to_string())),
+                ("sk".to_owned(), s(sk)),
+            ]))
+        }
+        None => None,
+    };
+    let mut values = HashMap::from([(":t".to_owned(), s(tenant.to_string())), (":p".to_owned(), s(PREFIX))]);
+    let mut filters = Vec::new();
+    if let Some(subscription) = &query.subscription_id {
+        values.insert(":sub".to_owned(), s(subscription.to_string()));
+        filters.push("subscription_id = :sub".to_owned());
+    }
+    if let Some(ids) = &query.delivery_ids {
+        let names: Vec<String> = (0..ids.len()).map(|i| format!(":d{i}")).collect();
+        for (name, id) in names.iter().zip(ids) {
+            values.insert(name.clone(), s(id.to_string()));
+        }
+        filters.push(format!("delivery_id IN ({})", names.join(", ")));
+    }
+    let mut page = Vec::new();
+    loop {
+        let mut request = client
+            .query()
+            .table_name(table)
+            .key_condition_expression("pk = :t AND begins_with(sk, :p)")
+            .set_expression_attribute_values(Some(values.clone()))
+            .limit(i32::try_from((query.limit - page.len()).max(1)).unwrap_or(1000))
+            .set_exclusive_start_key(start.take());
+        if !filters.is_empty() {
+            request = request.filter_expression(filters.join(" AND "));
+        }
+        let output = request.send().await.map_err(|e| store_error("Query", table, e))?;
+        page.extend(output.items().iter().filter_map(from_item));
+        start = output.last_evaluated_key().cloned();
+        if page.len() >= query.limit || start.is_none() {
+            break;
+        }
+    }
+    let next = match (&start, page.last()) {
+        (Some(_), Some(last)) => Some(encode_cursor(&sk(&last.event_id, &last.subscription_id))),
+        _ => None,
+    };
+    Ok((page, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_foreign_keys() {
+        let key = sk(&EventId::new(), &SubscriptionId::new());
+        assert_eq!(decode_cursor(&encode_cursor(&key)), Some(key));
+        assert_eq!(decode_cursor(&encode_cursor("e#evt_x")), None);
+        assert_eq!(decode_cursor("not base64!"), None);
+    }
+}
