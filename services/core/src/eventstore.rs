@@ -156,6 +156,20 @@ pub fn expiry(received_at: i64, retention: std::time::Duration) -> i64 {
 
 /// Stores an event's body (idempotent; never changes its progress).
 pub async fn put_event(client: &Client, tables: &Tables, event: &Event, expires_at: i64) -> Result<(), StoreError> {
+    put_event_with(client, tables, event, expires_at, &[]).await
+}
+
+/// Stores an event's body together with `outcomes` of it that arrived at the
+/// same time: one write when the event is new (its first progress already
+/// has them), else the body and then a monotonic progress change.
+/// Idempotent. Attempt items are not written here ([`put_attempts`]).
+pub async fn put_event_with(
+    client: &Client,
+    tables: &Tables,
+    event: &Event,
+    expires_at: i64,
+    outcomes: &[Outcome],
+) -> Result<(), StoreError> {
     let table = &tables.events;
     let payload = encode_payload(event.data.to_string());
     if let Payload::Chunked(chunks) = &payload {
@@ -202,7 +216,7 @@ pub async fn put_event(client: &Client, tables: &Tables, event: &Event, expires_
         Payload::Deflated(bytes) => body.push(("data_z", AttributeValue::B(Blob::new(bytes)))),
         Payload::Chunked(chunks) => body.push(("chunks", n(chunks.len()))),
     }
-    // A new item: body, and the initial progress (in the inbox).
+    // A new item: body, and the initial progress.
     let mut names = HashMap::new();
     let mut values = HashMap::new();
     let mut sets = Vec::new();
@@ -212,14 +226,19 @@ pub async fn put_event(client: &Client, tables: &Tables, event: &Event, expires_
         sets.push(format!("#b{i} = :b{i}"));
     }
     let body_only = format!("SET {}", sets.join(", "));
-    let progress = Progress::default();
+    let mut progress = Progress::default();
+    for outcome in outcomes {
+        progress.apply(outcome);
+    }
+    let status = progress.status();
     let result = client
         .update_item()
         .table_name(table)
         .key("pk", s(event.tenant.to_string()))
         .key("sk", s(event_sk(&event.id)))
         .update_expression(format!(
-            "{body_only}, progress = :progress, #status = :status, status_pk = :status_pk, inbox_pk = :inbox, version = :zero, updated_at = :now"
+            "{body_only}, progress = :progress, #status = :status, status_pk = :status_pk, version = :zero, updated_at = :now{}",
+            if status.in_inbox() { ", inbox_pk = :inbox" } else { "" }
         ))
         .condition_expression("attribute_not_exists(version)")
         .set_expression_attribute_names(Some({
@@ -230,12 +249,11 @@ pub async fn put_event(client: &Client, tables: &Tables, event: &Event, expires_
         .set_expression_attribute_values(Some({
             let mut values = values.clone();
             values.insert(":progress".to_owned(), s(serde_json::to_string(&progress).unwrap_or_default()));
-            values.insert(":status".to_owned(), s(EventStatus::Accepted.as_str()));
-            values.insert(
-                ":status_pk".to_owned(),
-                s(format!("{}#{}", event.tenant, EventStatus::Accepted.as_str())),
-            );
-            values.insert(":inbox".to_owned(), s(event.tenant.to_string()));
+            values.insert(":status".to_owned(), s(status.as_str()));
+            values.insert(":status_pk".to_owned(), s(format!("{}#{}", event.tenant, status.as_str())));
+            if status.in_inbox() {
+                values.insert(":inbox".to_owned(), s(event.tenant.to_string()));
+            }
             values.insert(":zero".to_owned(), n(0));
             values.insert(":now".to_owned(), n(now_ms()));
             values
@@ -258,6 +276,9 @@ pub async fn put_event(client: &Client, tables: &Tables, event: &Event, expires_
                 .send()
                 .await
                 .map_err(|e| store_error("UpdateItem", table, e))?;
+            if !outcomes.is_empty() {
+                apply_outcomes(client, tables, &event.tenant, &event.id, outcomes, expires_at).await?;
+            }
             Ok(())
         }
         Err(e) => Err(store_error("UpdateItem", table, e)),
@@ -367,6 +388,98 @@ async fn update_progress(
     ))
 }
 
+/// The attempt item of a delivery outcome (`None` for routing outcomes).
+fn attempt_item(outcome: &Outcome, expires_at: i64) -> Option<Item> {
+    if matches!(outcome.kind, OutcomeKind::Routed | OutcomeKind::Unmatched) {
+        return None;
+    }
+    let subscription = outcome.subscription_id.as_ref()?;
+    let kind = serde_json::to_value(outcome.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut item = HashMap::from([
+        ("pk".to_owned(), s(outcome.tenant.to_string())),
+        (
+            "sk".to_owned(),
+            s(format!(
+                "{}#{subscription}#{:05}#{kind}",
+                outcome.event_id, outcome.attempt
+            )),
+        ),
+        ("subscription_id".to_owned(), s(subscription.to_string())),
+        ("attempt".to_owned(), n(outcome.attempt)),
+        ("kind".to_owned(), s(kind)),
+        ("at".to_owned(), n(outcome.at)),
+        (TTL_ATTRIBUTE.to_owned(), n(expires_at)),
+    ]);
+    if let Some(status) = outcome.http_status {
+        item.insert("http_status".to_owned(), n(status));
+    }
+    if let Some(latency) = outcome.latency_ms {
+        item.insert("latency_ms".to_owned(), n(latency));
+    }
+    if let Some(error) = &outcome.error {
+        item.insert("error".to_owned(), s(error));
+    }
+    if let Some(excerpt) = &outcome.response_excerpt {
+        item.insert("response_excerpt".to_owned(), s(excerpt));
+    }
+    Some(item)
+}
+
+/// Writes the attempt items (and dead letters) of delivery outcomes, 25 to a
+/// `BatchWriteItem`. Idempotent: an attempt's key is fixed by its event,
+/// subscription, number and kind.
+pub async fn put_attempts(client: &Client, tables: &Tables, outcomes: &[(Outcome, i64)]) -> Result<(), StoreError> {
+    let mut requests: Vec<WriteRequest> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (outcome, expires_at) in outcomes {
+        if let Some(item) = attempt_item(outcome, *expires_at) {
+            // One write per key in a batch (DynamoDB refuses duplicates).
+            if !seen.insert(get_s(&item, "sk").unwrap_or_default()) {
+                continue;
+            }
+            if let Ok(put) = PutRequest::builder().set_item(Some(item)).build() {
+                requests.push(WriteRequest::builder().put_request(put).build());
+            }
+        }
+    }
+    let writes = requests
+        .chunks(25)
+        .map(|chunk| batch_write(client, &tables.attempts, chunk.to_vec()));
+    for result in futures::future::join_all(writes).await {
+        result?;
+    }
+    for (outcome, expires_at) in outcomes {
+        if outcome.kind == OutcomeKind::DeadLettered {
+            crate::deadletter::put(client, tables, outcome, *expires_at).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies outcomes of one event to its progress in one read-modify-write.
+/// Monotonic: outcomes that change nothing write nothing.
+pub async fn apply_outcomes(
+    client: &Client,
+    tables: &Tables,
+    tenant: &TenantId,
+    event: &EventId,
+    outcomes: &[Outcome],
+    expires_at: i64,
+) -> Result<EventStatus, StoreError> {
+    let status = update_progress(client, tables, tenant, event, expires_at, false, |p| {
+        let mut changed = false;
+        for outcome in outcomes {
+            changed |= p.apply(outcome);
+        }
+        changed
+    })
+    .await?;
+    Ok(status.unwrap_or(EventStatus::Accepted))
+}
+
 /// Records an outcome: the event's progress, and for delivery outcomes the
 /// attempt. Idempotent and monotonic.
 pub async fn apply_outcome(
@@ -375,59 +488,16 @@ pub async fn apply_outcome(
     outcome: &Outcome,
     expires_at: i64,
 ) -> Result<EventStatus, StoreError> {
-    if !matches!(outcome.kind, OutcomeKind::Routed | OutcomeKind::Unmatched)
-        && let Some(subscription) = &outcome.subscription_id
-    {
-        let kind = serde_json::to_value(outcome.kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let mut put = client
-            .put_item()
-            .table_name(&tables.attempts)
-            .item("pk", s(outcome.tenant.to_string()))
-            .item(
-                "sk",
-                s(format!(
-                    "{}#{subscription}#{:05}#{kind}",
-                    outcome.event_id, outcome.attempt
-                )),
-            )
-            .item("subscription_id", s(subscription.to_string()))
-            .item("attempt", n(outcome.attempt))
-            .item("kind", s(kind))
-            .item("at", n(outcome.at))
-            .item(TTL_ATTRIBUTE, n(expires_at));
-        if let Some(status) = outcome.http_status {
-            put = put.item("http_status", n(status));
-        }
-        if let Some(latency) = outcome.latency_ms {
-            put = put.item("latency_ms", n(latency));
-        }
-        if let Some(error) = &outcome.error {
-            put = put.item("error", s(error));
-        }
-        if let Some(excerpt) = &outcome.response_excerpt {
-            put = put.item("response_excerpt", s(excerpt));
-        }
-        put.send()
-            .await
-            .map_err(|e| store_error("PutItem", &tables.attempts, e))?;
-        if outcome.kind == OutcomeKind::DeadLettered {
-            crate::deadletter::put(client, tables, outcome, expires_at).await?;
-        }
-    }
-    let status = update_progress(
+    put_attempts(client, tables, &[(outcome.clone(), expires_at)]).await?;
+    apply_outcomes(
         client,
         tables,
         &outcome.tenant,
         &outcome.event_id,
+        std::slice::from_ref(outcome),
         expires_at,
-        false,
-        |p| p.apply(outcome),
     )
-    .await?;
-    Ok(status.unwrap_or(EventStatus::Accepted))
+    .await
 }
 
 /// Whether an event was acknowledged (its deliveries then stop).

@@ -7,7 +7,11 @@
 //! status changes only move forward, so a replayed or reordered record never
 //! regresses an event. Events of tenants that do not exist (erased) are not
 //! stored. Large payloads are compressed and split across items.
+//!
+//! Writes are batched and coalesced per event ([`writer`]).
 #![forbid(unsafe_code)]
+
+pub mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +30,8 @@ use triggers_core::eventstore;
 use triggers_core::ops::{self, Readiness, RunningServer};
 use triggers_core::tenancy::TenantCache;
 
+use crate::writer::{Record, Writer};
+
 /// The `[persister]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,8 +40,13 @@ pub struct PersisterConfig {
     pub listen: String,
     /// The consumer group.
     pub group_id: String,
-    /// Records written to DynamoDB at once.
+    /// Records being written at once (across batches).
     pub max_in_flight: usize,
+    /// Records per batch at most.
+    pub max_batch: usize,
+    /// How long a batch gathers records before it is written.
+    #[serde(with = "humantime_serde")]
+    pub batch_wait: Duration,
     /// How long shutdown waits for writes in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -46,7 +57,9 @@ impl Default for PersisterConfig {
         Self {
             listen: "0.0.0.0:9103".to_owned(),
             group_id: "triggers-persister".to_owned(),
-            max_in_flight: 64,
+            max_in_flight: 1024,
+            max_batch: 256,
+            batch_wait: Duration::from_millis(10),
             shutdown_grace: Duration::from_secs(20),
         }
     }
@@ -63,6 +76,15 @@ impl Validate for PersisterConfig {
                 format!("{prefix}.max_in_flight"),
                 "must be between 1 and 10000",
             ));
+        }
+        if !(1..=5_000).contains(&self.max_batch) {
+            issues.push(ConfigIssue::new(
+                format!("{prefix}.max_batch"),
+                "must be between 1 and 5000",
+            ));
+        }
+        if self.batch_wait > Duration::from_secs(1) {
+            issues.push(ConfigIssue::new(format!("{prefix}.batch_wait"), "must be at most 1s"));
         }
         if self.shutdown_grace > Duration::from_secs(300) {
             issues.push(ConfigIssue::new(
@@ -97,8 +119,7 @@ pub enum PersisterError {
 }
 
 struct Persister {
-    dynamo: aws_sdk_dynamodb::Client,
-    tables: Tables,
+    writer: Writer,
     codec: AvroCodec,
     tenants: TenantCache,
     events_topic: String,
@@ -143,11 +164,7 @@ impl Persister {
                 return false;
             };
             let Some(expires_at) = expires_at else { return true };
-            let done = triggers_core::consume::retry("store event", shutdown, || {
-                eventstore::put_event(&self.dynamo, &self.tables, &event, expires_at)
-            })
-            .await
-            .is_some();
+            let done = self.writer.write(Record::Event(Box::new(event), expires_at)).await;
             if done {
                 metrics::counter!("triggers_persister_events_total").increment(1);
             }
@@ -161,11 +178,7 @@ impl Persister {
                 return false;
             };
             let Some(expires_at) = expires_at else { return true };
-            let done = triggers_core::consume::retry("store outcome", shutdown, || {
-                eventstore::apply_outcome(&self.dynamo, &self.tables, &outcome, expires_at)
-            })
-            .await
-            .is_some();
+            let done = self.writer.write(Record::Outcome(Box::new(outcome), expires_at)).await;
             if done {
                 metrics::counter!("triggers_persister_outcomes_total").increment(1);
             }
@@ -202,9 +215,15 @@ pub async fn start(
 ) -> Result<RunningServer, PersisterError> {
     let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
     let tables = Tables::new(&common.dynamodb.table_prefix);
+    let writer = Writer::start(
+        dynamo.clone(),
+        tables.clone(),
+        config.max_batch,
+        config.batch_wait,
+        shutdown.clone(),
+    );
     let persister = Arc::new(Persister {
-        dynamo: dynamo.clone(),
-        tables: tables.clone(),
+        writer,
         codec: AvroCodec::new(&common.schema_registry)?,
         tenants: TenantCache::new(dynamo.clone(), tables),
         events_topic: common.topics.events(),

@@ -1,0 +1,166 @@
+//! Batched, coalesced writes to the event store.
+//!
+//! Records are gathered for up to `batch_wait` (or `max_batch` records),
+//! then written together: every attempt item of the batch in
+//! `BatchWriteItem`s of 25, and per event one write for its body with all its
+//! outcomes of the batch (a new event's first write already carries its
+//! progress), or one read-modify-write of its progress for all its outcomes.
+//! Under load an event's body and its `routed` outcome usually share a batch,
+//! so most events cost one item write instead of three calls.
+//!
+//! A record's handler learns when its effect is in DynamoDB (then its offset
+//! may be stored); a batch that fails is retried until shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use triggers_core::CancellationToken;
+use triggers_core::delivery::Outcome;
+use triggers_core::dynamo::Tables;
+use triggers_core::event::Event;
+use triggers_core::eventstore;
+use triggers_core::ids::{EventId, TenantId};
+
+/// One record's effect.
+#[derive(Debug)]
+pub enum Record {
+    /// An event, with the expiry of its items.
+    Event(Box<Event>, i64),
+    /// An outcome, with the expiry of its items.
+    Outcome(Box<Outcome>, i64),
+}
+
+#[derive(Debug)]
+struct Pending {
+    record: Record,
+    done: oneshot::Sender<bool>,
+}
+
+/// Hands records to the batching task. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<Pending>,
+}
+
+#[derive(Default)]
+struct Group {
+    body: Option<(Box<Event>, i64)>,
+    outcomes: Vec<Outcome>,
+    expires_at: i64,
+    done: Vec<oneshot::Sender<bool>>,
+}
+
+/// Event groups written at once within a batch.
+const GROUPS_IN_FLIGHT: usize = 32;
+/// Batches written at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+impl Writer {
+    /// Starts the batching task; it ends when every `Writer` is dropped.
+    pub fn start(
+        dynamo: aws_sdk_dynamodb::Client,
+        tables: Tables,
+        max_batch: usize,
+        batch_wait: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (queue, mut incoming) = mpsc::channel::<Pending>(max_batch.max(1) * 4);
+        let store = Arc::new((dynamo, tables));
+        tokio::spawn(async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+            while let Some(first) = incoming.recv().await {
+                let mut batch = vec![first];
+                let deadline = tokio::time::sleep(batch_wait);
+                tokio::pin!(deadline);
+                while batch.len() < max_batch {
+                    tokio::select! {
+                        biased;
+                        next = incoming.recv() => match next {
+                            Some(next) => batch.push(next),
+                            None => break,
+                        },
+                        _ = &mut deadline => break,
+                    }
+                }
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let (store, shutdown) = (store.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    write_batch(&store.0, &store.1, batch, &shutdown).await;
+                    drop(slot);
+                });
+            }
+        });
+        Self { queue }
+    }
+
+    /// Writes `record` with the next batch; `true` once it is in DynamoDB,
+    /// `false` if shutdown came first.
+    pub async fn write(&self, record: Record) -> bool {
+        let (done, written) = oneshot::channel();
+        if self.queue.send(Pending { record, done }).await.is_err() {
+            return false;
+        }
+        written.await.unwrap_or(false)
+    }
+}
+
+async fn write_batch(
+    dynamo: &aws_sdk_dynamodb::Client,
+    tables: &Tables,
+    batch: Vec<Pending>,
+    shutdown: &CancellationToken,
+) {
+    metrics::histogram!("triggers_persister_batch_size").record(batch.len() as f64);
+    let mut groups: HashMap<(TenantId, EventId), Group> = HashMap::new();
+    let mut attempts = Vec::new();
+    for Pending { record, done } in batch {
+        match record {
+            Record::Event(event, expires_at) => {
+                let group = groups.entry((event.tenant, event.id)).or_default();
+                group.expires_at = group.expires_at.max(expires_at);
+                group.body = Some((event, expires_at));
+                group.done.push(done);
+            }
+            Record::Outcome(outcome, expires_at) => {
+                let group = groups.entry((outcome.tenant, outcome.event_id)).or_default();
+                group.expires_at = group.expires_at.max(expires_at);
+                attempts.push(((*outcome).clone(), expires_at));
+                group.outcomes.push(*outcome);
+                group.done.push(done);
+            }
+        }
+    }
+    let attempts_written = attempts.is_empty()
+        || triggers_core::consume::retry("store attempts", shutdown, || {
+            eventstore::put_attempts(dynamo, tables, &attempts)
+        })
+        .await
+        .is_some();
+    futures::stream::iter(groups)
+        .for_each_concurrent(GROUPS_IN_FLIGHT, |((tenant, id), group)| async move {
+            let written = attempts_written
+                && triggers_core::consume::retry("store event", shutdown, || async {
+                    match &group.body {
+                        Some((event, expires_at)) => {
+                            eventstore::put_event_with(dynamo, tables, event, *expires_at, &group.outcomes).await
+                        }
+                        None => {
+                            eventstore::apply_outcomes(dynamo, tables, &tenant, &id, &group.outcomes, group.expires_at)
+                                .await
+                                .map(|_| ())
+                        }
+                    }
+                })
+                .await
+                .is_some();
+            for done in group.done {
+                let _ = done.send(written);
+            }
+        })
+        .await;
+}
