@@ -29,7 +29,7 @@ pub async fn run<C, F, Fut>(
 ) where
     C: ConsumerContext + 'static,
     F: Fn(OwnedMessage, CancellationToken) -> Fut,
-    Fut: Future<Output = bool>,
+    Fut: Future<Output = bool> + Send + 'static,
 {
     let mut tracker = OffsetTracker::new();
     let mut in_flight = FuturesUnordered::new();
@@ -59,8 +59,16 @@ pub async fn run<C, F, Fut>(
                 };
                 let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
                 tracker.start(&topic, partition, offset);
-                let work = handle(message, shutdown.clone());
-                in_flight.push(async move { (topic, partition, offset, work.await) });
+                // Each record is its own task, so the work spreads over the
+                // runtime's threads instead of this loop's one.
+                let mut work = AbortOnDrop(tokio::spawn(handle(message, shutdown.clone())));
+                in_flight.push(async move {
+                    let done = (&mut work.0).await.unwrap_or_else(|e| {
+                        tracing::error!(error = %e, topic, partition, offset, "a record's handler failed");
+                        false
+                    });
+                    (topic, partition, offset, done)
+                });
             }
         }
     }
@@ -74,6 +82,16 @@ pub async fn run<C, F, Fut>(
     }
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::warn!(error = %e, "final offset commit failed");
+    }
+}
+
+/// A spawned handler that is aborted when dropped (after the shutdown grace
+/// period), like the future it replaces would have been.
+struct AbortOnDrop(tokio::task::JoinHandle<bool>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -15,9 +15,10 @@
 //!
 //! Flow control, per subscription:
 //! - **Cap.** At most `max_in_flight_per_subscription` attempts at once. A
-//!   delivery finding its subscription's slots busy is *parked*: put on the
-//!   first retry tier for `park_delay`, not counted as an attempt, so it
-//!   frees its consumer slot and one slow endpoint cannot starve the rest.
+//!   delivery finding its subscription's slots busy for `park_after` is
+//!   *parked*: put on the first retry tier for `park_delay`, not counted as
+//!   an attempt, so it frees its consumer slot and one slow endpoint cannot
+//!   starve the rest.
 //! - **Ordered (FIFO).** Deliveries take turns in the order they were read
 //!   (they are keyed by subscription, so that is the partition's order), and
 //!   a failed attempt is retried in place on the same schedule: nothing later
@@ -74,9 +75,14 @@ pub struct DelivererConfig {
     pub group_id: String,
     /// Deliveries in flight per consumer.
     pub max_in_flight: usize,
-    /// Attempts in flight per subscription; further deliveries to it wait
-    /// on the first retry tier (`park_delay`) instead of holding a slot.
+    /// Attempts in flight per subscription. A delivery that finds them all
+    /// busy waits up to `park_after` for one, then waits on the first retry
+    /// tier (`park_delay`) instead of holding a consumer slot.
     pub max_in_flight_per_subscription: usize,
+    /// How long a delivery waits for a slot of its subscription before it is
+    /// parked.
+    #[serde(with = "humantime_serde")]
+    pub park_after: Duration,
     /// How long a delivery waits when its subscription has no free slot.
     #[serde(with = "humantime_serde")]
     pub park_delay: Duration,
@@ -97,7 +103,8 @@ impl Default for DelivererConfig {
             listen: "0.0.0.0:9104".to_owned(),
             group_id: "triggers-deliverer".to_owned(),
             max_in_flight: 256,
-            max_in_flight_per_subscription: 32,
+            max_in_flight_per_subscription: 128,
+            park_after: Duration::from_millis(100),
             park_delay: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
             allow_networks: Vec::new(),
@@ -123,6 +130,9 @@ impl Validate for DelivererConfig {
                 format!("{prefix}.max_in_flight_per_subscription"),
                 "must be between 1 and max_in_flight",
             ));
+        }
+        if self.park_after > Duration::from_secs(10) {
+            issues.push(ConfigIssue::new(format!("{prefix}.park_after"), "must be at most 10s"));
         }
         if self.park_delay < Duration::from_millis(10) || self.park_delay > Duration::from_secs(60) {
             issues.push(ConfigIssue::new(
@@ -221,6 +231,12 @@ pub fn next_attempt(
     Some((tier, now + (wait * 1000.0) as i64))
 }
 
+/// Deliveries of events younger than this skip the acknowledgement check on
+/// their first attempt.
+const FRESH_MS: i64 = 5_000;
+/// The least `fetch.wait.max.ms` of the retry tiers' consumers.
+const TIER_FETCH_WAIT: Duration = Duration::from_millis(250);
+
 struct Deliverer {
     http: reqwest::Client,
     allow: ssrf::AllowList,
@@ -234,6 +250,7 @@ struct Deliverer {
     lanes: Lanes,
     slots: Slots,
     batcher: Batcher,
+    park_after: Duration,
     park_delay: Duration,
 }
 
@@ -329,7 +346,12 @@ impl Deliverer {
             Some(s) => s,
         };
         // A replay is an explicit request: it goes out even if acknowledged.
+        // A first attempt of a fresh event skips the check (a DynamoDB read
+        // per delivery): an acknowledgement racing the first webhook is
+        // at-least-once anyway; retries and backlogged events are checked.
+        let fresh = delivery.round_position() == 0 && now_ms() - delivery.event.received_at < FRESH_MS;
         if !delivery.replay
+            && !fresh
             && triggers_core::eventstore::is_acknowledged(
                 &self.dynamo,
                 &self.tables,
@@ -376,11 +398,18 @@ impl Deliverer {
         }
         let permit = match self.slots.try_acquire(subscription.id) {
             Some(permit) => permit,
-            None if !self.topics.retry_tiers.is_empty() => return self.park(delivery, shutdown).await,
-            None => match self.slots.acquire(subscription.id).await {
-                Some(permit) => permit,
-                None => return false,
-            },
+            None => {
+                let waited = tokio::time::timeout(self.park_after, self.slots.acquire(subscription.id)).await;
+                match waited {
+                    Ok(Some(permit)) => permit,
+                    Ok(None) => return false,
+                    Err(_) if !self.topics.retry_tiers.is_empty() => return self.park(delivery, shutdown).await,
+                    Err(_) => match self.slots.acquire(subscription.id).await {
+                        Some(permit) => permit,
+                        None => return false,
+                    },
+                }
+            }
         };
         let result = self.post_one(&subscription, &delivery, traceparent.as_deref()).await;
         drop(permit);
@@ -793,7 +822,7 @@ pub async fn start(
         .redirect(reqwest::redirect::Policy::none())
         .timeout(config.request_timeout)
         .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
-        .pool_max_idle_per_host(32)
+        .pool_max_idle_per_host(config.max_in_flight_per_subscription)
         .build()
         .map_err(|e| DelivererError::Internal(e.to_string()))?;
     let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
@@ -825,23 +854,25 @@ pub async fn start(
         lanes: Lanes::default(),
         slots: Slots::new(config.max_in_flight_per_subscription),
         batcher: Batcher::default(),
+        park_after: config.park_after,
         park_delay: config.park_delay,
     });
-    let mut groups = vec![(config.group_id.clone(), common.topics.deliveries())];
+    // Retry tiers wait seconds at least: their fetches need not be quick,
+    // which spares the broker most of the polling of eight consumers.
+    let mut tier_kafka = common.kafka.clone();
+    tier_kafka.fetch_wait_max = tier_kafka.fetch_wait_max.max(TIER_FETCH_WAIT);
+    let mut groups = vec![(config.group_id.clone(), common.topics.deliveries(), &common.kafka)];
     for (tier, topic) in common.topics.retry_tiers.iter().zip(common.topics.retries()) {
         groups.push((
             format!("{}-retry-{}", config.group_id, triggers_core::config::tier_name(*tier)),
             topic,
+            &tier_kafka,
         ));
     }
     let mut workers = Vec::new();
-    for (group, topic) in groups {
-        let consumer = triggers_core::kafka::consumer(
-            &common.kafka,
-            "deliverer",
-            &group,
-            rdkafka::consumer::DefaultConsumerContext,
-        )?;
+    for (group, topic, kafka) in groups {
+        let consumer =
+            triggers_core::kafka::consumer(kafka, "deliverer", &group, rdkafka::consumer::DefaultConsumerContext)?;
         consumer.subscribe(&[&topic])?;
         let (deliverer, shutdown, max, grace) = (
             deliverer.clone(),

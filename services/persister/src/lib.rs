@@ -47,6 +47,8 @@ pub struct PersisterConfig {
     /// How long a batch gathers records before it is written.
     #[serde(with = "humantime_serde")]
     pub batch_wait: Duration,
+    /// DynamoDB writes in flight at once.
+    pub write_concurrency: usize,
     /// How long shutdown waits for writes in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -60,6 +62,7 @@ impl Default for PersisterConfig {
             max_in_flight: 1024,
             max_batch: 256,
             batch_wait: Duration::from_millis(10),
+            write_concurrency: 64,
             shutdown_grace: Duration::from_secs(20),
         }
     }
@@ -81,6 +84,12 @@ impl Validate for PersisterConfig {
             issues.push(ConfigIssue::new(
                 format!("{prefix}.max_batch"),
                 "must be between 1 and 5000",
+            ));
+        }
+        if !(1..=1_000).contains(&self.write_concurrency) {
+            issues.push(ConfigIssue::new(
+                format!("{prefix}.write_concurrency"),
+                "must be between 1 and 1000",
             ));
         }
         if self.batch_wait > Duration::from_secs(1) {
@@ -220,6 +229,7 @@ pub async fn start(
         tables.clone(),
         config.max_batch,
         config.batch_wait,
+        config.write_concurrency,
         shutdown.clone(),
     );
     let persister = Arc::new(Persister {

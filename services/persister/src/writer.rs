@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use triggers_core::CancellationToken;
 use triggers_core::delivery::Outcome;
@@ -53,11 +53,6 @@ struct Group {
     done: Vec<oneshot::Sender<bool>>,
 }
 
-/// Event groups written at once within a batch.
-const GROUPS_IN_FLIGHT: usize = 32;
-/// Batches written at once.
-const BATCHES_IN_FLIGHT: usize = 4;
-
 impl Writer {
     /// Starts the batching task; it ends when every `Writer` is dropped.
     pub fn start(
@@ -65,12 +60,13 @@ impl Writer {
         tables: Tables,
         max_batch: usize,
         batch_wait: Duration,
+        writes_in_flight: usize,
         shutdown: CancellationToken,
     ) -> Self {
         let (queue, mut incoming) = mpsc::channel::<Pending>(max_batch.max(1) * 4);
         let store = Arc::new((dynamo, tables));
         tokio::spawn(async move {
-            let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+            let slots = Arc::new(tokio::sync::Semaphore::new(writes_in_flight.max(1)));
             while let Some(first) = incoming.recv().await {
                 let mut batch = vec![first];
                 let deadline = tokio::time::sleep(batch_wait);
@@ -85,14 +81,7 @@ impl Writer {
                         _ = &mut deadline => break,
                     }
                 }
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let (store, shutdown) = (store.clone(), shutdown.clone());
-                tokio::spawn(async move {
-                    write_batch(&store.0, &store.1, batch, &shutdown).await;
-                    drop(slot);
-                });
+                write_batch(&store, batch, &slots, &shutdown);
             }
         });
         Self { queue }
@@ -109,10 +98,12 @@ impl Writer {
     }
 }
 
-async fn write_batch(
-    dynamo: &aws_sdk_dynamodb::Client,
-    tables: &Tables,
+/// Starts the writes of a batch: its attempt items at once, and every
+/// event's write as a write slot frees up (no batch waits for another).
+fn write_batch(
+    store: &Arc<(aws_sdk_dynamodb::Client, Tables)>,
     batch: Vec<Pending>,
+    slots: &Arc<tokio::sync::Semaphore>,
     shutdown: &CancellationToken,
 ) {
     metrics::histogram!("triggers_persister_batch_size").record(batch.len() as f64);
@@ -135,32 +126,41 @@ async fn write_batch(
             }
         }
     }
-    let attempts_written = attempts.is_empty()
-        || triggers_core::consume::retry("store attempts", shutdown, || {
-            eventstore::put_attempts(dynamo, tables, &attempts)
-        })
-        .await
-        .is_some();
-    futures::stream::iter(groups)
-        .for_each_concurrent(GROUPS_IN_FLIGHT, |((tenant, id), group)| async move {
-            let written = attempts_written
-                && triggers_core::consume::retry("store event", shutdown, || async {
-                    match &group.body {
-                        Some((event, expires_at)) => {
-                            eventstore::put_event_with(dynamo, tables, event, *expires_at, &group.outcomes).await
-                        }
-                        None => {
-                            eventstore::apply_outcomes(dynamo, tables, &tenant, &id, &group.outcomes, group.expires_at)
-                                .await
-                                .map(|_| ())
-                        }
-                    }
+    // The attempt items of the batch, shared by the groups that have outcomes.
+    let attempts_written = {
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        let task = tokio::spawn(async move {
+            attempts.is_empty()
+                || triggers_core::consume::retry("store attempts", &shutdown, || {
+                    eventstore::put_attempts(&store.0, &store.1, &attempts)
                 })
                 .await
-                .is_some();
+                .is_some()
+        });
+        async move { task.await.unwrap_or(false) }.boxed().shared()
+    };
+    for ((tenant, id), group) in groups {
+        let (store, shutdown, slots) = (store.clone(), shutdown.clone(), slots.clone());
+        let attempts_written = attempts_written.clone();
+        tokio::spawn(async move {
+            let Ok(_slot) = slots.acquire_owned().await else { return };
+            let (dynamo, tables) = (&store.0, &store.1);
+            let written = triggers_core::consume::retry("store event", &shutdown, || async {
+                match &group.body {
+                    Some((event, expires_at)) => {
+                        eventstore::put_event_with(dynamo, tables, event, *expires_at, &group.outcomes).await
+                    }
+                    None => eventstore::apply_outcomes(dynamo, tables, &tenant, &id, &group.outcomes, group.expires_at)
+                        .await
+                        .map(|_| ()),
+                }
+            })
+            .await
+            .is_some();
+            let written = written && (group.outcomes.is_empty() || attempts_written.await);
             for done in group.done {
                 let _ = done.send(written);
             }
-        })
-        .await;
+        });
+    }
 }

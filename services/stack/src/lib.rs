@@ -59,24 +59,21 @@ pub fn start_dynamodb_local(tools: &Tools, data_dir: &Path, port: u16, log: &Pat
     let lib = tools.dynamodb_local.join("DynamoDBLocal_lib");
     let jar = tools.dynamodb_local.join("DynamoDBLocal.jar");
     let data = data_dir.display().to_string();
-    let mut child = ChildProcess::spawn(
-        "dynamodb-local",
-        &tools.java,
-        &[
-            "-Xmx1g",
-            &format!("-Djava.library.path={}", lib.display()),
-            "-jar",
-            &jar.display().to_string(),
-            "-port",
-            &port.to_string(),
-            "-dbPath",
-            &data,
-            "-sharedDb",
-            "-disableTelemetry",
-        ],
-        data_dir,
-        log,
-    )?;
+    let (library, jar, port_text) = (
+        format!("-Djava.library.path={}", lib.display()),
+        jar.display().to_string(),
+        port.to_string(),
+    );
+    let mut args = vec!["-Xmx1g", &library, "-jar", &jar, "-port", &port_text];
+    // `TRIGGERS_DYNAMODB_LOCAL_IN_MEMORY=1` keeps nothing on disk (benchmarks
+    // that want DynamoDB Local's own storage out of the measurement).
+    if std::env::var("TRIGGERS_DYNAMODB_LOCAL_IN_MEMORY").is_ok_and(|v| v == "1") {
+        args.push("-inMemory");
+    } else {
+        args.extend(["-dbPath", data.as_str()]);
+    }
+    args.extend(["-sharedDb", "-disableTelemetry"]);
+    let mut child = ChildProcess::spawn("dynamodb-local", &tools.java, &args, data_dir, log)?;
     wait_for_port("dynamodb-local", port, Duration::from_secs(60), &mut child)?;
     process::wait_for_http_answer("dynamodb-local", port, Duration::from_secs(60))?;
     Ok(child)

@@ -61,7 +61,11 @@ async fn main() -> anyhow::Result<()> {
                 "TRIGGERS_GATEWAY__DEFAULT_RATE_LIMIT".to_owned(),
                 "100000000".to_owned(),
             ),
-        ],
+        ]
+        .into_iter()
+        // Settings of this process (`TRIGGERS_<SECTION>__<FIELD>`) win.
+        .chain(std::env::vars().filter(|(name, _)| name.starts_with("TRIGGERS_") && name.contains("__")))
+        .collect(),
         ..LocalOptions::new(dir.path())
     };
     let source = triggers_local::load_config(&options)?;

@@ -128,6 +128,7 @@ async fn a_slow_endpoint_does_not_starve_the_others() {
     let env = env_with(|config| {
         config.max_in_flight = 8;
         config.max_in_flight_per_subscription = 2;
+        config.park_after = Duration::from_millis(50);
         config.park_delay = Duration::from_millis(200);
     })
     .await;
