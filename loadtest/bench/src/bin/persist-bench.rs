@@ -147,6 +147,42 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!("\n## Inbox listing\n");
+    // 1,000 events that stay in the inbox: nothing matches them while the demo
+    // subscription is paused.
+    client
+        .patch(format!("{base}/v1/subscriptions/{}", stack.demo.subscription_id))
+        .bearer_auth(key.as_str())
+        .json(&json!({"status": "paused"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for round in 0..10 {
+        let events: Vec<serde_json::Value> = (0..100)
+            .map(|i| json!({"type": "bench.inbox", "source": "bench", "data": {"r": round, "i": i}}))
+            .collect();
+        client
+            .post(format!("{base}/v1/events/batch"))
+            .bearer_auth(key.as_str())
+            .json(&json!({"events": events}))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    let waiting = Instant::now();
+    loop {
+        let page: serde_json::Value = client
+            .get(format!("{base}/v1/inbox?limit=1000&type=bench.inbox"))
+            .bearer_auth(key.as_str())
+            .send()
+            .await?
+            .json()
+            .await?;
+        if page["data"].as_array().map_or(0, Vec::len) >= 1000 || waiting.elapsed() > Duration::from_secs(300) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let mut timings = Vec::new();
     let mut count = 0;
     for _ in 0..5 {
