@@ -240,7 +240,7 @@ pub async fn put_event_with(
             "{body_only}, progress = :progress, #status = :status, status_pk = :status_pk, version = :zero, updated_at = :now{}",
             if status.in_inbox() { ", inbox_pk = :inbox" } else { "" }
         ))
-        .condition_expression("attribute_not_exists(version)")
+        .condition_expression("attribute_not_exists(version) AND attribute_not_exists(deleted)")
         .set_expression_attribute_names(Some({
             let mut names = names.clone();
             names.insert("#status".to_owned(), "status".to_owned());
@@ -264,18 +264,23 @@ pub async fn put_event_with(
         Ok(_) => Ok(()),
         Err(e) if is_conditional(&e) => {
             // The item exists (an outcome came first, or a replayed record):
-            // write the body only.
-            client
+            // write the body only — unless the event was deleted.
+            let updated = client
                 .update_item()
                 .table_name(table)
                 .key("pk", s(event.tenant.to_string()))
                 .key("sk", s(event_sk(&event.id)))
                 .update_expression(body_only)
+                .condition_expression("attribute_not_exists(deleted)")
                 .set_expression_attribute_names(Some(names))
                 .set_expression_attribute_values(Some(values))
                 .send()
-                .await
-                .map_err(|e| store_error("UpdateItem", table, e))?;
+                .await;
+            match updated {
+                Ok(_) => {}
+                Err(e) if is_conditional(&e) => return Ok(()),
+                Err(e) => return Err(store_error("UpdateItem", table, e)),
+            }
             if !outcomes.is_empty() {
                 apply_outcomes(client, tables, &event.tenant, &event.id, outcomes, expires_at).await?;
             }
@@ -327,12 +332,15 @@ async fn update_progress(
             .table_name(table)
             .key("pk", s(tenant.to_string()))
             .key("sk", s(event_sk(id)))
-            .projection_expression("progress, version, has_body")
+            .projection_expression("progress, version, has_body, deleted")
             .consistent_read(true)
             .send()
             .await
             .map_err(|e| store_error("GetItem", table, e))?;
         let item = current.item();
+        if item.is_some_and(|i| i.contains_key("deleted")) {
+            return Ok(None);
+        }
         if must_exist && !item.is_some_and(|i| i.contains_key("has_body")) {
             return Ok(None);
         }
@@ -373,7 +381,7 @@ async fn update_progress(
             Some(v) => request
                 .condition_expression("version = :v")
                 .expression_attribute_values(":v", n(v)),
-            None => request.condition_expression("attribute_not_exists(version)"),
+            None => request.condition_expression("attribute_not_exists(version) AND attribute_not_exists(deleted)"),
         };
         match request.update_expression(update).send().await {
             Ok(_) => return Ok(Some(status)),
@@ -500,7 +508,8 @@ pub async fn apply_outcome(
     .await
 }
 
-/// Whether an event was acknowledged (its deliveries then stop).
+/// Whether an event's deliveries must stop: it was acknowledged from the
+/// inbox, or deleted.
 pub async fn is_acknowledged(
     client: &Client,
     tables: &Tables,
@@ -512,15 +521,15 @@ pub async fn is_acknowledged(
         .table_name(&tables.events)
         .key("pk", s(tenant.to_string()))
         .key("sk", s(event_sk(id)))
-        .projection_expression("progress")
+        .projection_expression("progress, deleted")
         .send()
         .await
         .map_err(|e| store_error("GetItem", &tables.events, e))?;
-    Ok(output
-        .item()
-        .and_then(|i| get_s(i, "progress"))
-        .and_then(|p| serde_json::from_str::<Progress>(&p).ok())
-        .is_some_and(|p| p.acknowledged))
+    let Some(item) = output.item() else { return Ok(false) };
+    Ok(item.contains_key("deleted")
+        || get_s(item, "progress")
+            .and_then(|p| serde_json::from_str::<Progress>(&p).ok())
+            .is_some_and(|p| p.acknowledged))
 }
 
 /// Acknowledges an event from the inbox; `false` when there is no such event.
@@ -826,23 +835,35 @@ pub async fn list(
     Ok((page, next))
 }
 
-/// Deletes an event, its chunks and its attempts; `false` if there was none.
+/// How long the tombstone of a deleted event is kept: longer than the
+/// events topic's retention plus the retry schedule, so no record still in
+/// Kafka can bring the event back or have it delivered.
+const TOMBSTONE_SECONDS: i64 = 10 * 86_400;
+
+/// Deletes an event, its chunks, its attempts and its dead letters; `false`
+/// if there was none. The event item becomes a tombstone (`deleted`, no
+/// body, in no index): deliveries still pending are skipped, and a record
+/// read again later does not bring the event back.
 pub async fn delete(client: &Client, tables: &Tables, tenant: &TenantId, id: &EventId) -> Result<bool, StoreError> {
-    let existed = client
-        .delete_item()
+    let written = client
+        .put_item()
         .table_name(&tables.events)
-        .key("pk", s(tenant.to_string()))
-        .key("sk", s(event_sk(id)))
-        .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+        .item("pk", s(tenant.to_string()))
+        .item("sk", s(event_sk(id)))
+        .item("deleted", AttributeValue::Bool(true))
+        .item(TTL_ATTRIBUTE, n(now_ms() / 1000 + TOMBSTONE_SECONDS))
+        .condition_expression("attribute_exists(has_body)")
         .send()
-        .await
-        .map_err(|e| store_error("DeleteItem", &tables.events, e))?
-        .attributes()
-        .is_some_and(|a| a.contains_key("has_body"));
+        .await;
+    match written {
+        Ok(_) => {}
+        Err(e) if is_conditional(&e) => return Ok(false),
+        Err(e) => return Err(store_error("PutItem", &tables.events, e)),
+    }
     delete_prefix(client, &tables.events, tenant, &format!("c#{id}#")).await?;
     delete_prefix(client, &tables.attempts, tenant, &format!("{id}#")).await?;
     delete_prefix(client, &tables.attempts, tenant, &crate::deadletter::event_prefix(id)).await?;
-    Ok(existed)
+    Ok(true)
 }
 
 /// Deletes every item of `tenant` in `table` whose sort key starts with

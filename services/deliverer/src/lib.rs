@@ -361,7 +361,7 @@ impl Deliverer {
             .await
             .unwrap_or(false)
         {
-            return Err("the event was acknowledged");
+            return Err("the event was acknowledged or deleted");
         }
         Ok(subscription)
     }

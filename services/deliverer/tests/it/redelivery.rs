@@ -241,3 +241,45 @@ async fn a_deliverer_killed_mid_load_loses_nothing() {
         assert_eq!(body["id"].as_str(), request.header("webhook-id"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_event_is_not_delivered_again_nor_brought_back() {
+    let env = env().await;
+    let receiver = Receiver::default();
+    *receiver.always.lock() = Some(500);
+    env.subscribe(&receiver.start()).await;
+    let id = env
+        .ingest_until_received(&receiver, json!({"type": "delete.item", "source": "s"}))
+        .await;
+    wait_api(&env, &format!("/v1/events/{id}"), |_| true, Duration::from_secs(20)).await;
+    let (status, _) = env.call(Method::DELETE, &format!("/v1/events/{id}"), None).await;
+    assert_eq!(status, 204);
+    *receiver.always.lock() = None;
+    // Its pending retry is skipped, not delivered.
+    let outcomes = env
+        .wait_outcome(&id, |o| o.kind == OutcomeKind::Skipped, Duration::from_secs(20))
+        .await;
+    let skipped = outcomes
+        .iter()
+        .find(|o| o.kind == OutcomeKind::Skipped)
+        .unwrap_or_else(|| panic!("none"));
+    assert!(
+        skipped.error.as_deref().is_some_and(|e| e.contains("deleted")),
+        "{skipped:?}"
+    );
+    assert!(
+        !outcomes.iter().any(|o| o.kind == OutcomeKind::Delivered),
+        "{outcomes:?}"
+    );
+    // The outcomes that followed the deletion did not bring it back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, body) = env.call(Method::GET, &format!("/v1/events/{id}"), None).await;
+    assert_eq!(status, 404, "{body}");
+    let (_, listed) = env.call(Method::GET, "/v1/events?type=delete.item", None).await;
+    assert!(
+        !listed["data"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|e| e["id"] == id.as_str())),
+        "{listed}"
+    );
+}
