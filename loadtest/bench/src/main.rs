@@ -25,8 +25,6 @@ use rdkafka::producer::FutureRecord;
 use serde_json::json;
 use triggers_core::codec::{AvroCodec, Contract};
 use triggers_core::event::Event;
-use triggers_local::LocalOptions;
-use triggers_stack::free_port;
 
 #[derive(Debug, Parser)]
 #[command(about = "Ingest benchmarks of Triggers on this machine")]
@@ -305,25 +303,7 @@ async fn ramp(args: &Args, url: &str, key: &str, body: Arc<String>, start_rate: 
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
-    let port = || free_port().map_err(anyhow::Error::from);
-    let options = LocalOptions {
-        kafka_port: port()?,
-        dynamodb_port: port()?,
-        registry_port: port()?,
-        gateway_port: port()?,
-        router_port: port()?,
-        persister_port: port()?,
-        deliverer_port: port()?,
-        receiver_port: port()?,
-        env: vec![
-            ("TRIGGERS_TELEMETRY__LOG_LEVEL".to_owned(), "error".to_owned()),
-            (
-                "TRIGGERS_GATEWAY__DEFAULT_RATE_LIMIT".to_owned(),
-                "100000000".to_owned(),
-            ),
-        ],
-        ..LocalOptions::new(dir.path())
-    };
+    let options = triggers_bench::local_options(dir.path())?;
     let source = triggers_local::load_config(&options)?;
     let stack = triggers_local::start(&options, &source).await?;
     println!("# Ingest benchmark\n");

@@ -50,6 +50,26 @@ pub struct Event {
 }
 
 impl Event {
+    /// A new event of `tenant` happening now, with a new id and no subject,
+    /// partition key or extensions.
+    pub fn new(tenant: TenantId, event_type: &str, source: &str, data: serde_json::Value) -> Self {
+        let now = now_ms();
+        Self {
+            id: EventId::new(),
+            tenant,
+            event_type: event_type.to_owned(),
+            source: source.to_owned(),
+            subject: None,
+            time: now,
+            received_at: now,
+            specversion: SPEC_VERSION.to_owned(),
+            datacontenttype: JSON_CONTENT_TYPE.to_owned(),
+            data,
+            partition_key: None,
+            extensions: BTreeMap::new(),
+        }
+    }
+
     /// The Kafka record key: `partition_key` when given, else the tenant.
     pub fn kafka_key(&self) -> String {
         match &self.partition_key {

@@ -83,20 +83,7 @@ mod tests {
 
     fn member(subscription: SubscriptionId) -> (Member, oneshot::Receiver<bool>) {
         let (done, receiver) = oneshot::channel();
-        let event = Event {
-            id: triggers_core::ids::EventId::new(),
-            tenant: triggers_core::ids::TenantId::new(),
-            event_type: "t".to_owned(),
-            source: "s".to_owned(),
-            subject: None,
-            time: 0,
-            received_at: 0,
-            specversion: "1.0".to_owned(),
-            datacontenttype: "application/json".to_owned(),
-            data: serde_json::Value::Null,
-            partition_key: None,
-            extensions: Default::default(),
-        };
+        let event = Event::new(triggers_core::ids::TenantId::new(), "t", "s", serde_json::Value::Null);
         let member = Member {
             delivery: Delivery::first(event, subscription),
             traceparent: None,

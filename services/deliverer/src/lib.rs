@@ -964,20 +964,8 @@ mod tests {
     #[test]
     fn a_replay_starts_a_new_round_of_the_schedule() {
         let tiers: Vec<Duration> = [5, 30].into_iter().map(Duration::from_secs).collect();
-        let event = triggers_core::event::Event {
-            id: triggers_core::ids::EventId::new(),
-            tenant: triggers_core::ids::TenantId::new(),
-            event_type: "t".to_owned(),
-            source: "s".to_owned(),
-            subject: None,
-            time: 0,
-            received_at: 0,
-            specversion: "1.0".to_owned(),
-            datacontenttype: "application/json".to_owned(),
-            data: serde_json::Value::Null,
-            partition_key: None,
-            extensions: Default::default(),
-        };
+        let event =
+            triggers_core::event::Event::new(triggers_core::ids::TenantId::new(), "t", "s", serde_json::Value::Null);
         // Three attempts before (the round was exhausted): the replay is attempt 4,
         // and its retry goes to the first tier again.
         let replay = Delivery::again(event, SubscriptionId::new(), 3, true);

@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use clap::Parser;
 use serde_json::json;
-use triggers_local::LocalOptions;
-use triggers_stack::free_port;
+use triggers_bench::percentile;
 
 #[derive(Debug, Parser)]
 #[command(about = "End-to-end benchmark: 202 to webhook")]
@@ -45,40 +44,11 @@ async fn receive(request: HttpRequest, arrivals: web::Data<Arrivals>) -> HttpRes
     HttpResponse::NoContent().finish()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
-    let port = || free_port().map_err(anyhow::Error::from);
-    let options = LocalOptions {
-        kafka_port: port()?,
-        dynamodb_port: port()?,
-        registry_port: port()?,
-        gateway_port: port()?,
-        router_port: port()?,
-        persister_port: port()?,
-        deliverer_port: port()?,
-        receiver_port: port()?,
-        env: vec![
-            ("TRIGGERS_TELEMETRY__LOG_LEVEL".to_owned(), "error".to_owned()),
-            (
-                "TRIGGERS_GATEWAY__DEFAULT_RATE_LIMIT".to_owned(),
-                "100000000".to_owned(),
-            ),
-        ]
-        .into_iter()
-        // Settings of this process (`TRIGGERS_<SECTION>__<FIELD>`) win.
-        .chain(std::env::vars().filter(|(name, _)| name.starts_with("TRIGGERS_") && name.contains("__")))
-        .collect(),
-        ..LocalOptions::new(dir.path())
-    };
+    let options = triggers_bench::local_options(dir.path())?;
     let source = triggers_local::load_config(&options)?;
     let stack = triggers_local::start(&options, &source).await?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;

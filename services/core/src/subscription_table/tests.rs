@@ -1,6 +1,3 @@
-use std::collections::BTreeMap;
-
-use crate::ids::EventId;
 use crate::subscription::{SigningSecret, SubscriptionStatus};
 use proptest::prelude::*;
 use serde_json::json;
@@ -30,20 +27,7 @@ fn subscription(tenant: TenantId, types: &[&str], filter: Option<Value>) -> Subs
 }
 
 fn event(tenant: TenantId, event_type: &str, data: Value) -> Event {
-    Event {
-        id: EventId::new(),
-        tenant,
-        event_type: event_type.to_owned(),
-        source: "s".to_owned(),
-        subject: None,
-        time: 0,
-        received_at: 0,
-        specversion: "1.0".to_owned(),
-        datacontenttype: "application/json".to_owned(),
-        data,
-        partition_key: None,
-        extensions: BTreeMap::new(),
-    }
+    Event::new(tenant, event_type, "s", data)
 }
 
 fn ids(matched: Vec<Arc<Compiled>>) -> Vec<SubscriptionId> {

@@ -6,23 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use triggers_core::delivery::OutcomeKind;
 
-use crate::support::{Received, Receiver, env, env_with};
-
-fn verify(secret: &str, request: &Received) {
-    let verifier = standardwebhooks::Webhook::new(secret).unwrap_or_else(|e| panic!("{e:?}"));
-    let mut headers = http::HeaderMap::new();
-    for (name, value) in &request.headers {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::try_from(name.as_str()),
-            http::HeaderValue::from_str(value),
-        ) {
-            headers.insert(name, value);
-        }
-    }
-    verifier
-        .verify(&request.body, &headers)
-        .unwrap_or_else(|e| panic!("signature rejected: {e:?}"));
-}
+use crate::support::{Received, Receiver, env, env_with, verify};
 
 /// The events of type `kind` in the requests, flattening batches.
 fn events_of(requests: &[Received], kind: &str) -> Vec<Value> {

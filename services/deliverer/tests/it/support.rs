@@ -22,6 +22,24 @@ pub struct Received {
     pub body: Vec<u8>,
 }
 
+/// Checks a request's signature with an independent implementation of the
+/// Standard Webhooks spec (the `standardwebhooks` crate).
+pub fn verify(secret: &str, request: &Received) {
+    let verifier = standardwebhooks::Webhook::new(secret).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &request.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::try_from(name.as_str()),
+            http::HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    verifier
+        .verify(&request.body, &headers)
+        .unwrap_or_else(|e| panic!("signature rejected: {e:?}"));
+}
+
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())

@@ -1,0 +1,39 @@
+//! What the benchmark programs share.
+
+use std::path::Path;
+
+use triggers_local::LocalOptions;
+use triggers_stack::free_port;
+
+/// The whole local pipeline on free ports with its data in `dir`: quiet
+/// logs, no practical rate limit, and any `TRIGGERS_<SECTION>__<FIELD>`
+/// setting of this process on top (e.g. `TRIGGERS_KAFKA__FETCH_WAIT_MAX`).
+pub fn local_options(dir: &Path) -> anyhow::Result<LocalOptions> {
+    let port = || free_port().map_err(anyhow::Error::from);
+    let defaults = [
+        ("TRIGGERS_TELEMETRY__LOG_LEVEL", "error"),
+        ("TRIGGERS_GATEWAY__DEFAULT_RATE_LIMIT", "100000000"),
+    ]
+    .map(|(name, value)| (name.to_owned(), value.to_owned()));
+    let settings = std::env::vars().filter(|(name, _)| name.starts_with("TRIGGERS_") && name.contains("__"));
+    Ok(LocalOptions {
+        kafka_port: port()?,
+        dynamodb_port: port()?,
+        registry_port: port()?,
+        gateway_port: port()?,
+        router_port: port()?,
+        persister_port: port()?,
+        deliverer_port: port()?,
+        receiver_port: port()?,
+        env: defaults.into_iter().chain(settings).collect(),
+        ..LocalOptions::new(dir)
+    })
+}
+
+/// The `p` quantile (0–1) of sorted durations.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    if sorted.is_empty() {
+        return std::time::Duration::ZERO;
+    }
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
