@@ -156,7 +156,7 @@ pub fn expiry(received_at: i64, retention: std::time::Duration) -> i64 {
 
 /// Stores an event's body (idempotent; never changes its progress).
 pub async fn put_event(client: &Client, tables: &Tables, event: &Event, expires_at: i64) -> Result<(), StoreError> {
-    put_event_with(client, tables, event, expires_at, &[]).await
+    put_event_with(client, tables, event, expires_at, &[], None).await
 }
 
 /// Stores an event's body together with `outcomes` of it that arrived at the
@@ -169,6 +169,7 @@ pub async fn put_event_with(
     event: &Event,
     expires_at: i64,
     outcomes: &[Outcome],
+    cache: Option<&ProgressCache>,
 ) -> Result<(), StoreError> {
     let table = &tables.events;
     let payload = encode_payload(event.data.to_string());
@@ -231,7 +232,12 @@ pub async fn put_event_with(
         progress.apply(outcome);
     }
     let status = progress.status();
-    let result = client
+    // A stub this writer made (an outcome came first): the create would fail.
+    let known = cache.is_some_and(|c| c.get(&event.tenant, &event.id).is_some());
+    let created = if known {
+        false
+    } else {
+        let result = client
         .update_item()
         .table_name(table)
         .key("pk", s(event.tenant.to_string()))
@@ -260,34 +266,40 @@ pub async fn put_event_with(
         }))
         .send()
         .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) if is_conditional(&e) => {
-            // The item exists (an outcome came first, or a replayed record):
-            // write the body only — unless the event was deleted.
-            let updated = client
-                .update_item()
-                .table_name(table)
-                .key("pk", s(event.tenant.to_string()))
-                .key("sk", s(event_sk(&event.id)))
-                .update_expression(body_only)
-                .condition_expression("attribute_not_exists(deleted)")
-                .set_expression_attribute_names(Some(names))
-                .set_expression_attribute_values(Some(values))
-                .send()
-                .await;
-            match updated {
-                Ok(_) => {}
-                Err(e) if is_conditional(&e) => return Ok(()),
-                Err(e) => return Err(store_error("UpdateItem", table, e)),
-            }
-            if !outcomes.is_empty() {
-                apply_outcomes(client, tables, &event.tenant, &event.id, outcomes, expires_at).await?;
-            }
-            Ok(())
+        match result {
+            Ok(_) => true,
+            Err(e) if is_conditional(&e) => false,
+            Err(e) => return Err(store_error("UpdateItem", table, e)),
         }
-        Err(e) => Err(store_error("UpdateItem", table, e)),
+    };
+    if created {
+        if let Some(cache) = cache {
+            cache.put(&event.tenant, &event.id, 0, progress);
+        }
+        return Ok(());
     }
+    // The item exists (an outcome came first, or a replayed record):
+    // write the body only — unless the event was deleted.
+    let updated = client
+        .update_item()
+        .table_name(table)
+        .key("pk", s(event.tenant.to_string()))
+        .key("sk", s(event_sk(&event.id)))
+        .update_expression(body_only)
+        .condition_expression("attribute_not_exists(deleted)")
+        .set_expression_attribute_names(Some(names))
+        .set_expression_attribute_values(Some(values))
+        .send()
+        .await;
+    match updated {
+        Ok(_) => {}
+        Err(e) if is_conditional(&e) => return Ok(()),
+        Err(e) => return Err(store_error("UpdateItem", table, e)),
+    }
+    if !outcomes.is_empty() {
+        apply_outcomes(client, tables, &event.tenant, &event.id, outcomes, expires_at, cache).await?;
+    }
+    Ok(())
 }
 
 async fn batch_write(client: &Client, table: &str, mut requests: Vec<WriteRequest>) -> Result<(), StoreError> {
@@ -312,6 +324,48 @@ async fn batch_write(client: &Client, table: &str, mut requests: Vec<WriteReques
     Ok(())
 }
 
+/// What one writer last wrote of recent events' progress (version and
+/// progress), so its next change of the same event can skip the read, and a
+/// body written after its stub can skip the create that would fail. Only an
+/// optimisation: every write stays conditional on the version, and a
+/// conflict drops the entry and reads. Bounded: cleared when full.
+#[derive(Debug, Default)]
+pub struct ProgressCache {
+    entries: parking_lot::Mutex<HashMap<(TenantId, EventId), (i64, Progress)>>,
+}
+
+/// Entries a [`ProgressCache`] holds before it starts over.
+const PROGRESS_CACHE_SIZE: usize = 100_000;
+
+impl ProgressCache {
+    fn get(&self, tenant: &TenantId, id: &EventId) -> Option<(i64, Progress)> {
+        self.entries.lock().get(&(*tenant, *id)).cloned()
+    }
+
+    fn put(&self, tenant: &TenantId, id: &EventId, version: i64, progress: Progress) {
+        let mut entries = self.entries.lock();
+        if entries.len() >= PROGRESS_CACHE_SIZE {
+            entries.clear();
+        }
+        entries.insert((*tenant, *id), (version, progress));
+    }
+
+    fn forget(&self, tenant: &TenantId, id: &EventId) {
+        self.entries.lock().remove(&(*tenant, *id));
+    }
+}
+
+/// How [`update_progress`] works.
+#[derive(Clone, Copy)]
+struct How<'a> {
+    /// The expiry of a stub it creates.
+    expires_at: i64,
+    /// Change nothing unless the event's body is stored.
+    must_exist: bool,
+    /// Versions this writer knows.
+    cache: Option<&'a ProgressCache>,
+}
+
 /// Changes an event's progress with `change` (read-modify-write under the
 /// item's version; retried on conflicts). Creates a stub when the body has
 /// not arrived yet (unless `must_exist`). Returns the new status, or `None`
@@ -321,34 +375,24 @@ async fn update_progress(
     tables: &Tables,
     tenant: &TenantId,
     id: &EventId,
-    expires_at: i64,
-    must_exist: bool,
+    how: How<'_>,
     change: impl Fn(&mut Progress) -> bool,
 ) -> Result<Option<EventStatus>, StoreError> {
+    let How {
+        expires_at,
+        must_exist,
+        cache,
+    } = how;
     let table = &tables.events;
+    let mut cached = cache.and_then(|c| c.get(tenant, id));
     for _ in 0..50 {
-        let current = client
-            .get_item()
-            .table_name(table)
-            .key("pk", s(tenant.to_string()))
-            .key("sk", s(event_sk(id)))
-            .projection_expression("progress, version, has_body, deleted")
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| store_error("GetItem", table, e))?;
-        let item = current.item();
-        if item.is_some_and(|i| i.contains_key("deleted")) {
-            return Ok(None);
-        }
-        if must_exist && !item.is_some_and(|i| i.contains_key("has_body")) {
-            return Ok(None);
-        }
-        let version = item.and_then(|i| get_n(i, "version"));
-        let mut progress: Progress = item
-            .and_then(|i| get_s(i, "progress"))
-            .and_then(|p| serde_json::from_str(&p).ok())
-            .unwrap_or_default();
+        let (version, mut progress) = match cached.take() {
+            Some((version, progress)) => (Some(version), progress),
+            None => match read_progress(client, table, tenant, id, must_exist).await? {
+                Stored::Gone => return Ok(None),
+                Stored::Found(version, progress) => (version, progress),
+            },
+        };
         if !change(&mut progress) && version.is_some() {
             return Ok(Some(progress.status()));
         }
@@ -361,6 +405,7 @@ async fn update_progress(
         } else {
             " REMOVE inbox_pk"
         });
+        let next = version.unwrap_or(-1) + 1;
         let mut request = client
             .update_item()
             .table_name(table)
@@ -371,7 +416,7 @@ async fn update_progress(
             .expression_attribute_values(":progress", s(serde_json::to_string(&progress).unwrap_or_default()))
             .expression_attribute_values(":status", s(status.as_str()))
             .expression_attribute_values(":status_pk", s(format!("{tenant}#{}", status.as_str())))
-            .expression_attribute_values(":next", n(version.unwrap_or(-1) + 1))
+            .expression_attribute_values(":next", n(next))
             .expression_attribute_values(":now", n(now_ms()))
             .expression_attribute_values(":ttl", n(expires_at));
         if status.in_inbox() {
@@ -384,8 +429,18 @@ async fn update_progress(
             None => request.condition_expression("attribute_not_exists(version) AND attribute_not_exists(deleted)"),
         };
         match request.update_expression(update).send().await {
-            Ok(_) => return Ok(Some(status)),
-            Err(e) if is_conditional(&e) => continue,
+            Ok(_) => {
+                if let Some(cache) = cache {
+                    cache.put(tenant, id, next, progress);
+                }
+                return Ok(Some(status));
+            }
+            Err(e) if is_conditional(&e) => {
+                if let Some(cache) = cache {
+                    cache.forget(tenant, id);
+                }
+                continue;
+            }
             Err(e) => return Err(store_error("UpdateItem", table, e)),
         }
     }
@@ -394,6 +449,45 @@ async fn update_progress(
         table,
         std::io::Error::other("too many concurrent changes"),
     ))
+}
+
+enum Stored {
+    /// Deleted, or absent while it must exist.
+    Gone,
+    /// The version (none for a new item) and progress.
+    Found(Option<i64>, Progress),
+}
+
+async fn read_progress(
+    client: &Client,
+    table: &str,
+    tenant: &TenantId,
+    id: &EventId,
+    must_exist: bool,
+) -> Result<Stored, StoreError> {
+    let current = client
+        .get_item()
+        .table_name(table)
+        .key("pk", s(tenant.to_string()))
+        .key("sk", s(event_sk(id)))
+        .projection_expression("progress, version, has_body, deleted")
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| store_error("GetItem", table, e))?;
+    let item = current.item();
+    if item.is_some_and(|i| i.contains_key("deleted")) {
+        return Ok(Stored::Gone);
+    }
+    if must_exist && !item.is_some_and(|i| i.contains_key("has_body")) {
+        return Ok(Stored::Gone);
+    }
+    let version = item.and_then(|i| get_n(i, "version"));
+    let progress: Progress = item
+        .and_then(|i| get_s(i, "progress"))
+        .and_then(|p| serde_json::from_str(&p).ok())
+        .unwrap_or_default();
+    Ok(Stored::Found(version, progress))
 }
 
 /// The attempt item of a delivery outcome (`None` for routing outcomes).
@@ -476,14 +570,26 @@ pub async fn apply_outcomes(
     event: &EventId,
     outcomes: &[Outcome],
     expires_at: i64,
+    cache: Option<&ProgressCache>,
 ) -> Result<EventStatus, StoreError> {
-    let status = update_progress(client, tables, tenant, event, expires_at, false, |p| {
-        let mut changed = false;
-        for outcome in outcomes {
-            changed |= p.apply(outcome);
-        }
-        changed
-    })
+    let status = update_progress(
+        client,
+        tables,
+        tenant,
+        event,
+        How {
+            expires_at,
+            must_exist: false,
+            cache,
+        },
+        |p| {
+            let mut changed = false;
+            for outcome in outcomes {
+                changed |= p.apply(outcome);
+            }
+            changed
+        },
+    )
     .await?;
     Ok(status.unwrap_or(EventStatus::Accepted))
 }
@@ -504,6 +610,7 @@ pub async fn apply_outcome(
         &outcome.event_id,
         std::slice::from_ref(outcome),
         expires_at,
+        None,
     )
     .await
 }
@@ -539,11 +646,22 @@ pub async fn acknowledge(
     tenant: &TenantId,
     id: &EventId,
 ) -> Result<bool, StoreError> {
-    let status = update_progress(client, tables, tenant, id, 0, true, |p| {
-        let changed = !p.acknowledged;
-        p.acknowledged = true;
-        changed
-    })
+    let status = update_progress(
+        client,
+        tables,
+        tenant,
+        id,
+        How {
+            expires_at: 0,
+            must_exist: true,
+            cache: None,
+        },
+        |p| {
+            let changed = !p.acknowledged;
+            p.acknowledged = true;
+            changed
+        },
+    )
     .await?;
     Ok(status.is_some())
 }

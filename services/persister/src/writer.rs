@@ -8,6 +8,12 @@
 //! Under load an event's body and its `routed` outcome usually share a batch,
 //! so most events cost one item write instead of three calls.
 //!
+//! The writer remembers the version and progress it last wrote of recent
+//! events ([`eventstore::ProgressCache`]): the next change of the same event
+//! skips its read, and a body written after its stub skips the create that
+//! would fail. Writes stay conditional on the version, so a stale entry only
+//! costs a retry.
+//!
 //! A record's handler learns when its effect is in DynamoDB (then its offset
 //! may be stored); a batch that fails is retried until shutdown.
 
@@ -64,7 +70,7 @@ impl Writer {
         shutdown: CancellationToken,
     ) -> Self {
         let (queue, mut incoming) = mpsc::channel::<Pending>(max_batch.max(1) * 4);
-        let store = Arc::new((dynamo, tables));
+        let store = Arc::new((dynamo, tables, eventstore::ProgressCache::default()));
         tokio::spawn(async move {
             let slots = Arc::new(tokio::sync::Semaphore::new(writes_in_flight.max(1)));
             while let Some(first) = incoming.recv().await {
@@ -101,7 +107,7 @@ impl Writer {
 /// Starts the writes of a batch: its attempt items at once, and every
 /// event's write as a write slot frees up (no batch waits for another).
 fn write_batch(
-    store: &Arc<(aws_sdk_dynamodb::Client, Tables)>,
+    store: &Arc<(aws_sdk_dynamodb::Client, Tables, eventstore::ProgressCache)>,
     batch: Vec<Pending>,
     slots: &Arc<tokio::sync::Semaphore>,
     shutdown: &CancellationToken,
@@ -144,15 +150,23 @@ fn write_batch(
         let attempts_written = attempts_written.clone();
         tokio::spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else { return };
-            let (dynamo, tables) = (&store.0, &store.1);
+            let (dynamo, tables, cache) = (&store.0, &store.1, Some(&store.2));
             let written = triggers_core::consume::retry("store event", &shutdown, || async {
                 match &group.body {
                     Some((event, expires_at)) => {
-                        eventstore::put_event_with(dynamo, tables, event, *expires_at, &group.outcomes).await
+                        eventstore::put_event_with(dynamo, tables, event, *expires_at, &group.outcomes, cache).await
                     }
-                    None => eventstore::apply_outcomes(dynamo, tables, &tenant, &id, &group.outcomes, group.expires_at)
-                        .await
-                        .map(|_| ()),
+                    None => eventstore::apply_outcomes(
+                        dynamo,
+                        tables,
+                        &tenant,
+                        &id,
+                        &group.outcomes,
+                        group.expires_at,
+                        cache,
+                    )
+                    .await
+                    .map(|_| ()),
                 }
             })
             .await
