@@ -617,7 +617,7 @@ pub async fn apply_outcome(
 
 /// Whether an event's deliveries must stop: it was acknowledged from the
 /// inbox, or deleted.
-pub async fn is_acknowledged(
+pub async fn deliveries_stopped(
     client: &Client,
     tables: &Tables,
     tenant: &TenantId,

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -69,21 +70,23 @@ impl Slots {
             .clone()
     }
 
-    /// A slot if one is free now.
-    pub fn try_acquire(&self, subscription: SubscriptionId) -> Option<OwnedSemaphorePermit> {
-        self.semaphore(subscription).try_acquire_owned().ok()
-    }
-
-    /// A slot, waiting for one.
-    pub async fn acquire(&self, subscription: SubscriptionId) -> Option<OwnedSemaphorePermit> {
-        self.semaphore(subscription).acquire_owned().await.ok()
+    /// A slot, waiting at most `patience` for one (`None`: as long as it
+    /// takes); `None` if none came in time.
+    pub async fn acquire_within(
+        &self,
+        subscription: SubscriptionId,
+        patience: Option<Duration>,
+    ) -> Option<OwnedSemaphorePermit> {
+        let acquire = self.semaphore(subscription).acquire_owned();
+        match patience {
+            Some(patience) => tokio::time::timeout(patience, acquire).await.ok()?.ok(),
+            None => acquire.await.ok(),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[tokio::test]
@@ -115,16 +118,21 @@ mod tests {
         assert_eq!(*order.lock(), vec![0, 1, 2, 3, 4]);
     }
 
-    #[test]
-    fn slots_are_capped_per_subscription() {
+    #[tokio::test]
+    async fn slots_are_capped_per_subscription() {
         let slots = Slots::new(2);
         let (a, b) = (SubscriptionId::new(), SubscriptionId::new());
-        let first = slots.try_acquire(a);
-        let second = slots.try_acquire(a);
+        let now = Some(Duration::ZERO);
+        let first = slots.acquire_within(a, now).await;
+        let second = slots.acquire_within(a, now).await;
         assert!(first.is_some() && second.is_some());
-        assert!(slots.try_acquire(a).is_none(), "a third slot for the same subscription");
-        assert!(slots.try_acquire(b).is_some(), "another subscription is not held up");
+        let waited = slots.acquire_within(a, Some(Duration::from_millis(20))).await;
+        assert!(waited.is_none(), "a third slot for the same subscription");
+        assert!(
+            slots.acquire_within(b, now).await.is_some(),
+            "another subscription is not held up"
+        );
         drop(first);
-        assert!(slots.try_acquire(a).is_some(), "a freed slot is reusable");
+        assert!(slots.acquire_within(a, now).await.is_some(), "a freed slot is reusable");
     }
 }

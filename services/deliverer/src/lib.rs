@@ -337,14 +337,19 @@ impl Deliverer {
         }
     }
 
+    /// The subscription `id` if it takes deliveries now, or why not.
+    fn active(&self, id: &SubscriptionId) -> Result<Subscription, &'static str> {
+        match self.subscription(id) {
+            None => Err("the subscription no longer exists"),
+            Some(s) if s.status == SubscriptionStatus::Paused => Err("the subscription is paused"),
+            Some(s) if s.status == SubscriptionStatus::Disabled => Err("the subscription is disabled"),
+            Some(s) => Ok(s),
+        }
+    }
+
     /// The subscription to deliver to, or why the delivery is skipped.
     async fn usable(&self, delivery: &Delivery) -> Result<Subscription, &'static str> {
-        let subscription = match self.subscription(&delivery.subscription_id) {
-            None => return Err("the subscription no longer exists"),
-            Some(s) if s.status == SubscriptionStatus::Paused => return Err("the subscription is paused"),
-            Some(s) if s.status == SubscriptionStatus::Disabled => return Err("the subscription is disabled"),
-            Some(s) => s,
-        };
+        let subscription = self.active(&delivery.subscription_id)?;
         // A replay is an explicit request: it goes out even if acknowledged.
         // A first attempt of a fresh event skips the check (a DynamoDB read
         // per delivery): an acknowledgement racing the first webhook is
@@ -352,7 +357,7 @@ impl Deliverer {
         let fresh = delivery.round_position() == 0 && now_ms() - delivery.event.received_at < FRESH_MS;
         if !delivery.replay
             && !fresh
-            && triggers_core::eventstore::is_acknowledged(
+            && triggers_core::eventstore::deliveries_stopped(
                 &self.dynamo,
                 &self.tables,
                 &delivery.tenant,
@@ -396,20 +401,10 @@ impl Deliverer {
                 .join_batch(&subscription, batch, delivery, traceparent, shutdown)
                 .await;
         }
-        let permit = match self.slots.try_acquire(subscription.id) {
-            Some(permit) => permit,
-            None => {
-                let waited = tokio::time::timeout(self.park_after, self.slots.acquire(subscription.id)).await;
-                match waited {
-                    Ok(Some(permit)) => permit,
-                    Ok(None) => return false,
-                    Err(_) if !self.topics.retry_tiers.is_empty() => return self.park(delivery, shutdown).await,
-                    Err(_) => match self.slots.acquire(subscription.id).await {
-                        Some(permit) => permit,
-                        None => return false,
-                    },
-                }
-            }
+        // Without retry tiers there is nowhere to park: wait for a slot.
+        let patience = (!self.topics.retry_tiers.is_empty()).then_some(self.park_after);
+        let Some(permit) = self.slots.acquire_within(subscription.id, patience).await else {
+            return self.park(delivery, shutdown).await;
         };
         let result = self.post_one(&subscription, &delivery, traceparent.as_deref()).await;
         drop(permit);
@@ -503,14 +498,9 @@ impl Deliverer {
     /// Sends a batch as one webhook (a JSON array, one signature, a batch
     /// id as `webhook-id`); every member gets its own outcome.
     async fn send_batch(&self, id: SubscriptionId, members: Vec<Member>, shutdown: &CancellationToken) {
-        let subscription = match self.subscription(&id) {
-            Some(s) if s.status == SubscriptionStatus::Active => s,
-            current => {
-                let reason = match current {
-                    None => "the subscription no longer exists",
-                    Some(s) if s.status == SubscriptionStatus::Paused => "the subscription is paused",
-                    Some(_) => "the subscription is disabled",
-                };
+        let subscription = match self.active(&id) {
+            Ok(subscription) => subscription,
+            Err(reason) => {
                 for member in members {
                     let skipped = self.skip(&member.delivery, reason, shutdown).await;
                     let _ = member.done.send(skipped);
@@ -518,7 +508,7 @@ impl Deliverer {
                 return;
             }
         };
-        let permit = self.slots.acquire(id).await;
+        let permit = self.slots.acquire_within(id, None).await;
         let body = serde_json::Value::Array(members.iter().map(|m| event_body(&m.delivery.event)).collect());
         let batch = BatchId::new().to_string();
         let traceparent = members.first().and_then(|m| m.traceparent.clone());

@@ -110,11 +110,17 @@ pub(crate) fn list_error(e: ListError) -> ApiError {
     }
 }
 
-fn parse_query(query: &EventsQuery) -> Result<ListQuery, ApiError> {
-    let limit = query.limit.unwrap_or(50);
+/// The page size of a listing: `limit`, 1-1000, 50 when absent.
+pub(crate) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be between 1 and 1000".to_owned()));
     }
+    Ok(limit)
+}
+
+fn parse_query(query: &EventsQuery) -> Result<ListQuery, ApiError> {
+    let limit = page_limit(query.limit)?;
     let time = |name: &str, value: &Option<String>| -> Result<Option<i64>, ApiError> {
         value
             .as_deref()

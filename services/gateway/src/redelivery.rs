@@ -27,7 +27,7 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::body::{self, read_limited};
 use crate::error::{ApiError, ErrorBody};
-use crate::events::{list_error, parse_id, unavailable};
+use crate::events::{list_error, page_limit, parse_id, unavailable};
 use crate::ingest::format_time;
 use crate::state::AppState;
 use crate::subscriptions::{load, parse_body, store_error};
@@ -300,10 +300,7 @@ fn subscription_filter(text: Option<&str>) -> Result<Option<SubscriptionId>, Api
     security(("api_key" = []))
 )]
 pub async fn list(caller: Caller, query: web::Query<DeadLetterParams>, state: State) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest("limit must be between 1 and 1000".to_owned()));
-    }
+    let limit = page_limit(query.limit)?;
     let query = DeadLetterQuery {
         subscription_id: subscription_filter(query.subscription_id.as_deref())?,
         delivery_ids: None,

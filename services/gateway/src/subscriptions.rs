@@ -20,6 +20,7 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::body::{self, read_json};
 use crate::error::{ApiError, ErrorBody};
+use crate::events::page_limit;
 use crate::ingest::{event_from_json, format_time};
 use crate::state::AppState;
 
@@ -373,15 +374,13 @@ pub struct SubscriptionPage {
     security(("api_key" = []))
 )]
 pub async fn list(caller: Caller, query: web::Query<ListQuery>, state: State) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest("limit must be between 1 and 1000".to_owned()));
-    }
+    // A negative limit is out of range like zero.
+    let limit = page_limit(query.limit.map(|l| usize::try_from(l).unwrap_or(0)))?;
     let (page, next) = subscription::list(
         &state.dynamo,
         &state.tables,
         &caller.tenant,
-        limit,
+        i32::try_from(limit).unwrap_or(1000),
         query.cursor.as_deref(),
     )
     .await
