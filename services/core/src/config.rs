@@ -366,6 +366,16 @@ pub struct KafkaConfig {
     /// only when it has passed, so keep it low locally.
     #[serde(with = "humantime_serde")]
     pub fetch_wait_max: Duration,
+    /// Idle fetch pacing ([`crate::pacing`]): a consumer that has read
+    /// nothing for `idle_after` pauses its partitions and looks again every
+    /// `idle_fetch_interval`. Zero (the default) turns it off: brokers that
+    /// long-poll (MSK) need none of it; the local stack turns it on for
+    /// Tansu, which answers every fetch only after its full wait.
+    #[serde(with = "humantime_serde")]
+    pub idle_fetch_interval: Duration,
+    /// How long a consumer reads nothing before pacing pauses it.
+    #[serde(with = "humantime_serde")]
+    pub idle_after: Duration,
     /// Consumer group session timeout (`session.timeout.ms`).
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
@@ -397,6 +407,8 @@ impl Default for KafkaConfig {
             producer_queue_max_messages: 100_000,
             linger: Duration::from_millis(2),
             fetch_wait_max: Duration::from_millis(100),
+            idle_fetch_interval: Duration::ZERO,
+            idle_after: Duration::from_secs(1),
             session_timeout: Duration::from_secs(10),
             commit_interval: Duration::from_secs(1),
             extra: BTreeMap::new(),
@@ -461,6 +473,22 @@ impl Validate for KafkaConfig {
             self.fetch_wait_max,
             Duration::from_millis(1),
             Duration::from_secs(10),
+        );
+        check_range(
+            issues,
+            prefix,
+            "idle_fetch_interval",
+            self.idle_fetch_interval,
+            Duration::ZERO,
+            Duration::from_secs(10),
+        );
+        check_range(
+            issues,
+            prefix,
+            "idle_after",
+            self.idle_after,
+            Duration::from_millis(10),
+            Duration::from_secs(600),
         );
         check_range(
             issues,

@@ -11,17 +11,21 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::offsets::OffsetTracker;
+use crate::pacing::Pacer;
 
-/// Runs `handle` on every record until `shutdown`; `handle` gets the record
-/// and the shutdown token. It resolves `true` when the record's effect is
+/// Runs `handle` on every record until `shutdown`, with `pacer` pausing the
+/// consumer while it is idle; `handle` gets the record and the shutdown
+/// token. It resolves `true` when the record's effect is
 /// done (its offset may be stored), `false` when it gave up because of
 /// shutdown (it will be read again).
 pub async fn run<C, F, Fut>(
     consumer: &StreamConsumer<C>,
+    mut pacer: Pacer,
     max_in_flight: usize,
     shutdown: CancellationToken,
     grace: Duration,
@@ -48,9 +52,17 @@ pub async fn run<C, F, Fut>(
             biased;
             _ = shutdown.cancelled() => break,
             Some(result) = in_flight.next(), if !in_flight.is_empty() => store(&mut tracker, result),
+            () = pacer.due() => pacer.act(consumer),
             message = consumer.recv(), if in_flight.len() < max_in_flight => {
                 let message = match message {
-                    Ok(message) => message.detach(),
+                    Ok(message) => {
+                        pacer.saw_record();
+                        message.detach()
+                    }
+                    Err(e) if crate::kafka::is_partition_eof(&e) => {
+                        pacer.saw_end();
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "error reading records");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -80,8 +92,21 @@ pub async fn run<C, F, Fut>(
     if tokio::time::timeout(grace, drain).await.is_err() {
         tracing::warn!("stopped with records in flight; they will be read again");
     }
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::warn!(error = %e, "final offset commit failed");
+    final_commit(consumer);
+}
+
+/// Commits the stored offsets before the consumer goes. Nothing stored since
+/// the last commit (an idle consumer) is not a failure.
+pub fn final_commit<C: ConsumerContext + 'static>(consumer: &StreamConsumer<C>) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {
+            tracing::debug!("no offsets to commit at shutdown");
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "final offset commit failed; records done since the last commit will be read again"
+        ),
     }
 }
 

@@ -31,23 +31,6 @@ pub enum FollowerError {
     Internal(String),
 }
 
-/// A consumer context that does not report the end of a partition as an
-/// error: the follower asks for those signals on purpose.
-#[derive(Debug, Default)]
-pub struct FollowerContext;
-
-impl rdkafka::ClientContext for FollowerContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::PartitionEOF(_)) {
-            tracing::trace!(reason, "end of a subscription partition");
-        } else {
-            tracing::error!(%error, reason, "Kafka client error");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for FollowerContext {}
-
 /// The live table and whether it has caught up.
 #[derive(Debug, Clone)]
 pub struct Follower {
@@ -65,7 +48,7 @@ impl Follower {
         service: &str,
         shutdown: CancellationToken,
     ) -> Result<Self, FollowerError> {
-        let consumer: StreamConsumer<FollowerContext> = crate::kafka::base_config(kafka, service)
+        let consumer: StreamConsumer<crate::kafka::ConsumerLog> = crate::kafka::base_config(kafka, service)
             .set(
                 "group.id",
                 format!("{service}-follower-{}", crate::ids::RequestId::new()),
@@ -73,7 +56,7 @@ impl Follower {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", kafka.fetch_wait_max.as_millis().to_string())
-            .create_with_context(FollowerContext)
+            .create_with_context(crate::kafka::ConsumerLog::new("subscription follower"))
             .map_err(FollowerError::Kafka)?;
         let consumer = Arc::new(consumer);
         let partitions = {
@@ -104,10 +87,14 @@ impl Follower {
         let (caught_up_tx, caught_up) = watch::channel(false);
         tokio::spawn(follow(
             consumer,
+            crate::pacing::Pacer::new(kafka),
             codec,
             table.clone(),
-            partitions,
-            caught_up_tx,
+            CatchUp {
+                partitions,
+                at_end: HashSet::new(),
+                caught_up: caught_up_tx,
+            },
             shutdown,
             service.to_owned(),
         ));
@@ -126,22 +113,26 @@ impl Follower {
 }
 
 async fn follow(
-    consumer: Arc<StreamConsumer<FollowerContext>>,
+    consumer: Arc<StreamConsumer<crate::kafka::ConsumerLog>>,
+    mut pacer: crate::pacing::Pacer,
     codec: AvroCodec,
     table: Arc<RwLock<SubscriptionTable>>,
-    partitions: usize,
-    caught_up: watch::Sender<bool>,
+    mut catch_up: CatchUp,
     shutdown: CancellationToken,
     service: String,
 ) {
-    let mut at_end: HashSet<i32> = HashSet::new();
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return,
+            () = pacer.due() => {
+                pacer.act(consumer.as_ref());
+                continue;
+            }
             message = consumer.recv() => message,
         };
         match message {
             Ok(message) => {
+                pacer.saw_record();
                 let Some(id) = message
                     .key()
                     .and_then(|k| std::str::from_utf8(k).ok())
@@ -175,15 +166,29 @@ async fn follow(
                     .set(table.read().len() as f64);
             }
             Err(KafkaError::PartitionEOF(partition)) => {
-                at_end.insert(partition);
-                if at_end.len() >= partitions {
-                    caught_up.send_replace(true);
-                }
+                pacer.saw_end();
+                catch_up.reached_end(partition);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "error following subscriptions");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+        }
+    }
+}
+
+/// Tells the waiters once every partition was read to its end.
+struct CatchUp {
+    partitions: usize,
+    at_end: HashSet<i32>,
+    caught_up: watch::Sender<bool>,
+}
+
+impl CatchUp {
+    fn reached_end(&mut self, partition: i32) {
+        self.at_end.insert(partition);
+        if self.at_end.len() >= self.partitions {
+            self.caught_up.send_replace(true);
         }
     }
 }

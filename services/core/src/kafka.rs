@@ -14,8 +14,8 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 
@@ -95,7 +95,78 @@ pub fn consumer_config(config: &KafkaConfig, service: &str, group: &str) -> Clie
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", millis(config.session_timeout))
         .set("fetch.wait.max.ms", millis(config.fetch_wait_max));
+    paced(config, &mut client);
     client
+}
+
+/// What idle pacing needs of a consumer ([`crate::pacing`]): the end of a
+/// partition reported, so a paced consumer knows its fetch came back.
+pub fn paced(config: &KafkaConfig, client: &mut ClientConfig) {
+    if !config.idle_fetch_interval.is_zero() {
+        client.set("enable.partition.eof", "true");
+    }
+}
+
+/// The context of every Triggers consumer: librdkafka's global errors
+/// logged with a hint of what to do, except the end of a partition (which
+/// consumers ask for on purpose: followers to know they caught up, paced
+/// consumers to know a fetch came back), and rebalances logged at INFO.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerLog {
+    /// Who consumes (`router`, `deliverer`, …), for the log lines.
+    pub role: &'static str,
+}
+
+impl ConsumerLog {
+    /// The context of `role`'s consumers.
+    pub fn new(role: &'static str) -> Self {
+        Self { role }
+    }
+}
+
+/// Whether `error` only says a fetch reached the end of a partition.
+pub fn is_partition_eof(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+    )
+}
+
+impl rdkafka::ClientContext for ConsumerLog {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if is_partition_eof(&error) {
+            return;
+        }
+        let hint = match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown) => {
+                "cannot reach Kafka: is the broker running and kafka.bootstrap_servers right? \
+                 The consumer reconnects on its own."
+            }
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+                "Kafka refused the credentials: check kafka.extra (SASL/TLS settings)"
+            }
+            _ => "librdkafka retries on its own; if it persists, check the broker",
+        };
+        tracing::error!(role = self.role, %error, reason, hint, "Kafka consumer error");
+    }
+}
+
+impl ConsumerContext for ConsumerLog {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        tracing::debug!(role = self.role, ?rebalance, "rebalance starting");
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(role = self.role, partitions = partitions.count(), "partitions assigned")
+            }
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(role = self.role, partitions = partitions.count(), "partitions revoked")
+            }
+            Rebalance::Error(e) => tracing::warn!(role = self.role, error = %e, "rebalance failed"),
+        }
+    }
 }
 
 /// An admin client, for provisioning and readiness checks.

@@ -6,6 +6,8 @@
 //! - [`matching`]: event type patterns and content filters.
 //! - [`delivery`]: deliveries and outcomes.
 //! - [`offsets`]: the contiguous done watermark for storing offsets.
+//! - [`pacing`]: idle consumers pause their fetches (for Tansu, which does
+//!   not long-poll).
 //! - [`config`]: layered, validated configuration.
 //! - [`kafka`]: client builders that keep the delivery guarantees
 //!   (idempotent `acks=all` producer; consumers that store offsets only after
@@ -32,6 +34,7 @@ pub mod kafka;
 pub mod matching;
 pub mod offsets;
 pub mod ops;
+pub mod pacing;
 pub mod provision;
 pub mod shutdown;
 pub mod status;

@@ -861,9 +861,14 @@ pub async fn start(
     }
     let mut workers = Vec::new();
     for (group, topic, kafka) in groups {
-        let consumer =
-            triggers_core::kafka::consumer(kafka, "deliverer", &group, rdkafka::consumer::DefaultConsumerContext)?;
+        let consumer = triggers_core::kafka::consumer(
+            kafka,
+            "deliverer",
+            &group,
+            triggers_core::kafka::ConsumerLog::new("deliverer"),
+        )?;
         consumer.subscribe(&[&topic])?;
+        let pacer = triggers_core::pacing::Pacer::new(kafka);
         let (deliverer, shutdown, max, grace) = (
             deliverer.clone(),
             shutdown.clone(),
@@ -871,7 +876,7 @@ pub async fn start(
             config.shutdown_grace,
         );
         workers.push(tokio::spawn(async move {
-            triggers_core::consume::run(&consumer, max, shutdown, grace, |message, shutdown| {
+            triggers_core::consume::run(&consumer, pacer, max, shutdown, grace, |message, shutdown| {
                 let deliverer = deliverer.clone();
                 let turn = deliverer.turn(&message);
                 async move { deliverer.handle(message, turn, &shutdown).await }

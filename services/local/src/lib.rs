@@ -151,7 +151,11 @@ fn local_toml(options: &LocalOptions) -> String {
         r#"
 [kafka]
 bootstrap_servers = "127.0.0.1:{kafka}"
+# Tansu answers a fetch only after its full wait: keep it short for latency,
+# and let idle consumers pause instead of polling (see core::pacing).
 fetch_wait_max = "10ms"
+idle_fetch_interval = "250ms"
+idle_after = "1s"
 
 [topics]
 partitions = 3

@@ -63,30 +63,48 @@ async fn main() -> anyhow::Result<()> {
         _ = shutdown.cancelled() => return Ok(()),
     };
     let env_file = options.data_dir.join("local.env");
+    let endpoints = &stack.endpoints;
+    let (gateway, key) = (&endpoints.gateway_url, &stack.demo.api_key);
+    let ops = endpoints
+        .ops_urls
+        .iter()
+        .map(|(name, url)| format!("{name} {}", url.rsplit(':').next().unwrap_or(url)))
+        .collect::<Vec<_>>()
+        .join(", ");
     println!();
-    println!("Triggers is running.");
-    println!("  gateway        {}", stack.endpoints.gateway_url);
-    println!("  registry       {}", stack.endpoints.registry_url);
-    println!("  kafka          {}", stack.endpoints.kafka_bootstrap);
-    println!("  dynamodb       {}", stack.endpoints.dynamodb_endpoint);
-    println!("  demo receiver  {}", stack.endpoints.demo_receiver_url);
-    for (name, url) in &stack.endpoints.ops_urls {
-        println!("  {name:<14} {url}/healthz");
-    }
-    println!();
-    println!("Demo tenant {} with API key:", stack.demo.tenant_id);
-    println!("  {}", stack.demo.api_key);
-    println!();
-    println!("Send an event:");
     println!(
-        "  curl -sS -X POST {}/v1/events -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n       -d '{{\"type\":\"order.created\",\"source\":\"demo\",\"data\":{{\"order_id\":42}}}}'",
-        stack.endpoints.gateway_url, stack.demo.api_key
+        "Triggers is running. Data in {}/, Tansu's and DynamoDB Local's logs in {}/log/.",
+        options.data_dir.display(),
+        options.data_dir.display()
     );
+    println!("  gateway          {gateway}   (API docs: {gateway}/docs)");
+    println!(
+        "  demo receiver    {}   (prints every webhook here)",
+        endpoints.demo_receiver_url
+    );
+    println!("  kafka (Tansu)    {}", endpoints.kafka_bootstrap);
+    println!("  dynamodb local   {}", endpoints.dynamodb_endpoint);
+    println!("  schema registry  {}", endpoints.registry_url);
+    println!("  ops ports        {ops}   (/healthz /readyz /metrics)");
+    println!();
+    println!("Demo tenant {}, API key:", stack.demo.tenant_id);
+    println!("  {key}");
+    println!();
+    println!("Send an event (from another terminal):");
+    println!(
+        "  curl -sS -X POST {gateway}/v1/events -H 'Authorization: Bearer {key}' \\\n    -H 'Content-Type: application/json' -d '{{\"type\":\"order.created\",\"source\":\"demo\",\"data\":{{\"order_id\":42}}}}'"
+    );
+    println!();
+    println!("Watch it arrive:");
+    println!("  - here: the demo receiver logs \"webhook received\" with the event;");
+    println!("  - its status and delivery attempts (the id is in the 202's body):");
+    println!("    curl -sS {gateway}/v1/events/<evt_id> -H 'Authorization: Bearer {key}'");
     println!();
     println!(
         "Endpoints and credentials: {} (source it). Ctrl-C stops everything.",
         env_file.display()
     );
+    println!();
 
     shutdown.cancelled().await;
     println!("Stopping…");

@@ -243,15 +243,16 @@ pub async fn start(
         &common.kafka,
         "persister",
         &config.group_id,
-        rdkafka::consumer::DefaultConsumerContext,
+        triggers_core::kafka::ConsumerLog::new("persister"),
     )?;
     consumer.subscribe(&[&common.topics.events(), &common.topics.outcomes()])?;
     let readiness = Readiness::new()
         .with("kafka", ops::kafka_probe(&common.kafka))
         .with("dynamodb", ops::dynamo_probe(&dynamo));
     let (max_in_flight, grace) = (config.max_in_flight, config.shutdown_grace);
+    let pacer = triggers_core::pacing::Pacer::new(&common.kafka);
     let work = async move {
-        triggers_core::consume::run(&consumer, max_in_flight, shutdown, grace, |message, shutdown| {
+        triggers_core::consume::run(&consumer, pacer, max_in_flight, shutdown, grace, |message, shutdown| {
             let persister = persister.clone();
             async move { persister.handle(message, &shutdown).await }
         })

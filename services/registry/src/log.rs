@@ -9,9 +9,10 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use triggers_core::config::KafkaConfig;
+use triggers_core::kafka::ConsumerLog;
 
 use crate::error::RegistryError;
 use crate::state::{LogKey, State};
@@ -22,9 +23,11 @@ pub struct SchemaLog {
     topic: String,
     state: Arc<RwLock<State>>,
     producer: FutureProducer,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<ConsumerLog>>,
     /// The offset after the last applied record.
     applied: watch::Receiver<i64>,
+    /// Wakes a paced reader: a record is about to be awaited.
+    wake: Arc<Notify>,
     produce_timeout: Duration,
 }
 
@@ -45,7 +48,10 @@ impl SchemaLog {
             .set("group.id", format!("triggers-registry-{}", ulid_like()))
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", kafka.fetch_wait_max.as_millis().to_string());
-        let consumer: StreamConsumer = consumer_config.create().map_err(RegistryError::Kafka)?;
+        triggers_core::kafka::paced(kafka, &mut consumer_config);
+        let consumer: StreamConsumer<ConsumerLog> = consumer_config
+            .create_with_context(ConsumerLog::new("registry"))
+            .map_err(RegistryError::Kafka)?;
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(topic, 0, Offset::Beginning)
@@ -54,13 +60,23 @@ impl SchemaLog {
         let consumer = Arc::new(consumer);
         let state = Arc::new(RwLock::new(State::default()));
         let (applied_tx, applied) = watch::channel(0_i64);
-        tokio::spawn(tail(consumer.clone(), state.clone(), applied_tx, shutdown));
+        let wake = Arc::new(Notify::new());
+        let pacer = triggers_core::pacing::Pacer::new(kafka);
+        tokio::spawn(tail(
+            consumer.clone(),
+            pacer,
+            wake.clone(),
+            state.clone(),
+            applied_tx,
+            shutdown,
+        ));
         Ok(Self {
             topic: topic.to_owned(),
             state,
             producer,
             consumer,
             applied,
+            wake,
             produce_timeout: kafka.produce_timeout,
         })
     }
@@ -85,6 +101,9 @@ impl SchemaLog {
     /// Waits until the record at `offset - 1` and all before it are applied.
     async fn wait_applied(&self, offset: i64, timeout: Duration) -> Result<(), RegistryError> {
         let mut applied = self.applied.clone();
+        if *applied.borrow() < offset {
+            self.wake.notify_one();
+        }
         tokio::time::timeout(timeout, applied.wait_for(|next| *next >= offset))
             .await
             .map_err(|_| RegistryError::Unavailable("the schema log did not catch up in time".to_owned()))?
@@ -117,7 +136,9 @@ impl SchemaLog {
 }
 
 async fn tail(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<ConsumerLog>>,
+    mut pacer: triggers_core::pacing::Pacer,
+    wake: Arc<Notify>,
     state: Arc<RwLock<State>>,
     applied: watch::Sender<i64>,
     shutdown: CancellationToken,
@@ -125,10 +146,19 @@ async fn tail(
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return,
+            () = wake.notified() => {
+                pacer.wake(consumer.as_ref());
+                continue;
+            }
+            () = pacer.due() => {
+                pacer.act(consumer.as_ref());
+                continue;
+            }
             message = consumer.recv() => message,
         };
         match message {
             Ok(message) => {
+                pacer.saw_record();
                 let key = message.key().and_then(|k| serde_json::from_slice::<LogKey>(k).ok());
                 if let Some(key) = key {
                     state.write().apply(&key, message.payload());
@@ -140,7 +170,7 @@ async fn tail(
                 }
                 applied.send_replace(message.offset() + 1);
             }
-            Err(KafkaError::PartitionEOF(_)) => {}
+            Err(KafkaError::PartitionEOF(_)) => pacer.saw_end(),
             Err(e) => {
                 tracing::warn!(error = %e, "error reading the schema log; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;

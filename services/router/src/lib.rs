@@ -140,7 +140,12 @@ pub async fn start(
         "subscription table caught up"
     );
 
-    let consumer = triggers_core::kafka::consumer(&common.kafka, "router", &config.group_id, pipeline::RouterContext)?;
+    let consumer = triggers_core::kafka::consumer(
+        &common.kafka,
+        "router",
+        &config.group_id,
+        triggers_core::kafka::ConsumerLog::new("router"),
+    )?;
     consumer.subscribe(&[&common.topics.events()])?;
     let pipeline = pipeline::Pipeline {
         consumer: Arc::new(consumer),
@@ -150,6 +155,7 @@ pub async fn start(
         follower,
         tenants: triggers_core::tenancy::TenantCache::new(dynamo.clone(), tables),
         max_in_flight: config.max_in_flight,
+        pacer: triggers_core::pacing::Pacer::new(&common.kafka),
     };
     let readiness = Readiness::new()
         .with("kafka", ops::kafka_probe(&common.kafka))

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientContext, Message};
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, CodecError, Contract};
 use triggers_core::config::TopicsConfig;
@@ -26,24 +26,6 @@ use triggers_core::event::Event;
 use triggers_core::offsets::OffsetTracker;
 
 use triggers_core::follower::Follower;
-
-/// Logs rebalances. Offsets of work still in flight when a partition is
-/// revoked are not stored: the next owner routes those events again, with the
-/// same delivery ids.
-#[derive(Debug, Default)]
-pub struct RouterContext;
-
-impl ClientContext for RouterContext {}
-
-impl ConsumerContext for RouterContext {
-    fn pre_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        tracing::info!(?rebalance, "router rebalance starting");
-    }
-
-    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        tracing::info!(?rebalance, "router rebalance done");
-    }
-}
 
 /// One record to produce.
 #[derive(Debug, Clone)]
@@ -75,7 +57,7 @@ struct Invalid {
 #[allow(missing_debug_implementations)] // Holds clients without Debug.
 pub struct Pipeline {
     /// Reads `<ns>.events` in the router's group.
-    pub consumer: Arc<StreamConsumer<RouterContext>>,
+    pub consumer: Arc<StreamConsumer<triggers_core::kafka::ConsumerLog>>,
     /// Writes deliveries, outcomes and quarantined records.
     pub producer: FutureProducer,
     /// Avro.
@@ -88,6 +70,8 @@ pub struct Pipeline {
     pub tenants: triggers_core::tenancy::TenantCache,
     /// Events whose records are awaited at once.
     pub max_in_flight: usize,
+    /// Pauses the consumer while no events come (Tansu locally).
+    pub pacer: triggers_core::pacing::Pacer,
 }
 
 fn invalid(reason: &'static str, message: impl Into<String>) -> Invalid {
@@ -100,7 +84,10 @@ fn invalid(reason: &'static str, message: impl Into<String>) -> Invalid {
 impl Pipeline {
     /// Runs until `shutdown`, then finishes the work in flight (at most
     /// `grace`), stores and commits offsets and flushes the producer.
-    pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
+    /// Offsets of work still in flight when a partition is revoked are not
+    /// stored: the next owner routes those events again, with the same
+    /// delivery ids.
+    pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
         let mut tracker = OffsetTracker::new();
         let mut in_flight: FuturesUnordered<futures::future::BoxFuture<'static, (String, i32, i64)>> =
             FuturesUnordered::new();
@@ -111,9 +98,17 @@ impl Pipeline {
                 Some((topic, partition, offset)) = in_flight.next(), if !in_flight.is_empty() => {
                     self.done(&mut tracker, &topic, partition, offset);
                 }
+                () = self.pacer.due() => self.pacer.act(self.consumer.as_ref()),
                 message = self.consumer.recv(), if in_flight.len() < self.max_in_flight => {
                     let message = match message {
-                        Ok(message) => message.detach(),
+                        Ok(message) => {
+                            self.pacer.saw_record();
+                            message.detach()
+                        }
+                        Err(e) if triggers_core::kafka::is_partition_eof(&e) => {
+                            self.pacer.saw_end();
+                            continue;
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "error reading events");
                             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -135,9 +130,7 @@ impl Pipeline {
         if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::warn!("router stopped with work in flight; it will be routed again");
         }
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::warn!(error = %e, "final offset commit failed");
-        }
+        triggers_core::consume::final_commit(&self.consumer);
         if let Err(e) = self.producer.flush(Duration::from_secs(10)) {
             tracing::warn!(error = %e, "router producer did not flush");
         }

@@ -80,6 +80,10 @@ impl TestStack {
 [kafka]
 bootstrap_servers = "{kafka}"
 fetch_wait_max = "10ms"
+# As locally: idle consumers pause (so every test exercises core::pacing),
+# and look again often enough that waits stay short.
+idle_fetch_interval = "100ms"
+idle_after = "500ms"
 commit_interval = "100ms"
 session_timeout = "6s"
 

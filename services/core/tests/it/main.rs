@@ -2,5 +2,6 @@
 //! and the dev schema registry.
 
 mod codec;
+mod pacing;
 mod provision;
 mod support;

@@ -2,6 +2,7 @@
 //! DynamoDB Local, on free ports.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use triggers_core::dynamo::Tables;
 use triggers_local::LocalOptions;
@@ -39,8 +40,57 @@ fn options(data_dir: &std::path::Path) -> LocalOptions {
         persister_port: port(),
         deliverer_port: port(),
         receiver_port: port(),
-        env: vec![("TRIGGERS_TELEMETRY__LOG_LEVEL".to_owned(), "warn".to_owned())],
+        env: Vec::new(),
         ..LocalOptions::new(data_dir)
+    }
+}
+
+/// Every WARN and ERROR event of the process, formatted, with its level.
+#[derive(Clone, Default)]
+struct Complaints(Arc<Mutex<Vec<(tracing::Level, String)>>>);
+
+impl Complaints {
+    /// Installs a subscriber that logs at INFO like the runner and keeps
+    /// every WARN and ERROR line (services, librdkafka through `tracing`).
+    fn install() -> Self {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let complaints = Self::default();
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new("info"))
+            .with(tracing_subscriber::fmt::layer().compact().with_test_writer())
+            .with(complaints.clone())
+            .init();
+        complaints
+    }
+
+    fn at(&self, level: tracing::Level) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(l, _)| *l == level)
+            .map(|(_, line)| line.clone())
+            .collect()
+    }
+}
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!(" {}={value:?}", field.name()));
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Complaints {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let level = *event.metadata().level();
+        if level <= tracing::Level::WARN {
+            let mut fields = Fields(event.metadata().target().to_owned());
+            event.record(&mut fields);
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push((level, fields.0));
+        }
     }
 }
 
@@ -55,6 +105,7 @@ fn read_env_file(path: &std::path::Path) -> HashMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_stack_starts_answers_and_keeps_its_data_across_restarts() {
+    let complaints = Complaints::install();
     // A relative data folder, as `scripts/run-local` uses (`var/`).
     let dir = RelativeDir::new();
     assert!(dir.path().is_relative(), "{}", dir.path().display());
@@ -120,7 +171,36 @@ async fn the_whole_stack_starts_answers_and_keeps_its_data_across_restarts() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(response.status().as_u16(), 202);
+    let event_id = response
+        .json::<serde_json::Value>()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no event id"))
+        .to_owned();
+
+    // ... and the demo receiver gets it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stack.received.count() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo receiver got no webhook for {event_id}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     stack.stop().await;
+
+    // A healthy start, an event delivered and a clean stop: nothing a user
+    // would read as an error.
+    let errors = complaints.at(tracing::Level::ERROR);
+    assert!(
+        errors.is_empty(),
+        "a healthy run logged ERROR lines:\n{}",
+        errors.join("\n")
+    );
+    for warning in complaints.at(tracing::Level::WARN) {
+        eprintln!("WARN during a healthy run: {warning}");
+    }
 
     // A second start on the same data keeps the tenant, key and subscription.
     let options = LocalOptions {
@@ -147,4 +227,12 @@ async fn the_whole_stack_starts_answers_and_keeps_its_data_across_restarts() {
     assert_eq!(moved.target_url, again.endpoints.demo_receiver_url);
     assert!(moved.revision > subscription.revision);
     again.stop().await;
+
+    // The restart on kept data was just as quiet.
+    let errors = complaints.at(tracing::Level::ERROR);
+    assert!(
+        errors.is_empty(),
+        "a restart logged ERROR lines:\n{}",
+        errors.join("\n")
+    );
 }

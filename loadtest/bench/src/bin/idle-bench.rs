@@ -1,0 +1,163 @@
+//! `idle-bench`: what an idle local stack costs in CPU.
+//!
+//! Starts the whole local pipeline (as `scripts/run-local` does, on free
+//! ports, data in a temporary folder), sends one event through it, lets it
+//! settle, then reads the CPU time of every process on the machine from
+//! `/proc` before and after a quiet window. Prints Markdown: % of one core
+//! per process (services in this process, Tansu, DynamoDB Local, anything
+//! else that ran) and the whole machine.
+//!
+//! Any `TRIGGERS_<SECTION>__<FIELD>` setting of the environment applies, so
+//! `TRIGGERS_KAFKA__IDLE_FETCH_INTERVAL=0s idle-bench` measures the stack
+//! without idle pacing.
+
+// A benchmark program: its report is its output.
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(about = "CPU of an idle local stack")]
+struct Args {
+    /// Seconds to let the stack settle after the first event.
+    #[arg(long, default_value_t = 10)]
+    settle: u64,
+    /// Seconds of the measured quiet window.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+}
+
+/// CPU ticks (user + system) per process id, with the process's name.
+fn process_ticks() -> BTreeMap<u32, (String, u64)> {
+    let mut ticks = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return ticks;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ...`: the name may hold spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // After the name: state is field 0, utime field 11, stime field 12.
+        let (Some(utime), Some(stime)) = (
+            fields.get(11).and_then(|v| v.parse::<u64>().ok()),
+            fields.get(12).and_then(|v| v.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        ticks.insert(pid, (name, utime + stime));
+    }
+    ticks
+}
+
+/// Busy and total ticks of the whole machine (`/proc/stat`, all cores).
+fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let values: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let total: u64 = values.iter().sum();
+    // idle and iowait are fields 3 and 4.
+    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// Clock ticks per second of `/proc` times (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let options = triggers_bench::local_options(dir.path())?;
+    let source = triggers_local::load_config(&options)?;
+    let _telemetry = triggers_core::telemetry::init(&source.common()?.telemetry, "idle-bench")?;
+    let stack = triggers_local::start(&options, &source).await?;
+    let kafka = source.common()?.kafka;
+
+    // One event through the whole pipeline, so every consumer has worked once.
+    let client = reqwest::Client::new();
+    client
+        .post(format!("{}/v1/events", stack.endpoints.gateway_url))
+        .bearer_auth(&stack.demo.api_key)
+        .json(&json!({"type": "idle.check", "source": "idle-bench", "data": {}}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack.received.count() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(stack.received.count() > 0, "the event was not delivered");
+    tokio::time::sleep(Duration::from_secs(args.settle)).await;
+
+    let (busy_before, total_before) = machine_ticks()?;
+    let before = process_ticks();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = process_ticks();
+    let (busy_after, total_after) = machine_ticks()?;
+    stack.stop().await;
+
+    let hz = clock_ticks();
+    let me = std::process::id();
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    for (pid, (name, ticks)) in &after {
+        let spent = ticks.saturating_sub(before.get(pid).map_or(0, |(_, t)| *t));
+        if spent == 0 {
+            continue;
+        }
+        let label = if *pid == me {
+            "services (gateway, router, persister, deliverer, registry, receiver)".to_owned()
+        } else {
+            name.clone()
+        };
+        rows.push((label, spent as f64 / hz / elapsed * 100.0));
+    }
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let machine = (busy_after - busy_before) as f64 / (total_after - total_before).max(1) as f64 * cores * 100.0;
+
+    println!(
+        "Idle local stack, {:.0} s window after {} s settling; `kafka.fetch_wait_max` = {}, \
+         `kafka.idle_fetch_interval` = {}, `kafka.idle_after` = {}\n",
+        elapsed,
+        args.settle,
+        humantime::format_duration(kafka.fetch_wait_max),
+        humantime::format_duration(kafka.idle_fetch_interval),
+        humantime::format_duration(kafka.idle_after),
+    );
+    println!("| process | CPU, % of one core |");
+    println!("|---|---|");
+    let mut sum = 0.0;
+    for (label, percent) in &rows {
+        if *percent >= 0.05 {
+            println!("| {label} | {percent:.1} |");
+        }
+        sum += percent;
+    }
+    println!("| **all processes** | **{sum:.1}** |");
+    println!("| whole machine (`/proc/stat`) | {machine:.1} |");
+    Ok(())
+}

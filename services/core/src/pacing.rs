@@ -1,0 +1,272 @@
+//! Idle fetch pacing, for brokers that do not long-poll.
+//!
+//! A Kafka broker holds a fetch until data arrives or `fetch.wait.max.ms`
+//! passes, so an idle consumer costs next to nothing. Tansu (the local
+//! broker) instead queries its storage for every partition of the fetch and
+//! then sleeps the whole wait, even when it found data; a consumer with the
+//! 10 ms wait that keeps local latency low makes ~100 storage round trips a
+//! second while nothing happens, and a dozen such consumers keep a core
+//! busy.
+//!
+//! With pacing on (`kafka.idle_fetch_interval` > 0), a consumer that has
+//! read nothing for `kafka.idle_after` pauses its partitions (librdkafka
+//! stops fetching them) and resumes them every `idle_fetch_interval` for one
+//! fetch round; the first record it reads puts it back to full speed. Paused
+//! partitions resume from the position the application reached, so pacing
+//! loses and repeats nothing, and the consumer keeps polling (rebalances and
+//! the poll interval are served as usual). The price is latency for the
+//! first record after an idle spell: at most one interval.
+//!
+//! Off by default: brokers that long-poll (MSK) need none of it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, ConsumerContext};
+use tokio::time::Instant;
+
+use crate::config::KafkaConfig;
+
+/// Pauses a consumer's partitions while it is idle and wakes it on a timer.
+///
+/// Drive it from the consume loop: [`Pacer::saw_record`] for every record,
+/// [`Pacer::saw_end`] for every end-of-partition event (paced consumers ask
+/// for them: [`crate::kafka::paced`]), and a `select!` branch on
+/// [`Pacer::due`] that calls [`Pacer::act`].
+#[derive(Debug)]
+pub struct Pacer {
+    settings: Option<Settings>,
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    idle_after: Duration,
+    interval: Duration,
+}
+
+/// The longest a resumed consumer waits for its fetches to come back
+/// before it pauses again (a broker that is down answers none).
+const PROBE_LIMIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Fetching; pauses once nothing came for `idle_after` since `since`.
+    Active { since: Instant },
+    /// Partitions paused until `until`.
+    Paused { until: Instant },
+    /// Resumed at `since` to look for records; pauses again as soon as every
+    /// partition's fetch came back empty (`ends` of `expected`), so a slow
+    /// broker makes the look longer instead of cutting off its answer.
+    Probing {
+        since: Instant,
+        ends: usize,
+        expected: usize,
+    },
+    /// A record came while paused: resume at once.
+    Waking,
+}
+
+impl Pacer {
+    /// A pacer with `kafka`'s settings (one that never acts when
+    /// `idle_fetch_interval` is zero).
+    pub fn new(kafka: &KafkaConfig) -> Self {
+        let settings = (!kafka.idle_fetch_interval.is_zero()).then_some(Settings {
+            idle_after: kafka.idle_after,
+            interval: kafka.idle_fetch_interval,
+        });
+        Self {
+            settings,
+            state: State::Active { since: Instant::now() },
+        }
+    }
+
+    /// Whether the consumer's partitions are paused by the pacer.
+    pub fn is_paused(&self) -> bool {
+        matches!(self.state, State::Paused { .. })
+    }
+
+    /// Notes a record: the consumer is busy, so it stays at full speed.
+    pub fn saw_record(&mut self) {
+        if self.settings.is_none() {
+            return;
+        }
+        self.state = match self.state {
+            State::Paused { .. } | State::Waking => State::Waking,
+            State::Active { .. } | State::Probing { .. } => State::Active { since: Instant::now() },
+        };
+    }
+
+    /// Notes that a fetch reached the end of a partition.
+    pub fn saw_end(&mut self) {
+        if let State::Probing { ends, .. } = &mut self.state {
+            *ends += 1;
+        }
+    }
+
+    /// Resolves when [`Pacer::act`] is due; never when pacing is off. The
+    /// future borrows nothing, so the loop may use the pacer meanwhile.
+    pub fn due(&self) -> impl Future<Output = ()> + Send + 'static {
+        let deadline = self.settings.map(|settings| match self.state {
+            State::Active { since } => since + settings.idle_after,
+            State::Paused { until } => until,
+            State::Probing { since, ends, expected } if ends < expected => since + PROBE_LIMIT,
+            State::Probing { .. } | State::Waking => Instant::now(),
+        });
+        async move {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Puts the consumer at full speed now, for at least `idle_after`: for a
+    /// caller that knows records are coming (it just wrote one).
+    pub fn wake<C: ConsumerContext, K: Consumer<C>>(&mut self, consumer: &K) {
+        if self.settings.is_none() {
+            return;
+        }
+        if matches!(self.state, State::Paused { .. } | State::Waking | State::Probing { .. }) {
+            tracing::debug!("woken: resuming fetches");
+            resume(consumer);
+        }
+        self.state = State::Active { since: Instant::now() };
+    }
+
+    /// Pauses an idle consumer, or resumes a paused one for a look.
+    pub fn act<C: ConsumerContext, K: Consumer<C>>(&mut self, consumer: &K) {
+        let Some(settings) = self.settings else { return };
+        let now = Instant::now();
+        self.state = match self.state {
+            State::Active { .. } | State::Probing { .. } => match consumer.assignment() {
+                // Nothing assigned yet (a group still joining): look again later.
+                Ok(assignment) if assignment.count() == 0 => State::Active { since: now },
+                Ok(assignment) => match consumer.pause(&assignment) {
+                    Ok(()) => {
+                        tracing::trace!(partitions = assignment.count(), "idle: pausing fetches");
+                        State::Paused {
+                            until: now + settings.interval,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot pause an idle consumer");
+                        State::Active { since: now }
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "no assignment to pace");
+                    State::Active { since: now }
+                }
+            },
+            State::Paused { .. } => {
+                let expected = resume(consumer);
+                State::Probing {
+                    since: now,
+                    ends: 0,
+                    expected,
+                }
+            }
+            State::Waking => {
+                resume(consumer);
+                State::Active { since: now }
+            }
+        };
+    }
+}
+
+/// Resumes every assigned partition; returns how many there are.
+fn resume<C: ConsumerContext, K: Consumer<C>>(consumer: &K) -> usize {
+    match consumer.assignment() {
+        Ok(assignment) => {
+            if let Err(e) = consumer.resume(&assignment) {
+                tracing::debug!(error = %e, "cannot resume a paced consumer");
+            }
+            assignment.count()
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "no assignment to resume");
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka(interval_ms: u64) -> KafkaConfig {
+        KafkaConfig {
+            idle_fetch_interval: Duration::from_millis(interval_ms),
+            idle_after: Duration::from_millis(500),
+            fetch_wait_max: Duration::from_millis(10),
+            ..KafkaConfig::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn off_never_becomes_due() {
+        let pacer = Pacer::new(&kafka(0));
+        let due = tokio::time::timeout(Duration::from_secs(3600), pacer.due()).await;
+        assert!(due.is_err(), "a pacer that is off must never be due");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn due_after_the_idle_window_and_records_push_it_back() {
+        let mut pacer = Pacer::new(&kafka(250));
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        pacer.saw_record();
+        pacer.due().await;
+        // Due 500 ms after the last record, not after the start.
+        assert_eq!(start.elapsed(), Duration::from_millis(900));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_look_lasts_until_every_fetch_came_back() {
+        let mut pacer = Pacer::new(&kafka(250));
+        let since = Instant::now();
+        pacer.state = State::Probing {
+            since,
+            ends: 0,
+            expected: 2,
+        };
+        pacer.saw_end();
+        // One partition of two answered: the look goes on (up to its limit).
+        let early = tokio::time::timeout(Duration::from_secs(1), pacer.due()).await;
+        assert!(early.is_err(), "paused again before every fetch came back");
+        pacer.saw_end();
+        pacer.due().await;
+        assert_eq!(
+            since.elapsed(),
+            Duration::from_secs(1),
+            "due at once after the last end"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_look_that_gets_no_answer_ends_at_its_limit() {
+        let mut pacer = Pacer::new(&kafka(250));
+        let since = Instant::now();
+        pacer.state = State::Probing {
+            since,
+            ends: 0,
+            expected: 1,
+        };
+        pacer.due().await;
+        assert_eq!(since.elapsed(), PROBE_LIMIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_while_paused_wakes_at_once() {
+        let mut pacer = Pacer::new(&kafka(250));
+        let now = Instant::now();
+        pacer.state = State::Paused {
+            until: now + Duration::from_secs(60),
+        };
+        pacer.saw_record();
+        pacer.due().await;
+        assert_eq!(now.elapsed(), Duration::ZERO);
+        assert_eq!(pacer.state, State::Waking);
+    }
+}
