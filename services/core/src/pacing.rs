@@ -138,6 +138,14 @@ impl Pacer {
     pub fn act<C: ConsumerContext, K: Consumer<C>>(&mut self, consumer: &K) {
         let Some(settings) = self.settings else { return };
         let now = Instant::now();
+        if let State::Probing { since, ends, expected } = self.state {
+            tracing::trace!(
+                looked_ms = since.elapsed().as_millis() as u64,
+                ends,
+                expected,
+                "look done"
+            );
+        }
         self.state = match self.state {
             State::Active { .. } | State::Probing { .. } => match consumer.assignment() {
                 // Nothing assigned yet (a group still joining): look again later.

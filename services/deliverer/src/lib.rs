@@ -848,27 +848,39 @@ pub async fn start(
         park_delay: config.park_delay,
     });
     // Retry tiers wait seconds at least: their fetches need not be quick,
-    // which spares the broker most of the polling of eight consumers.
-    let mut tier_kafka = common.kafka.clone();
-    tier_kafka.fetch_wait_max = tier_kafka.fetch_wait_max.max(TIER_FETCH_WAIT);
-    let mut groups = vec![(config.group_id.clone(), common.topics.deliveries(), &common.kafka)];
+    // which spares the broker most of the polling of eight consumers. Paced
+    // (idle) tiers look for records every tenth of their delay (at most 10 s
+    // apart), which keeps a retry's timing within a tenth.
+    let tier_kafka = |tier: Duration| {
+        let mut kafka = common.kafka.clone();
+        kafka.fetch_wait_max = kafka.fetch_wait_max.max(TIER_FETCH_WAIT);
+        if !kafka.idle_fetch_interval.is_zero() {
+            kafka.idle_fetch_interval = kafka.idle_fetch_interval.max(tier / 10).min(Duration::from_secs(10));
+        }
+        kafka
+    };
+    let mut groups = vec![(
+        config.group_id.clone(),
+        common.topics.deliveries(),
+        common.kafka.clone(),
+    )];
     for (tier, topic) in common.topics.retry_tiers.iter().zip(common.topics.retries()) {
         groups.push((
             format!("{}-retry-{}", config.group_id, triggers_core::config::tier_name(*tier)),
             topic,
-            &tier_kafka,
+            tier_kafka(*tier),
         ));
     }
     let mut workers = Vec::new();
     for (group, topic, kafka) in groups {
         let consumer = triggers_core::kafka::consumer(
-            kafka,
+            &kafka,
             "deliverer",
             &group,
             triggers_core::kafka::ConsumerLog::new("deliverer"),
         )?;
         consumer.subscribe(&[&topic])?;
-        let pacer = triggers_core::pacing::Pacer::new(kafka);
+        let pacer = triggers_core::pacing::Pacer::new(&kafka);
         let (deliverer, shutdown, max, grace) = (
             deliverer.clone(),
             shutdown.clone(),
