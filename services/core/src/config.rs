@@ -382,9 +382,6 @@ pub struct KafkaConfig {
     /// How often stored offsets are committed (`auto.commit.interval.ms`).
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
-    /// One producer for every service in the process with the same settings
-    /// ([`crate::kafka::shared_producer`]); the local runner turns it on.
-    pub share_producer: bool,
     /// Extra librdkafka settings passed through as they are, e.g.
     /// `security.protocol = "SASL_SSL"`, `sasl.mechanism = "SCRAM-SHA-512"`.
     pub extra: BTreeMap<String, String>,
@@ -414,7 +411,6 @@ impl Default for KafkaConfig {
             idle_after: Duration::from_secs(1),
             session_timeout: Duration::from_secs(10),
             commit_interval: Duration::from_secs(1),
-            share_producer: false,
             extra: BTreeMap::new(),
         }
     }

@@ -53,48 +53,6 @@ pub fn producer(config: &KafkaConfig, service: &str) -> Result<FutureProducer, C
     })
 }
 
-/// A producer shared by every caller in this process with the same Kafka
-/// settings when `kafka.share_producer` is on (the local runner, which hosts
-/// every service: librdkafka producers are thread-safe, and each one keeps a
-/// polling thread that wakes ten times a second); otherwise a producer of
-/// the caller's own, as [`producer`]. The shared one carries the first
-/// caller's `client.id`; whoever turned sharing on lets it go with
-/// [`forget_shared_producer`] once its services stopped.
-pub fn shared_producer(config: &KafkaConfig, service: &str) -> Result<FutureProducer, ClientError> {
-    if !config.share_producer {
-        return producer(config, service);
-    }
-    let key = shared_key(config);
-    let mut shared = shared_producers().lock();
-    if let Some(existing) = shared.get(&key) {
-        return Ok(existing.clone());
-    }
-    let created = producer(config, service)?;
-    shared.insert(key, created.clone());
-    Ok(created)
-}
-
-/// Drops this process's shared producer for `config`'s settings (after the
-/// services that used it stopped), so it does not outlive its broker.
-pub fn forget_shared_producer(config: &KafkaConfig) {
-    let forgotten = shared_producers().lock().remove(&shared_key(config));
-    drop(forgotten);
-}
-
-fn shared_producers() -> &'static parking_lot::Mutex<HashMap<String, FutureProducer>> {
-    static SHARED: std::sync::OnceLock<parking_lot::Mutex<HashMap<String, FutureProducer>>> =
-        std::sync::OnceLock::new();
-    SHARED.get_or_init(Default::default)
-}
-
-/// The producer settings without the client id: what names a shared producer.
-fn shared_key(config: &KafkaConfig) -> String {
-    let client = producer_config(config, "");
-    let mut settings = client.config_map();
-    settings.remove("client.id");
-    format!("{settings:?}")
-}
-
 /// The producer's settings, for callers that need their own context.
 pub fn producer_config(config: &KafkaConfig, service: &str) -> ClientConfig {
     let mut client = base_config(config, service);

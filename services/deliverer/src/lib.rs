@@ -835,7 +835,7 @@ pub async fn start(
         http,
         allow,
         follower,
-        producer: triggers_core::kafka::shared_producer(&common.kafka, "deliverer")?,
+        producer: triggers_core::kafka::producer(&common.kafka, "deliverer")?,
         codec,
         topics: common.topics.clone(),
         dynamo: dynamo.clone(),

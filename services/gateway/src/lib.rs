@@ -78,7 +78,7 @@ pub async fn start(
     let codec = AvroCodec::new(&common.schema_registry)?;
     let sink = sink::EventSink::new(&common.kafka, codec.clone(), common.topics.events())?;
     let publisher = subscriptions::SubscriptionPublisher {
-        producer: triggers_core::kafka::shared_producer(&common.kafka, "gateway-subscriptions")?,
+        producer: triggers_core::kafka::producer(&common.kafka, "gateway-subscriptions")?,
         codec,
         topic: common.topics.subscriptions(),
         deliveries: common.topics.deliveries(),

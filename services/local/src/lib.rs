@@ -153,12 +153,9 @@ fn local_toml(options: &LocalOptions) -> String {
 bootstrap_servers = "127.0.0.1:{kafka}"
 # Tansu answers a fetch only after its full wait: keep it short for latency,
 # and let idle consumers pause instead of polling (see core::pacing).
-fetch_wait_max = "10ms"
+fetch_wait_max = "5ms"
 idle_fetch_interval = "250ms"
 idle_after = "1s"
-# Every service runs in this process: one producer serves them all (the
-# gateway's event sink keeps its own).
-share_producer = true
 
 [topics]
 partitions = 3
@@ -326,12 +323,6 @@ impl LocalStack {
                 Ok(Err(e)) => tracing::warn!(service = name, error = %e, "stopped with an error"),
                 Err(_) => tracing::warn!(service = name, "did not stop within 30s"),
             }
-        }
-        // The services flushed it; it must not outlive the broker.
-        let kafka = self.common.kafka.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || triggers_core::kafka::forget_shared_producer(&kafka)).await
-        {
-            tracing::warn!(error = %e, "dropping the shared producer failed");
         }
         let processes = self.processes;
         let stopped = tokio::task::spawn_blocking(move || {

@@ -42,7 +42,7 @@ impl std::fmt::Debug for SchemaLog {
 impl SchemaLog {
     /// Opens the log and starts tailing it until `shutdown`.
     pub fn open(kafka: &KafkaConfig, topic: &str, shutdown: CancellationToken) -> Result<Self, RegistryError> {
-        let producer = triggers_core::kafka::shared_producer(kafka, "registry")?;
+        let producer = triggers_core::kafka::producer(kafka, "registry")?;
         let mut consumer_config = triggers_core::kafka::base_config(kafka, "registry");
         consumer_config
             .set("group.id", format!("triggers-registry-{}", ulid_like()))

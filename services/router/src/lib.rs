@@ -149,7 +149,7 @@ pub async fn start(
     consumer.subscribe(&[&common.topics.events()])?;
     let pipeline = pipeline::Pipeline {
         consumer: Arc::new(consumer),
-        producer: triggers_core::kafka::shared_producer(&common.kafka, "router")?,
+        producer: triggers_core::kafka::producer(&common.kafka, "router")?,
         codec,
         topics: common.topics.clone(),
         follower,
