@@ -10,12 +10,8 @@ use crate::support::{Received, Receiver, env, env_with, verify};
 
 /// The events of type `kind` in the requests, flattening batches.
 fn events_of(requests: &[Received], kind: &str) -> Vec<Value> {
-    requests
-        .iter()
-        .flat_map(|r| match serde_json::from_slice(&r.body).unwrap_or(Value::Null) {
-            Value::Array(events) => events,
-            one => vec![one],
-        })
+    crate::support::events_in(requests)
+        .into_iter()
         .filter(|e| e["type"] == kind)
         .collect()
 }

@@ -297,13 +297,24 @@ impl Env {
     /// reaches the router asynchronously); the id of the event it got.
     pub async fn ingest_until_received(&self, receiver: &Receiver, event: Value) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut sent = Vec::new();
         while receiver.count() == 0 {
             assert!(Instant::now() < deadline, "the subscription never received anything");
-            self.ingest(event.clone()).await;
+            sent.push(self.ingest(event.clone()).await);
             let waited = Instant::now() + Duration::from_millis(500);
             while receiver.count() == 0 && Instant::now() < waited {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+        }
+        // Every warm-up sent arrives before the caller scripts the receiver,
+        // so a late one cannot take an answer meant for the test's events.
+        while !sent.iter().all(|id| {
+            events_in(&receiver.received.lock())
+                .iter()
+                .any(|e| e["id"].as_str() == Some(id.as_str()))
+        }) {
+            assert!(Instant::now() < deadline, "warm-up events still missing");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let first = receiver.received.lock()[0].clone();
         first.header("webhook-id").unwrap_or_default().to_owned()
@@ -366,4 +377,15 @@ impl Env {
             assert!(Instant::now() < deadline, "no such outcome for {id}: {outcomes:?}");
         }
     }
+}
+
+/// Every event in `requests`, single or batched.
+pub fn events_in(requests: &[Received]) -> Vec<Value> {
+    requests
+        .iter()
+        .flat_map(|r| match serde_json::from_slice(&r.body).unwrap_or(Value::Null) {
+            Value::Array(events) => events,
+            one => vec![one],
+        })
+        .collect()
 }
