@@ -174,7 +174,7 @@ allow_networks = ["127.0.0.0/8", "::1/128"]
 
 [telemetry]
 log_format = "pretty"
-log_level = "info,actix_server=warn,aws_config=warn,rdkafka=warn"
+log_level = "info,actix_server=warn,aws_config=warn,rdkafka=warn,triggers_core::kafka=warn"
 "#,
         kafka = options.kafka_port,
         dynamo = options.dynamodb_port,
