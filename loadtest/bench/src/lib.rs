@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use triggers_local::LocalOptions;
+use triggers_core::config::ConfigSource;
+use triggers_local::{LocalOptions, LocalStack};
 use triggers_stack::free_port;
 
 /// The whole local pipeline on free ports with its data in `dir`: quiet
@@ -27,6 +28,47 @@ pub fn local_options(dir: &Path) -> anyhow::Result<LocalOptions> {
         receiver_port: port()?,
         env: defaults.into_iter().chain(settings).collect(),
         ..LocalOptions::new(dir)
+    })
+}
+
+/// A benchmark's local stack and what must live as long as it.
+#[derive(Debug)]
+pub struct Local {
+    /// The running stack.
+    pub stack: LocalStack,
+    /// The configuration it runs with.
+    pub source: ConfigSource,
+    /// The temporary data folder (and the log output, if any): keep them
+    /// bound until the stack stopped.
+    pub guards: Guards,
+}
+
+/// The temporary data folder and log output of a [`Local`].
+#[derive(Debug)]
+pub struct Guards {
+    _dir: tempfile::TempDir,
+    _telemetry: Option<triggers_core::telemetry::TelemetryGuard>,
+}
+
+/// Starts the whole local pipeline ([`local_options`]) with its data in a
+/// temporary folder; `logs` names the process when its logs should be
+/// written (at `TRIGGERS_TELEMETRY__LOG_LEVEL`, `error` by default).
+pub async fn start_local(logs: Option<&str>) -> anyhow::Result<Local> {
+    let dir = tempfile::tempdir()?;
+    let options = local_options(dir.path())?;
+    let source = triggers_local::load_config(&options)?;
+    let telemetry = match logs {
+        Some(name) => Some(triggers_core::telemetry::init(&source.common()?.telemetry, name)?),
+        None => None,
+    };
+    let stack = triggers_local::start(&options, &source).await?;
+    Ok(Local {
+        stack,
+        source,
+        guards: Guards {
+            _dir: dir,
+            _telemetry: telemetry,
+        },
     })
 }
 

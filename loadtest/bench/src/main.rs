@@ -302,10 +302,9 @@ async fn ramp(args: &Args, url: &str, key: &str, body: Arc<String>, start_rate: 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let dir = tempfile::tempdir()?;
-    let options = triggers_bench::local_options(dir.path())?;
-    let source = triggers_local::load_config(&options)?;
-    let stack = triggers_local::start(&options, &source).await?;
+    let triggers_bench::Local {
+        stack, guards: _guards, ..
+    } = triggers_bench::start_local(None).await?;
     println!("# Ingest benchmark\n");
     println!(
         "Machine: {} cores; broker, DynamoDB Local, every service and the load generator on it.\n",

@@ -88,11 +88,11 @@ fn clock_ticks() -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let dir = tempfile::tempdir()?;
-    let options = triggers_bench::local_options(dir.path())?;
-    let source = triggers_local::load_config(&options)?;
-    let _telemetry = triggers_core::telemetry::init(&source.common()?.telemetry, "idle-bench")?;
-    let stack = triggers_local::start(&options, &source).await?;
+    let triggers_bench::Local {
+        stack,
+        source,
+        guards: _guards,
+    } = triggers_bench::start_local(Some("idle-bench")).await?;
     let kafka = source.common()?.kafka;
 
     // One event through the whole pipeline, so every consumer has worked once.

@@ -36,10 +36,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let dir = tempfile::tempdir()?;
-    let options = triggers_bench::local_options(dir.path())?;
-    let source = triggers_local::load_config(&options)?;
-    let stack = triggers_local::start(&options, &source).await?;
+    let triggers_bench::Local {
+        stack, guards: _guards, ..
+    } = triggers_bench::start_local(None).await?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let base = stack.endpoints.gateway_url.clone();
     let key = Arc::new(stack.demo.api_key.clone());
