@@ -119,20 +119,6 @@ impl Pacer {
         }
     }
 
-    /// Puts the consumer at full speed now, for at least `idle_after`: for a
-    /// caller that knows records are coming (it just wrote one).
-    pub fn wake<C: ConsumerContext, K: Consumer<C>>(&mut self, consumer: &K) {
-        if self.settings.is_none() {
-            return;
-        }
-        // A look (Probing) has its partitions resumed already.
-        if matches!(self.state, State::Paused { .. } | State::Waking) {
-            tracing::debug!("woken: resuming fetches");
-            resume(consumer);
-        }
-        self.state = State::Active { since: Instant::now() };
-    }
-
     /// Pauses an idle consumer, or resumes a paused one for a look.
     pub fn act<C: ConsumerContext, K: Consumer<C>>(&mut self, consumer: &K) {
         let Some(settings) = self.settings else { return };

@@ -9,7 +9,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use triggers_core::config::KafkaConfig;
 use triggers_core::kafka::ConsumerLog;
@@ -26,8 +26,6 @@ pub struct SchemaLog {
     consumer: Arc<StreamConsumer<ConsumerLog>>,
     /// The offset after the last applied record.
     applied: watch::Receiver<i64>,
-    /// Wakes a paced reader: a record is about to be awaited.
-    wake: Arc<Notify>,
     produce_timeout: Duration,
 }
 
@@ -47,8 +45,7 @@ impl SchemaLog {
         consumer_config
             .set("group.id", format!("triggers-registry-{}", ulid_like()))
             .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", kafka.fetch_wait_max.as_millis().to_string());
-        triggers_core::kafka::paced(kafka, &mut consumer_config);
+            .set("fetch.wait.max.ms", tail_fetch_wait(kafka).as_millis().to_string());
         let consumer: StreamConsumer<ConsumerLog> = consumer_config
             .create_with_context(ConsumerLog::new("registry"))
             .map_err(RegistryError::Kafka)?;
@@ -60,23 +57,13 @@ impl SchemaLog {
         let consumer = Arc::new(consumer);
         let state = Arc::new(RwLock::new(State::default()));
         let (applied_tx, applied) = watch::channel(0_i64);
-        let wake = Arc::new(Notify::new());
-        let pacer = triggers_core::pacing::Pacer::new(kafka);
-        tokio::spawn(tail(
-            consumer.clone(),
-            pacer,
-            wake.clone(),
-            state.clone(),
-            applied_tx,
-            shutdown,
-        ));
+        tokio::spawn(tail(consumer.clone(), state.clone(), applied_tx, shutdown));
         Ok(Self {
             topic: topic.to_owned(),
             state,
             producer,
             consumer,
             applied,
-            wake,
             produce_timeout: kafka.produce_timeout,
         })
     }
@@ -101,9 +88,6 @@ impl SchemaLog {
     /// Waits until the record at `offset - 1` and all before it are applied.
     async fn wait_applied(&self, offset: i64, timeout: Duration) -> Result<(), RegistryError> {
         let mut applied = self.applied.clone();
-        if *applied.borrow() < offset {
-            self.wake.notify_one();
-        }
         tokio::time::timeout(timeout, applied.wait_for(|next| *next >= offset))
             .await
             .map_err(|_| RegistryError::Unavailable("the schema log did not catch up in time".to_owned()))?
@@ -137,8 +121,6 @@ impl SchemaLog {
 
 async fn tail(
     consumer: Arc<StreamConsumer<ConsumerLog>>,
-    mut pacer: triggers_core::pacing::Pacer,
-    wake: Arc<Notify>,
     state: Arc<RwLock<State>>,
     applied: watch::Sender<i64>,
     shutdown: CancellationToken,
@@ -146,19 +128,10 @@ async fn tail(
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return,
-            () = wake.notified() => {
-                pacer.wake(consumer.as_ref());
-                continue;
-            }
-            () = pacer.due() => {
-                pacer.act(consumer.as_ref());
-                continue;
-            }
             message = consumer.recv() => message,
         };
         match message {
             Ok(message) => {
-                pacer.saw_record();
                 let key = message.key().and_then(|k| serde_json::from_slice::<LogKey>(k).ok());
                 if let Some(key) = key {
                     state.write().apply(&key, message.payload());
@@ -170,12 +143,25 @@ async fn tail(
                 }
                 applied.send_replace(message.offset() + 1);
             }
-            Err(KafkaError::PartitionEOF(_)) => pacer.saw_end(),
+            Err(KafkaError::PartitionEOF(_)) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "error reading the schema log; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+/// The tail's fetch wait. Where idle consumers are paced (Tansu, which
+/// answers a fetch only after its full wait), the tail is not: a writer waits
+/// for its own record to be read back, and a paused reader made that wait
+/// miss the callers' timeouts. It polls at a calmer 100 ms instead (about
+/// ten fetches a second); elsewhere it uses the common wait.
+fn tail_fetch_wait(kafka: &KafkaConfig) -> Duration {
+    if kafka.idle_fetch_interval.is_zero() {
+        kafka.fetch_wait_max
+    } else {
+        kafka.fetch_wait_max.max(Duration::from_millis(100))
     }
 }
 
