@@ -134,6 +134,8 @@ pub struct LocalStack {
     pub received: receiver::Received,
     services: Vec<ServiceTask>,
     services_shutdown: CancellationToken,
+    registry: ServiceTask,
+    registry_shutdown: CancellationToken,
     processes: Vec<ChildProcess>,
 }
 
@@ -238,10 +240,13 @@ pub async fn start(options: &LocalOptions, source: &ConfigSource) -> Result<Loca
         }
     };
 
-    let registry = triggers_registry::start(&common.kafka, &registry_config, shutdown.clone())
+    // The registry stops last: services that drain at shutdown may still
+    // look up or register schemas.
+    let registry_shutdown = CancellationToken::new();
+    let registry = triggers_registry::start(&common.kafka, &registry_config, registry_shutdown.clone())
         .await
         .map_err(|e| service_error("registry")(&e))?;
-    services.push(("registry", Box::pin(async move { flatten(registry.task.await) })));
+    let registry: ServiceTask = ("registry", Box::pin(async move { flatten(registry.task.await) }));
 
     let receiver_url = format!("http://127.0.0.1:{}/webhooks/demo", options.receiver_port);
     let demo = seed::ensure(data, &common, &dynamo, &tables, &receiver_url).await?;
@@ -300,6 +305,8 @@ pub async fn start(options: &LocalOptions, source: &ConfigSource) -> Result<Loca
         received,
         services,
         services_shutdown: shutdown,
+        registry,
+        registry_shutdown,
         processes,
     })
 }
@@ -312,18 +319,26 @@ fn flatten<E1: std::fmt::Display, E2: std::fmt::Display>(result: Result<Result<(
     }
 }
 
+/// Waits for a service that was told to stop.
+async fn stop_service((name, task): ServiceTask) {
+    match tokio::time::timeout(Duration::from_secs(30), task).await {
+        Ok(Ok(())) => tracing::info!(service = name, "stopped"),
+        Ok(Err(e)) => tracing::warn!(service = name, error = %e, "stopped with an error"),
+        Err(_) => tracing::warn!(service = name, "did not stop within 30s"),
+    }
+}
+
 impl LocalStack {
-    /// Stops the services (they drain and store offsets), then the broker
-    /// and DynamoDB Local.
+    /// Stops the services (they drain and store offsets), then the schema
+    /// registry, then the broker and DynamoDB Local.
     pub async fn stop(self) {
         self.services_shutdown.cancel();
-        for (name, task) in self.services {
-            match tokio::time::timeout(Duration::from_secs(30), task).await {
-                Ok(Ok(())) => tracing::info!(service = name, "stopped"),
-                Ok(Err(e)) => tracing::warn!(service = name, error = %e, "stopped with an error"),
-                Err(_) => tracing::warn!(service = name, "did not stop within 30s"),
-            }
+        for service in self.services {
+            stop_service(service).await;
         }
+        // Only now: the services above may have looked up schemas while draining.
+        self.registry_shutdown.cancel();
+        stop_service(self.registry).await;
         let processes = self.processes;
         let stopped = tokio::task::spawn_blocking(move || {
             for mut process in processes {
