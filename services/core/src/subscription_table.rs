@@ -22,6 +22,9 @@ pub struct Compiled {
     pub subscription: Subscription,
     /// Its compiled filter.
     pub filter: Option<Filter>,
+    /// Why its filter does not compile, if it does not: then it matches
+    /// nothing (fail closed) rather than everything.
+    pub invalid_filter: Option<String>,
     /// Its parsed patterns.
     pub patterns: Vec<TypePattern>,
 }
@@ -80,17 +83,23 @@ impl SubscriptionTable {
             return false;
         }
         self.remove(&subscription.id);
-        let filter = subscription
-            .filter
-            .as_deref()
-            .and_then(|text| serde_json::from_str::<Value>(text).ok())
-            .and_then(|value| match Filter::compile(&value) {
-                Ok(filter) => Some(filter),
-                Err(e) => {
-                    tracing::warn!(subscription = %subscription.id, error = %e, "ignoring an invalid filter");
-                    None
-                }
-            });
+        let compiled = subscription.filter.as_deref().map(|text| {
+            serde_json::from_str::<Value>(text)
+                .map_err(|e| format!("not JSON: {e}"))
+                .and_then(|value| Filter::compile(&value).map_err(|e| e.to_string()))
+        });
+        let (filter, invalid_filter) = match compiled {
+            None => (None, None),
+            Some(Ok(filter)) => (Some(filter), None),
+            Some(Err(e)) => {
+                tracing::warn!(
+                    subscription = %subscription.id,
+                    error = %e,
+                    "a subscription's filter does not compile; it matches nothing until it is fixed"
+                );
+                (None, Some(e))
+            }
+        };
         let patterns: Vec<TypePattern> = subscription
             .event_types
             .iter()
@@ -109,6 +118,7 @@ impl SubscriptionTable {
             Arc::new(Compiled {
                 subscription,
                 filter,
+                invalid_filter,
                 patterns,
             }),
         );
@@ -175,7 +185,7 @@ impl SubscriptionTable {
             .into_iter()
             .filter_map(|id| self.subscriptions.get(&id))
             .filter(|c| c.subscription.is_active())
-            .filter(|c| c.filter.as_ref().is_none_or(|f| f.matches(event)))
+            .filter(|c| c.invalid_filter.is_none() && c.filter.as_ref().is_none_or(|f| f.matches(event)))
             .cloned()
             .collect();
         matched.sort_by_key(|c| c.subscription.id);

@@ -35,6 +35,25 @@ fn ids(matched: Vec<Arc<Compiled>>) -> Vec<SubscriptionId> {
 }
 
 #[test]
+fn a_filter_that_does_not_compile_matches_nothing() {
+    let tenant = TenantId::new();
+    let mut table = SubscriptionTable::new();
+    let mut not_json = subscription(tenant, &["*"], None);
+    not_json.filter = Some("{not json".to_owned());
+    let unknown_operator = subscription(tenant, &["*"], Some(json!({"field": "data.x", "resembles": 1})));
+    let fine = subscription(tenant, &["*"], None);
+    for s in [&not_json, &unknown_operator, &fine] {
+        table.upsert(s.clone());
+    }
+    assert_eq!(
+        ids(table.matching(&event(tenant, "a.b", json!({"x": 1})))),
+        vec![fine.id]
+    );
+    let held = table.get(&not_json.id).map(|c| c.invalid_filter.is_some());
+    assert_eq!(held, Some(true), "the reason is kept");
+}
+
+#[test]
 fn types_filters_tenants_and_status() {
     let (a, b) = (TenantId::new(), TenantId::new());
     let mut table = SubscriptionTable::new();
