@@ -546,8 +546,13 @@ pub struct TopicsConfig {
     pub namespace: String,
     /// Partitions of each topic when provisioning creates it.
     pub partitions: i32,
-    /// Replication factor when provisioning creates a topic (3 on MSK).
+    /// Replication factor when provisioning creates a topic: 3 (MSK across
+    /// three zones); 1 for a single local broker.
     pub replication_factor: i32,
+    /// `min.insync.replicas` of the topics provisioning creates when
+    /// `replication_factor` > 1: 2, so an `acks=all` write survives one
+    /// broker loss and a 202 is never backed by a single copy.
+    pub min_insync_replicas: i32,
     /// How long `<ns>.events` keeps records: the replay window.
     #[serde(with = "humantime_serde")]
     pub events_retention: Duration,
@@ -567,7 +572,8 @@ impl Default for TopicsConfig {
         Self {
             namespace: "triggers".to_owned(),
             partitions: 6,
-            replication_factor: 1,
+            replication_factor: 3,
+            min_insync_replicas: 2,
             events_retention: Duration::from_secs(7 * 86_400),
             deliveries_retention: Duration::from_secs(7 * 86_400),
             dlq_retention: Duration::from_secs(14 * 86_400),
@@ -611,6 +617,11 @@ impl TopicsConfig {
     pub fn outcomes(&self) -> String {
         format!("{}.outcomes", self.namespace)
     }
+    /// `<ns>.quarantine`: records a service can never process, set aside
+    /// with the reason ([`crate::quarantine`]).
+    pub fn quarantine(&self) -> String {
+        format!("{}.quarantine", self.namespace)
+    }
 }
 
 /// A short name for a tier delay: `5s`, `2m`, `1h`, `24h`.
@@ -651,6 +662,14 @@ impl Validate for TopicsConfig {
             issues.push(ConfigIssue::new(
                 join(prefix, "replication_factor"),
                 "must be between 1 and 16",
+            ));
+        }
+        if (1..=16).contains(&self.replication_factor)
+            && !(1..=self.replication_factor).contains(&self.min_insync_replicas)
+        {
+            issues.push(ConfigIssue::new(
+                join(prefix, "min_insync_replicas"),
+                "must be between 1 and replication_factor",
             ));
         }
         let day = Duration::from_secs(86_400);

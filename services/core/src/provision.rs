@@ -65,13 +65,21 @@ pub struct TopicSpec {
 
 /// Every topic of a deployment, including the registry's `schemas_topic`.
 pub fn topic_specs(topics: &TopicsConfig, schemas_topic: &str) -> Vec<TopicSpec> {
+    // With replicas to spare, an acknowledged write is on at least
+    // `min_insync_replicas` of them (the producer uses acks=all).
+    let durability = |mut configs: BTreeMap<&'static str, String>| {
+        if topics.replication_factor > 1 {
+            configs.insert("min.insync.replicas", topics.min_insync_replicas.to_string());
+        }
+        configs
+    };
     let retention = |d: Duration| {
-        BTreeMap::from([
+        durability(BTreeMap::from([
             ("cleanup.policy", "delete".to_owned()),
             ("retention.ms", d.as_millis().to_string()),
-        ])
+        ]))
     };
-    let compacted = || BTreeMap::from([("cleanup.policy", "compact".to_owned())]);
+    let compacted = || durability(BTreeMap::from([("cleanup.policy", "compact".to_owned())]));
     let spec = |name: String, partitions: i32, configs| TopicSpec {
         name,
         partitions,
@@ -81,6 +89,7 @@ pub fn topic_specs(topics: &TopicsConfig, schemas_topic: &str) -> Vec<TopicSpec>
     let mut specs = vec![
         spec(topics.events(), n, retention(topics.events_retention)),
         spec(topics.events_invalid(), n, retention(topics.events_retention)),
+        spec(topics.quarantine(), n, retention(topics.events_retention)),
         spec(topics.subscriptions(), n, compacted()),
         spec(topics.deliveries(), n, retention(topics.deliveries_retention)),
         spec(topics.dlq(), n, retention(topics.dlq_retention)),
@@ -300,4 +309,51 @@ pub async fn provision_all(
     .await?;
     provision_tables(dynamo, tables, &mut report).await?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigIssue, Validate};
+
+    #[test]
+    fn production_defaults_replicate_three_times_with_two_in_sync() {
+        let topics = TopicsConfig::default();
+        assert_eq!((topics.replication_factor, topics.min_insync_replicas), (3, 2));
+        for spec in topic_specs(&topics, "_schemas") {
+            assert_eq!(
+                spec.configs.get("min.insync.replicas").map(String::as_str),
+                Some("2"),
+                "{}",
+                spec.name
+            );
+        }
+        // One local broker: nothing to ask of replicas that do not exist.
+        let single = TopicsConfig {
+            replication_factor: 1,
+            min_insync_replicas: 1,
+            ..TopicsConfig::default()
+        };
+        assert!(
+            topic_specs(&single, "_schemas")
+                .iter()
+                .all(|spec| !spec.configs.contains_key("min.insync.replicas"))
+        );
+    }
+
+    #[test]
+    fn min_insync_replicas_may_not_exceed_the_replicas() {
+        let topics = TopicsConfig {
+            replication_factor: 1,
+            ..TopicsConfig::default()
+        };
+        let mut issues: Vec<ConfigIssue> = Vec::new();
+        topics.validate("topics", &mut issues);
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.to_string().contains("topics.min_insync_replicas")),
+            "{issues:?}"
+        );
+    }
 }

@@ -161,6 +161,9 @@ idle_after = "1s"
 
 [topics]
 partitions = 3
+# One broker.
+replication_factor = 1
+min_insync_replicas = 1
 
 [dynamodb]
 endpoint = "http://127.0.0.1:{dynamo}"

@@ -90,6 +90,9 @@ session_timeout = "6s"
 [topics]
 namespace = "{namespace}"
 partitions = 2
+# One broker.
+replication_factor = 1
+min_insync_replicas = 1
 retry_tiers = ["1s", "2s", "4s"]
 
 [dynamodb]

@@ -98,6 +98,11 @@ fn every_invalid_setting_is_named() {
         ("TRIGGERS_TOPICS__PARTITIONS", "0", "topics.partitions"),
         ("TRIGGERS_TOPICS__PARTITIONS", "many", "topics.partitions"),
         ("TRIGGERS_TOPICS__REPLICATION_FACTOR", "0", "topics.replication_factor"),
+        (
+            "TRIGGERS_TOPICS__MIN_INSYNC_REPLICAS",
+            "4",
+            "topics.min_insync_replicas",
+        ),
         ("TRIGGERS_TOPICS__EVENTS_RETENTION", "1s", "topics.events_retention"),
         (
             "TRIGGERS_TOPICS__DELIVERIES_RETENTION",

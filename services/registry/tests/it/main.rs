@@ -33,10 +33,17 @@ impl Env {
             .and_then(|s| s.common())
             .unwrap_or_else(|e| panic!("{e}"));
         let topic = format!("{namespace}._schemas");
-        let spec = triggers_core::provision::topic_specs(&TopicsConfig::default(), &topic)
-            .into_iter()
-            .filter(|s| s.name == topic)
-            .collect::<Vec<TopicSpec>>();
+        let spec = triggers_core::provision::topic_specs(
+            &TopicsConfig {
+                replication_factor: 1,
+                min_insync_replicas: 1,
+                ..TopicsConfig::default()
+            },
+            &topic,
+        )
+        .into_iter()
+        .filter(|s| s.name == topic)
+        .collect::<Vec<TopicSpec>>();
         provision_topics(&common.kafka, &spec, 1, &mut ProvisionReport::default())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
