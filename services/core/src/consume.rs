@@ -1,10 +1,31 @@
 //! The at-least-once consume loop shared by consumers whose records may be
-//! worked on concurrently and in any order: up to `max_in_flight` records at
-//! once, each offset stored only as part of its partition's contiguous done
-//! prefix, and on shutdown: stop reading, finish what is in flight (within a
-//! grace period), store, commit synchronously.
+//! worked on concurrently and in any order.
+//!
+//! - **Slots.** Up to `max_in_flight` records are worked on at once. A
+//!   handler that only waits (an ordered delivery waiting for its turn) may
+//!   [`Slot::free`] its slot: it stays in flight for its offset, but no
+//!   longer holds back other records. Records that wait that way are bounded
+//!   too (`max_in_flight` × [`WAITING_FACTOR`]), as are the payload bytes in
+//!   memory (`max_bytes`).
+//! - **Never stop polling.** Records read while every slot is busy wait in a
+//!   small backlog; when it is full (or a bound above is reached) the
+//!   consumer *pauses* its partitions and goes on polling, so a consumer
+//!   whose handlers all sleep for minutes serves rebalances and stays within
+//!   `max.poll.interval.ms` instead of being evicted from its group (which
+//!   would read its records again, and again).
+//! - **Offsets.** Each offset is stored only as part of its partition's
+//!   contiguous done prefix.
+//! - **Failures.** A handler that panics is run again with backoff; after
+//!   [`HANDLER_ATTEMPTS`] tries, or when it reports a record it can never
+//!   process ([`Handled::Poison`]), the record goes to the quarantine topic
+//!   and counts as done, so one bad record cannot freeze its partition.
+//! - **Shutdown.** Stop reading, finish what is in flight (within a grace
+//!   period), store, commit synchronously.
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -13,30 +34,119 @@ use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::offsets::OffsetTracker;
 use crate::pacing::Pacer;
+use crate::quarantine::{Poison, Quarantine};
+
+/// How often a panicking handler is run before its record is quarantined.
+pub const HANDLER_ATTEMPTS: u32 = 4;
+/// Records that freed their slot may number this many times the slots.
+pub const WAITING_FACTOR: usize = 16;
+
+/// What became of a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// Its effect is done: its offset may be stored.
+    Done,
+    /// Shutdown came first: it will be read again.
+    Stopped,
+    /// It can never be processed: quarantine it, then count it as done.
+    Poison(Poison),
+}
+
+/// The bounds of one consume loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Records worked on at once.
+    pub max_in_flight: usize,
+    /// Payload bytes read and not yet done (in flight, waiting, backlog);
+    /// beyond it the consumer pauses. A single record larger than this is
+    /// still taken alone.
+    pub max_bytes: usize,
+    /// How long shutdown waits for the records in flight.
+    pub grace: Duration,
+}
+
+impl Limits {
+    /// `max_in_flight` records, 256 MiB, `grace`.
+    pub fn new(max_in_flight: usize, grace: Duration) -> Self {
+        Self {
+            max_in_flight: max_in_flight.max(1),
+            max_bytes: 256 << 20,
+            grace,
+        }
+    }
+}
+
+/// A record's hold on one of the loop's slots, and the shutdown signal.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    shutdown: CancellationToken,
+    freed: Arc<AtomicBool>,
+    waiting: Arc<AtomicUsize>,
+    wake: Arc<Notify>,
+}
+
+impl Slot {
+    /// Stops when this is cancelled.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// From now on the record only waits: another record may take its slot.
+    /// It stays in flight (its offset is stored when it is done).
+    pub fn free(&self) {
+        if !self.freed.swap(true, Ordering::AcqRel) {
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+            self.wake.notify_one();
+        }
+    }
+
+    fn settle(&self) {
+        if self.freed.load(Ordering::Acquire) {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A read record waiting for a slot.
+struct Pending {
+    message: OwnedMessage,
+    bytes: usize,
+}
+
+fn size(message: &OwnedMessage) -> usize {
+    message.payload().map_or(0, <[u8]>::len) + message.key().map_or(0, <[u8]>::len)
+}
 
 /// Runs `handle` on every record until `shutdown`, with `pacer` pausing the
-/// consumer while it is idle; `handle` gets the record and the shutdown
-/// token. It resolves `true` when the record's effect is
-/// done (its offset may be stored), `false` when it gave up because of
-/// shutdown (it will be read again).
+/// consumer while it is idle or full. `handle` gets the record and its
+/// [`Slot`]; poison records go to `quarantine`.
 pub async fn run<C, F, Fut>(
     consumer: &StreamConsumer<C>,
     mut pacer: Pacer,
-    max_in_flight: usize,
+    limits: Limits,
+    quarantine: Quarantine,
     shutdown: CancellationToken,
-    grace: Duration,
     handle: F,
 ) where
     C: ConsumerContext + 'static,
-    F: Fn(OwnedMessage, CancellationToken) -> Fut,
-    Fut: Future<Output = bool> + Send + 'static,
+    F: Fn(OwnedMessage, Slot) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Handled> + Send + 'static,
 {
+    let handle = Arc::new(handle);
+    let quarantine = Arc::new(quarantine);
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let wake = Arc::new(Notify::new());
+    let max = limits.max_in_flight;
+    let max_total = max.saturating_mul(WAITING_FACTOR + 1);
     let mut tracker = OffsetTracker::new();
     let mut in_flight = FuturesUnordered::new();
+    let mut backlog: VecDeque<Pending> = VecDeque::new();
+    let mut bytes = 0usize;
     let store = |tracker: &mut OffsetTracker, (topic, partition, offset, done): (String, i32, i64, bool)| {
         if !done {
             return;
@@ -48,12 +158,41 @@ pub async fn run<C, F, Fut>(
         }
     };
     loop {
+        // Start what the slots allow, oldest first.
+        while in_flight.len().saturating_sub(waiting.load(Ordering::Acquire)) < max
+            && in_flight.len() < max_total
+            && let Some(next) = backlog.pop_front()
+        {
+            let slot = Slot {
+                shutdown: shutdown.clone(),
+                freed: Arc::new(AtomicBool::new(false)),
+                waiting: waiting.clone(),
+                wake: wake.clone(),
+            };
+            // Started here, in read order (handlers may take turns as they start).
+            let first = AbortOnDrop(tokio::spawn(handle(next.message.clone(), slot.clone())));
+            in_flight.push(work(first, next, slot, handle.clone(), quarantine.clone()));
+        }
+        // Pause while the backlog or memory is full; resume once half of it drained.
+        let full = backlog.len() >= max || in_flight.len() >= max_total || bytes >= limits.max_bytes;
+        if full && !pacer.is_held() {
+            pacer.hold(consumer);
+        } else if pacer.is_held() && !full && backlog.len() <= max / 2 && bytes <= limits.max_bytes / 2 {
+            pacer.release(consumer);
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some(result) = in_flight.next(), if !in_flight.is_empty() => store(&mut tracker, result),
+            Some((result, done_bytes)) = in_flight.next(), if !in_flight.is_empty() => {
+                bytes = bytes.saturating_sub(done_bytes);
+                store(&mut tracker, result);
+            }
+            // A slot was freed: start what waits for one.
+            () = wake.notified() => {}
             () = pacer.due() => pacer.act(consumer),
-            message = consumer.recv(), if in_flight.len() < max_in_flight => {
+            // Always polled, even when full (the partitions are paused then):
+            // polling keeps the consumer in its group.
+            message = consumer.recv() => {
                 let message = match message {
                     Ok(message) => {
                         pacer.saw_record();
@@ -69,30 +208,74 @@ pub async fn run<C, F, Fut>(
                         continue;
                     }
                 };
-                let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
-                tracker.start(&topic, partition, offset);
-                // Each record is its own task, so the work spreads over the
-                // runtime's threads instead of this loop's one.
-                let mut work = AbortOnDrop(tokio::spawn(handle(message, shutdown.clone())));
-                in_flight.push(async move {
-                    let done = (&mut work.0).await.unwrap_or_else(|e| {
-                        tracing::error!(error = %e, topic, partition, offset, "a record's handler failed");
-                        false
-                    });
-                    (topic, partition, offset, done)
-                });
+                tracker.start(message.topic(), message.partition(), message.offset());
+                let record_bytes = size(&message);
+                bytes += record_bytes;
+                backlog.push_back(Pending { message, bytes: record_bytes });
+                if pacer.is_held() {
+                    // Read although paused (a partition assigned meanwhile): pause it too.
+                    pacer.hold(consumer);
+                }
             }
         }
     }
     let drain = async {
-        while let Some(result) = in_flight.next().await {
+        while let Some((result, _)) = in_flight.next().await {
             store(&mut tracker, result);
         }
     };
-    if tokio::time::timeout(grace, drain).await.is_err() {
+    if tokio::time::timeout(limits.grace, drain).await.is_err() {
         tracing::warn!("stopped with records in flight; they will be read again");
     }
     final_commit(consumer);
+}
+
+/// One record's work: the handler (again, with backoff, if it panicked),
+/// then quarantine if it is poison. Resolves with its position, whether it
+/// is done, and its size.
+async fn work<F, Fut>(
+    first: AbortOnDrop,
+    pending: Pending,
+    slot: Slot,
+    handle: Arc<F>,
+    quarantine: Arc<Quarantine>,
+) -> ((String, i32, i64, bool), usize)
+where
+    F: Fn(OwnedMessage, Slot) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Handled> + Send + 'static,
+{
+    let Pending { message, bytes } = pending;
+    let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
+    let shutdown = slot.shutdown.clone();
+    let mut backoff = Duration::from_millis(200);
+    let mut attempt = 1;
+    let mut task = first;
+    let handled = loop {
+        match (&mut task.0).await {
+            Ok(handled) => break handled,
+            Err(e) if attempt < HANDLER_ATTEMPTS => {
+                tracing::error!(error = %e, topic, partition, offset, attempt, "a record's handler failed; trying again");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break Handled::Stopped,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff *= 4;
+                attempt += 1;
+                task = AbortOnDrop(tokio::spawn(handle(message.clone(), slot.clone())));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, topic, partition, offset, attempt, "a record's handler failed every time");
+                break Handled::Poison(Poison::new("handler_failed", e.to_string()));
+            }
+        }
+    };
+    slot.settle();
+    let done = match handled {
+        Handled::Done => true,
+        Handled::Stopped => false,
+        Handled::Poison(poison) => quarantine.put(&message, &poison, &shutdown).await,
+    };
+    ((topic, partition, offset, done), bytes)
 }
 
 /// Commits the stored offsets before the consumer goes. Nothing stored since
@@ -112,7 +295,7 @@ pub fn final_commit<C: ConsumerContext + 'static>(consumer: &StreamConsumer<C>) 
 
 /// A spawned handler that is aborted when dropped (after the shutdown grace
 /// period), like the future it replaces would have been.
-struct AbortOnDrop(tokio::task::JoinHandle<bool>);
+struct AbortOnDrop(tokio::task::JoinHandle<Handled>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -169,6 +169,17 @@ impl ConsumerContext for ConsumerLog {
     }
 }
 
+/// Why Kafka can never take a record, if that is what `error` says (the
+/// record is over `message.max.bytes`, or the topic's `max.message.bytes`);
+/// `None` for errors worth retrying.
+pub fn permanent_produce_error(error: &KafkaError) -> Option<&'static str> {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => Some("record_too_large"),
+        Some(RDKafkaErrorCode::InvalidRecord | RDKafkaErrorCode::InvalidMessage) => Some("record_invalid"),
+        _ => None,
+    }
+}
+
 /// An admin client, for provisioning and readiness checks.
 pub fn admin(config: &KafkaConfig, service: &str) -> Result<AdminClient<DefaultClientContext>, ClientError> {
     base_config(config, service)

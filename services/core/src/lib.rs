@@ -7,7 +7,9 @@
 //! - [`delivery`]: deliveries and outcomes.
 //! - [`offsets`]: the contiguous done watermark for storing offsets.
 //! - [`pacing`]: idle consumers pause their fetches (for Tansu, which does
-//!   not long-poll).
+//!   not long-poll), and full ones pause theirs while they keep polling.
+//! - [`consume`]: the at-least-once consume loop; [`quarantine`]: records
+//!   that can never be processed, set aside with the reason.
 //! - [`config`]: layered, validated configuration.
 //! - [`kafka`]: client builders that keep the delivery guarantees
 //!   (idempotent `acks=all` producer; consumers that store offsets only after
@@ -36,6 +38,7 @@ pub mod offsets;
 pub mod ops;
 pub mod pacing;
 pub mod provision;
+pub mod quarantine;
 pub mod shutdown;
 pub mod status;
 pub mod subscription;

@@ -21,6 +21,10 @@
 //! takes to pick a resumed partition up (~0.7 s measured on Tansu).
 //!
 //! Off by default: brokers that long-poll (MSK) need none of it.
+//!
+//! Whether pacing is on or off, the pacer also *holds* a consumer whose
+//! work is full ([`Pacer::hold`]): its partitions stay paused, whatever the
+//! idle timer says, until [`Pacer::release`].
 
 use std::future::Future;
 use std::time::Duration;
@@ -40,6 +44,7 @@ use crate::config::KafkaConfig;
 pub struct Pacer {
     settings: Option<Settings>,
     state: State,
+    held: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -81,7 +86,37 @@ impl Pacer {
         Self {
             settings,
             state: State::Active { since: Instant::now() },
+            held: false,
         }
+    }
+
+    /// Pauses every assigned partition until [`Pacer::release`]: the
+    /// consumer's work is full. Call again when a record came while held (a
+    /// partition assigned meanwhile is not paused yet).
+    pub fn hold<C: ConsumerContext, K: Consumer<C>>(&mut self, consumer: &K) {
+        self.held = true;
+        match consumer.assignment() {
+            Ok(assignment) => {
+                if let Err(e) = consumer.pause(&assignment) {
+                    tracing::debug!(error = %e, "cannot pause a full consumer");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "no assignment to hold"),
+        }
+    }
+
+    /// Ends a hold: resumes the partitions, unless idle pacing has them
+    /// paused (its timer resumes them).
+    pub fn release<C: ConsumerContext, K: Consumer<C>>(&mut self, consumer: &K) {
+        self.held = false;
+        if !matches!(self.state, State::Paused { .. }) {
+            resume(consumer);
+        }
+    }
+
+    /// Whether the consumer is held ([`Pacer::hold`]).
+    pub fn is_held(&self) -> bool {
+        self.held
     }
 
     /// Notes a record: the consumer is busy, so it stays at full speed.
@@ -104,8 +139,9 @@ impl Pacer {
 
     /// Resolves when [`Pacer::act`] is due; never when pacing is off. The
     /// future borrows nothing, so the loop may use the pacer meanwhile.
+    /// While held, never.
     pub fn due(&self) -> impl Future<Output = ()> + Send + 'static {
-        let deadline = self.settings.map(|settings| match self.state {
+        let deadline = self.settings.filter(|_| !self.held).map(|settings| match self.state {
             State::Active { since } => since + settings.idle_after,
             State::Paused { until } => until,
             State::Probing { since, ends, expected } if ends < expected => since + PROBE_LIMIT,
@@ -121,7 +157,9 @@ impl Pacer {
 
     /// Pauses an idle consumer, or resumes a paused one for a look.
     pub fn act<C: ConsumerContext, K: Consumer<C>>(&mut self, consumer: &K) {
-        let Some(settings) = self.settings else { return };
+        let Some(settings) = self.settings.filter(|_| !self.held) else {
+            return;
+        };
         let now = Instant::now();
         if let State::Probing { since, ends, expected } = self.state {
             tracing::trace!(

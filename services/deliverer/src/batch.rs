@@ -19,7 +19,7 @@ pub struct Member {
     /// Its trace context.
     pub traceparent: Option<Vec<u8>>,
     /// Resolved once the member's records are produced (`false` on shutdown).
-    pub done: oneshot::Sender<bool>,
+    pub done: oneshot::Sender<triggers_core::consume::Handled>,
 }
 
 #[derive(Debug)]
@@ -81,7 +81,7 @@ mod tests {
 
     use super::*;
 
-    fn member(subscription: SubscriptionId) -> (Member, oneshot::Receiver<bool>) {
+    fn member(subscription: SubscriptionId) -> (Member, oneshot::Receiver<triggers_core::consume::Handled>) {
         let (done, receiver) = oneshot::channel();
         let event = Event::new(triggers_core::ids::TenantId::new(), "t", "s", serde_json::Value::Null);
         let member = Member {

@@ -54,12 +54,14 @@ use tokio::sync::oneshot;
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, Contract};
 use triggers_core::config::{CommonConfig, ConfigIssue, TopicsConfig, Validate, validate_listen};
+use triggers_core::consume::{Handled, Limits, Slot};
 use triggers_core::delivery::{Delivery, Outcome, OutcomeKind};
 use triggers_core::dynamo::Tables;
 use triggers_core::event::{now_ms, rfc3339};
 use triggers_core::follower::Follower;
 use triggers_core::ids::{BatchId, SubscriptionId};
 use triggers_core::ops::{self, Readiness, RunningServer};
+use triggers_core::quarantine::{Poison, Quarantine};
 use triggers_core::subscription::{self, BatchSettings, Subscription, SubscriptionStatus};
 
 use crate::batch::{Batcher, Member};
@@ -227,8 +229,19 @@ pub fn next_attempt(
     let tier = usize::try_from(position).ok()?;
     let delay = tiers.get(tier)?;
     let jittered = delay.as_secs_f64() * (1.0 + jitter);
-    let wait = jittered.max(retry_after.unwrap_or(0) as f64);
-    Some((tier, now + (wait * 1000.0) as i64))
+    let asked = retry_after.unwrap_or(0).min(MAX_RETRY_AFTER.as_secs()) as f64;
+    let wait = jittered.max(asked);
+    Some((tier, now.saturating_add((wait * 1000.0) as i64)))
+}
+
+/// The longest `Retry-After` honoured: an endpoint asking for more (by
+/// mistake, or `3000000000`) is retried after an hour.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3_600);
+/// The jitter of retry delays, either way.
+const MAX_JITTER: f64 = 0.1;
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Deliveries of events younger than this skip the acknowledgement check on
@@ -244,6 +257,8 @@ struct Deliverer {
     producer: FutureProducer,
     codec: AvroCodec,
     topics: TopicsConfig,
+    /// The retry tiers' topics, shortest first.
+    retry_topics: Vec<String>,
     dynamo: aws_sdk_dynamodb::Client,
     tables: Tables,
     max_response_bytes: usize,
@@ -299,25 +314,72 @@ impl Deliverer {
         ordered.then(|| self.lanes.enqueue(id))
     }
 
-    async fn handle(self: &Arc<Self>, message: OwnedMessage, turn: Option<Turn>, shutdown: &CancellationToken) -> bool {
-        let Some(payload) = message.payload() else { return true };
+    /// The longest a record of `topic` may wait for its `not_before` in its
+    /// handler (holding a consumer slot): its tier's delay and jitter; none
+    /// on the main topic.
+    fn allowance(&self, topic: &str) -> i64 {
+        self.retry_topics
+            .iter()
+            .position(|t| t == topic)
+            .and_then(|tier| self.topics.retry_tiers.get(tier))
+            .map_or(0, |delay| millis(delay.mul_f64(1.0 + MAX_JITTER)))
+    }
+
+    /// A delivery due in more than its topic's allowance (a long
+    /// `Retry-After`) waits on the longest tier no longer than its wait, or,
+    /// if that is its own tier, for one tier delay and then again on it; it
+    /// is not an attempt. `None`: it may wait here.
+    async fn defer(
+        &self,
+        message: &OwnedMessage,
+        delivery: &Delivery,
+        shutdown: &CancellationToken,
+    ) -> Option<Handled> {
+        let wait = delivery.not_before - now_ms();
+        let allowance = self.allowance(message.topic());
+        if wait <= allowance || self.retry_topics.is_empty() {
+            return None;
+        }
+        let tier = self
+            .topics
+            .retry_tiers
+            .iter()
+            .rposition(|delay| millis(*delay) <= wait)
+            .unwrap_or(0);
+        let topic = &self.retry_topics[tier];
+        if topic == message.topic() && !sleep_until(now_ms() + allowance, shutdown).await {
+            return Some(Handled::Stopped);
+        }
+        metrics::counter!("triggers_deliverer_deferred_total").increment(1);
+        let key = delivery.subscription_id.to_string();
+        let records = self.encode(topic, Contract::Delivery, key, delivery).await;
+        Some(self.produce(records.into_iter().collect(), shutdown).await)
+    }
+
+    async fn handle(self: &Arc<Self>, message: OwnedMessage, turn: Option<Turn>, slot: Slot) -> Handled {
+        let shutdown = slot.shutdown();
+        let Some(payload) = message.payload() else {
+            return Handled::Done;
+        };
         let decoded = triggers_core::consume::retry("decode delivery", shutdown, || async {
             match self.codec.decode::<Delivery>(Contract::Delivery, payload).await {
-                Ok(d) => Ok(Some(d)),
+                Ok(d) => Ok(Ok(d)),
                 Err(e) if e.is_retriable() => Err(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, offset = message.offset(), "skipping an undecodable delivery");
-                    metrics::counter!("triggers_deliverer_skipped_total", "reason" => "undecodable").increment(1);
-                    Ok(None)
-                }
+                Err(e) => Ok(Err(Poison::new("undecodable", e.to_string()))),
             }
         })
         .await;
-        let Some(decoded) = decoded else { return false };
-        let Some(delivery) = decoded else { return true };
-        // Not before its time, without holding anything else up.
+        let delivery = match decoded {
+            None => return Handled::Stopped,
+            Some(Err(poison)) => return Handled::Poison(poison),
+            Some(Ok(delivery)) => delivery,
+        };
+        if let Some(deferred) = self.defer(&message, &delivery, shutdown).await {
+            return deferred;
+        }
+        // Not before its time (at most the topic's allowance).
         if !sleep_until(delivery.not_before, shutdown).await {
-            return false;
+            return Handled::Stopped;
         }
         let traceparent = message.headers().and_then(|h| {
             h.iter()
@@ -326,14 +388,17 @@ impl Deliverer {
         });
         match turn {
             Some(mut turn) => {
+                // Waiting for the lane holds no consumer slot: a blocked
+                // ordered subscription stalls itself, not the consumer.
+                slot.free();
                 tokio::select! {
-                    _ = shutdown.cancelled() => return false,
+                    _ = shutdown.cancelled() => return Handled::Stopped,
                     _ = turn.wait() => {}
                 }
                 // The turn is held (and the lane waits) until this returns.
-                self.deliver_in_order(delivery, traceparent, shutdown).await
+                self.deliver_in_order(delivery, traceparent, &slot).await
             }
-            None => self.deliver(delivery, traceparent, shutdown).await,
+            None => self.deliver(delivery, traceparent, &slot).await,
         }
     }
 
@@ -371,7 +436,7 @@ impl Deliverer {
         Ok(subscription)
     }
 
-    async fn skip(&self, delivery: &Delivery, reason: &'static str, shutdown: &CancellationToken) -> bool {
+    async fn skip(&self, delivery: &Delivery, reason: &'static str, shutdown: &CancellationToken) -> Handled {
         metrics::counter!("triggers_deliverer_skipped_total", "reason" => reason).increment(1);
         let outcome = self.outcome(delivery, OutcomeKind::Skipped, None, Some(reason.to_owned()));
         let records = self
@@ -386,20 +451,14 @@ impl Deliverer {
     }
 
     /// One delivery of an unordered subscription: alone, or into its batch.
-    async fn deliver(
-        self: &Arc<Self>,
-        delivery: Delivery,
-        traceparent: Option<Vec<u8>>,
-        shutdown: &CancellationToken,
-    ) -> bool {
+    async fn deliver(self: &Arc<Self>, delivery: Delivery, traceparent: Option<Vec<u8>>, slot: &Slot) -> Handled {
+        let shutdown = slot.shutdown();
         let subscription = match self.usable(&delivery).await {
             Ok(subscription) => subscription,
             Err(reason) => return self.skip(&delivery, reason, shutdown).await,
         };
         if let Some(batch) = subscription.batch.filter(|_| !delivery.replay) {
-            return self
-                .join_batch(&subscription, batch, delivery, traceparent, shutdown)
-                .await;
+            return self.join_batch(&subscription, batch, delivery, traceparent, slot).await;
         }
         // Without retry tiers there is nowhere to park: wait for a slot.
         let patience = (!self.topics.retry_tiers.is_empty()).then_some(self.park_after);
@@ -419,11 +478,11 @@ impl Deliverer {
     /// Its subscription has all its slots busy: the delivery waits on the
     /// first retry tier (not an attempt) instead of holding a consumer slot,
     /// so one slow endpoint cannot starve the others.
-    async fn park(&self, mut delivery: Delivery, shutdown: &CancellationToken) -> bool {
+    async fn park(&self, mut delivery: Delivery, shutdown: &CancellationToken) -> Handled {
         metrics::counter!("triggers_deliverer_parked_total").increment(1);
-        delivery.not_before = now_ms() + i64::try_from(self.park_delay.as_millis()).unwrap_or(1_000);
-        let Some(topic) = self.topics.retries().into_iter().next() else {
-            return false;
+        delivery.not_before = now_ms() + millis(self.park_delay);
+        let Some(topic) = self.retry_topics.first().cloned() else {
+            return Handled::Stopped;
         };
         let key = delivery.subscription_id.to_string();
         let records = self.encode(&topic, Contract::Delivery, key, &delivery).await;
@@ -432,12 +491,8 @@ impl Deliverer {
 
     /// One delivery of an ordered subscription: its retries happen in place
     /// (the lane waits), so a later event never overtakes an earlier one.
-    async fn deliver_in_order(
-        &self,
-        mut delivery: Delivery,
-        traceparent: Option<Vec<u8>>,
-        shutdown: &CancellationToken,
-    ) -> bool {
+    async fn deliver_in_order(&self, mut delivery: Delivery, traceparent: Option<Vec<u8>>, slot: &Slot) -> Handled {
+        let shutdown = slot.shutdown();
         loop {
             let subscription = match self.usable(&delivery).await {
                 Ok(subscription) => subscription,
@@ -449,12 +504,14 @@ impl Deliverer {
                 self.disable(&subscription).await;
             }
             let (records, next) = self.settle(&delivery, &result, verdict, true).await;
-            if !self.produce(records, shutdown).await {
-                return false;
-            }
-            let Some(next) = next else { return true };
+            let produced = self.produce(records, shutdown).await;
+            let Some(next) = next.filter(|_| produced == Handled::Done) else {
+                return produced;
+            };
+            // Waiting for the retry holds no consumer slot either.
+            slot.free();
             if !sleep_until(next.not_before, shutdown).await {
-                return false;
+                return Handled::Stopped;
             }
             delivery = next;
         }
@@ -468,8 +525,9 @@ impl Deliverer {
         settings: BatchSettings,
         delivery: Delivery,
         traceparent: Option<Vec<u8>>,
-        shutdown: &CancellationToken,
-    ) -> bool {
+        slot: &Slot,
+    ) -> Handled {
+        let shutdown = slot.shutdown();
         let (done, finished) = oneshot::channel();
         let member = Member {
             delivery,
@@ -492,7 +550,10 @@ impl Deliverer {
             let (deliverer, shutdown, id) = (self.clone(), shutdown.clone(), subscription.id);
             tokio::spawn(async move { deliverer.send_batch(id, members, &shutdown).await });
         }
-        finished.await.unwrap_or(false)
+        // Waiting for the batch to go holds no consumer slot (the batch's
+        // request holds one of its subscription's).
+        slot.free();
+        finished.await.unwrap_or(Handled::Stopped)
     }
 
     /// Sends a batch as one webhook (a JSON array, one signature, a batch
@@ -592,7 +653,7 @@ impl Deliverer {
                 )
             }
             Verdict::Retry => {
-                let jitter = rand::rng().random_range(-0.1..0.1);
+                let jitter = rand::rng().random_range(-MAX_JITTER..MAX_JITTER);
                 let error = result
                     .error
                     .clone()
@@ -765,26 +826,36 @@ impl Deliverer {
         tracing::info!(subscription = %seen.id, "disabled after 410 Gone");
     }
 
-    /// Produces the records and waits for Kafka; `false` on shutdown.
-    async fn produce(&self, records: Vec<Out>, shutdown: &CancellationToken) -> bool {
+    /// Produces the records and waits for Kafka: `Done`, `Stopped` on
+    /// shutdown, `Poison` when Kafka can never take one (too large).
+    async fn produce(&self, records: Vec<Out>, shutdown: &CancellationToken) -> Handled {
         for record in &records {
             let sent = triggers_core::consume::retry("produce", shutdown, || async {
-                self.producer
+                let sent = self
+                    .producer
                     .send(
                         FutureRecord::to(&record.topic)
                             .key(&record.key)
                             .payload(&record.payload),
                         rdkafka::util::Timeout::Never,
                     )
-                    .await
-                    .map_err(|(e, _)| e)
+                    .await;
+                match sent {
+                    Ok(_) => Ok(None),
+                    Err((e, _)) => match triggers_core::kafka::permanent_produce_error(&e) {
+                        Some(reason) => Ok(Some(Poison::new(reason, format!("{}: {e}", record.topic)))),
+                        None => Err(e),
+                    },
+                }
             })
             .await;
-            if sent.is_none() {
-                return false;
+            match sent {
+                None => return Handled::Stopped,
+                Some(Some(poison)) => return Handled::Poison(poison),
+                Some(None) => {}
             }
         }
-        true
+        Handled::Done
     }
 }
 
@@ -799,6 +870,22 @@ async fn read_at_most(mut response: reqwest::Response, limit: usize) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// The HTTP client of webhook requests: every address through the SSRF
+/// guard, no redirects followed, and no proxy from the environment
+/// (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`): a proxy would resolve and
+/// connect on the guard's behalf, so the guard would check nothing.
+pub fn webhook_client(config: &DelivererConfig, allow: &ssrf::AllowList) -> Result<reqwest::Client, DelivererError> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .dns_resolver(Arc::new(ssrf::GuardedResolver::new(allow.clone())))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(config.request_timeout)
+        .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
+        .pool_max_idle_per_host(config.max_in_flight_per_subscription)
+        .build()
+        .map_err(|e| DelivererError::Internal(e.to_string()))
+}
+
 /// Starts the deliverer: reads the subscription table to its end, then
 /// delivers from `<ns>.deliveries` and every retry tier until `shutdown`.
 pub async fn start(
@@ -807,14 +894,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningServer, DelivererError> {
     let allow = ssrf::AllowList::parse(&config.allow_networks).map_err(DelivererError::Internal)?;
-    let http = reqwest::Client::builder()
-        .dns_resolver(Arc::new(ssrf::GuardedResolver::new(allow.clone())))
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(config.request_timeout)
-        .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
-        .pool_max_idle_per_host(config.max_in_flight_per_subscription)
-        .build()
-        .map_err(|e| DelivererError::Internal(e.to_string()))?;
+    let http = webhook_client(config, &allow)?;
     let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
     let tables = Tables::new(&common.dynamodb.table_prefix);
     let codec = AvroCodec::new(&common.schema_registry)?;
@@ -838,6 +918,7 @@ pub async fn start(
         producer: triggers_core::kafka::producer(&common.kafka, "deliverer")?,
         codec,
         topics: common.topics.clone(),
+        retry_topics: common.topics.retries(),
         dynamo: dynamo.clone(),
         tables,
         max_response_bytes: 4096,
@@ -881,17 +962,14 @@ pub async fn start(
         )?;
         consumer.subscribe(&[&topic])?;
         let pacer = triggers_core::pacing::Pacer::new(&kafka);
-        let (deliverer, shutdown, max, grace) = (
-            deliverer.clone(),
-            shutdown.clone(),
-            config.max_in_flight,
-            config.shutdown_grace,
-        );
+        let limits = Limits::new(config.max_in_flight, config.shutdown_grace);
+        let quarantine = Quarantine::new(deliverer.producer.clone(), common.topics.quarantine(), "deliverer");
+        let (deliverer, shutdown) = (deliverer.clone(), shutdown.clone());
         workers.push(tokio::spawn(async move {
-            triggers_core::consume::run(&consumer, pacer, max, shutdown, grace, |message, shutdown| {
+            triggers_core::consume::run(&consumer, pacer, limits, quarantine, shutdown, move |message, slot| {
                 let deliverer = deliverer.clone();
                 let turn = deliverer.turn(&message);
-                async move { deliverer.handle(message, turn, &shutdown).await }
+                async move { deliverer.handle(message, turn, slot).await }
             })
             .await;
         }));
@@ -966,6 +1044,21 @@ mod tests {
         assert_eq!(next_attempt(&tiers, 0, Some(60), 0, 0.0), Some((0, 60_000)));
         assert_eq!(next_attempt(&tiers, 0, Some(2), 0, 0.0), Some((0, 5_000)));
         assert_eq!(next_attempt(&tiers, 0, None, 0, 0.1), Some((0, 5_500)));
+    }
+
+    #[test]
+    fn a_huge_retry_after_is_capped_and_never_overflows() {
+        let tiers: Vec<Duration> = [5, 30].into_iter().map(Duration::from_secs).collect();
+        let hour = i64::try_from(MAX_RETRY_AFTER.as_millis()).unwrap_or(i64::MAX);
+        assert_eq!(next_attempt(&tiers, 0, Some(3_000_000_000), 0, 0.0), Some((0, hour)));
+        assert_eq!(
+            next_attempt(&tiers, 1, Some(u64::MAX), 1_000, 0.0),
+            Some((1, 1_000 + hour))
+        );
+        assert_eq!(
+            next_attempt(&tiers, 0, Some(u64::MAX), i64::MAX - 10, 0.0),
+            Some((0, i64::MAX))
+        );
     }
 
     #[test]

@@ -23,11 +23,13 @@ use serde::{Deserialize, Serialize};
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, Contract};
 use triggers_core::config::{CommonConfig, ConfigIssue, Validate, validate_listen};
+use triggers_core::consume::{Handled, Limits};
 use triggers_core::delivery::Outcome;
 use triggers_core::dynamo::Tables;
 use triggers_core::event::Event;
 use triggers_core::eventstore;
 use triggers_core::ops::{self, Readiness, RunningServer};
+use triggers_core::quarantine::{Poison, Quarantine};
 use triggers_core::tenancy::TenantCache;
 
 use crate::writer::{Record, Writer};
@@ -136,63 +138,67 @@ struct Persister {
 }
 
 impl Persister {
-    /// Decodes a record: `None` on shutdown, `Some(None)` when it never will
-    /// decode (skipped, counted), else the value. Registry outages are waited out.
+    /// Decodes a record: `Err(Stopped)` on shutdown, `Err(Poison)` when it
+    /// never will decode, else the value. Registry outages are waited out.
     async fn decode<T: serde::de::DeserializeOwned>(
         &self,
         contract: Contract,
         message: &OwnedMessage,
         shutdown: &CancellationToken,
-    ) -> Option<Option<T>> {
+    ) -> Result<T, Handled> {
         let payload = message.payload().unwrap_or_default();
-        triggers_core::consume::retry("decode", shutdown, || async {
+        let decoded = triggers_core::consume::retry("decode", shutdown, || async {
             match self.codec.decode::<T>(contract, payload).await {
-                Ok(value) => Ok(Some(value)),
+                Ok(value) => Ok(Ok(value)),
                 Err(e) if e.is_retriable() => Err(e),
-                Err(e) => {
-                    metrics::counter!("triggers_persister_skipped_total", "reason" => "undecodable").increment(1);
-                    tracing::warn!(error = %e, topic = message.topic(), offset = message.offset(), "skipping an undecodable record");
-                    Ok(None)
-                }
+                Err(e) => Ok(Err(Handled::Poison(Poison::new("undecodable", e.to_string())))),
             }
         })
-        .await
+        .await;
+        decoded.unwrap_or(Err(Handled::Stopped))
     }
 
-    /// Writes one record's effect; `false` on shutdown (read it again later).
-    async fn handle(&self, message: OwnedMessage, shutdown: &CancellationToken) -> bool {
+    /// Writes one record's effect.
+    async fn handle(&self, message: OwnedMessage, shutdown: &CancellationToken) -> Handled {
         if message.payload().is_none() {
-            return true;
+            return Handled::Done;
         }
-        if message.topic() == self.events_topic {
-            let Some(decoded) = self.decode::<Event>(Contract::Event, &message, shutdown).await else {
-                return false;
+        let (record, counter) = if message.topic() == self.events_topic {
+            let event = match self.decode::<Event>(Contract::Event, &message, shutdown).await {
+                Ok(event) => event,
+                Err(handled) => return handled,
             };
-            let Some(event) = decoded else { return true };
             let Some(expires_at) = self.expiry(&event.tenant, event.received_at, shutdown).await else {
-                return false;
+                return Handled::Stopped;
             };
-            let Some(expires_at) = expires_at else { return true };
-            let done = self.writer.write(Record::Event(Box::new(event), expires_at)).await;
-            if done {
-                metrics::counter!("triggers_persister_events_total").increment(1);
-            }
-            done
+            let Some(expires_at) = expires_at else {
+                return Handled::Done;
+            };
+            (
+                Record::Event(Box::new(event), expires_at),
+                "triggers_persister_events_total",
+            )
         } else {
-            let Some(decoded) = self.decode::<Outcome>(Contract::Outcome, &message, shutdown).await else {
-                return false;
+            let outcome = match self.decode::<Outcome>(Contract::Outcome, &message, shutdown).await {
+                Ok(outcome) => outcome,
+                Err(handled) => return handled,
             };
-            let Some(outcome) = decoded else { return true };
             let Some(expires_at) = self.expiry(&outcome.tenant, outcome.at, shutdown).await else {
-                return false;
+                return Handled::Stopped;
             };
-            let Some(expires_at) = expires_at else { return true };
-            let done = self.writer.write(Record::Outcome(Box::new(outcome), expires_at)).await;
-            if done {
-                metrics::counter!("triggers_persister_outcomes_total").increment(1);
-            }
-            done
+            let Some(expires_at) = expires_at else {
+                return Handled::Done;
+            };
+            (
+                Record::Outcome(Box::new(outcome), expires_at),
+                "triggers_persister_outcomes_total",
+            )
+        };
+        let handled = self.writer.write(record).await;
+        if handled == Handled::Done {
+            metrics::counter!(counter).increment(1);
         }
+        handled
     }
 
     /// `None` on shutdown; `Some(None)` when the tenant does not exist (its
@@ -249,14 +255,22 @@ pub async fn start(
     let readiness = Readiness::new()
         .with("kafka", ops::kafka_probe(&common.kafka))
         .with("dynamodb", ops::dynamo_probe(&dynamo));
-    let (max_in_flight, grace) = (config.max_in_flight, config.shutdown_grace);
+    let limits = Limits::new(config.max_in_flight, config.shutdown_grace);
     let pacer = triggers_core::pacing::Pacer::new(&common.kafka);
+    let producer = triggers_core::kafka::producer(&common.kafka, "persister")?;
+    let quarantine = Quarantine::new(producer.clone(), common.topics.quarantine(), "persister");
     let work = async move {
-        triggers_core::consume::run(&consumer, pacer, max_in_flight, shutdown, grace, |message, shutdown| {
+        triggers_core::consume::run(&consumer, pacer, limits, quarantine, shutdown, move |message, slot| {
             let persister = persister.clone();
-            async move { persister.handle(message, &shutdown).await }
+            async move { persister.handle(message, slot.shutdown()).await }
         })
         .await;
+        let flushed =
+            tokio::task::spawn_blocking(move || rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)))
+                .await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!("persister producer did not flush");
+        }
         tracing::info!("persister stopped");
         Ok(())
     };

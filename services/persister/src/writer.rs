@@ -24,6 +24,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use triggers_core::CancellationToken;
+use triggers_core::consume::Handled;
 use triggers_core::delivery::Outcome;
 use triggers_core::dynamo::Tables;
 use triggers_core::event::Event;
@@ -93,14 +94,18 @@ impl Writer {
         Self { queue }
     }
 
-    /// Writes `record` with the next batch; `true` once it is in DynamoDB,
-    /// `false` if shutdown came first.
-    pub async fn write(&self, record: Record) -> bool {
+    /// Writes `record` with the next batch; `Done` once it is in DynamoDB,
+    /// `Stopped` if shutdown came first.
+    pub async fn write(&self, record: Record) -> Handled {
         let (done, written) = oneshot::channel();
         if self.queue.send(Pending { record, done }).await.is_err() {
-            return false;
+            return Handled::Stopped;
         }
-        written.await.unwrap_or(false)
+        if written.await.unwrap_or(false) {
+            Handled::Done
+        } else {
+            Handled::Stopped
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! and the dev schema registry.
 
 mod codec;
+mod consume;
 mod pacing;
 mod provision;
 mod support;

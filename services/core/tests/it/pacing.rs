@@ -13,6 +13,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::statistics::Statistics;
 use triggers_core::CancellationToken;
 use triggers_core::config::KafkaConfig;
+use triggers_core::consume::{Handled, Limits};
 use triggers_core::pacing::Pacer;
 
 use crate::support::TestEnv;
@@ -49,22 +50,23 @@ fn start_reader(kafka: &KafkaConfig, topic: &str, group: &str, shutdown: Cancell
     rdkafka::consumer::Consumer::subscribe(&consumer, &[topic]).unwrap_or_else(|e| panic!("{e}"));
     let seen = Arc::new(Mutex::new(HashSet::new()));
     let pacer = Pacer::new(kafka);
+    let quarantine = crate::support::quarantine(kafka, topic);
     let task = {
         let seen = seen.clone();
         tokio::spawn(async move {
             triggers_core::consume::run(
                 &consumer,
                 pacer,
-                16,
+                Limits::new(16, Duration::from_secs(2)),
+                quarantine,
                 shutdown,
-                Duration::from_secs(2),
                 move |message, _| {
                     let seen = seen.clone();
                     async move {
                         if let Some(key) = message.key() {
                             seen.lock().insert(String::from_utf8_lossy(key).into_owned());
                         }
-                        true
+                        Handled::Done
                     }
                 },
             )

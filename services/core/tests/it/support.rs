@@ -63,3 +63,9 @@ impl TestEnv {
         registry
     }
 }
+
+/// A quarantine on `<topic>.quarantine` (tests that expect none never read it).
+pub fn quarantine(kafka: &triggers_core::config::KafkaConfig, topic: &str) -> triggers_core::quarantine::Quarantine {
+    let producer = triggers_core::kafka::producer(kafka, "test").unwrap_or_else(|e| panic!("{e}"));
+    triggers_core::quarantine::Quarantine::new(producer, format!("{topic}.quarantine"), "test")
+}

@@ -3,5 +3,7 @@
 
 mod delivery;
 mod flow;
+mod proxy;
 mod redelivery;
+mod stall;
 mod support;

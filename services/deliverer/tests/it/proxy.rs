@@ -1,0 +1,79 @@
+//! Webhook requests ignore proxy settings from the environment: a proxy
+//! would connect on the SSRF guard's behalf. Environment variables are
+//! process-wide, so the request is made by a child process (this test
+//! binary, running the ignored `child_posts_with_proxy_variables_set`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::support::Receiver;
+
+const TARGET: &str = "TRIGGERS_TEST_PROXY_TARGET";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_requests_ignore_proxy_variables() {
+    // A "proxy" that only counts who connects to it.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap_or_else(|e| panic!("{e}")));
+    let connections = Arc::new(AtomicUsize::new(0));
+    {
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = proxy.accept().await {
+                connections.fetch_add(1, Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+    }
+    let receiver = Receiver::default();
+    let target = receiver.start();
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+    let child = tokio::process::Command::new(exe)
+        .args(["--ignored", "--exact", "proxy::child_posts_with_proxy_variables_set"])
+        .env(TARGET, &target)
+        .env("HTTP_PROXY", &proxy_url)
+        .env("http_proxy", &proxy_url)
+        .env("HTTPS_PROXY", &proxy_url)
+        .env("ALL_PROXY", &proxy_url)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), child)
+        .await
+        .unwrap_or_else(|_| panic!("the child test hung"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        output.status.success(),
+        "the child's request failed:\n{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(receiver.count(), 1, "the webhook did not reach its target directly");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "the webhook went through the proxy"
+    );
+}
+
+/// Run by [`webhook_requests_ignore_proxy_variables`] in a child process.
+#[tokio::test]
+#[ignore = "run in a child process by webhook_requests_ignore_proxy_variables"]
+async fn child_posts_with_proxy_variables_set() {
+    let target = std::env::var(TARGET).unwrap_or_else(|e| panic!("{TARGET}: {e}"));
+    let config = triggers_deliverer::DelivererConfig {
+        allow_networks: vec!["127.0.0.0/8".to_owned()],
+        ..Default::default()
+    };
+    let allow = triggers_deliverer::ssrf::AllowList::parse(&config.allow_networks).unwrap_or_else(|e| panic!("{e}"));
+    let client = triggers_deliverer::webhook_client(&config, &allow).unwrap_or_else(|e| panic!("{e}"));
+    let response = client
+        .post(&target)
+        .body("{}")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status().as_u16(), 200);
+}
