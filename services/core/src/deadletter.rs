@@ -5,7 +5,11 @@
 //! them out again, which a topic cannot do. So the persister also keeps one
 //! item per dead-lettered (event, subscription) in the attempts table, under
 //! `pk` = tenant and `sk` = `dlq#<event id>#<subscription id>` (oldest event
-//! first), and a redrive deletes it once the new delivery is in Kafka.
+//! first). A redrive marks it `redriven` (through its attempt) once the new
+//! delivery is in Kafka, instead of deleting it: the persister may read the
+//! old `dead_lettered` outcome again (a restart, a rebalance), and that must
+//! not bring the entry back; a later dead-lettering (a higher attempt)
+//! replaces it. Marked entries are not listed and expire with the TTL.
 //! Deleting an event deletes its entries; erasing a tenant deletes them all.
 
 use std::collections::HashMap;
@@ -50,7 +54,8 @@ pub fn event_prefix(event: &EventId) -> String {
     format!("{PREFIX}{event}#")
 }
 
-/// Records a `dead_lettered` outcome (idempotent).
+/// Records a `dead_lettered` outcome (idempotent): unless the entry was
+/// redriven through this attempt or a later one (an old outcome read again).
 pub async fn put(client: &Client, tables: &Tables, outcome: &Outcome, expires_at: i64) -> Result<(), StoreError> {
     let Some(subscription) = &outcome.subscription_id else {
         return Ok(());
@@ -75,29 +80,45 @@ pub async fn put(client: &Client, tables: &Tables, outcome: &Outcome, expires_at
     if let Some(error) = &outcome.error {
         put = put.item("error", s(error));
     }
-    put.send()
-        .await
-        .map_err(|e| store_error("PutItem", &tables.attempts, e))?;
-    Ok(())
+    let put = put
+        .condition_expression("attribute_not_exists(redriven) OR redriven < :attempt")
+        .expression_attribute_values(":attempt", n(outcome.attempt));
+    match put.send().await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(store_error("PutItem", &tables.attempts, e)),
+    }
 }
 
-/// Takes an entry out (after its redrive is in Kafka).
-pub async fn remove(
-    client: &Client,
-    tables: &Tables,
-    tenant: &TenantId,
-    event: &EventId,
-    subscription: &SubscriptionId,
-) -> Result<(), StoreError> {
-    client
-        .delete_item()
+/// Takes an entry out of the listing (after its redrive is in Kafka): marks
+/// it redriven through its `attempt`.
+pub async fn remove(client: &Client, tables: &Tables, tenant: &TenantId, dead: &DeadLetter) -> Result<(), StoreError> {
+    let removed = client
+        .update_item()
         .table_name(&tables.attempts)
         .key("pk", s(tenant.to_string()))
-        .key("sk", s(sk(event, subscription)))
+        .key("sk", s(sk(&dead.event_id, &dead.subscription_id)))
+        .update_expression("SET redriven = :attempt")
+        .condition_expression("attribute_exists(sk) AND attempt <= :attempt")
+        .expression_attribute_values(":attempt", n(dead.attempt))
         .send()
-        .await
-        .map_err(|e| store_error("DeleteItem", &tables.attempts, e))?;
-    Ok(())
+        .await;
+    match removed {
+        Ok(_) => Ok(()),
+        // Gone (the event was deleted) or dead-lettered again since: nothing to mark.
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(store_error("UpdateItem", &tables.attempts, e)),
+    }
 }
 
 fn from_item(item: &HashMap<String, AttributeValue>) -> Option<DeadLetter> {
@@ -154,7 +175,7 @@ pub async fn list(
         None => None,
     };
     let mut values = HashMap::from([(":t".to_owned(), s(tenant.to_string())), (":p".to_owned(), s(PREFIX))]);
-    let mut filters = Vec::new();
+    let mut filters = vec!["attribute_not_exists(redriven)".to_owned()];
     if let Some(subscription) = &query.subscription_id {
         values.insert(":sub".to_owned(), s(subscription.to_string()));
         filters.push("subscription_id = :sub".to_owned());
@@ -175,9 +196,7 @@ pub async fn list(
             .set_expression_attribute_values(Some(values.clone()))
             .limit(i32::try_from((query.limit - page.len()).max(1)).unwrap_or(1000))
             .set_exclusive_start_key(start.take());
-        if !filters.is_empty() {
-            request = request.filter_expression(filters.join(" AND "));
-        }
+        request = request.filter_expression(filters.join(" AND "));
         let output = request.send().await.map_err(|e| store_error("Query", table, e))?;
         page.extend(output.items().iter().filter_map(from_item));
         start = output.last_evaluated_key().cloned();

@@ -31,7 +31,8 @@ pub enum EventStatus {
     Routed,
     /// A delivery failed and will be retried.
     Retrying,
-    /// A delivery exhausted its retries.
+    /// A delivery exhausted its retries, or was held back (its subscription
+    /// paused or disabled): not delivered, and in the DLQ or the inbox.
     DeadLettered,
     /// No subscription matched.
     Unmatched,
@@ -169,7 +170,12 @@ impl Progress {
         }
         let states: Vec<DeliveryState> = self.subscriptions.values().copied().collect();
         if !states.is_empty() && states.iter().all(|s| s.settled()) {
-            return if states.contains(&DeliveryState::DeadLettered) {
+            // A delivery that never reached its endpoint (dead-lettered,
+            // or its subscription disabled) is not delivered.
+            return if states
+                .iter()
+                .any(|s| matches!(s, DeliveryState::DeadLettered | DeliveryState::Disabled))
+            {
                 EventStatus::DeadLettered
             } else {
                 EventStatus::Delivered
@@ -230,6 +236,17 @@ mod tests {
         assert_eq!(p.status(), EventStatus::Delivered);
         p.acknowledged = true;
         assert_eq!(p.status(), EventStatus::Acknowledged);
+    }
+
+    #[test]
+    fn a_disabled_subscription_does_not_make_an_event_delivered() {
+        let (a, b) = (SubscriptionId::new(), SubscriptionId::new());
+        let mut p = Progress::default();
+        p.apply(&outcome(OutcomeKind::Routed, None, vec![a, b]));
+        p.apply(&outcome(OutcomeKind::Delivered, Some(a), vec![]));
+        p.apply(&outcome(OutcomeKind::Disabled, Some(b), vec![]));
+        assert_eq!(p.status(), EventStatus::DeadLettered);
+        assert!(p.status().in_inbox());
     }
 
     #[test]

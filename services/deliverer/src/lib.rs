@@ -10,7 +10,9 @@
 //! delay (with ±10% jitter) and at least what `Retry-After` asks on 429/503 —
 //! and after the last tier to `<ns>.deliveries.dlq`, `dead_lettered`. Every
 //! attempt writes an outcome. Acknowledged events (unless replayed), and
-//! deliveries to deleted, paused or disabled subscriptions, are skipped.
+//! deliveries to deleted subscriptions, are skipped; deliveries to paused or
+//! disabled subscriptions are held as dead letters (never counted as
+//! delivered) for a redrive once the subscription is active again.
 //! Outbound requests pass the SSRF guard.
 //!
 //! Flow control, per subscription:
@@ -193,6 +195,17 @@ pub struct AttemptResult {
     pub retry_after: Option<u64>,
     /// How long it took.
     pub latency_ms: i64,
+}
+
+/// Why a delivery does not go out now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Nothing to deliver to or nothing wanted (the subscription is gone,
+    /// the event acknowledged or deleted): a `skipped` outcome.
+    Skip(&'static str),
+    /// The subscription is paused or disabled: the delivery is held as a
+    /// dead letter, to be redriven once it is active again.
+    Hold(&'static str),
 }
 
 /// How an attempt ends.
@@ -403,17 +416,17 @@ impl Deliverer {
     }
 
     /// The subscription `id` if it takes deliveries now, or why not.
-    fn active(&self, id: &SubscriptionId) -> Result<Subscription, &'static str> {
+    fn active(&self, id: &SubscriptionId) -> Result<Subscription, Refusal> {
         match self.subscription(id) {
-            None => Err("the subscription no longer exists"),
-            Some(s) if s.status == SubscriptionStatus::Paused => Err("the subscription is paused"),
-            Some(s) if s.status == SubscriptionStatus::Disabled => Err("the subscription is disabled"),
+            None => Err(Refusal::Skip("the subscription no longer exists")),
+            Some(s) if s.status == SubscriptionStatus::Paused => Err(Refusal::Hold("the subscription is paused")),
+            Some(s) if s.status == SubscriptionStatus::Disabled => Err(Refusal::Hold("the subscription is disabled")),
             Some(s) => Ok(s),
         }
     }
 
-    /// The subscription to deliver to, or why the delivery is skipped.
-    async fn usable(&self, delivery: &Delivery) -> Result<Subscription, &'static str> {
+    /// The subscription to deliver to, or why the delivery does not go out.
+    async fn usable(&self, delivery: &Delivery) -> Result<Subscription, Refusal> {
         let subscription = self.active(&delivery.subscription_id)?;
         // A replay is an explicit request: it goes out even if acknowledged.
         // A first attempt of a fresh event skips the check (a DynamoDB read
@@ -431,23 +444,36 @@ impl Deliverer {
             .await
             .unwrap_or(false)
         {
-            return Err("the event was acknowledged or deleted");
+            return Err(Refusal::Skip("the event was acknowledged or deleted"));
         }
         Ok(subscription)
     }
 
-    async fn skip(&self, delivery: &Delivery, reason: &'static str, shutdown: &CancellationToken) -> Handled {
-        metrics::counter!("triggers_deliverer_skipped_total", "reason" => reason).increment(1);
-        let outcome = self.outcome(delivery, OutcomeKind::Skipped, None, Some(reason.to_owned()));
-        let records = self
-            .encode(
-                &self.topics.outcomes(),
-                Contract::Outcome,
-                delivery.event.id.to_string(),
-                &outcome,
-            )
-            .await;
-        self.produce(records.into_iter().collect(), shutdown).await
+    /// A delivery that does not go out: skipped (nothing left to deliver
+    /// to, or nothing wanted), or held as a dead letter (the subscription
+    /// is paused or disabled: the delivery waits in the DLQ, and a redrive
+    /// after it is active again sends it). Never counted as delivered.
+    async fn refuse(&self, delivery: &Delivery, refusal: Refusal, shutdown: &CancellationToken) -> Handled {
+        let outcomes = self.topics.outcomes();
+        let event_key = delivery.event.id.to_string();
+        let mut records = Vec::new();
+        let outcome = match refusal {
+            Refusal::Skip(reason) => {
+                metrics::counter!("triggers_deliverer_skipped_total", "reason" => reason).increment(1);
+                self.outcome(delivery, OutcomeKind::Skipped, None, Some(reason.to_owned()))
+            }
+            Refusal::Hold(reason) => {
+                metrics::counter!("triggers_deliverer_held_total", "reason" => reason).increment(1);
+                let mut held = delivery.clone();
+                held.last_error = Some(reason.to_owned());
+                held.last_status = None;
+                let key = delivery.subscription_id.to_string();
+                records.extend(self.encode(&self.topics.dlq(), Contract::Delivery, key, &held).await);
+                self.outcome(delivery, OutcomeKind::DeadLettered, None, Some(reason.to_owned()))
+            }
+        };
+        records.extend(self.encode(&outcomes, Contract::Outcome, event_key, &outcome).await);
+        self.produce(records, shutdown).await
     }
 
     /// One delivery of an unordered subscription: alone, or into its batch.
@@ -455,7 +481,7 @@ impl Deliverer {
         let shutdown = slot.shutdown();
         let subscription = match self.usable(&delivery).await {
             Ok(subscription) => subscription,
-            Err(reason) => return self.skip(&delivery, reason, shutdown).await,
+            Err(refusal) => return self.refuse(&delivery, refusal, shutdown).await,
         };
         if let Some(batch) = subscription.batch.filter(|_| !delivery.replay) {
             return self.join_batch(&subscription, batch, delivery, traceparent, slot).await;
@@ -496,7 +522,7 @@ impl Deliverer {
         loop {
             let subscription = match self.usable(&delivery).await {
                 Ok(subscription) => subscription,
-                Err(reason) => return self.skip(&delivery, reason, shutdown).await,
+                Err(refusal) => return self.refuse(&delivery, refusal, shutdown).await,
             };
             let result = self.post_one(&subscription, &delivery, traceparent.as_deref()).await;
             let verdict = verdict(&result);
@@ -561,10 +587,10 @@ impl Deliverer {
     async fn send_batch(&self, id: SubscriptionId, members: Vec<Member>, shutdown: &CancellationToken) {
         let subscription = match self.active(&id) {
             Ok(subscription) => subscription,
-            Err(reason) => {
+            Err(refusal) => {
                 for member in members {
-                    let skipped = self.skip(&member.delivery, reason, shutdown).await;
-                    let _ = member.done.send(skipped);
+                    let refused = self.refuse(&member.delivery, refusal, shutdown).await;
+                    let _ = member.done.send(refused);
                 }
                 return;
             }

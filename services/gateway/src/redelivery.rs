@@ -377,15 +377,7 @@ pub async fn redrive(
         more: next.is_some(),
     };
     for entry in dead {
-        let remove = || {
-            deadletter::remove(
-                &state.dynamo,
-                &state.tables,
-                &caller.tenant,
-                &entry.event_id,
-                &entry.subscription_id,
-            )
-        };
+        let remove = || deadletter::remove(&state.dynamo, &state.tables, &caller.tenant, &entry);
         let Some(event) = stored_event(&state, &caller, &entry.event_id).await? else {
             remove().await.map_err(unavailable)?;
             answer.removed.push(entry.delivery_id.to_string());

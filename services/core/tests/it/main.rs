@@ -3,6 +3,7 @@
 
 mod codec;
 mod consume;
+mod deadletter;
 mod pacing;
 mod provision;
 mod support;

@@ -283,3 +283,82 @@ async fn a_deleted_event_is_not_delivered_again_nor_brought_back() {
         "{listed}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_subscription_holds_its_deliveries_and_never_counts_them_delivered() {
+    let env = env().await;
+    let receiver = Receiver::default();
+    let (subscription, _) = env.subscribe(&receiver.start()).await;
+    env.ingest_until_received(&receiver, json!({"type": "warm.up", "source": "s"}))
+        .await;
+    // The first attempt fails; the subscription is paused while its retry waits.
+    receiver.script.lock().extend([(500, None); 3]);
+    let id = env.ingest(json!({"type": "paused.item", "source": "s"})).await;
+    env.attempts_of(&receiver, &id, 1, Duration::from_secs(15)).await;
+    let path = format!("/v1/subscriptions/{subscription}");
+    let (status, body) = env.call(Method::PATCH, &path, Some(json!({"status": "paused"}))).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Held as a dead letter that says why, and the event is not delivered.
+    let outcomes = env
+        .wait_outcome(
+            &id,
+            |o| o.kind == OutcomeKind::DeadLettered && o.error.as_deref().is_some_and(|e| e.contains("paused")),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(
+        !outcomes
+            .iter()
+            .any(|o| o.kind == OutcomeKind::Skipped || o.kind == OutcomeKind::Delivered),
+        "{outcomes:?}"
+    );
+    wait_api(
+        &env,
+        &format!("/v1/events/{id}"),
+        |b| b["status"] == "dead_lettered",
+        Duration::from_secs(20),
+    )
+    .await;
+    let (_, inbox) = env.call(Method::GET, "/v1/inbox", None).await;
+    assert!(
+        inbox["data"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|e| e["id"] == id.as_str())),
+        "the held event left the inbox: {inbox}"
+    );
+
+    // Resumed and redriven: delivered.
+    receiver.script.lock().clear();
+    let (status, body) = env.call(Method::PATCH, &path, Some(json!({"status": "active"}))).await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Until the deliverer has seen the resume, a redrive is held again.
+        let (status, body) = env
+            .call(
+                Method::POST,
+                "/v1/dlq/redrive",
+                Some(json!({"subscription_id": subscription})),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        if env
+            .outcomes_of(&id)
+            .await
+            .iter()
+            .any(|o| o.kind == OutcomeKind::Delivered)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never delivered after the resume");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    wait_api(
+        &env,
+        &format!("/v1/events/{id}"),
+        |b| b["status"] == "delivered",
+        Duration::from_secs(20),
+    )
+    .await;
+}
