@@ -251,7 +251,13 @@ fn invalid_counter(n: usize) {
     security(("api_key" = []))
 )]
 pub async fn ingest(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
-    let caller = state.auth.authenticate(authorization(&request)).await?;
+    let caller = state
+        .auth
+        .authenticate(
+            authorization(&request),
+            crate::auth::client_address(&request, state.config.trust_forwarded_for),
+        )
+        .await?;
     let (body, value) = read_json(&request, payload, state.config.max_body_bytes, body::SINGLE).await?;
     let received_at = now_ms();
     let event = event_from_json(value, caller.tenant, received_at, "").inspect_err(|_| invalid_counter(1))?;
@@ -299,7 +305,13 @@ pub async fn ingest_compat(
     security(("api_key" = []))
 )]
 pub async fn ingest_batch(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
-    let caller = state.auth.authenticate(authorization(&request)).await?;
+    let caller = state
+        .auth
+        .authenticate(
+            authorization(&request),
+            crate::auth::client_address(&request, state.config.trust_forwarded_for),
+        )
+        .await?;
     let (body, value) = read_json(&request, payload, state.config.max_body_bytes, body::BATCH).await?;
     let items = batch_items(value, state.config.max_batch_events)?;
     let received_at = now_ms();
@@ -411,7 +423,8 @@ pub async fn token(request: HttpRequest, payload: web::Payload, state: State) ->
             });
         }
     };
-    let caller = state.auth.by_api_key(form.password.trim()).await?;
+    let client = crate::auth::client_address(&request, state.config.trust_forwarded_for);
+    let caller = state.auth.by_api_key(form.password.trim(), client).await?;
     let ttl = state.config.token_ttl;
     let access_token = state.auth.issue(&caller, ttl)?;
     Ok(HttpResponse::Ok()

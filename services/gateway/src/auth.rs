@@ -8,8 +8,15 @@
 //! working within twice `auth_cache_ttl` on every replica. A JWT carries the hash of the key it
 //! was issued for and goes through the same lookup, so revoking a key
 //! revokes its tokens too.
+//!
+//! Unauthenticated load stays cheap: a malformed key is refused without a
+//! lookup; unknown keys are remembered apart from known ones (a flood of
+//! random keys cannot evict the keys of real callers); and a client address
+//! whose keys keep failing gets no more lookups for a while (429), only
+//! answers from the cache.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,8 +33,17 @@ use crate::error::ApiError;
 use crate::jwt::{Claims, JwtKeys};
 use crate::state::AppState;
 
-/// The most cached lookups before the cache is emptied.
+/// The most known keys cached before that cache is emptied.
 const CACHE_LIMIT: usize = 100_000;
+/// The most unknown keys remembered before that memory is emptied.
+const MISS_LIMIT: usize = 10_000;
+/// Failed authentications a client address may cause per window before its
+/// uncached keys are refused without a lookup.
+pub const FAILURES_PER_WINDOW: u32 = 20;
+/// The window of [`FAILURES_PER_WINDOW`].
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(10);
+/// The most client addresses tracked before that table is emptied.
+const ADDRESS_LIMIT: usize = 100_000;
 
 /// An authenticated tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +78,8 @@ pub struct Authenticator {
     tables: Tables,
     ttl: Duration,
     cache: Mutex<HashMap<String, Entry>>,
+    misses: Mutex<HashMap<String, Instant>>,
+    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
     jwt: JwtKeys,
     admin_token_hash: Option<[u8; 32]>,
 }
@@ -92,6 +110,8 @@ impl Authenticator {
             tables,
             ttl,
             cache: Mutex::new(HashMap::new()),
+            misses: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             jwt,
             admin_token_hash: admin_token.map(|t| sha256(t.as_bytes())),
         }
@@ -102,16 +122,21 @@ impl Authenticator {
         &self.jwt
     }
 
-    /// The caller behind an API key.
-    pub async fn by_api_key(&self, key: &str) -> Result<Caller, ApiError> {
-        self.by_key_hash(&tenancy::hash_api_key(key)).await
+    /// The caller behind an API key, for a request from `client`.
+    pub async fn by_api_key(&self, key: &str, client: Option<IpAddr>) -> Result<Caller, ApiError> {
+        if !well_formed(key) {
+            self.failed(client);
+            metrics::counter!("triggers_gateway_auth_failures_total", "reason" => "malformed_key").increment(1);
+            return Err(ApiError::Unauthorized("unknown or revoked API key"));
+        }
+        self.by_key_hash(&tenancy::hash_api_key(key), client).await
     }
 
-    /// The caller behind `Authorization: Bearer …`.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
+    /// The caller behind `Authorization: Bearer …`, for a request from `client`.
+    pub async fn authenticate(&self, authorization: Option<&str>, client: Option<IpAddr>) -> Result<Caller, ApiError> {
         let token = bearer(authorization)?;
         if token.starts_with("tk_") {
-            return self.by_api_key(token).await;
+            return self.by_api_key(token, client).await;
         }
         if token.split('.').count() == 3 {
             let claims = self
@@ -124,7 +149,7 @@ impl Authenticator {
                         _ => "the token is not valid",
                     })
                 })?;
-            let caller = self.by_key_hash(&claims.kh).await?;
+            let caller = self.by_key_hash(&claims.kh, client).await?;
             if caller.tenant.to_string() != claims.sub {
                 return Err(ApiError::Unauthorized("the token is not valid"));
             }
@@ -135,7 +160,38 @@ impl Authenticator {
         ))
     }
 
+    /// Notes a failed authentication from `client`.
+    fn failed(&self, client: Option<IpAddr>) {
+        let Some(client) = client else { return };
+        let now = Instant::now();
+        let mut failures = self.failures.lock();
+        if failures.len() >= ADDRESS_LIMIT && !failures.contains_key(&client) {
+            failures.retain(|_, (since, _)| now.duration_since(*since) < FAILURE_WINDOW);
+            if failures.len() >= ADDRESS_LIMIT {
+                failures.clear();
+            }
+        }
+        let entry = failures.entry(client).or_insert((now, 0));
+        if now.duration_since(entry.0) >= FAILURE_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+
+    /// How long `client` must wait before its keys are looked up again, if
+    /// it failed too often.
+    fn throttled(&self, client: Option<IpAddr>) -> Option<Duration> {
+        let client = client?;
+        let failures = self.failures.lock();
+        let (since, count) = failures.get(&client)?;
+        let elapsed = since.elapsed();
+        (*count >= FAILURES_PER_WINDOW && elapsed < FAILURE_WINDOW).then(|| FAILURE_WINDOW - elapsed)
+    }
+
     fn cached(&self, hash: &str, now: Instant) -> Cached {
+        if self.misses.lock().get(hash).is_some_and(|until| *until > now) {
+            return Cached::Answer(None);
+        }
         let mut cache = self.cache.lock();
         let Some(entry) = cache.get_mut(hash) else {
             return Cached::Lookup;
@@ -152,46 +208,61 @@ impl Authenticator {
         Cached::Lookup
     }
 
-    async fn by_key_hash(&self, hash: &str) -> Result<Caller, ApiError> {
+    async fn by_key_hash(&self, hash: &str, client: Option<IpAddr>) -> Result<Caller, ApiError> {
         let now = Instant::now();
         let caller = match self.cached(hash, now) {
             Cached::Answer(caller) => caller,
             Cached::Lookup => {
-                let looked_up = self.lookup(hash).await;
-                let mut cache = self.cache.lock();
-                match looked_up {
-                    Ok(caller) => {
-                        let ttl = if caller.is_some() {
-                            self.ttl
-                        } else {
-                            self.ttl.min(Duration::from_secs(1))
-                        };
+                if let Some(retry_after) = self.throttled(client) {
+                    self.end_refresh(hash);
+                    metrics::counter!("triggers_gateway_auth_failures_total", "reason" => "throttled").increment(1);
+                    return Err(ApiError::AuthThrottled { retry_after });
+                }
+                match self.lookup(hash).await {
+                    Ok(Some(caller)) => {
+                        let mut cache = self.cache.lock();
                         if cache.len() >= CACHE_LIMIT {
                             cache.clear();
                         }
                         cache.insert(
                             hash.to_owned(),
                             Entry {
-                                caller: caller.clone(),
-                                until: Instant::now() + ttl,
+                                caller: Some(caller.clone()),
+                                until: Instant::now() + self.ttl,
                                 refreshing: false,
                             },
                         );
-                        caller
+                        Some(caller)
+                    }
+                    Ok(None) => {
+                        // A revoked key leaves the known ones; unknown keys
+                        // are remembered apart, briefly and in bounded number.
+                        self.cache.lock().remove(hash);
+                        let mut misses = self.misses.lock();
+                        if misses.len() >= MISS_LIMIT {
+                            misses.clear();
+                        }
+                        misses.insert(hash.to_owned(), Instant::now() + self.ttl.min(Duration::from_secs(1)));
+                        None
                     }
                     Err(e) => {
-                        if let Some(entry) = cache.get_mut(hash) {
-                            entry.refreshing = false;
-                        }
+                        self.end_refresh(hash);
                         return Err(e);
                     }
                 }
             }
         };
         caller.ok_or_else(|| {
+            self.failed(client);
             metrics::counter!("triggers_gateway_auth_failures_total", "reason" => "unknown_key").increment(1);
             ApiError::Unauthorized("unknown or revoked API key")
         })
+    }
+
+    fn end_refresh(&self, hash: &str) {
+        if let Some(entry) = self.cache.lock().get_mut(hash) {
+            entry.refreshing = false;
+        }
     }
 
     async fn lookup(&self, hash: &str) -> Result<Option<Caller>, ApiError> {
@@ -235,11 +306,16 @@ impl Authenticator {
     /// Forgets cached lookups (after a revocation on this replica).
     pub fn forget(&self, hash: Option<&str>) {
         let mut cache = self.cache.lock();
+        let mut misses = self.misses.lock();
         match hash {
             Some(hash) => {
                 cache.remove(hash);
+                misses.remove(hash);
             }
-            None => cache.clear(),
+            None => {
+                cache.clear();
+                misses.clear();
+            }
         }
     }
 
@@ -256,6 +332,28 @@ impl Authenticator {
             .sign(&claims)
             .map_err(|_| ApiError::Unavailable("cannot sign tokens".to_owned()))
     }
+}
+
+/// Whether `key` looks like a key Triggers made (`tk_` and 40 base62
+/// characters), so anything else is refused without a lookup.
+fn well_formed(key: &str) -> bool {
+    key.strip_prefix("tk_")
+        .is_some_and(|body| body.len() == 40 && body.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// The address a request comes from: the peer, or with
+/// `trust_forwarded_for` (behind a load balancer that sets it) the first
+/// address of `Forwarded`/`X-Forwarded-For`.
+pub fn client_address(request: &HttpRequest, trust_forwarded_for: bool) -> Option<IpAddr> {
+    if trust_forwarded_for {
+        let info = request.connection_info();
+        let address = info.realip_remote_addr()?;
+        return address
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| address.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()));
+    }
+    request.peer_addr().map(|a| a.ip())
 }
 
 fn bearer(authorization: Option<&str>) -> Result<&str, ApiError> {
@@ -286,9 +384,12 @@ impl FromRequest for Caller {
     fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let state = request.app_data::<web::Data<AppState>>().cloned();
         let header = authorization(request);
+        let client = state
+            .as_ref()
+            .and_then(|state| client_address(request, state.config.trust_forwarded_for));
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Unavailable("gateway state missing".to_owned()))?;
-            state.auth.authenticate(header.as_deref()).await
+            state.auth.authenticate(header.as_deref(), client).await
         })
     }
 }

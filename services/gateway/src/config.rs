@@ -38,6 +38,10 @@ pub struct GatewayConfig {
     /// How long an `Idempotency-Key` is remembered.
     #[serde(with = "humantime_serde")]
     pub idempotency_ttl: Duration,
+    /// Take the client address (for throttling failed authentication) from
+    /// `Forwarded`/`X-Forwarded-For`: only behind a load balancer that sets
+    /// it (an ALB does); otherwise a client could pick its own address.
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for GatewayConfig {
@@ -54,6 +58,7 @@ impl Default for GatewayConfig {
             rate_limit_replicas: 1,
             auth_cache_ttl: Duration::from_secs(2),
             idempotency_ttl: Duration::from_secs(24 * 3_600),
+            trust_forwarded_for: false,
         }
     }
 }

@@ -76,6 +76,12 @@ pub enum ApiError {
         /// When enough capacity is back.
         retry_after: Duration,
     },
+    /// 429: too many failed authentications from this client address.
+    #[error("too many failed authentications from this address; retry after {retry_after:?}")]
+    AuthThrottled {
+        /// When lookups resume.
+        retry_after: Duration,
+    },
     /// 503: Kafka did not take the event in time, or a dependency is down.
     #[error("{0}; retry later")]
     Unavailable(String),
@@ -135,7 +141,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::InvalidField { .. } => "invalid_field",
-            Self::RateLimited { .. } => "rate_limited",
+            Self::RateLimited { .. } | Self::AuthThrottled { .. } => "rate_limited",
             Self::Unavailable(_) => "unavailable",
         }
     }
@@ -163,7 +169,9 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::RateLimited { retry_after, .. } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            Self::RateLimited { retry_after, .. } | Self::AuthThrottled { retry_after } => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
             Self::Unavailable(_) | Self::IdempotencyInProgress(_) => Some(1),
             _ => None,
         }
@@ -181,7 +189,7 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::AuthThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -33,7 +33,7 @@ pub async fn request_context(
         .map(str::to_owned)
         .unwrap_or_else(|| RequestId::new().to_string());
     let start = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let mut response = REQUEST_ID.scope(id.clone(), next.call(request)).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
@@ -46,4 +46,20 @@ pub async fn request_context(
     metrics::counter!("triggers_http_requests_total", &labels).increment(1);
     metrics::histogram!("triggers_http_request_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
     Ok(response)
+}
+
+/// The `method` label: the standard methods by name, anything else `other`
+/// (a client inventing method names must not grow the metric set).
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }

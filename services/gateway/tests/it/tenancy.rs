@@ -263,3 +263,67 @@ async fn a_tenant_over_its_rate_limit_gets_429_with_headers() {
         .ok();
     assert_eq!(other, Some(202));
 }
+
+#[tokio::test]
+async fn random_keys_are_throttled_per_address_and_known_keys_keep_working() {
+    let gateway = start(TestStack::shared(), |_, config| {
+        config.auth_cache_ttl = Duration::from_secs(60);
+    })
+    .await;
+    let list = |key: &str| {
+        gateway
+            .http
+            .get(format!("{}/v1/subscriptions", gateway.url))
+            .bearer_auth(key)
+            .send()
+    };
+    let (status, _, body) = answer(list(&gateway.key).await.unwrap_or_else(|e| panic!("{e}"))).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Well-formed random keys: each costs a lookup, until the address has
+    // failed too often; then it gets 429 without one.
+    let mut statuses = Vec::new();
+    let mut throttled = None;
+    for _ in 0..(triggers_gateway::auth::FAILURES_PER_WINDOW + 5) {
+        let random = triggers_core::tenancy::generate_api_key();
+        let (status, headers, body) = answer(list(&random).await.unwrap_or_else(|e| panic!("{e}"))).await;
+        statuses.push(status);
+        if status == 429 {
+            throttled = Some((headers, body));
+        }
+    }
+    let failures = triggers_gateway::auth::FAILURES_PER_WINDOW as usize;
+    assert!(statuses[..failures].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[failures..].iter().all(|s| *s == 429), "{statuses:?}");
+    let (headers, body) = throttled.unwrap_or_else(|| panic!("never throttled"));
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    let retry_after: u64 = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or_default();
+    assert!((1..=10).contains(&retry_after), "{headers:?}");
+
+    // The real key, known to the cache, is not evicted and still works.
+    let (status, _, body) = answer(list(&gateway.key).await.unwrap_or_else(|e| panic!("{e}"))).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Invented methods are one metric label, not one each.
+    let invented = reqwest::Method::from_bytes(b"FROBNICATE").unwrap_or_else(|e| panic!("{e}"));
+    gateway
+        .http
+        .request(invented, format!("{}/v1/events", gateway.url))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let metrics = gateway
+        .http
+        .get(format!("{}/metrics", gateway.url))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(metrics.contains("method=\"other\""), "{metrics}");
+    assert!(!metrics.contains("FROBNICATE"), "the invented method became a label");
+}
