@@ -9,6 +9,7 @@ use serde_json::json;
 use triggers_core::event::now_ms;
 use triggers_core::ids::{KeyId, TenantId};
 use triggers_core::tenancy::{self, Tenant};
+use ulid::Ulid;
 use utoipa::ToSchema;
 
 use crate::auth::{Admin, Caller};
@@ -178,8 +179,14 @@ fn replay(status: u16, body: String, quota: &Quota) -> HttpResponse {
 }
 
 /// Runs `produce` under the request's `Idempotency-Key`, if it has one.
+/// `produce` gets the seed of the request's event ids when it has a key
+/// ([`idempotency::event_id`]): a retry of the request makes the same events.
+///
+/// An owned claim's produce runs detached from the request: a client that
+/// hangs up mid-produce (its record may still reach Kafka) cannot leave the
+/// claim pending; it is completed or released all the same.
 async fn idempotent<F, Fut>(
-    state: &AppState,
+    state: &State,
     request: &HttpRequest,
     caller: &Caller,
     body: &[u8],
@@ -187,11 +194,11 @@ async fn idempotent<F, Fut>(
     produce: F,
 ) -> Result<HttpResponse, ApiError>
 where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<(StatusCode, String), ApiError>>,
+    F: FnOnce(Option<Ulid>) -> Fut + 'static,
+    Fut: std::future::Future<Output = Result<(StatusCode, String), ApiError>> + 'static,
 {
     let Some(key) = header(request, "idempotency-key") else {
-        let (status, body) = produce().await?;
+        let (status, body) = produce(None).await?;
         return Ok(with_quota(HttpResponse::build(status), quota)
             .content_type("application/json")
             .body(body));
@@ -203,26 +210,31 @@ where
             metrics::counter!("triggers_gateway_idempotent_replays_total").increment(1);
             Ok(replay(status, body, quota))
         }
-        Claim::Owned => match produce().await {
-            Ok((status, body)) => {
-                // The event is in Kafka: answer so even if the answer cannot
-                // be stored (a retry then waits for the claim to go stale).
-                if let Err(e) = state
-                    .idempotency
-                    .complete(&caller.tenant, key, status.as_u16(), &body)
-                    .await
-                {
-                    tracing::warn!(error = %e, "cannot store an idempotent answer");
+        Claim::Owned { seed } => {
+            let (state, tenant, key) = (state.clone(), caller.tenant, key.to_owned());
+            let owned = actix_web::rt::spawn(async move {
+                match produce(Some(seed)).await {
+                    Ok((status, body)) => {
+                        // The event is in Kafka: answer so even if the answer cannot
+                        // be stored (a retry then waits for the claim to go stale).
+                        if let Err(e) = state.idempotency.complete(&tenant, &key, status.as_u16(), &body).await {
+                            tracing::warn!(error = %e, "cannot store an idempotent answer");
+                        }
+                        Ok((status, body))
+                    }
+                    Err(e) => {
+                        state.idempotency.release(&tenant, &key).await;
+                        Err(e)
+                    }
                 }
-                Ok(with_quota(HttpResponse::build(status), quota)
-                    .content_type("application/json")
-                    .body(body))
-            }
-            Err(e) => {
-                state.idempotency.release(&caller.tenant, key).await;
-                Err(e)
-            }
-        },
+            });
+            let (status, body) = owned
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("the request's work failed: {e}")))??;
+            Ok(with_quota(HttpResponse::build(status), quota)
+                .content_type("application/json")
+                .body(body))
+        }
     }
 }
 
@@ -260,11 +272,16 @@ pub async fn ingest(request: HttpRequest, payload: web::Payload, state: State) -
         .await?;
     let (body, value) = read_json(&request, payload, state.config.max_body_bytes, body::SINGLE).await?;
     let received_at = now_ms();
-    let event = event_from_json(value, caller.tenant, received_at, "").inspect_err(|_| invalid_counter(1))?;
+    let assigned = value.get("id").is_none();
+    let mut event = event_from_json(value, caller.tenant, received_at, "").inspect_err(|_| invalid_counter(1))?;
     let quota = acquire(&state, &caller, 1)?;
     let traceparent = header(&request, "traceparent").map(str::to_owned);
-    idempotent(&state, &request, &caller, &body, &quota, || async {
-        state.sink.send(&event, traceparent.as_deref()).await?;
+    let sink = state.clone();
+    idempotent(&state, &request, &caller, &body, &quota, move |seed| async move {
+        if let Some(seed) = seed.filter(|_| assigned) {
+            event.id = idempotency::event_id(seed, 0);
+        }
+        sink.sink.send(&event, traceparent.as_deref()).await?;
         accepted_counter(1);
         let answer = Accepted {
             id: event.id.to_string(),
@@ -315,7 +332,8 @@ pub async fn ingest_batch(request: HttpRequest, payload: web::Payload, state: St
     let (body, value) = read_json(&request, payload, state.config.max_body_bytes, body::BATCH).await?;
     let items = batch_items(value, state.config.max_batch_events)?;
     let received_at = now_ms();
-    let parsed: Vec<Result<triggers_core::event::Event, ApiError>> = items
+    let assigned: Vec<bool> = items.iter().map(|item| item.get("id").is_none()).collect();
+    let mut parsed: Vec<Result<triggers_core::event::Event, ApiError>> = items
         .into_iter()
         .enumerate()
         .map(|(index, item)| event_from_json(item, caller.tenant, received_at, &format!("events[{index}].")))
@@ -324,9 +342,17 @@ pub async fn ingest_batch(request: HttpRequest, payload: web::Payload, state: St
     invalid_counter(parsed.len() - valid);
     let quota = acquire(&state, &caller, u32::try_from(valid.max(1)).unwrap_or(u32::MAX))?;
     let traceparent = header(&request, "traceparent").map(str::to_owned);
-    idempotent(&state, &request, &caller, &body, &quota, || async {
+    let sink = state.clone();
+    idempotent(&state, &request, &caller, &body, &quota, move |seed| async move {
+        if let Some(seed) = seed {
+            for (index, (event, assigned)) in parsed.iter_mut().zip(assigned).enumerate() {
+                if let (Ok(event), true) = (event, assigned) {
+                    event.id = idempotency::event_id(seed, index);
+                }
+            }
+        }
+        let state = &sink;
         let sends = parsed.iter().map(|result| {
-            let state = &state;
             let traceparent = traceparent.as_deref();
             async move {
                 match result {

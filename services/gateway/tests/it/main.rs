@@ -2,6 +2,7 @@
 
 mod broker_outage;
 mod errors;
+mod idempotency;
 mod ingest;
 mod support;
 mod tenancy;
