@@ -382,6 +382,12 @@ pub struct KafkaConfig {
     /// How often stored offsets are committed (`auto.commit.interval.ms`).
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// The largest record the services produce and the topics take
+    /// (`message.max.bytes` of the producers, `max.message.bytes` of the
+    /// topics provisioning creates). It must exceed the gateway's
+    /// `max_body_bytes` by [`RECORD_MARGIN`]: a delivery or retry record
+    /// carries the whole event and a little more.
+    pub max_record_bytes: usize,
     /// Extra librdkafka settings passed through as they are, e.g.
     /// `security.protocol = "SASL_SSL"`, `sasl.mechanism = "SCRAM-SHA-512"`.
     pub extra: BTreeMap<String, String>,
@@ -396,7 +402,13 @@ pub const RESERVED_KAFKA_SETTINGS: &[&str] = &[
     "enable.auto.commit",
     "group.id",
     "bootstrap.servers",
+    "message.max.bytes",
 ];
+
+/// What a record derived from an event (a delivery, a retry, a dead letter)
+/// may add to the event's own size: ids, attempt, times, the last error,
+/// Avro framing and headers. Measured well under 4 KiB; the margin is wide.
+pub const RECORD_MARGIN: usize = 64 * 1024;
 
 impl Default for KafkaConfig {
     fn default() -> Self {
@@ -411,6 +423,7 @@ impl Default for KafkaConfig {
             idle_after: Duration::from_secs(1),
             session_timeout: Duration::from_secs(10),
             commit_interval: Duration::from_secs(1),
+            max_record_bytes: 2 * 1024 * 1024,
             extra: BTreeMap::new(),
         }
     }
@@ -418,6 +431,12 @@ impl Default for KafkaConfig {
 
 impl Validate for KafkaConfig {
     fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
+        if !(1024 * 1024..=64 * 1024 * 1024).contains(&self.max_record_bytes) {
+            issues.push(ConfigIssue::new(
+                join(prefix, "max_record_bytes"),
+                "must be between 1 MiB and 64 MiB",
+            ));
+        }
         let servers: Vec<&str> = self
             .bootstrap_servers
             .split(',')

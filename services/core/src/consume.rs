@@ -325,3 +325,31 @@ pub async fn retry<T, E: std::fmt::Display, Fut: Future<Output = Result<T, E>>>(
         }
     }
 }
+
+/// Like [`retry`], but an error for which `permanent` holds ends the
+/// retries: `Some(Err(e))`. `None` on shutdown.
+pub async fn retry_transient<T, E: std::fmt::Display, Fut: Future<Output = Result<T, E>>>(
+    what: &str,
+    shutdown: &CancellationToken,
+    permanent: impl Fn(&E) -> bool,
+    mut attempt: impl FnMut() -> Fut,
+) -> Option<Result<T, E>> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(value) => return Some(Ok(value)),
+            Err(e) if permanent(&e) => {
+                tracing::warn!(error = %e, what, "failed for good");
+                return Some(Err(e));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, what, "failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -7,8 +7,12 @@
 //!   (`inbox_pk` = tenant) while not delivered or acknowledged, and in the
 //!   `status` index under `<tenant>#<status>`.
 //! - `c#<event id>#<n>`: chunks of a payload too large for one item (a
-//!   DynamoDB item holds at most 400 KB): payloads over 350 KB are deflated,
-//!   and if still too large, split into 300 KB chunks written before the item.
+//!   DynamoDB item holds at most 400 KB): a payload larger than what the
+//!   item's other attributes leave (less a reserve for its progress) is
+//!   deflated, and if still too large, split into 300 KB chunks written
+//!   before the item. An event whose other attributes alone do not fit (a
+//!   Kafka-native producer's, with huge extensions) is refused as permanent
+//!   ([`StoreError::is_permanent`]).
 //!
 //! Attempts live in the attempts table under `pk` = tenant, `sk` =
 //! `<event id>#<subscription id>#<attempt>#<kind>`; dead letters beside them
@@ -34,8 +38,11 @@ use crate::ids::{EventId, TenantId};
 use crate::status::{EventStatus, Progress};
 use crate::tenancy::StoreError;
 
-/// Payloads up to this size are stored as they are.
-const INLINE_LIMIT: usize = 350 * 1024;
+/// The most a DynamoDB item may hold (names and values).
+pub const ITEM_LIMIT: usize = 400 * 1024;
+/// What an event item keeps free for its progress (one entry per matched
+/// subscription, ~60 bytes each) and its fixed attributes.
+const ITEM_RESERVE: usize = 48 * 1024;
 /// Chunk size of payloads that do not fit one item even deflated.
 const CHUNK_SIZE: usize = 300 * 1024;
 
@@ -103,7 +110,7 @@ fn chunk_sk(id: &EventId, index: usize) -> String {
     format!("c#{id}#{index:04}")
 }
 
-pub(crate) fn store_error<E: std::error::Error + 'static>(
+pub(crate) fn store_error<E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static>(
     operation: &'static str,
     table: &str,
     error: E,
@@ -137,15 +144,28 @@ fn inflate(bytes: &[u8]) -> Option<String> {
     Some(text)
 }
 
-fn encode_payload(text: String) -> Payload {
-    if text.len() <= INLINE_LIMIT {
+/// `text` stored inline if it takes at most `inline_limit` bytes, else
+/// deflated, else in chunks.
+fn encode_payload(text: String, inline_limit: usize) -> Payload {
+    if text.len() <= inline_limit {
         return Payload::Inline(text);
     }
     let deflated = deflate(&text);
-    if deflated.len() <= INLINE_LIMIT {
+    if deflated.len() <= inline_limit {
         return Payload::Deflated(deflated);
     }
     Payload::Chunked(deflated.chunks(CHUNK_SIZE).map(<[u8]>::to_vec).collect())
+}
+
+/// The bytes an event item takes besides its payload and progress.
+fn attributes_size(event: &Event, extensions: &str) -> usize {
+    event.event_type.len()
+        + event.source.len()
+        + event.subject.as_ref().map_or(0, String::len)
+        + event.partition_key.as_ref().map_or(0, String::len)
+        + event.datacontenttype.len()
+        + event.specversion.len()
+        + extensions.len()
 }
 
 /// Seconds since the epoch when items of an event received at `received_at`
@@ -172,7 +192,19 @@ pub async fn put_event_with(
     cache: Option<&ProgressCache>,
 ) -> Result<(), StoreError> {
     let table = &tables.events;
-    let payload = encode_payload(event.data.to_string());
+    let extensions = serde_json::to_string(&event.extensions).unwrap_or_default();
+    let room = ITEM_LIMIT.saturating_sub(ITEM_RESERVE);
+    let attributes = attributes_size(event, &extensions);
+    if attributes > room {
+        return Err(StoreError::too_large(
+            "PutItem",
+            table,
+            format!(
+                "the event's attributes other than data take {attributes} bytes; an event item has room for {room}"
+            ),
+        ));
+    }
+    let payload = encode_payload(event.data.to_string(), room - attributes);
     if let Payload::Chunked(chunks) = &payload {
         for (batch_index, batch) in chunks.chunks(25).enumerate() {
             let requests: Vec<WriteRequest> = batch
@@ -199,10 +231,7 @@ pub async fn put_event_with(
         ("received_at", n(event.received_at)),
         ("specversion", s(&event.specversion)),
         ("datacontenttype", s(&event.datacontenttype)),
-        (
-            "extensions",
-            s(serde_json::to_string(&event.extensions).unwrap_or_default()),
-        ),
+        ("extensions", s(extensions)),
         ("has_body", AttributeValue::Bool(true)),
         (TTL_ATTRIBUTE, n(expires_at)),
     ];
@@ -444,11 +473,7 @@ async fn update_progress(
             Err(e) => return Err(store_error("UpdateItem", table, e)),
         }
     }
-    Err(StoreError::new(
-        "UpdateItem",
-        table,
-        std::io::Error::other("too many concurrent changes"),
-    ))
+    Err(StoreError::other("UpdateItem", table, "too many concurrent changes"))
 }
 
 enum Stored {
@@ -756,13 +781,8 @@ pub async fn get(
                 break;
             }
         }
-        let text = inflate(&bytes).ok_or_else(|| {
-            StoreError::new(
-                "Query",
-                table,
-                std::io::Error::other(format!("{count} chunks of {id} do not inflate")),
-            )
-        })?;
+        let text = inflate(&bytes)
+            .ok_or_else(|| StoreError::other("Query", table, format!("{count} chunks of {id} do not inflate")))?;
         stored.event.data = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
         stored.data_omitted = false;
     }
@@ -1031,8 +1051,14 @@ mod tests {
 
     #[test]
     fn payloads_are_stored_inline_deflated_or_chunked() {
-        assert!(matches!(encode_payload("x".repeat(1000)), Payload::Inline(_)));
-        assert!(matches!(encode_payload("ab".repeat(400 * 1024)), Payload::Deflated(_)));
+        let limit = 350 * 1024;
+        assert!(matches!(encode_payload("x".repeat(1000), limit), Payload::Inline(_)));
+        assert!(matches!(
+            encode_payload("ab".repeat(400 * 1024), limit),
+            Payload::Deflated(_)
+        ));
+        // What the other attributes leave decides: a smaller room deflates sooner.
+        assert!(matches!(encode_payload("x".repeat(1000), 999), Payload::Deflated(_)));
         // Incompressible: 1 MiB of pseudo-random hex-free bytes as a JSON string.
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
         let noise: String = (0..1024 * 1024)
@@ -1045,7 +1071,7 @@ mod tests {
             .filter(|c| *c != '"' && *c != '\\')
             .collect();
         let text = serde_json::to_string(&noise).unwrap_or_default();
-        match encode_payload(text.clone()) {
+        match encode_payload(text.clone(), limit) {
             Payload::Chunked(chunks) => {
                 assert!(chunks.len() >= 2);
                 assert!(chunks.iter().all(|c| c.len() <= CHUNK_SIZE));

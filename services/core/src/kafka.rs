@@ -61,6 +61,7 @@ pub fn producer_config(config: &KafkaConfig, service: &str) -> ClientConfig {
         .set("acks", "all")
         .set("max.in.flight.requests.per.connection", "5")
         .set("message.timeout.ms", millis(config.produce_timeout))
+        .set("message.max.bytes", config.max_record_bytes.to_string())
         .set(
             "queue.buffering.max.messages",
             config.producer_queue_max_messages.to_string(),

@@ -144,11 +144,14 @@ pub async fn provision_topics(
     if missing.is_empty() {
         return Ok(());
     }
+    let max_message_bytes = kafka.max_record_bytes.to_string();
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|spec| {
             spec.configs.iter().fold(
-                NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(replication_factor)),
+                NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(replication_factor))
+                    // Every record a service produces fits (kafka.max_record_bytes).
+                    .set("max.message.bytes", &max_message_bytes),
                 |topic, (key, value)| topic.set(key, value),
             )
         })

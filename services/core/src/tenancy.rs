@@ -22,12 +22,25 @@ pub struct StoreError {
     operation: &'static str,
     table: String,
     message: String,
+    permanent: bool,
 }
+
+/// DynamoDB error codes that the same request will always get again.
+const PERMANENT_CODES: &[&str] = &["ValidationException", "SerializationException"];
 
 impl StoreError {
     /// Wraps an SDK error with what was being done.
-    pub fn new<E: std::error::Error>(operation: &'static str, table: &str, error: E) -> Self {
+    pub fn new<E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata>(
+        operation: &'static str,
+        table: &str,
+        error: E,
+    ) -> Self {
+        let permanent = error.code().is_some_and(|code| PERMANENT_CODES.contains(&code));
         let mut message = error.to_string();
+        if let Some(detail) = error.message() {
+            message.push_str(": ");
+            message.push_str(detail);
+        }
         let mut source = error.source();
         while let Some(inner) = source {
             message.push_str(": ");
@@ -38,7 +51,34 @@ impl StoreError {
             operation,
             table: table.to_owned(),
             message,
+            permanent,
         }
+    }
+
+    /// A failure that is not the SDK's (worth retrying).
+    pub fn other(operation: &'static str, table: &str, message: impl Into<String>) -> Self {
+        Self {
+            operation,
+            table: table.to_owned(),
+            message: message.into(),
+            permanent: false,
+        }
+    }
+
+    /// A request that can never succeed: an item over DynamoDB's size limit.
+    pub fn too_large(operation: &'static str, table: &str, message: impl Into<String>) -> Self {
+        Self {
+            operation,
+            table: table.to_owned(),
+            message: message.into(),
+            permanent: true,
+        }
+    }
+
+    /// Whether the same request can never succeed (an item over 400 KB, an
+    /// invalid attribute): retrying it would only hold up what follows.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
     }
 }
 

@@ -57,6 +57,25 @@ pub enum GatewayError {
     /// The codec could not be built.
     #[error(transparent)]
     Codec(#[from] triggers_core::codec::CodecError),
+    /// The settings contradict each other.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Checks that the largest body the gateway accepts makes records every
+/// service can produce: a delivery record is the event plus a little.
+pub fn check_record_size(common: &CommonConfig, config: &GatewayConfig) -> Result<(), GatewayError> {
+    let needed = config.max_body_bytes + triggers_core::config::RECORD_MARGIN;
+    if needed > common.kafka.max_record_bytes {
+        return Err(GatewayError::Config(format!(
+            "gateway.max_body_bytes ({}) plus the record margin ({}) exceeds kafka.max_record_bytes ({}): \
+             raise kafka.max_record_bytes to at least {needed} or lower gateway.max_body_bytes",
+            config.max_body_bytes,
+            triggers_core::config::RECORD_MARGIN,
+            common.kafka.max_record_bytes
+        )));
+    }
+    Ok(())
 }
 
 async fn not_found(request: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
@@ -73,6 +92,7 @@ pub async fn start(
     config: &GatewayConfig,
     shutdown: CancellationToken,
 ) -> Result<RunningServer, GatewayError> {
+    check_record_size(common, config)?;
     let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
     let tables = Tables::new(&common.dynamodb.table_prefix);
     let codec = AvroCodec::new(&common.schema_registry)?;
@@ -173,4 +193,25 @@ fn spawn_queue_gauge(sink: sink::EventSink, shutdown: CancellationToken) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_limit_must_leave_room_for_every_derived_record() {
+        let mut common = CommonConfig::default();
+        let config = GatewayConfig::default();
+        assert!(
+            check_record_size(&common, &config).is_ok(),
+            "the defaults are consistent"
+        );
+        common.kafka.max_record_bytes = config.max_body_bytes + 1024;
+        let error = match check_record_size(&common, &config) {
+            Ok(()) => panic!("a body limit with no room for the record margin was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains("kafka.max_record_bytes"), "{error}");
+    }
 }

@@ -111,6 +111,18 @@ impl EventSink {
                 reject("queue_full");
                 ApiError::Unavailable("the gateway is at capacity".to_owned())
             }
+            // Cannot happen with consistent settings (checked at start);
+            // if it does, retrying would not help: the client must know.
+            e if triggers_core::kafka::permanent_produce_error(&e).is_some() => {
+                tracing::warn!(error = %e, "an event too large for Kafka");
+                reject("too_large");
+                ApiError::PayloadTooLarge {
+                    limit: inner
+                        .kafka
+                        .max_record_bytes
+                        .saturating_sub(triggers_core::config::RECORD_MARGIN),
+                }
+            }
             other => {
                 tracing::warn!(error = %other, "cannot enqueue an event");
                 reject("kafka");
@@ -124,6 +136,16 @@ impl EventSink {
             Ok(Ok(Ok(_))) => {
                 inner.failures.store(0, Ordering::Relaxed);
                 Ok(())
+            }
+            Ok(Ok(Err((e, _)))) if triggers_core::kafka::permanent_produce_error(&e).is_some() => {
+                tracing::warn!(error = %e, "Kafka refused an event as too large");
+                reject("too_large");
+                Err(ApiError::PayloadTooLarge {
+                    limit: inner
+                        .kafka
+                        .max_record_bytes
+                        .saturating_sub(triggers_core::config::RECORD_MARGIN),
+                })
             }
             Ok(Ok(Err((e, _)))) => {
                 tracing::warn!(error = %e, "Kafka did not take an event");

@@ -15,7 +15,9 @@
 //! costs a retry.
 //!
 //! A record's handler learns when its effect is in DynamoDB (then its offset
-//! may be stored); a batch that fails is retried until shutdown.
+//! may be stored); a write that fails is retried until shutdown, unless
+//! DynamoDB can never take it (an item over 400 KB): then its records are
+//! poison, for the quarantine.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +32,8 @@ use triggers_core::dynamo::Tables;
 use triggers_core::event::Event;
 use triggers_core::eventstore;
 use triggers_core::ids::{EventId, TenantId};
+use triggers_core::quarantine::Poison;
+use triggers_core::tenancy::StoreError;
 
 /// One record's effect.
 #[derive(Debug)]
@@ -43,7 +47,17 @@ pub enum Record {
 #[derive(Debug)]
 struct Pending {
     record: Record,
-    done: oneshot::Sender<bool>,
+    done: oneshot::Sender<Handled>,
+}
+
+/// What became of a write that was retried until it succeeded, shutdown
+/// came, or DynamoDB refused it for good.
+fn handled(written: Option<Result<(), StoreError>>) -> Handled {
+    match written {
+        Some(Ok(())) => Handled::Done,
+        None => Handled::Stopped,
+        Some(Err(e)) => Handled::Poison(Poison::new("store_rejected", e.to_string())),
+    }
 }
 
 /// Hands records to the batching task. Cheap to clone.
@@ -57,7 +71,7 @@ struct Group {
     body: Option<(Box<Event>, i64)>,
     outcomes: Vec<Outcome>,
     expires_at: i64,
-    done: Vec<oneshot::Sender<bool>>,
+    done: Vec<oneshot::Sender<Handled>>,
 }
 
 impl Writer {
@@ -101,11 +115,7 @@ impl Writer {
         if self.queue.send(Pending { record, done }).await.is_err() {
             return Handled::Stopped;
         }
-        if written.await.unwrap_or(false) {
-            Handled::Done
-        } else {
-            Handled::Stopped
-        }
+        written.await.unwrap_or(Handled::Stopped)
     }
 }
 
@@ -141,14 +151,17 @@ fn write_batch(
     let attempts_written = {
         let (store, shutdown) = (store.clone(), shutdown.clone());
         let task = tokio::spawn(async move {
-            attempts.is_empty()
-                || triggers_core::consume::retry("store attempts", &shutdown, || {
+            if attempts.is_empty() {
+                return Handled::Done;
+            }
+            handled(
+                triggers_core::consume::retry_transient("store attempts", &shutdown, StoreError::is_permanent, || {
                     eventstore::put_attempts(&store.0, &store.1, &attempts)
                 })
-                .await
-                .is_some()
+                .await,
+            )
         });
-        async move { task.await.unwrap_or(false) }.boxed().shared()
+        async move { task.await.unwrap_or(Handled::Stopped) }.boxed().shared()
     };
     for ((tenant, id), group) in groups {
         let (store, shutdown, slots) = (store.clone(), shutdown.clone(), slots.clone());
@@ -156,29 +169,32 @@ fn write_batch(
         tokio::spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else { return };
             let (dynamo, tables, cache) = (&store.0, &store.1, Some(&store.2));
-            let written = triggers_core::consume::retry("store event", &shutdown, || async {
-                match &group.body {
-                    Some((event, expires_at)) => {
-                        eventstore::put_event_with(dynamo, tables, event, *expires_at, &group.outcomes, cache).await
+            let written =
+                triggers_core::consume::retry_transient("store event", &shutdown, StoreError::is_permanent, || async {
+                    match &group.body {
+                        Some((event, expires_at)) => {
+                            eventstore::put_event_with(dynamo, tables, event, *expires_at, &group.outcomes, cache).await
+                        }
+                        None => eventstore::apply_outcomes(
+                            dynamo,
+                            tables,
+                            &tenant,
+                            &id,
+                            &group.outcomes,
+                            group.expires_at,
+                            cache,
+                        )
+                        .await
+                        .map(|_| ()),
                     }
-                    None => eventstore::apply_outcomes(
-                        dynamo,
-                        tables,
-                        &tenant,
-                        &id,
-                        &group.outcomes,
-                        group.expires_at,
-                        cache,
-                    )
-                    .await
-                    .map(|_| ()),
-                }
-            })
-            .await
-            .is_some();
-            let written = written && (group.outcomes.is_empty() || attempts_written.await);
+                })
+                .await;
+            let mut written = handled(written);
+            if written == Handled::Done && !group.outcomes.is_empty() {
+                written = attempts_written.await;
+            }
             for done in group.done {
-                let _ = done.send(written);
+                let _ = done.send(written.clone());
             }
         });
     }

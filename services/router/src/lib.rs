@@ -156,6 +156,7 @@ pub async fn start(
         tenants: triggers_core::tenancy::TenantCache::new(dynamo.clone(), tables),
         max_in_flight: config.max_in_flight,
         pacer: triggers_core::pacing::Pacer::new(&common.kafka),
+        max_record_bytes: common.kafka.max_record_bytes,
     };
     let readiness = Readiness::new()
         .with("kafka", ops::kafka_probe(&common.kafka))

@@ -72,6 +72,8 @@ pub struct Pipeline {
     pub max_in_flight: usize,
     /// Pauses the consumer while no events come (Tansu locally).
     pub pacer: triggers_core::pacing::Pacer,
+    /// `kafka.max_record_bytes`.
+    pub max_record_bytes: usize,
 }
 
 fn invalid(reason: &'static str, message: impl Into<String>) -> Invalid {
@@ -182,6 +184,19 @@ impl Pipeline {
         let Some(payload) = message.payload() else {
             return Err(Ok(invalid("empty_record", "the record has no value")));
         };
+        // A delivery record carries the whole event: one from an event this
+        // large (a Kafka-native producer's) could never be produced.
+        if payload.len() + triggers_core::config::RECORD_MARGIN > self.max_record_bytes {
+            return Err(Ok(invalid(
+                "too_large",
+                format!(
+                    "the event record takes {} bytes; events may take at most {} (kafka.max_record_bytes less the record margin)",
+                    payload.len(),
+                    self.max_record_bytes
+                        .saturating_sub(triggers_core::config::RECORD_MARGIN)
+                ),
+            )));
+        }
         let event: Event = match self.codec.decode(Contract::Event, payload).await {
             Ok(event) => event,
             Err(e) if e.is_retriable() => return Err(Err(e.to_string())),

@@ -147,3 +147,42 @@ async fn gone_disables_the_subscription_and_the_ssrf_guard_refuses_private_addre
         assert!(std::time::Instant::now() < deadline, "never attempted: {outcomes:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_event_the_gateway_accepts_is_delivered_and_stored() {
+    let env = env().await;
+    let receiver = Receiver::default();
+    env.subscribe(&receiver.start()).await;
+    env.ingest_until_received(&receiver, json!({"type": "warm.up", "source": "s"}))
+        .await;
+    // Just under the gateway's 1 MiB body limit, and incompressible: the
+    // event record, its delivery record and its stored item are all larger
+    // than librdkafka's and DynamoDB's defaults would take.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let noise: String = (0..1_040_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'a' + (state % 26) as u8)
+        })
+        .collect();
+    let body = json!({"type": "blob.large", "source": "s", "data": {"blob": noise}});
+    assert!(body.to_string().len() < 1024 * 1024);
+    let id = env.ingest(body).await;
+    let delivered = env.attempts_of(&receiver, &id, 1, Duration::from_secs(30)).await;
+    let got: serde_json::Value = serde_json::from_slice(&delivered[0].body).unwrap_or_default();
+    assert!(got["data"]["blob"] == noise.as_str(), "the payload changed on the way");
+    env.wait_outcome(&id, |o| o.kind == OutcomeKind::Delivered, Duration::from_secs(20))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, stored) = env.call(reqwest::Method::GET, &format!("/v1/events/{id}"), None).await;
+        if status == 200 && stored["status"] == "delivered" {
+            assert!(stored["data"]["blob"] == noise.as_str(), "the stored payload differs");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {stored}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

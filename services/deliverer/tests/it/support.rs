@@ -92,11 +92,17 @@ async fn receive(request: HttpRequest, body: web::Bytes, receiver: web::Data<Rec
 impl Receiver {
     pub fn start(&self) -> String {
         let data = web::Data::new(self.clone());
-        let server = HttpServer::new(move || App::new().app_data(data.clone()).default_service(web::to(receive)))
-            .workers(2)
-            .disable_signals()
-            .bind("127.0.0.1:0")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                // The largest events (1 MiB) arrive whole.
+                .app_data(web::PayloadConfig::new(8 << 20))
+                .default_service(web::to(receive))
+        })
+        .workers(2)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .unwrap_or_else(|e| panic!("{e}"));
         let addr = server.addrs()[0];
         tokio::spawn(server.run());
         format!("http://{addr}/hook")

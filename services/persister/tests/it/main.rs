@@ -1,5 +1,6 @@
 //! The persister and the event APIs against real Tansu, DynamoDB Local, the
 //! registry, the gateway and the router.
 
+mod poison;
 mod store;
 mod support;
