@@ -691,18 +691,48 @@ pub async fn acknowledge(
     Ok(status.is_some())
 }
 
-fn from_item(item: &Item, tenant: &TenantId) -> Option<StoredEvent> {
+/// Listings carry payloads stored inline up to this size ...
+pub const LISTING_DATA_MAX: usize = 64 * 1024;
+/// ... and up to this many payload bytes per page; the others are left out
+/// (`data_omitted`) and read one by one.
+pub const LISTING_PAGE_BYTES: usize = 1024 * 1024;
+/// The most DynamoDB queries one listing request makes: a selective filter
+/// answers a partial (even empty) page with a cursor instead of scanning a
+/// tenant's whole history at once.
+const LISTING_QUERIES: usize = 10;
+
+/// How much of a payload an item gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// The whole payload (one event): inflated if deflated.
+    Whole,
+    /// For a listing: inline payloads up to `budget` bytes, nothing else.
+    Listing { budget: usize },
+}
+
+fn from_item(item: &Item, tenant: &TenantId, load: Load) -> Option<StoredEvent> {
     let id: EventId = get_s(item, "sk")?.strip_prefix("e#")?.parse().ok()?;
     let progress: Progress = get_s(item, "progress")
         .and_then(|p| serde_json::from_str(&p).ok())
         .unwrap_or_default();
-    let (data, data_omitted) = if let Some(text) = get_s(item, "data") {
-        (serde_json::from_str(&text).unwrap_or(serde_json::Value::Null), false)
-    } else if let Some(bytes) = item.get("data_z").and_then(|v| v.as_b().ok()) {
-        let text = inflate(bytes.as_ref()).unwrap_or_default();
-        (serde_json::from_str(&text).unwrap_or(serde_json::Value::Null), false)
-    } else {
-        (serde_json::Value::Null, item.contains_key("chunks"))
+    let inline = item.get("data").and_then(|v| v.as_s().ok());
+    let (data, data_omitted) = match (inline, load) {
+        (Some(text), Load::Whole) => (serde_json::from_str(text).unwrap_or(serde_json::Value::Null), false),
+        (Some(text), Load::Listing { budget }) if text.len() <= LISTING_DATA_MAX.min(budget) => {
+            (serde_json::from_str(text).unwrap_or(serde_json::Value::Null), false)
+        }
+        (Some(_), Load::Listing { .. }) => (serde_json::Value::Null, true),
+        (None, Load::Whole) => match item.get("data_z").and_then(|v| v.as_b().ok()) {
+            Some(bytes) => {
+                let text = inflate(bytes.as_ref()).unwrap_or_default();
+                (serde_json::from_str(&text).unwrap_or(serde_json::Value::Null), false)
+            }
+            None => (serde_json::Value::Null, item.contains_key("chunks")),
+        },
+        (None, Load::Listing { .. }) => (
+            serde_json::Value::Null,
+            item.contains_key("data_z") || item.contains_key("chunks"),
+        ),
     };
     let extensions: BTreeMap<String, String> = get_s(item, "extensions")
         .and_then(|e| serde_json::from_str(&e).ok())
@@ -753,7 +783,7 @@ pub async fn get(
     if !item.contains_key("has_body") {
         return Ok(None);
     }
-    let Some(mut stored) = from_item(item, tenant) else {
+    let Some(mut stored) = from_item(item, tenant, Load::Whole) else {
         return Ok(None);
     };
     if let Some(count) = get_n(item, "chunks") {
@@ -939,7 +969,10 @@ pub async fn list(
         "pk = :t AND sk BETWEEN :low AND :high"
     };
     let mut page = Vec::new();
+    let mut budget = LISTING_PAGE_BYTES;
+    let mut queries = 0;
     loop {
+        queries += 1;
         let mut request = client
             .query()
             .table_name(table)
@@ -957,19 +990,21 @@ pub async fn list(
         }
         let output = request.send().await.map_err(|e| store_error("Query", table, e))?;
         for item in output.items() {
-            if let Some(stored) = from_item(item, tenant) {
+            if let Some(stored) = from_item(item, tenant, Load::Listing { budget }) {
+                if !stored.data_omitted {
+                    budget = budget.saturating_sub(item.get("data").and_then(|v| v.as_s().ok()).map_or(0, String::len));
+                }
                 page.push(stored);
             }
         }
         start = output.last_evaluated_key().cloned();
-        if page.len() >= query.limit || start.is_none() {
+        if page.len() >= query.limit || start.is_none() || queries >= LISTING_QUERIES {
             break;
         }
     }
-    let next = match (&start, page.last()) {
-        (Some(_), Some(last)) => encode_cursor(&HashMap::from([("sk".to_owned(), s(event_sk(&last.event.id)))])),
-        _ => None,
-    };
+    // Where DynamoDB stopped: after the last item returned, or after the
+    // last one a filter passed over.
+    let next = start.as_ref().and_then(encode_cursor);
     Ok((page, next))
 }
 

@@ -55,7 +55,9 @@ pub struct EventView {
     pub subject: Option<String>,
     /// When it happened (RFC 3339).
     pub time: String,
-    /// The payload (null in listings for payloads over 350 KB: see `data_omitted`).
+    /// The payload. Listings carry payloads up to 64 KiB, and up to 1 MiB
+    /// of them per page; the others are null with `data_omitted` (read the
+    /// event by id for its payload).
     #[schema(value_type = Object)]
     pub data: Value,
     /// Whether `data` was left out of a listing; `GET /v1/events/{id}` has it.
@@ -319,10 +321,15 @@ pub async fn inbox_compat(caller: Caller, state: State) -> Result<HttpResponse, 
     let items: Vec<Value> = page
         .iter()
         .map(|e| {
-            json!({"id": e.event.id.to_string(), "type": e.event.event_type, "source": e.event.source,
+            let mut item = json!({"id": e.event.id.to_string(), "type": e.event.event_type, "source": e.event.source,
                    "payload": e.event.data, "status": e.status.as_str(),
                    "created_at": format_time(e.event.received_at),
-                   "updated_at": format_time(e.updated_at.max(e.event.received_at))})
+                   "updated_at": format_time(e.updated_at.max(e.event.received_at))});
+            // A large payload is left out, as in every listing: say so.
+            if e.data_omitted {
+                item["payload_omitted"] = json!(true);
+            }
+            item
         })
         .collect();
     Ok(HttpResponse::Ok().json(items))
