@@ -211,6 +211,29 @@ pub async fn delete(
     Ok(output.attributes().is_some())
 }
 
+/// How many subscriptions `tenant` has, counting no further than `at_most`.
+pub async fn count(client: &Client, tables: &Tables, tenant: &TenantId, at_most: usize) -> Result<usize, StoreError> {
+    let mut counted = 0usize;
+    let mut start = None;
+    loop {
+        let output = client
+            .query()
+            .table_name(&tables.subscriptions)
+            .key_condition_expression("pk = :t")
+            .expression_attribute_values(":t", AttributeValue::S(tenant.to_string()))
+            .select(aws_sdk_dynamodb::types::Select::Count)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| StoreError::new("Query", &tables.subscriptions, e))?;
+        counted += usize::try_from(output.count()).unwrap_or(0);
+        start = output.last_evaluated_key().cloned();
+        if counted >= at_most || start.is_none() {
+            return Ok(counted);
+        }
+    }
+}
+
 /// One page of `tenant`'s subscriptions, oldest first, and the cursor of the
 /// next page.
 pub async fn list(

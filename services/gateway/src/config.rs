@@ -38,6 +38,9 @@ pub struct GatewayConfig {
     /// How long an `Idempotency-Key` is remembered.
     #[serde(with = "humantime_serde")]
     pub idempotency_ttl: Duration,
+    /// Subscriptions a tenant may have: each matching subscription is one
+    /// more delivery record per event (fan-out).
+    pub max_subscriptions_per_tenant: usize,
     /// Take the client address (for throttling failed authentication) from
     /// `Forwarded`/`X-Forwarded-For`: only behind a load balancer that sets
     /// it (an ALB does); otherwise a client could pick its own address.
@@ -58,6 +61,7 @@ impl Default for GatewayConfig {
             rate_limit_replicas: 1,
             auth_cache_ttl: Duration::from_secs(2),
             idempotency_ttl: Duration::from_secs(24 * 3_600),
+            max_subscriptions_per_tenant: 100,
             trust_forwarded_for: false,
         }
     }
@@ -96,6 +100,12 @@ impl Validate for GatewayConfig {
         }
         if self.rate_limit_replicas == 0 {
             issues.push(ConfigIssue::new(field("rate_limit_replicas"), "must be at least 1"));
+        }
+        if !(1..=10_000).contains(&self.max_subscriptions_per_tenant) {
+            issues.push(ConfigIssue::new(
+                field("max_subscriptions_per_tenant"),
+                "must be between 1 and 10000",
+            ));
         }
         if self.auth_cache_ttl > Duration::from_secs(300) {
             issues.push(ConfigIssue::new(field("auth_cache_ttl"), "must be at most 5m"));

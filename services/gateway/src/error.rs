@@ -76,6 +76,9 @@ pub enum ApiError {
         /// When enough capacity is back.
         retry_after: Duration,
     },
+    /// 409: a per-tenant limit is reached.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// 429: too many failed authentications from this client address.
     #[error("too many failed authentications from this address; retry after {retry_after:?}")]
     AuthThrottled {
@@ -119,6 +122,7 @@ pub const CODES: &[&str] = &[
     "not_found",
     "idempotency_key_reused",
     "idempotency_in_progress",
+    "limit_exceeded",
     "payload_too_large",
     "unsupported_media_type",
     "invalid_field",
@@ -137,6 +141,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) | Self::NoRoute { .. } => "not_found",
             Self::IdempotencyConflict(_) => "idempotency_key_reused",
+            Self::LimitExceeded(_) => "limit_exceeded",
             Self::IdempotencyInProgress(_) => "idempotency_in_progress",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType { .. } => "unsupported_media_type",
@@ -185,7 +190,9 @@ impl ResponseError for ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
-            Self::IdempotencyConflict(_) | Self::IdempotencyInProgress(_) => StatusCode::CONFLICT,
+            Self::IdempotencyConflict(_) | Self::IdempotencyInProgress(_) | Self::LimitExceeded(_) => {
+                StatusCode::CONFLICT
+            }
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,

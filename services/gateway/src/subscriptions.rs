@@ -291,7 +291,7 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(value: Value) -> Result
 #[utoipa::path(
     post, path = "/v1/subscriptions", tag = "subscriptions",
     request_body = SubscriptionInput,
-    responses((status = 201, body = SubscriptionWithSecret), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 201, body = SubscriptionWithSecret), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("api_key" = []))
 )]
 pub async fn create(
@@ -314,6 +314,18 @@ pub async fn create(
     check_ordering(input.ordered, batch.as_ref())?;
     if let Some(description) = &input.description {
         check_description(description)?;
+    }
+    let limit = state.config.max_subscriptions_per_tenant;
+    let existing = subscription::count(&state.dynamo, &state.tables, &caller.tenant, limit)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot count subscriptions");
+            ApiError::Unavailable("the subscription store is unavailable".to_owned())
+        })?;
+    if existing >= limit {
+        return Err(ApiError::LimitExceeded(format!(
+            "the tenant has {existing} subscriptions, the most allowed ({limit}); delete one, or ask the operator to raise gateway.max_subscriptions_per_tenant"
+        )));
     }
     let now = now_ms();
     let secret = subscription::generate_secret();

@@ -39,6 +39,9 @@ pub struct RouterConfig {
     pub group_id: String,
     /// Events whose records may be awaited at once.
     pub max_in_flight: usize,
+    /// Bytes of delivery and outcome records awaited at once (fan-out
+    /// multiplies an event: one record per matching subscription).
+    pub max_in_flight_bytes: usize,
     /// How long start-up may take to read the subscription table.
     #[serde(with = "humantime_serde")]
     pub catch_up_timeout: Duration,
@@ -53,6 +56,7 @@ impl Default for RouterConfig {
             listen: "0.0.0.0:9102".to_owned(),
             group_id: "triggers-router".to_owned(),
             max_in_flight: 2_000,
+            max_in_flight_bytes: 256 * 1024 * 1024,
             catch_up_timeout: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(20),
         }
@@ -61,6 +65,12 @@ impl Default for RouterConfig {
 
 impl Validate for RouterConfig {
     fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
+        if self.max_in_flight_bytes < 1024 * 1024 {
+            issues.push(ConfigIssue::new(
+                format!("{prefix}.max_in_flight_bytes"),
+                "must be at least 1 MiB",
+            ));
+        }
         validate_listen(prefix, "listen", &self.listen, issues);
         if self.group_id.trim().is_empty() {
             issues.push(ConfigIssue::new(format!("{prefix}.group_id"), "must not be empty"));
@@ -157,6 +167,7 @@ pub async fn start(
         max_in_flight: config.max_in_flight,
         pacer: triggers_core::pacing::Pacer::new(&common.kafka),
         max_record_bytes: common.kafka.max_record_bytes,
+        max_in_flight_bytes: config.max_in_flight_bytes,
     };
     let readiness = Readiness::new()
         .with("kafka", ops::kafka_probe(&common.kafka))

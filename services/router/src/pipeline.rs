@@ -74,7 +74,14 @@ pub struct Pipeline {
     pub pacer: triggers_core::pacing::Pacer,
     /// `kafka.max_record_bytes`.
     pub max_record_bytes: usize,
+    /// Bytes of records being produced at once, across events (one event's
+    /// records are always taken, however large): a 1 MB event to 1,000
+    /// subscriptions is 1 GB of delivery records.
+    pub max_in_flight_bytes: usize,
 }
+
+/// A source record's topic, partition and offset (-1: not done).
+type Position = (String, i32, i64);
 
 fn invalid(reason: &'static str, message: impl Into<String>) -> Invalid {
     Invalid {
@@ -91,17 +98,21 @@ impl Pipeline {
     /// delivery ids.
     pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
         let mut tracker = OffsetTracker::new();
-        let mut in_flight: FuturesUnordered<futures::future::BoxFuture<'static, (String, i32, i64)>> =
+        let mut in_flight: FuturesUnordered<futures::future::BoxFuture<'static, (Position, usize)>> =
             FuturesUnordered::new();
+        let mut bytes_in_flight = 0usize;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some((topic, partition, offset)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some(((topic, partition, offset), bytes)) = in_flight.next(), if !in_flight.is_empty() => {
+                    bytes_in_flight -= bytes;
+                    metrics::gauge!("triggers_router_in_flight_bytes").set(bytes_in_flight as f64);
                     self.done(&mut tracker, &topic, partition, offset);
                 }
                 () = self.pacer.due() => self.pacer.act(self.consumer.as_ref()),
-                message = self.consumer.recv(), if in_flight.len() < self.max_in_flight => {
+                message = self.consumer.recv(), if in_flight.len() < self.max_in_flight
+                    && (in_flight.is_empty() || bytes_in_flight < self.max_in_flight_bytes) => {
                     let message = match message {
                         Ok(message) => {
                             self.pacer.saw_record();
@@ -119,13 +130,17 @@ impl Pipeline {
                     };
                     let Some(records) = self.route(&message, &shutdown).await else { break };
                     tracker.start(message.topic(), message.partition(), message.offset());
-                    in_flight.push(Box::pin(self.send(records, message.topic().to_owned(), message.partition(), message.offset(), shutdown.clone())));
+                    let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
+                    bytes_in_flight += bytes;
+                    metrics::gauge!("triggers_router_in_flight_bytes").set(bytes_in_flight as f64);
+                    let sent = self.send(records, message.topic().to_owned(), message.partition(), message.offset(), shutdown.clone());
+                    in_flight.push(Box::pin(async move { (sent.await, bytes) }));
                 }
             }
         }
         // Finish what was started, within the grace period.
         let drain = async {
-            while let Some((topic, partition, offset)) = in_flight.next().await {
+            while let Some(((topic, partition, offset), _)) = in_flight.next().await {
                 self.done(&mut tracker, &topic, partition, offset);
             }
         };

@@ -327,3 +327,44 @@ async fn random_keys_are_throttled_per_address_and_known_keys_keep_working() {
     assert!(metrics.contains("method=\"other\""), "{metrics}");
     assert!(!metrics.contains("FROBNICATE"), "the invented method became a label");
 }
+
+#[tokio::test]
+async fn a_tenant_has_at_most_its_share_of_subscriptions() {
+    let gateway = start(TestStack::shared(), |_, config| {
+        config.max_subscriptions_per_tenant = 2;
+    })
+    .await;
+    let create = || async {
+        answer(
+            gateway
+                .post("/v1/subscriptions")
+                .body(json!({"target_url": "https://example.com/hook", "event_types": ["*"]}).to_string())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .await
+    };
+    let (status, _, first) = create().await;
+    assert_eq!(status, 201, "{first}");
+    let (status, _, second) = create().await;
+    assert_eq!(status, 201, "{second}");
+    let (status, _, refused) = create().await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (409, Some("limit_exceeded")),
+        "{refused}"
+    );
+    // Room again after a delete.
+    let id = first["id"].as_str().unwrap_or_default();
+    let deleted = gateway
+        .http
+        .delete(format!("{}/v1/subscriptions/{id}", gateway.url))
+        .bearer_auth(&gateway.key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(deleted.status().as_u16(), 204);
+    let (status, _, third) = create().await;
+    assert_eq!(status, 201, "{third}");
+}

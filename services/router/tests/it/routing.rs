@@ -1,5 +1,7 @@
 use serde_json::json;
 
+use triggers_router::RouterConfig;
+
 use crate::support::{env, order};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,4 +191,50 @@ async fn the_subscriptions_api_validates_lists_and_tests_matches() {
         .call(reqwest::Method::GET, "/v1/subscriptions?cursor=garbage", None)
         .await;
     assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_events_fanned_out_past_the_byte_budget_are_all_routed() {
+    let mut env = env().await;
+    env.stop_router().await;
+    env.start_router(RouterConfig {
+        max_in_flight_bytes: 1024 * 1024,
+        ..RouterConfig::default()
+    })
+    .await;
+    let mut subscriptions = Vec::new();
+    for _ in 0..3 {
+        subscriptions.push(
+            env.subscribe(json!({"target_url": "https://example.com/hook", "event_types": ["big.*"]}))
+                .await,
+        );
+    }
+    let expected: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
+    env.eventually_routes(json!({"type": "big.probe", "source": "s"}), &expected)
+        .await;
+    // Each event's three delivery records (~1.2 MB) are over the budget on
+    // their own: they are taken one event at a time, and all go out.
+    let filler = "z".repeat(400 * 1024);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            env.ingest(json!({"type": "big.item", "source": "s", "data": {"i": i, "filler": filler}}))
+                .await,
+        );
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let deliveries = env.deliveries(usize::MAX, std::time::Duration::from_secs(2)).await;
+        let routed = deliveries
+            .iter()
+            .filter(|(_, d)| ids.contains(&d.event.id.to_string()))
+            .count();
+        if routed == 15 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{routed} of 15 delivery records"
+        );
+    }
 }
