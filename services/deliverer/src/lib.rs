@@ -280,6 +280,8 @@ struct Deliverer {
     batcher: Batcher,
     park_after: Duration,
     park_delay: Duration,
+    /// Ends waits for the registry.
+    shutdown: CancellationToken,
 }
 
 struct Out {
@@ -287,6 +289,9 @@ struct Out {
     key: String,
     payload: Vec<u8>,
 }
+
+/// A record ready to produce, or why the attempt's records cannot be.
+type Encoded = Result<Out, Handled>;
 
 /// The webhook body of one event.
 fn event_body(event: &triggers_core::event::Event) -> serde_json::Value {
@@ -365,8 +370,8 @@ impl Deliverer {
         }
         metrics::counter!("triggers_deliverer_deferred_total").increment(1);
         let key = delivery.subscription_id.to_string();
-        let records = self.encode(topic, Contract::Delivery, key, delivery).await;
-        Some(self.produce(records.into_iter().collect(), shutdown).await)
+        let record = self.encode(topic, Contract::Delivery, key, delivery).await;
+        Some(self.produce(vec![record], shutdown).await)
     }
 
     async fn handle(self: &Arc<Self>, message: OwnedMessage, turn: Option<Turn>, slot: Slot) -> Handled {
@@ -468,11 +473,11 @@ impl Deliverer {
                 held.last_error = Some(reason.to_owned());
                 held.last_status = None;
                 let key = delivery.subscription_id.to_string();
-                records.extend(self.encode(&self.topics.dlq(), Contract::Delivery, key, &held).await);
+                records.push(self.encode(&self.topics.dlq(), Contract::Delivery, key, &held).await);
                 self.outcome(delivery, OutcomeKind::DeadLettered, None, Some(reason.to_owned()))
             }
         };
-        records.extend(self.encode(&outcomes, Contract::Outcome, event_key, &outcome).await);
+        records.push(self.encode(&outcomes, Contract::Outcome, event_key, &outcome).await);
         self.produce(records, shutdown).await
     }
 
@@ -511,8 +516,8 @@ impl Deliverer {
             return Handled::Stopped;
         };
         let key = delivery.subscription_id.to_string();
-        let records = self.encode(&topic, Contract::Delivery, key, &delivery).await;
-        self.produce(records.into_iter().collect(), shutdown).await
+        let record = self.encode(&topic, Contract::Delivery, key, &delivery).await;
+        self.produce(vec![record], shutdown).await
     }
 
     /// One delivery of an ordered subscription: its retries happen in place
@@ -638,17 +643,26 @@ impl Deliverer {
         }
     }
 
-    async fn encode<T: Serialize>(&self, topic: &str, contract: Contract, key: String, value: &T) -> Option<Out> {
-        match self.codec.encode(topic, contract, value).await {
-            Ok(payload) => Some(Out {
+    /// A record to produce. A registry outage is waited out (until
+    /// shutdown: `Stopped`); a value that can never be encoded is `Poison`.
+    /// Either way nothing of the attempt is produced ([`Deliverer::produce`]),
+    /// so no record is ever dropped silently.
+    async fn encode<T: Serialize>(&self, topic: &str, contract: Contract, key: String, value: &T) -> Encoded {
+        let encoded = triggers_core::consume::retry_transient(
+            "encode",
+            &self.shutdown,
+            |e: &triggers_core::codec::CodecError| !e.is_retriable(),
+            || self.codec.encode(topic, contract, value),
+        )
+        .await;
+        match encoded {
+            Some(Ok(payload)) => Ok(Out {
                 topic: topic.to_owned(),
                 key,
                 payload,
             }),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a record");
-                None
-            }
+            Some(Err(e)) => Err(Handled::Poison(Poison::new("unencodable", format!("{topic}: {e}")))),
+            None => Err(Handled::Stopped),
         }
     }
 
@@ -661,7 +675,7 @@ impl Deliverer {
         result: &AttemptResult,
         verdict: Verdict,
         in_place: bool,
-    ) -> (Vec<Out>, Option<Delivery>) {
+    ) -> (Vec<Encoded>, Option<Delivery>) {
         let outcomes = self.topics.outcomes();
         let event_key = delivery.event.id.to_string();
         let mut records = Vec::new();
@@ -704,21 +718,21 @@ impl Deliverer {
                             (OutcomeKind::Retrying, Some(error), Some(next))
                         } else {
                             let topic = self.topics.retries()[tier].clone();
-                            records.extend(self.encode(&topic, Contract::Delivery, key, &next).await);
+                            records.push(self.encode(&topic, Contract::Delivery, key, &next).await);
                             (OutcomeKind::Retrying, Some(error), None)
                         }
                     }
                     None => {
                         metrics::counter!("triggers_deliverer_attempts_total", "result" => "dead_lettered")
                             .increment(1);
-                        records.extend(self.encode(&self.topics.dlq(), Contract::Delivery, key, &next).await);
+                        records.push(self.encode(&self.topics.dlq(), Contract::Delivery, key, &next).await);
                         (OutcomeKind::DeadLettered, Some(error), None)
                     }
                 }
             }
         };
         let outcome = self.outcome(delivery, kind, Some(result), error);
-        records.extend(self.encode(&outcomes, Contract::Outcome, event_key, &outcome).await);
+        records.push(self.encode(&outcomes, Contract::Outcome, event_key, &outcome).await);
         (records, next)
     }
 
@@ -853,8 +867,13 @@ impl Deliverer {
     }
 
     /// Produces the records and waits for Kafka: `Done`, `Stopped` on
-    /// shutdown, `Poison` when Kafka can never take one (too large).
-    async fn produce(&self, records: Vec<Out>, shutdown: &CancellationToken) -> Handled {
+    /// shutdown, `Poison` when one could not be encoded or Kafka can never
+    /// take one (too large). Nothing is produced unless all were encoded.
+    async fn produce(&self, records: Vec<Encoded>, shutdown: &CancellationToken) -> Handled {
+        let records = match records.into_iter().collect::<Result<Vec<Out>, Handled>>() {
+            Ok(records) => records,
+            Err(handled) => return handled,
+        };
         for record in &records {
             let sent = triggers_core::consume::retry("produce", shutdown, || async {
                 let sent = self
@@ -953,6 +972,7 @@ pub async fn start(
         batcher: Batcher::default(),
         park_after: config.park_after,
         park_delay: config.park_delay,
+        shutdown: shutdown.clone(),
     });
     // Retry tiers wait seconds at least: their fetches need not be quick,
     // which spares the broker most of the polling of eight consumers. Paced
