@@ -9,12 +9,17 @@
 //! the events topic (the replay window), for an operator to inspect and, once
 //! the cause is fixed, write back.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use rdkafka::Message;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
 
 /// Why a record cannot be processed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,18 +72,51 @@ pub fn headers(message: &OwnedMessage, service: &str, poison: &Poison) -> Vec<(S
 #[derive(Clone)]
 #[allow(missing_debug_implementations)] // Holds a producer without Debug.
 pub struct Quarantine {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
     service: &'static str,
 }
 
+/// The producer of a quarantine: the service's own, or one made at the
+/// first poison record (an idle producer costs CPU for nothing).
+#[derive(Clone)]
+enum Producer {
+    Shared(FutureProducer),
+    Lazy(KafkaConfig, Arc<Mutex<Option<FutureProducer>>>),
+}
+
 impl Quarantine {
-    /// `service`'s quarantine on `topic`.
+    /// `service`'s quarantine on `topic`, written with `producer`.
     pub fn new(producer: FutureProducer, topic: String, service: &'static str) -> Self {
         Self {
-            producer,
+            producer: Producer::Shared(producer),
             topic,
             service,
+        }
+    }
+
+    /// `service`'s quarantine on `topic`, with a producer of its own made
+    /// when the first record is set aside.
+    pub fn lazy(kafka: &KafkaConfig, topic: String, service: &'static str) -> Self {
+        Self {
+            producer: Producer::Lazy(kafka.clone(), Arc::default()),
+            topic,
+            service,
+        }
+    }
+
+    fn producer(&self) -> Result<FutureProducer, crate::kafka::ClientError> {
+        match &self.producer {
+            Producer::Shared(producer) => Ok(producer.clone()),
+            Producer::Lazy(kafka, made) => {
+                let mut made = made.lock();
+                if let Some(producer) = made.as_ref() {
+                    return Ok(producer.clone());
+                }
+                let producer = crate::kafka::producer(kafka, "quarantine")?;
+                *made = Some(producer.clone());
+                Ok(producer)
+            }
         }
     }
 
@@ -109,6 +147,7 @@ impl Quarantine {
                 })
             });
         let sent = crate::consume::retry("quarantine", shutdown, || async {
+            let producer = self.producer().map_err(|e| e.to_string())?;
             let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).headers(headers.clone());
             if let Some(key) = message.key() {
                 record = record.key(key);
@@ -116,10 +155,10 @@ impl Quarantine {
             if let Some(payload) = message.payload() {
                 record = record.payload(payload);
             }
-            self.producer
+            producer
                 .send(record, Duration::from_secs(30))
                 .await
-                .map_err(|(e, _)| e)
+                .map_err(|(e, _)| e.to_string())
         })
         .await;
         if sent.is_some() {

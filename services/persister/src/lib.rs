@@ -257,20 +257,13 @@ pub async fn start(
         .with("dynamodb", ops::dynamo_probe(&dynamo));
     let limits = Limits::new(config.max_in_flight, config.shutdown_grace);
     let pacer = triggers_core::pacing::Pacer::new(&common.kafka);
-    let producer = triggers_core::kafka::producer(&common.kafka, "persister")?;
-    let quarantine = Quarantine::new(producer.clone(), common.topics.quarantine(), "persister");
+    let quarantine = Quarantine::lazy(&common.kafka, common.topics.quarantine(), "persister");
     let work = async move {
         triggers_core::consume::run(&consumer, pacer, limits, quarantine, shutdown, move |message, slot| {
             let persister = persister.clone();
             async move { persister.handle(message, slot.shutdown()).await }
         })
         .await;
-        let flushed =
-            tokio::task::spawn_blocking(move || rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)))
-                .await;
-        if !matches!(flushed, Ok(Ok(()))) {
-            tracing::warn!("persister producer did not flush");
-        }
         tracing::info!("persister stopped");
         Ok(())
     };
