@@ -388,6 +388,10 @@ pub struct KafkaConfig {
     /// `max_body_bytes` by [`RECORD_MARGIN`]: a delivery or retry record
     /// carries the whole event and a little more.
     pub max_record_bytes: usize,
+    /// How often consumers in a group export their lag
+    /// (`statistics.interval.ms`); zero turns it off.
+    #[serde(with = "humantime_serde")]
+    pub statistics_interval: Duration,
     /// Extra librdkafka settings passed through as they are, e.g.
     /// `security.protocol = "SASL_SSL"`, `sasl.mechanism = "SCRAM-SHA-512"`.
     pub extra: BTreeMap<String, String>,
@@ -424,6 +428,7 @@ impl Default for KafkaConfig {
             session_timeout: Duration::from_secs(10),
             commit_interval: Duration::from_secs(1),
             max_record_bytes: 2 * 1024 * 1024,
+            statistics_interval: Duration::from_secs(5),
             extra: BTreeMap::new(),
         }
     }

@@ -254,6 +254,7 @@ where
         match (&mut task.0).await {
             Ok(handled) => break handled,
             Err(e) if attempt < HANDLER_ATTEMPTS => {
+                metrics::counter!("triggers_handler_failures_total", "service" => quarantine.service()).increment(1);
                 tracing::error!(error = %e, topic, partition, offset, attempt, "a record's handler failed; trying again");
                 tokio::select! {
                     _ = shutdown.cancelled() => break Handled::Stopped,
@@ -270,6 +271,13 @@ where
         }
     };
     slot.settle();
+    let result = match &handled {
+        Handled::Done => "done",
+        Handled::Stopped => "stopped",
+        Handled::Poison(_) => "quarantined",
+    };
+    metrics::counter!("triggers_records_handled_total", "service" => quarantine.service(), "result" => result)
+        .increment(1);
     let done = match handled {
         Handled::Done => true,
         Handled::Stopped => false,

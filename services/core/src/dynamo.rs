@@ -29,7 +29,63 @@ pub async fn client(config: &DynamoConfig) -> Client {
     if let Some(endpoint) = &config.endpoint {
         loader = loader.endpoint_url(endpoint);
     }
-    Client::new(&loader.load().await)
+    let shared = loader.load().await;
+    let config = aws_sdk_dynamodb::config::Builder::from(&shared)
+        .interceptor(CallMetrics)
+        .build();
+    Client::from_conf(config)
+}
+
+/// Times every DynamoDB call: `triggers_dynamodb_request_duration_seconds`
+/// by operation and result (`ok`, `error`; retries included). Errors by
+/// code are counted where they are handled ([`crate::tenancy::StoreError`]).
+#[derive(Debug)]
+struct CallMetrics;
+
+#[derive(Debug, Clone, Copy)]
+struct Started(std::time::Instant);
+
+impl aws_smithy_types::config_bag::Storable for Started {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for CallMetrics {
+    fn name(&self) -> &'static str {
+        "TriggersCallMetrics"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        cfg.interceptor_state().store_put(Started(std::time::Instant::now()));
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let operation = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map_or_else(|| "unknown".to_owned(), |m| m.name().to_owned());
+        let result = match context.output_or_error() {
+            Some(Ok(_)) => "ok",
+            _ => "error",
+        };
+        if let Some(Started(at)) = cfg.load::<Started>() {
+            metrics::histogram!(
+                "triggers_dynamodb_request_duration_seconds",
+                "operation" => operation,
+                "result" => result
+            )
+            .record(at.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
 }
 
 /// The physical names of the tables of one deployment.

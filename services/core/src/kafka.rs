@@ -96,6 +96,9 @@ pub fn consumer_config(config: &KafkaConfig, service: &str, group: &str) -> Clie
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", millis(config.session_timeout))
         .set("fetch.wait.max.ms", millis(config.fetch_wait_max));
+    if !config.statistics_interval.is_zero() {
+        client.set("statistics.interval.ms", millis(config.statistics_interval));
+    }
     paced(config, &mut client);
     client
 }
@@ -112,16 +115,28 @@ pub fn paced(config: &KafkaConfig, client: &mut ClientConfig) {
 /// logged with a hint of what to do, except the end of a partition (which
 /// consumers ask for on purpose: followers to know they caught up, paced
 /// consumers to know a fetch came back), and rebalances logged at INFO.
-#[derive(Debug, Clone, Copy)]
+/// In a consumer group it also exports the group's lag per partition from
+/// librdkafka's statistics (`kafka.statistics_interval`):
+/// `triggers_consumer_lag_records{group,topic,partition}`.
+#[derive(Debug, Clone)]
 pub struct ConsumerLog {
     /// Who consumes (`router`, `deliverer`, …), for the log lines.
     pub role: &'static str,
+    group: Option<std::sync::Arc<str>>,
 }
 
 impl ConsumerLog {
     /// The context of `role`'s consumers.
     pub fn new(role: &'static str) -> Self {
-        Self { role }
+        Self { role, group: None }
+    }
+
+    /// The context of `role`'s consumer in `group`, which exports its lag.
+    pub fn in_group(role: &'static str, group: &str) -> Self {
+        Self {
+            role,
+            group: Some(group.into()),
+        }
     }
 }
 
@@ -134,6 +149,25 @@ pub fn is_partition_eof(error: &KafkaError) -> bool {
 }
 
 impl rdkafka::ClientContext for ConsumerLog {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(group) = &self.group else { return };
+        for (topic, stats) in &statistics.topics {
+            for (partition, stats) in &stats.partitions {
+                // -1 is librdkafka's internal partition; a negative lag is unknown.
+                if *partition < 0 || stats.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!(
+                    "triggers_consumer_lag_records",
+                    "group" => group.to_string(),
+                    "topic" => topic.clone(),
+                    "partition" => partition.to_string()
+                )
+                .set(stats.consumer_lag as f64);
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if is_partition_eof(&error) {
             return;

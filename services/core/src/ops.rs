@@ -130,6 +130,7 @@ async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
 }
 
 async fn metrics() -> HttpResponse {
+    crate::telemetry::process_metrics();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(crate::telemetry::metrics().render())

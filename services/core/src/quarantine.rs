@@ -82,7 +82,7 @@ pub struct Quarantine {
 #[derive(Clone)]
 enum Producer {
     Shared(FutureProducer),
-    Lazy(KafkaConfig, Arc<Mutex<Option<FutureProducer>>>),
+    Lazy(Box<KafkaConfig>, Arc<Mutex<Option<FutureProducer>>>),
 }
 
 impl Quarantine {
@@ -99,7 +99,7 @@ impl Quarantine {
     /// when the first record is set aside.
     pub fn lazy(kafka: &KafkaConfig, topic: String, service: &'static str) -> Self {
         Self {
-            producer: Producer::Lazy(kafka.clone(), Arc::default()),
+            producer: Producer::Lazy(Box::new(kafka.clone()), Arc::default()),
             topic,
             service,
         }
@@ -118,6 +118,11 @@ impl Quarantine {
                 Ok(producer)
             }
         }
+    }
+
+    /// The service that sets records aside (a metric label).
+    pub fn service(&self) -> &'static str {
+        self.service
     }
 
     /// The topic records go to.

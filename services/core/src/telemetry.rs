@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -100,6 +100,21 @@ pub fn metrics() -> &'static PrometheusHandle {
             .set_buckets(&[
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ])
+            // From acceptance to a 2xx: seconds normally, hours through the retry tiers.
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("triggers_delivery_e2e_seconds".to_owned()),
+                    &[
+                        0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3_600.0, 86_400.0,
+                    ],
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Suffix("batch_size".to_owned()),
+                    &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0],
+                )
+            })
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
@@ -114,4 +129,35 @@ pub fn metrics() -> &'static PrometheusHandle {
 fn describe() {
     metrics::describe_counter!("triggers_build_info", "Build information; always 1.");
     metrics::counter!("triggers_build_info", "version" => env!("CARGO_PKG_VERSION")).absolute(1);
+}
+
+/// Updates the process's CPU time, resident memory and start time from
+/// `/proc` (Linux; elsewhere nothing), for a scrape: `process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, `process_start_time_seconds`.
+pub fn process_metrics() {
+    static START: OnceLock<f64> = OnceLock::new();
+    let start = *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    });
+    metrics::gauge!("process_start_time_seconds").set(start);
+    // Fields 14 and 15 of /proc/self/stat: user and system time in clock
+    // ticks (100 per second on Linux); after the command name in parentheses.
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+        && let Some((_, rest)) = stat.rsplit_once(')')
+    {
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
+            .sum();
+        metrics::counter!("process_cpu_seconds_total").absolute(ticks / 100);
+    }
+    // Second field of /proc/self/statm: resident pages (4 KiB).
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
+        && let Some(pages) = statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok())
+    {
+        metrics::gauge!("process_resident_memory_bytes").set((pages * 4096) as f64);
+    }
 }

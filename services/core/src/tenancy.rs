@@ -36,6 +36,15 @@ impl StoreError {
         error: E,
     ) -> Self {
         let permanent = error.code().is_some_and(|code| PERMANENT_CODES.contains(&code));
+        let kind = match error.code() {
+            Some("ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded") => {
+                "throttled"
+            }
+            Some(_) if permanent => "invalid",
+            Some(_) => "service",
+            None => "transport",
+        };
+        metrics::counter!("triggers_dynamodb_errors_total", "operation" => operation, "kind" => kind).increment(1);
         let mut message = error.to_string();
         if let Some(detail) = error.message() {
             message.push_str(": ");

@@ -219,6 +219,19 @@ pub enum Verdict {
     Retry,
 }
 
+/// The `status_class` label of a response: `2xx` … `5xx`, or `none` when
+/// the endpoint did not answer (timeout, connection refused, blocked).
+fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        Some(_) => "other",
+        None => "none",
+    }
+}
+
 /// The verdict of an attempt.
 pub fn verdict(result: &AttemptResult) -> Verdict {
     match result.status {
@@ -679,9 +692,19 @@ impl Deliverer {
         let outcomes = self.topics.outcomes();
         let event_key = delivery.event.id.to_string();
         let mut records = Vec::new();
+        metrics::counter!("triggers_deliverer_responses_total", "status_class" => status_class(result.status))
+            .increment(1);
+        metrics::histogram!("triggers_deliverer_attempt_duration_seconds")
+            .record(result.latency_ms.max(0) as f64 / 1000.0);
         let (kind, error, next) = match verdict {
             Verdict::Delivered => {
                 metrics::counter!("triggers_deliverer_attempts_total", "result" => "delivered").increment(1);
+                // Acceptance to 2xx, for the deliveries of the event's
+                // first round (replays and redrives start a new one).
+                if !delivery.replay && delivery.first_attempt <= 1 {
+                    let e2e = (now_ms() - delivery.event.received_at).max(0);
+                    metrics::histogram!("triggers_delivery_e2e_seconds").record(e2e as f64 / 1000.0);
+                }
                 (OutcomeKind::Delivered, None, None)
             }
             Verdict::Gone => {
@@ -1004,7 +1027,7 @@ pub async fn start(
             &kafka,
             "deliverer",
             &group,
-            triggers_core::kafka::ConsumerLog::new("deliverer"),
+            triggers_core::kafka::ConsumerLog::in_group("deliverer", &group),
         )?;
         consumer.subscribe(&[&topic])?;
         let pacer = triggers_core::pacing::Pacer::new(&kafka);

@@ -132,7 +132,14 @@ impl EventSink {
         })?;
         // message.timeout.ms bounds the report; the outer timeout is a backstop.
         let timeout = inner.kafka.produce_timeout + Duration::from_secs(1);
-        match tokio::time::timeout(timeout, delivery).await {
+        let started = std::time::Instant::now();
+        let acknowledged = tokio::time::timeout(timeout, delivery).await;
+        metrics::histogram!(
+            "triggers_gateway_produce_duration_seconds",
+            "result" => if matches!(acknowledged, Ok(Ok(Ok(_)))) { "ok" } else { "error" }
+        )
+        .record(started.elapsed().as_secs_f64());
+        match acknowledged {
             Ok(Ok(Ok(_))) => {
                 inner.failures.store(0, Ordering::Relaxed);
                 Ok(())

@@ -249,7 +249,7 @@ pub async fn start(
         &common.kafka,
         "persister",
         &config.group_id,
-        triggers_core::kafka::ConsumerLog::new("persister"),
+        triggers_core::kafka::ConsumerLog::in_group("persister", &config.group_id),
     )?;
     consumer.subscribe(&[&common.topics.events(), &common.topics.outcomes()])?;
     let readiness = Readiness::new()

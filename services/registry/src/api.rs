@@ -276,7 +276,7 @@ async fn register(
         };
         registry.log.append(&key, Some(&value), LOG_TIMEOUT).await?;
         if let Some(found) = registry.log.read(|state| state.find_in_subject(&subject, &normalized)) {
-            metrics::counter!("registry_schemas_registered_total").increment(1);
+            metrics::counter!("triggers_registry_schemas_registered_total").increment(1);
             tracing::info!(subject = %subject, id = found.id, version = found.version, "schema registered");
             return Ok(ok(json!({"id": found.id})));
         }

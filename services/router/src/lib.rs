@@ -154,7 +154,7 @@ pub async fn start(
         &common.kafka,
         "router",
         &config.group_id,
-        triggers_core::kafka::ConsumerLog::new("router"),
+        triggers_core::kafka::ConsumerLog::in_group("router", &config.group_id),
     )?;
     consumer.subscribe(&[&common.topics.events()])?;
     let pipeline = pipeline::Pipeline {

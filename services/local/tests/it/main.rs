@@ -8,6 +8,8 @@ use triggers_core::dynamo::Tables;
 use triggers_local::LocalOptions;
 use triggers_stack::{assert_ops_endpoints, free_port};
 
+mod metrics;
+
 /// A folder under the current directory, by a relative path, removed on drop.
 struct RelativeDir(std::path::PathBuf);
 
@@ -188,6 +190,40 @@ async fn the_whole_stack_starts_answers_and_keeps_its_data_across_restarts() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // The metrics the dashboards and alerts use are exported, and nothing
+    // is exported that the catalog does not describe.
+    let metrics_url = format!("{}/metrics", stack.endpoints.ops_urls[0].1);
+    let required = [
+        "triggers_http_requests_total",
+        "triggers_http_request_duration_seconds",
+        "triggers_gateway_produce_duration_seconds",
+        "triggers_delivery_e2e_seconds",
+        "triggers_deliverer_attempts_total",
+        "triggers_deliverer_responses_total",
+        "triggers_records_handled_total",
+        "triggers_dynamodb_request_duration_seconds",
+        "triggers_consumer_lag_records",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .text()
+            .await
+            .unwrap_or_default();
+        let families = metrics::exported(&text);
+        let missing: Vec<&str> = required.into_iter().filter(|m| !families.contains_key(*m)).collect();
+        if missing.is_empty() {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "not exported: {missing:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let undocumented = metrics::undocumented(&text);
+    assert!(undocumented.is_empty(), "{}", undocumented.join("\n"));
     stack.stop().await;
 
     // A healthy start, an event delivered and a clean stop: nothing a user

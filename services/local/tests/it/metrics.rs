@@ -1,0 +1,141 @@
+//! The metric catalog (`docs/metrics.md`) against what a running stack
+//! exports: every family, its type and its labels must be listed there.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A metric family: its type and label names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    pub kind: String,
+    pub labels: BTreeSet<String>,
+}
+
+/// The catalog's table: name → family.
+pub fn catalog() -> BTreeMap<String, Family> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md"))
+        .unwrap_or_else(|e| panic!("docs/metrics.md: {e}"));
+    text.lines()
+        .filter(|line| line.starts_with("| `"))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let name = cells[1].trim_matches('`').to_owned();
+            let labels = cells[3]
+                .split(',')
+                .map(|l| l.trim().trim_matches('`').to_owned())
+                .filter(|l| !l.is_empty())
+                .collect();
+            (
+                name,
+                Family {
+                    kind: cells[2].to_owned(),
+                    labels,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The families of a Prometheus text exposition.
+pub fn exported(text: &str) -> BTreeMap<String, Family> {
+    let mut families: BTreeMap<String, Family> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
+                families.insert(
+                    name.to_owned(),
+                    Family {
+                        kind: kind.to_owned(),
+                        labels: BTreeSet::new(),
+                    },
+                );
+            }
+            continue;
+        }
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let series = line.split_whitespace().next().unwrap_or_default();
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (name, labels.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                let base = name.strip_suffix(suffix)?;
+                families.contains_key(base).then_some(base)
+            })
+            .unwrap_or(name)
+            .to_owned();
+        let entry = families.entry(family).or_insert_with(|| Family {
+            kind: "untyped".to_owned(),
+            labels: BTreeSet::new(),
+        });
+        // Label values are quoted and may hold commas: take each name
+        // before `="`.
+        let mut rest = labels;
+        while let Some((key, after)) = rest.split_once("=\"") {
+            let key = key.trim_start_matches(',');
+            if key != "le" && key != "quantile" {
+                entry.labels.insert(key.to_owned());
+            }
+            let mut escaped = false;
+            let mut end = after.len();
+            for (i, c) in after.char_indices() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => {
+                        end = i + 1;
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            rest = &after[end.min(after.len())..];
+        }
+    }
+    families
+}
+
+/// What `text` exports that the catalog does not describe.
+pub fn undocumented(text: &str) -> Vec<String> {
+    let catalog = catalog();
+    let mut problems = Vec::new();
+    for (name, family) in exported(text) {
+        match catalog.get(&name) {
+            None => problems.push(format!("{name} ({}) is not in docs/metrics.md", family.kind)),
+            Some(listed) => {
+                if listed.kind != family.kind {
+                    problems.push(format!(
+                        "{name} is a {}, docs/metrics.md says {}",
+                        family.kind, listed.kind
+                    ));
+                }
+                let extra: Vec<&String> = family.labels.difference(&listed.labels).collect();
+                if !extra.is_empty() {
+                    problems.push(format!("{name} has labels {extra:?} not in docs/metrics.md"));
+                }
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_parser_reads_families_types_and_labels() {
+    let text = "# TYPE a_total counter\na_total{x=\"1,y=2\",z=\"q\\\"\"} 3\n# TYPE h histogram\nh_bucket{le=\"0.1\",op=\"Put\"} 1\nh_sum{op=\"Put\"} 0.1\nh_count{op=\"Put\"} 1\n";
+    let families = exported(text);
+    assert_eq!(
+        families["a_total"].labels,
+        BTreeSet::from(["x".to_owned(), "z".to_owned()])
+    );
+    assert_eq!(families["h"].kind, "histogram");
+    assert_eq!(families["h"].labels, BTreeSet::from(["op".to_owned()]));
+    assert!(catalog().contains_key("triggers_delivery_e2e_seconds"));
+    // What the catalog does not list, or lists otherwise, is reported.
+    let problems = undocumented(
+        "# TYPE nope_total counter\nnope_total 1\n# TYPE triggers_router_deliveries_total gauge\ntriggers_router_deliveries_total{tenant=\"t\"} 1\n",
+    );
+    assert_eq!(problems.len(), 3, "{problems:?}");
+}
