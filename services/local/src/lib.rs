@@ -46,6 +46,9 @@ pub struct LocalOptions {
     pub deliverer_port: u16,
     /// The demo receiver's port.
     pub receiver_port: u16,
+    /// Start a Prometheus on this port, scraping every service (every
+    /// second, with the alert rules loaded); none when `None`.
+    pub prometheus_port: Option<u16>,
     /// Environment variables for configuration (normally the process's).
     pub env: Vec<(String, String)>,
 }
@@ -64,6 +67,7 @@ impl LocalOptions {
             persister_port: 9103,
             deliverer_port: 9104,
             receiver_port: 9000,
+            prometheus_port: None,
             env: Vec::new(),
         }
     }
@@ -118,6 +122,8 @@ pub struct Endpoints {
     pub demo_receiver_url: String,
     /// The operations ports of router, persister, deliverer.
     pub ops_urls: Vec<(&'static str, String)>,
+    /// Prometheus, when started.
+    pub prometheus_url: Option<String>,
 }
 
 type ServiceTask = (&'static str, BoxFuture<'static, Result<(), String>>);
@@ -214,7 +220,7 @@ pub async fn start(options: &LocalOptions, source: &ConfigSource) -> Result<Loca
         options.dynamodb_port,
         &logs.join("dynamodb.log"),
     )?;
-    let processes = vec![dynamodb, tansu];
+    let mut processes = vec![dynamodb, tansu];
 
     let mut registry_config: triggers_registry::RegistryServerConfig = source.section("registry_server")?;
     registry_config.listen = format!("127.0.0.1:{}", options.registry_port);
@@ -288,7 +294,7 @@ pub async fn start(options: &LocalOptions, source: &ConfigSource) -> Result<Loca
         .map_err(|e| service_error("demo receiver")(&e))?;
     services.push(("demo receiver", Box::pin(async move { flatten(receiver.task.await) })));
 
-    let endpoints = Endpoints {
+    let mut endpoints = Endpoints {
         gateway_url: format!("http://127.0.0.1:{}", options.gateway_port),
         registry_url: format!("http://127.0.0.1:{}", options.registry_port),
         kafka_bootstrap: common.kafka.bootstrap_servers.clone(),
@@ -299,7 +305,24 @@ pub async fn start(options: &LocalOptions, source: &ConfigSource) -> Result<Loca
             ("persister", format!("http://127.0.0.1:{}", options.persister_port)),
             ("deliverer", format!("http://127.0.0.1:{}", options.deliverer_port)),
         ],
+        prometheus_url: None,
     };
+    if let Some(port) = options.prometheus_port {
+        tracing::info!(port, "starting Prometheus");
+        // One process hosts every service: one target would show all series;
+        // each port is scraped as its service's job all the same, as deployed.
+        let mut targets = vec![("gateway", endpoints.gateway_url.clone())];
+        targets.extend(endpoints.ops_urls.iter().map(|(name, url)| (*name, url.clone())));
+        let prometheus = triggers_stack::start_prometheus(
+            &data.join("prometheus"),
+            port,
+            &targets,
+            std::time::Duration::from_secs(1),
+            &logs.join("prometheus.log"),
+        )?;
+        processes.push(prometheus);
+        endpoints.prometheus_url = Some(format!("http://127.0.0.1:{port}"));
+    }
     write_env_file(&data.join("local.env"), &endpoints, &demo)?;
     Ok(LocalStack {
         endpoints,

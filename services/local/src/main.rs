@@ -38,6 +38,13 @@ struct Args {
     /// The demo webhook receiver's port.
     #[arg(long, default_value_t = 9000)]
     receiver_port: u16,
+    /// Also start Prometheus (Debian's package), scraping every service
+    /// with the alert rules loaded, to query the dashboards' metrics.
+    #[arg(long)]
+    prometheus: bool,
+    /// Prometheus's port, with `--prometheus`.
+    #[arg(long, default_value_t = 9090)]
+    prometheus_port: u16,
 }
 
 #[tokio::main]
@@ -50,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         registry_port: args.registry_port,
         gateway_port: args.gateway_port,
         receiver_port: args.receiver_port,
+        prometheus_port: args.prometheus.then_some(args.prometheus_port),
         env: std::env::vars().collect(),
         ..LocalOptions::new(args.data_dir)
     };
@@ -86,6 +94,9 @@ async fn main() -> anyhow::Result<()> {
     println!("  dynamodb local   {}", endpoints.dynamodb_endpoint);
     println!("  schema registry  {}", endpoints.registry_url);
     println!("  ops ports        {ops}   (/healthz /readyz /metrics)");
+    if let Some(prometheus) = &endpoints.prometheus_url {
+        println!("  prometheus       {prometheus}   (alerts: {prometheus}/alerts)");
+    }
     println!();
     println!("Demo tenant {}, API key:", stack.demo.tenant_id);
     println!("  {key}");

@@ -123,3 +123,62 @@ pub async fn assert_ops_endpoints(base: &str) {
         "{base}/metrics lacks triggers_build_info:\n{body}"
     );
 }
+
+/// Starts a real Prometheus (Debian's `prometheus`, installed by the
+/// bootstrap) on `port`, scraping every `(job, base URL)` target's
+/// `/metrics` each `scrape_interval`, with its data in `data_dir`. Jobs are
+/// named `triggers-<job>`, as `docs/operations.md` and the alert rules
+/// expect; the rules of `observability/prometheus/alerts.yml` are loaded.
+pub fn start_prometheus(
+    data_dir: &Path,
+    port: u16,
+    targets: &[(&str, String)],
+    scrape_interval: Duration,
+    log: &Path,
+) -> Result<ChildProcess, StackError> {
+    let program = which("prometheus").ok_or_else(|| StackError::Missing {
+        what: "prometheus".to_owned(),
+        hint: "run scripts/bootstrap (it installs Debian's prometheus package)".to_owned(),
+    })?;
+    std::fs::create_dir_all(data_dir).map_err(|e| StackError::io("create Prometheus data dir", e))?;
+    let data_dir = std::path::absolute(data_dir).map_err(|e| StackError::io("resolve Prometheus data dir", e))?;
+    let rules = tools::repo_root().join("observability/prometheus/alerts.yml");
+    let mut config = format!(
+        "global:\n  scrape_interval: {}ms\n  evaluation_interval: {}ms\nrule_files:\n  - {}\nscrape_configs:\n",
+        scrape_interval.as_millis(),
+        scrape_interval.as_millis(),
+        rules.display()
+    );
+    for (job, url) in targets {
+        let host = url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/');
+        config.push_str(&format!(
+            "  - job_name: triggers-{job}\n    static_configs:\n      - targets: ['{host}']\n"
+        ));
+    }
+    let config_file = data_dir.join("prometheus.yml");
+    std::fs::write(&config_file, config).map_err(|e| StackError::io("write prometheus.yml", e))?;
+    let config_arg = format!("--config.file={}", config_file.display());
+    let storage_arg = format!("--storage.tsdb.path={}", data_dir.join("data").display());
+    let listen_arg = format!("--web.listen-address=127.0.0.1:{port}");
+    let mut child = ChildProcess::spawn(
+        "prometheus",
+        &program,
+        &[&config_arg, &storage_arg, &listen_arg],
+        &data_dir,
+        log,
+    )?;
+    wait_for_port("prometheus", port, Duration::from_secs(30), &mut child)?;
+    Ok(child)
+}
+
+/// `program` on the `PATH`, if it is there.
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| path.is_file())
+}

@@ -42,6 +42,7 @@ fn options(data_dir: &std::path::Path) -> LocalOptions {
         persister_port: port(),
         deliverer_port: port(),
         receiver_port: port(),
+        prometheus_port: Some(port()),
         env: Vec::new(),
         ..LocalOptions::new(data_dir)
     }
@@ -224,6 +225,32 @@ async fn the_whole_stack_starts_answers_and_keeps_its_data_across_restarts() {
     };
     let undocumented = metrics::undocumented(&text);
     assert!(undocumented.is_empty(), "{}", undocumented.join("\n"));
+
+    // A short load, then every dashboard panel's query, run by the real
+    // Prometheus the runner started, returns at least one series.
+    let prometheus = stack
+        .endpoints
+        .prometheus_url
+        .clone()
+        .unwrap_or_else(|| panic!("no Prometheus"));
+    let http = reqwest::Client::new();
+    for i in 0..20 {
+        let response = http
+            .post(format!("{}/v1/events", stack.endpoints.gateway_url))
+            .bearer_auth(&api_key)
+            .json(&serde_json::json!({"type": "order.created", "source": "load", "data": {"i": i}}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.status().as_u16(), 202);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stack.received.count() < 21 {
+        assert!(std::time::Instant::now() < deadline, "the load was not delivered");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    metrics::every_panel_answers(&http, &prometheus).await;
+    metrics::the_alert_rules_are_loaded(&http, &prometheus).await;
     stack.stop().await;
 
     // A healthy start, an event delivered and a clean stop: nothing a user

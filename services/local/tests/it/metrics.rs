@@ -139,3 +139,134 @@ fn the_parser_reads_families_types_and_labels() {
     );
     assert_eq!(problems.len(), 3, "{problems:?}");
 }
+
+/// Every query of every dashboard in `observability/grafana/`, with its
+/// template variables filled in (all namespaces and instances, a 20 s rate
+/// window), answers at least one series from `prometheus`. Retries for up to
+/// 30 s while the scrapes come in.
+pub async fn every_panel_answers(http: &reqwest::Client, prometheus: &str) {
+    let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/../../observability/grafana");
+    let mut queries = Vec::new();
+    for entry in std::fs::read_dir(folder).unwrap_or_else(|e| panic!("{folder}: {e}")) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for panel in dashboard["panels"].as_array().cloned().unwrap_or_default() {
+            for target in panel["targets"].as_array().cloned().unwrap_or_default() {
+                let expr = target["expr"].as_str().unwrap_or_default();
+                let query = expr
+                    .replace("$__rate_interval", "20s")
+                    .replace("$namespace", ".*")
+                    .replace("$instance", ".*");
+                queries.push((format!("{} / {}", path.display(), panel["title"]), query));
+            }
+        }
+    }
+    assert!(queries.len() >= 30, "only {} panel queries found", queries.len());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut empty = queries.clone();
+    while !empty.is_empty() {
+        let mut still = Vec::new();
+        for (panel, query) in empty {
+            let answer: serde_json::Value = http
+                .get(format!("{prometheus}/api/v1/query"))
+                .query(&[("query", query.as_str())])
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .json()
+                .await
+                .unwrap_or_default();
+            assert_eq!(answer["status"], "success", "{panel}: {query}: {answer}");
+            if answer["data"]["result"].as_array().is_none_or(Vec::is_empty) {
+                still.push((panel, query));
+            }
+        }
+        if !still.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "panels without data:\n{}",
+                still
+                    .iter()
+                    .map(|(p, q)| format!("{p}: {q}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        empty = still;
+    }
+}
+
+/// Prometheus loaded every alert rule of `observability/prometheus/alerts.yml`.
+pub async fn the_alert_rules_are_loaded(http: &reqwest::Client, prometheus: &str) {
+    let answer: serde_json::Value = http
+        .get(format!("{prometheus}/api/v1/rules"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_default();
+    let rules: Vec<String> = answer["data"]["groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["name"].as_str().map(str::to_owned))
+        .collect();
+    assert!(rules.len() >= 8, "{answer}");
+    assert!(rules.iter().any(|r| r == "TriggersEndToEndLatencyHigh"), "{rules:?}");
+}
+
+/// `promtool check rules` and `promtool test rules` on the alert rules and
+/// their unit tests, and every metric the rules and dashboards name is in the
+/// catalog.
+#[test]
+fn the_alert_rules_pass_promtool_and_use_catalog_metrics() {
+    let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/../../observability/prometheus");
+    for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]] {
+        let output = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(folder)
+            .output()
+            .unwrap_or_else(|e| panic!("promtool (run scripts/bootstrap): {e}"));
+        assert!(
+            output.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let catalog = catalog();
+    let mut texts = vec![std::fs::read_to_string(format!("{folder}/alerts.yml")).unwrap_or_default()];
+    let dashboards = concat!(env!("CARGO_MANIFEST_DIR"), "/../../observability/grafana");
+    for entry in std::fs::read_dir(dashboards).unwrap_or_else(|e| panic!("{e}")) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        if path.extension().and_then(|e| e.to_str()) == Some("json") {
+            texts.push(std::fs::read_to_string(&path).unwrap_or_default());
+        }
+    }
+    let mut unknown = BTreeSet::new();
+    for text in &texts {
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !(word.starts_with("triggers_") || word.starts_with("process_")) {
+                continue;
+            }
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s).filter(|b| catalog.contains_key(*b)))
+                .unwrap_or(word);
+            if !catalog.contains_key(base) {
+                unknown.insert(base.to_owned());
+            }
+        }
+    }
+    assert!(unknown.is_empty(), "metrics not in docs/metrics.md: {unknown:?}");
+}
