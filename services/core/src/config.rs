@@ -896,6 +896,9 @@ pub struct TelemetryConfig {
     /// OTLP/HTTP endpoint for traces (e.g. `http://otel-collector:4318`); unset
     /// disables trace export.
     pub otlp_endpoint: Option<String>,
+    /// The share of new traces kept (0 to 1); a trace whose parent (a
+    /// client's `traceparent`, a record's headers) was sampled is kept.
+    pub trace_sample_ratio: f64,
 }
 
 impl Default for TelemetryConfig {
@@ -904,12 +907,19 @@ impl Default for TelemetryConfig {
             log_level: "info".to_owned(),
             log_format: LogFormat::Json,
             otlp_endpoint: None,
+            trace_sample_ratio: 0.1,
         }
     }
 }
 
 impl Validate for TelemetryConfig {
     fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            issues.push(ConfigIssue::new(
+                join(prefix, "trace_sample_ratio"),
+                "must be between 0 and 1",
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
             issues.push(ConfigIssue::new(
                 join(prefix, "log_level"),

@@ -36,6 +36,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::offsets::OffsetTracker;
 use crate::pacing::Pacer;
@@ -170,8 +171,11 @@ pub async fn run<C, F, Fut>(
                 wake: wake.clone(),
             };
             // Started here, in read order (handlers may take turns as they start).
-            let first = AbortOnDrop(tokio::spawn(handle(next.message.clone(), slot.clone())));
-            in_flight.push(work(first, next, slot, handle.clone(), quarantine.clone()));
+            let span = crate::kafka::trace_headers::process_span(&next.message, quarantine.service());
+            let first = AbortOnDrop(tokio::spawn(
+                handle(next.message.clone(), slot.clone()).instrument(span.clone()),
+            ));
+            in_flight.push(work(first, next, slot, handle.clone(), quarantine.clone(), span));
         }
         // Pause while the backlog or memory is full; resume once half of it drained.
         let full = backlog.len() >= max || in_flight.len() >= max_total || bytes >= limits.max_bytes;
@@ -239,6 +243,7 @@ async fn work<F, Fut>(
     slot: Slot,
     handle: Arc<F>,
     quarantine: Arc<Quarantine>,
+    span: tracing::Span,
 ) -> ((String, i32, i64, bool), usize)
 where
     F: Fn(OwnedMessage, Slot) -> Fut + Send + Sync + 'static,
@@ -262,7 +267,9 @@ where
                 }
                 backoff *= 4;
                 attempt += 1;
-                task = AbortOnDrop(tokio::spawn(handle(message.clone(), slot.clone())));
+                task = AbortOnDrop(tokio::spawn(
+                    handle(message.clone(), slot.clone()).instrument(span.clone()),
+                ));
             }
             Err(e) => {
                 tracing::error!(error = %e, topic, partition, offset, attempt, "a record's handler failed every time");

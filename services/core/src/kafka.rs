@@ -268,6 +268,52 @@ pub mod trace_headers {
         })
     }
 
+    /// The trace context of `span` as header fields (`traceparent`,
+    /// `tracestate`); empty when the span is not traced (no exporter, or
+    /// not sampled and no parent).
+    pub fn fields_of(span: &tracing::Span) -> Vec<(String, String)> {
+        let context = span.context();
+        let mut fields = HashMap::new();
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut HeaderInjector(&mut fields));
+        });
+        let mut fields: Vec<(String, String)> = fields.into_iter().collect();
+        fields.sort();
+        fields
+    }
+
+    /// Makes `span` a child of a W3C `traceparent` (and `tracestate`), as an
+    /// HTTP request carries them.
+    pub fn extract_from(traceparent: Option<&str>, tracestate: Option<&str>, span: &tracing::Span) {
+        let Some(traceparent) = traceparent else { return };
+        let mut fields = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+        if let Some(tracestate) = tracestate {
+            fields.insert("tracestate".to_owned(), tracestate.to_owned());
+        }
+        let extractor = HeaderExtractor(fields);
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&extractor));
+        let _ = span.set_parent(parent);
+    }
+
+    /// A span for processing one record of `topic` (messaging semantic
+    /// conventions), the child of the trace context in the record's headers.
+    pub fn process_span<M: rdkafka::Message>(message: &M, service: &'static str) -> tracing::Span {
+        let span = tracing::info_span!(
+            "process",
+            otel.name = %format!("{} process", message.topic()),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.destination.name = %message.topic(),
+            messaging.destination.partition.id = message.partition(),
+            messaging.kafka.offset = message.offset(),
+            messaging.kafka.message.key = %String::from_utf8_lossy(message.key().unwrap_or_default()),
+            triggers.service = service,
+        );
+        extract_into(message.headers(), &span);
+        span
+    }
+
     /// Makes `span` a child of the trace context found in `headers`, if any.
     pub fn extract_into<H: Headers>(headers: Option<&H>, span: &tracing::Span) {
         let Some(headers) = headers else { return };

@@ -11,6 +11,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -61,30 +62,44 @@ pub fn init(config: &TelemetryConfig, service: &str) -> Result<TelemetryGuard, T
             let resource = opentelemetry_sdk::Resource::builder()
                 .with_service_name(service.to_owned())
                 .build();
+            // A trace is kept or not as a whole: a record's or a request's
+            // sampled parent decides; new traces are sampled at the ratio.
+            let sampler = opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+                opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(config.trace_sample_ratio),
+            ));
             Some(
                 SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
+                    .with_sampler(sampler)
                     .with_resource(resource)
                     .build(),
             )
         }
         None => None,
     };
-    let otel_layer = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service.to_owned())));
+    // Spans are exported whatever the log level: only Triggers' own, at INFO.
+    let otel_layer = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service.to_owned()))
+            .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+                metadata.target().starts_with("triggers") && *metadata.level() <= tracing::Level::INFO
+            }))
+    });
 
-    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let registry = tracing_subscriber::registry().with(otel_layer);
     match config.log_format {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(false),
+                    .with_current_span(false)
+                    .with_filter(filter),
             )
             .try_init()?,
-        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().compact()).try_init()?,
+        LogFormat::Pretty => registry
+            .with(tracing_subscriber::fmt::layer().compact().with_filter(filter))
+            .try_init()?,
     }
     Ok(TelemetryGuard { provider })
 }

@@ -53,6 +53,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, Contract};
 use triggers_core::config::{CommonConfig, ConfigIssue, TopicsConfig, Validate, validate_listen};
@@ -804,6 +805,23 @@ impl Deliverer {
                 url.host_str().unwrap_or("")
             ));
         }
+        // The HTTP client span; the webhook carries its context, so the
+        // receiver joins the event's trace. Untraced, the record's traceparent.
+        let span = tracing::info_span!(
+            "webhook",
+            otel.name = "POST",
+            otel.kind = "client",
+            http.request.method = "POST",
+            server.address = %url.host_str().unwrap_or_default(),
+            http.response.status_code = tracing::field::Empty,
+            triggers.service = "deliverer",
+        );
+        let mut trace_fields = triggers_core::kafka::trace_headers::fields_of(&span);
+        if trace_fields.is_empty()
+            && let Some(traceparent) = traceparent.and_then(|t| std::str::from_utf8(t).ok())
+        {
+            trace_fields.push(("traceparent".to_owned(), traceparent.to_owned()));
+        }
         let timestamp = now_ms() / 1000;
         let signature = match signature::header(subscription.signing_secrets(now_ms()), id, timestamp, body.as_bytes())
         {
@@ -818,13 +836,13 @@ impl Deliverer {
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
             .header("user-agent", concat!("Triggers/", env!("CARGO_PKG_VERSION")));
-        if let Some(traceparent) = traceparent.and_then(|t| std::str::from_utf8(t).ok()) {
-            request = request.header("traceparent", traceparent);
+        for (name, value) in &trace_fields {
+            request = request.header(name.as_str(), value.as_str());
         }
         if replay {
             request = request.header("triggers-replay", "true");
         }
-        let response = match request.body(body).send().await {
+        let response = match request.body(body).send().instrument(span.clone()).await {
             Ok(response) => response,
             Err(e) => {
                 let mut message = e.to_string();
@@ -838,6 +856,7 @@ impl Deliverer {
             }
         };
         let status = response.status().as_u16();
+        span.record("http.response.status_code", status);
         let retry_after = (status == 429 || status == 503)
             .then(|| {
                 response

@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tracing::Instrument;
 use triggers_core::event::now_ms;
 use triggers_core::ids::{KeyId, TenantId};
 use triggers_core::tenancy::{self, Tenant};
@@ -212,22 +213,25 @@ where
         }
         Claim::Owned { seed } => {
             let (state, tenant, key) = (state.clone(), caller.tenant, key.to_owned());
-            let owned = actix_web::rt::spawn(async move {
-                match produce(Some(seed)).await {
-                    Ok((status, body)) => {
-                        // The event is in Kafka: answer so even if the answer cannot
-                        // be stored (a retry then waits for the claim to go stale).
-                        if let Err(e) = state.idempotency.complete(&tenant, &key, status.as_u16(), &body).await {
-                            tracing::warn!(error = %e, "cannot store an idempotent answer");
+            let owned = actix_web::rt::spawn(
+                async move {
+                    match produce(Some(seed)).await {
+                        Ok((status, body)) => {
+                            // The event is in Kafka: answer so even if the answer cannot
+                            // be stored (a retry then waits for the claim to go stale).
+                            if let Err(e) = state.idempotency.complete(&tenant, &key, status.as_u16(), &body).await {
+                                tracing::warn!(error = %e, "cannot store an idempotent answer");
+                            }
+                            Ok((status, body))
                         }
-                        Ok((status, body))
-                    }
-                    Err(e) => {
-                        state.idempotency.release(&tenant, &key).await;
-                        Err(e)
+                        Err(e) => {
+                            state.idempotency.release(&tenant, &key).await;
+                            Err(e)
+                        }
                     }
                 }
-            });
+                .instrument(tracing::Span::current()),
+            );
             let (status, body) = owned
                 .await
                 .map_err(|e| ApiError::Unavailable(format!("the request's work failed: {e}")))??;
@@ -263,6 +267,30 @@ fn invalid_counter(n: usize) {
     security(("api_key" = []))
 )]
 pub async fn ingest(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
+    let span = server_span(&request, "/v1/events");
+    ingest_one(request, payload, state).instrument(span).await
+}
+
+/// The server span of an ingest request (OpenTelemetry HTTP conventions),
+/// the child of the client's `traceparent` if it sent one.
+fn server_span(request: &HttpRequest, route: &'static str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("POST {route}"),
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = route,
+        triggers.service = "gateway",
+    );
+    triggers_core::kafka::trace_headers::extract_from(
+        header(request, "traceparent"),
+        header(request, "tracestate"),
+        &span,
+    );
+    span
+}
+
+async fn ingest_one(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
     let caller = state
         .auth
         .authenticate(
@@ -322,6 +350,11 @@ pub async fn ingest_compat(
     security(("api_key" = []))
 )]
 pub async fn ingest_batch(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
+    let span = server_span(&request, "/v1/events/batch");
+    ingest_many(request, payload, state).instrument(span).await
+}
+
+async fn ingest_many(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
     let caller = state
         .auth
         .authenticate(

@@ -23,6 +23,8 @@ use triggers_core::codec::{AvroCodec, Contract};
 use triggers_core::config::KafkaConfig;
 use triggers_core::event::Event;
 
+use tracing::Instrument;
+
 use crate::error::ApiError;
 
 /// Consecutive failed deliveries after which the producer is replaced.
@@ -94,13 +96,32 @@ impl EventSink {
                 ApiError::Unavailable("the schema registry is unavailable".to_owned())
             })?;
         let key = event.kafka_key();
-        let mut headers = triggers_core::kafka::trace_headers::inject(OwnedHeaders::new());
-        if let Some(traceparent) = traceparent {
-            headers = headers.insert(rdkafka::message::Header {
-                key: "traceparent",
-                value: Some(traceparent.as_bytes()),
-            });
+        // The producer span (messaging conventions); its context goes into
+        // the record's headers. Untraced, the client's traceparent goes as is.
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format!("{} publish", inner.topic),
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.operation.type = "publish",
+            messaging.destination.name = %inner.topic,
+            messaging.kafka.message.key = %key,
+            messaging.destination.partition.id = tracing::field::Empty,
+            messaging.kafka.offset = tracing::field::Empty,
+            triggers.service = "gateway",
+        );
+        let mut fields = triggers_core::kafka::trace_headers::fields_of(&span);
+        if fields.is_empty()
+            && let Some(traceparent) = traceparent
+        {
+            fields.push(("traceparent".to_owned(), traceparent.to_owned()));
         }
+        let headers = fields.iter().fold(OwnedHeaders::new(), |headers, (key, value)| {
+            headers.insert(rdkafka::message::Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        });
         let record = FutureRecord::to(&inner.topic)
             .key(&key)
             .payload(&payload)
@@ -133,7 +154,11 @@ impl EventSink {
         // message.timeout.ms bounds the report; the outer timeout is a backstop.
         let timeout = inner.kafka.produce_timeout + Duration::from_secs(1);
         let started = std::time::Instant::now();
-        let acknowledged = tokio::time::timeout(timeout, delivery).await;
+        let acknowledged = tokio::time::timeout(timeout, delivery).instrument(span.clone()).await;
+        if let Ok(Ok(Ok(delivered))) = &acknowledged {
+            span.record("messaging.destination.partition.id", delivered.partition);
+            span.record("messaging.kafka.offset", delivered.offset);
+        }
         metrics::histogram!(
             "triggers_gateway_produce_duration_seconds",
             "result" => if matches!(acknowledged, Ok(Ok(Ok(_)))) { "ok" } else { "error" }

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -128,7 +129,8 @@ impl Pipeline {
                             continue;
                         }
                     };
-                    let Some(records) = self.route(&message, &shutdown).await else { break };
+                    let span = triggers_core::kafka::trace_headers::process_span(&message, "router");
+                    let Some(records) = self.route(&message, &shutdown).instrument(span).await else { break };
                     tracker.start(message.topic(), message.partition(), message.offset());
                     let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
                     bytes_in_flight += bytes;
@@ -235,15 +237,24 @@ impl Pipeline {
         }
 
         let matched = self.follower.table.read().matching(&event);
-        let traceparent: Vec<(String, Vec<u8>)> = message
-            .headers()
-            .and_then(|h| {
-                h.iter()
-                    .find(|h| h.key.eq_ignore_ascii_case("traceparent"))
-                    .and_then(|h| h.value.map(<[u8]>::to_vec))
-            })
-            .map(|v| vec![("traceparent".to_owned(), v)])
-            .unwrap_or_default();
+        // The records carry this process span's context (so the deliverer's
+        // spans are its children); untraced, the record's own traceparent.
+        let mut traceparent: Vec<(String, Vec<u8>)> =
+            triggers_core::kafka::trace_headers::fields_of(&tracing::Span::current())
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect();
+        if traceparent.is_empty() {
+            traceparent = message
+                .headers()
+                .and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key.eq_ignore_ascii_case("traceparent"))
+                        .and_then(|h| h.value.map(<[u8]>::to_vec))
+                })
+                .map(|v| vec![("traceparent".to_owned(), v)])
+                .unwrap_or_default();
+        }
         let deliveries_topic = self.topics.deliveries();
         let mut records = Vec::with_capacity(matched.len() + 1);
         for compiled in &matched {

@@ -7,3 +7,4 @@ mod proxy;
 mod redelivery;
 mod stall;
 mod support;
+mod trace;
