@@ -50,6 +50,35 @@ struct Args {
     /// Seconds of the bare produce loop.
     #[arg(long, default_value_t = 8)]
     produce_seconds: u64,
+    /// Export traces, sampling this share of new traces, to an OTLP/HTTP
+    /// sink in this process (the cost of tracing; see run-tracing-bench).
+    #[arg(long)]
+    tracing_ratio: Option<f64>,
+    /// Only the single-event steps and hold (b), not (a) and (c).
+    #[arg(long)]
+    single_only: bool,
+}
+
+/// An OTLP/HTTP endpoint that takes every export and keeps only the count
+/// of bytes: what a collector costs the services, without a collector.
+async fn otlp_sink() -> anyhow::Result<(String, Arc<AtomicUsize>)> {
+    let received = Arc::new(AtomicUsize::new(0));
+    let counted = received.clone();
+    let server = actix_web::HttpServer::new(move || {
+        let counted = counted.clone();
+        actix_web::App::new()
+            .app_data(actix_web::web::PayloadConfig::new(64 << 20))
+            .default_service(actix_web::web::to(move |body: actix_web::web::Bytes| {
+                counted.fetch_add(body.len(), Ordering::Relaxed);
+                async { actix_web::HttpResponse::Ok().finish() }
+            }))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")?;
+    let url = format!("http://{}", server.addrs()[0]);
+    tokio::spawn(server.run());
+    Ok((url, received))
 }
 
 /// Latencies and counts of one load step.
@@ -302,20 +331,49 @@ async fn ramp(args: &Args, url: &str, key: &str, body: Arc<String>, start_rate: 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut exported = None;
+    let _telemetry = match args.tracing_ratio {
+        Some(ratio) => {
+            let (endpoint, received) = otlp_sink().await?;
+            exported = Some(received);
+            Some(triggers_core::telemetry::init(
+                &triggers_core::config::TelemetryConfig {
+                    log_level: "error".to_owned(),
+                    log_format: triggers_core::config::LogFormat::Pretty,
+                    otlp_endpoint: Some(endpoint),
+                    trace_sample_ratio: ratio,
+                },
+                "triggers-bench",
+            )?)
+        }
+        None => None,
+    };
     let triggers_bench::Local {
         stack, guards: _guards, ..
     } = triggers_bench::start_local(None).await?;
+    match args.tracing_ratio {
+        Some(ratio) => println!(
+            "Tracing: on, {:.0}% of new traces sampled, exported over OTLP/HTTP.\n",
+            ratio * 100.0
+        ),
+        None => println!("Tracing: off (no OTLP endpoint).\n"),
+    }
     println!("# Ingest benchmark\n");
     println!(
         "Machine: {} cores; broker, DynamoDB Local, every service and the load generator on it.\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
 
-    let (raw_rate, message_bytes) = produce_loop(&stack, args.produce_seconds).await?;
-    println!("## (a) Bare produce loop\n");
-    println!(
-        "idempotent `acks=all` producer, {message_bytes}-byte Avro events, up to 2,000 in flight: **{raw_rate:.0} events/s**\n"
-    );
+    let raw_rate = if args.single_only {
+        f64::NAN
+    } else {
+        let (raw_rate, message_bytes) = produce_loop(&stack, args.produce_seconds).await?;
+        println!("## (a) Bare produce loop\n");
+        println!(
+            "idempotent `acks=all` producer, {message_bytes}-byte Avro events, up to 2,000 in flight: **{raw_rate:.0} events/s**\n"
+        );
+        raw_rate
+    };
 
     let single = Arc::new(json!({"type": "order.created", "source": "https://shop.example/orders", "subject": "order-42", "data": sample_data()}).to_string());
     let url = format!("{}/v1/events", stack.endpoints.gateway_url);
@@ -334,9 +392,13 @@ async fn main() -> anyhow::Result<()> {
         args.hold_seconds,
     )
     .await;
+    let share = if raw_rate.is_nan() {
+        String::new()
+    } else {
+        format!(" = **{:.0}%** of the bare produce rate", max_single / raw_rate * 100.0)
+    };
     println!(
-        "Highest sustained: **{max_single:.0} events/s** = **{:.0}%** of the bare produce rate.\n\nAt half of it ({:.0}/s for {} s): p50 **{} ms**, p95 **{} ms**, p99 **{} ms**, {:.2}% 202.\n",
-        max_single / raw_rate * 100.0,
+        "Highest sustained: **{max_single:.0} events/s**{share}.\n\nAt half of it ({:.0}/s for {} s): p50 **{} ms**, p95 **{} ms**, p99 **{} ms**, {:.2}% 202.\n",
         hold.target,
         args.hold_seconds,
         ms(hold.percentile(0.50)),
@@ -345,6 +407,16 @@ async fn main() -> anyhow::Result<()> {
         hold.success() * 100.0
     );
 
+    if let Some(exported) = &exported {
+        println!(
+            "Spans exported: {} KiB of OTLP protobuf.\n",
+            exported.load(Ordering::Relaxed) / 1024
+        );
+    }
+    if args.single_only {
+        stack.stop().await;
+        return Ok(());
+    }
     println!("## (c) Gateway, batches of 100 events\n");
     let events: Vec<serde_json::Value> = (0..100)
         .map(|i| json!({"type": "order.created", "source": "https://shop.example/orders", "subject": format!("order-{i}"), "data": sample_data()}))
