@@ -331,23 +331,26 @@ async fn ramp(args: &Args, url: &str, key: &str, body: Arc<String>, start_rate: 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The services' telemetry as their mains install it (logs at ERROR),
+    // with an OTLP endpoint only when tracing is on.
     let mut exported = None;
-    let _telemetry = match args.tracing_ratio {
-        Some(ratio) => {
+    let otlp_endpoint = match args.tracing_ratio {
+        Some(_) => {
             let (endpoint, received) = otlp_sink().await?;
             exported = Some(received);
-            Some(triggers_core::telemetry::init(
-                &triggers_core::config::TelemetryConfig {
-                    log_level: "error".to_owned(),
-                    log_format: triggers_core::config::LogFormat::Pretty,
-                    otlp_endpoint: Some(endpoint),
-                    trace_sample_ratio: ratio,
-                },
-                "triggers-bench",
-            )?)
+            Some(endpoint)
         }
         None => None,
     };
+    let _telemetry = triggers_core::telemetry::init(
+        &triggers_core::config::TelemetryConfig {
+            log_level: "error".to_owned(),
+            log_format: triggers_core::config::LogFormat::Pretty,
+            otlp_endpoint,
+            trace_sample_ratio: args.tracing_ratio.unwrap_or(0.0),
+        },
+        "triggers-bench",
+    )?;
     let triggers_bench::Local {
         stack, guards: _guards, ..
     } = triggers_bench::start_local(None).await?;

@@ -298,7 +298,7 @@ pub mod trace_headers {
     /// A span for processing one record of `topic` (messaging semantic
     /// conventions), the child of the trace context in the record's headers.
     pub fn process_span<M: rdkafka::Message>(message: &M, service: &'static str) -> tracing::Span {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "process",
             otel.name = %format!("{} process", message.topic()),
             otel.kind = "consumer",

@@ -77,12 +77,15 @@ pub fn init(config: &TelemetryConfig, service: &str) -> Result<TelemetryGuard, T
         }
         None => None,
     };
-    // Spans are exported whatever the log level: only Triggers' own, at INFO.
+    // The pipeline's spans (one per request, record and webhook) are at
+    // DEBUG: with the usual log level and no OTLP endpoint no layer wants
+    // them, so they cost next to nothing. With an endpoint they are
+    // exported whatever the log level: only Triggers' own, DEBUG and up.
     let otel_layer = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(service.to_owned()))
             .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
-                metadata.target().starts_with("triggers") && *metadata.level() <= tracing::Level::INFO
+                metadata.target().starts_with("triggers") && *metadata.level() <= tracing::Level::DEBUG
             }))
     });
 

@@ -807,7 +807,7 @@ impl Deliverer {
         }
         // The HTTP client span; the webhook carries its context, so the
         // receiver joins the event's trace. Untraced, the record's traceparent.
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "webhook",
             otel.name = "POST",
             otel.kind = "client",

@@ -274,7 +274,7 @@ pub async fn ingest(request: HttpRequest, payload: web::Payload, state: State) -
 /// The server span of an ingest request (OpenTelemetry HTTP conventions),
 /// the child of the client's `traceparent` if it sent one.
 fn server_span(request: &HttpRequest, route: &'static str) -> tracing::Span {
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "request",
         otel.name = %format!("POST {route}"),
         otel.kind = "server",

@@ -98,7 +98,7 @@ impl EventSink {
         let key = event.kafka_key();
         // The producer span (messaging conventions); its context goes into
         // the record's headers. Untraced, the client's traceparent goes as is.
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "publish",
             otel.name = %format!("{} publish", inner.topic),
             otel.kind = "producer",
