@@ -57,7 +57,14 @@ struct Args {
     /// Only the single-event steps and hold (b), not (a) and (c).
     #[arg(long)]
     single_only: bool,
+    /// Send this `traceparent` with every request (the gateway passes it
+    /// to the record when tracing is off): the cost of record headers alone.
+    #[arg(long)]
+    client_traceparent: Option<String>,
 }
+
+/// The `traceparent` every request carries, if any (`--client-traceparent`).
+static TRACEPARENT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
 /// An OTLP/HTTP endpoint that takes every export and keeps only the count
 /// of bytes: what a collector costs the services, without a collector.
@@ -219,7 +226,12 @@ fn raw_request(url: &str, key: &str, body: &str) -> (String, Vec<u8>) {
     let without_scheme = url.trim_start_matches("http://");
     let (addr, path) = without_scheme.split_once('/').unwrap_or((without_scheme, ""));
     let request = format!(
-        "POST /{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\n{}Content-Length: {}\r\n\r\n{body}",
+        TRACEPARENT
+            .get()
+            .and_then(Option::as_ref)
+            .map(|t| format!("traceparent: {t}\r\n"))
+            .unwrap_or_default(),
         body.len()
     );
     (addr.to_owned(), request.into_bytes())
@@ -331,6 +343,7 @@ async fn ramp(args: &Args, url: &str, key: &str, body: Arc<String>, start_rate: 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let _ = TRACEPARENT.set(args.client_traceparent.clone());
     // The services' telemetry as their mains install it (logs at ERROR),
     // with an OTLP endpoint only when tracing is on.
     let mut exported = None;
