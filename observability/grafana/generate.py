@@ -19,11 +19,8 @@ def dashboard(uid,title,panels,desc):
     out=[]
     for i,p in enumerate(panels):
         p=dict(p); p["id"]=i+1
-        w=12 if p["type"]=="timeseries" else 6
-        per_row=24//w
-        # simple grid: stats 4 per row, series 2 per row
         out.append(p)
-    # layout
+    # layout: stats 4 per row, series 2 per row
     x=y=0; rowh=0
     for p in out:
         w=6 if p["type"]=="stat" else 12

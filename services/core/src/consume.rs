@@ -323,22 +323,12 @@ impl Drop for AbortOnDrop {
 pub async fn retry<T, E: std::fmt::Display, Fut: Future<Output = Result<T, E>>>(
     what: &str,
     shutdown: &CancellationToken,
-    mut attempt: impl FnMut() -> Fut,
+    attempt: impl FnMut() -> Fut,
 ) -> Option<T> {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match attempt().await {
-            Ok(value) => return Some(value),
-            Err(e) => {
-                tracing::warn!(error = %e, what, "failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    // Nothing is permanent: the only way out without a value is shutdown.
+    retry_transient(what, shutdown, |_| false, attempt)
+        .await
+        .and_then(Result::ok)
 }
 
 /// Like [`retry`], but an error for which `permanent` holds ends the

@@ -41,13 +41,19 @@ impl Poison {
     }
 }
 
-/// The headers a quarantined copy of `message` carries: the reason and the
-/// source position first, then the record's own headers.
-pub fn headers(message: &OwnedMessage, service: &str, poison: &Poison) -> Vec<(String, Vec<u8>)> {
+/// The headers a quarantined copy of `message` carries: the reason, the
+/// service that set it aside (if named) and the source position first, then
+/// the record's own headers. The router's `<ns>.events.invalid` copies carry
+/// the same, without the service.
+pub fn headers(message: &OwnedMessage, service: Option<&str>, poison: &Poison) -> Vec<(String, Vec<u8>)> {
     let mut headers = vec![
         ("triggers-error-reason".to_owned(), poison.reason.as_bytes().to_vec()),
         ("triggers-error-message".to_owned(), poison.detail.as_bytes().to_vec()),
-        ("triggers-service".to_owned(), service.as_bytes().to_vec()),
+    ];
+    if let Some(service) = service {
+        headers.push(("triggers-service".to_owned(), service.as_bytes().to_vec()));
+    }
+    headers.extend([
         ("triggers-source-topic".to_owned(), message.topic().as_bytes().to_vec()),
         (
             "triggers-source-partition".to_owned(),
@@ -57,7 +63,7 @@ pub fn headers(message: &OwnedMessage, service: &str, poison: &Poison) -> Vec<(S
             "triggers-source-offset".to_owned(),
             message.offset().to_string().into_bytes(),
         ),
-    ];
+    ]);
     if let Some(original) = message.headers() {
         for header in original.iter() {
             if let Some(value) = header.value {
@@ -143,14 +149,15 @@ impl Quarantine {
             quarantine = %self.topic,
             "a record that cannot be processed was set aside; inspect it in the quarantine topic"
         );
-        let headers = headers(message, self.service, poison)
-            .iter()
-            .fold(OwnedHeaders::new(), |all, (key, value)| {
-                all.insert(Header {
-                    key,
-                    value: Some(value.as_slice()),
-                })
-            });
+        let headers =
+            headers(message, Some(self.service), poison)
+                .iter()
+                .fold(OwnedHeaders::new(), |all, (key, value)| {
+                    all.insert(Header {
+                        key,
+                        value: Some(value.as_slice()),
+                    })
+                });
         let sent = crate::consume::retry("quarantine", shutdown, || async {
             let producer = self.producer().map_err(|e| e.to_string())?;
             let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).headers(headers.clone());

@@ -140,10 +140,6 @@ pub struct BatchAccepted {
     pub rejected: usize,
 }
 
-fn authorization(request: &HttpRequest) -> Option<&str> {
-    request.headers().get("authorization").and_then(|v| v.to_str().ok())
-}
-
 fn header<'a>(request: &'a HttpRequest, name: &str) -> Option<&'a str> {
     request.headers().get(name).and_then(|v| v.to_str().ok())
 }
@@ -291,13 +287,7 @@ fn server_span(request: &HttpRequest, route: &'static str) -> tracing::Span {
 }
 
 async fn ingest_one(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
-    let caller = state
-        .auth
-        .authenticate(
-            authorization(&request),
-            crate::auth::client_address(&request, state.config.trust_forwarded_for),
-        )
-        .await?;
+    let caller = crate::auth::caller_of(&state, &request).await?;
     let (body, value) = read_json(&request, payload, state.config.max_body_bytes, body::SINGLE).await?;
     let received_at = now_ms();
     let assigned = value.get("id").is_none();
@@ -355,13 +345,7 @@ pub async fn ingest_batch(request: HttpRequest, payload: web::Payload, state: St
 }
 
 async fn ingest_many(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
-    let caller = state
-        .auth
-        .authenticate(
-            authorization(&request),
-            crate::auth::client_address(&request, state.config.trust_forwarded_for),
-        )
-        .await?;
+    let caller = crate::auth::caller_of(&state, &request).await?;
     let (body, value) = read_json(&request, payload, state.config.max_body_bytes, body::BATCH).await?;
     let items = batch_items(value, state.config.max_batch_events)?;
     let received_at = now_ms();

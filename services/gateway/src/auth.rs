@@ -356,6 +356,13 @@ pub fn client_address(request: &HttpRequest, trust_forwarded_for: bool) -> Optio
     request.peer_addr().map(|a| a.ip())
 }
 
+/// The caller of `request` (its `Authorization` header, from its client
+/// address), for handlers that authenticate inside their own span.
+pub async fn caller_of(state: &AppState, request: &HttpRequest) -> Result<Caller, ApiError> {
+    let client = client_address(request, state.config.trust_forwarded_for);
+    state.auth.authenticate(authorization(request).as_deref(), client).await
+}
+
 fn bearer(authorization: Option<&str>) -> Result<&str, ApiError> {
     let header = authorization.ok_or(ApiError::Unauthorized("send Authorization: Bearer <API key or token>"))?;
     let (scheme, token) = header.split_once(' ').ok_or(ApiError::Unauthorized(

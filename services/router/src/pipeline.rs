@@ -291,26 +291,8 @@ impl Pipeline {
     }
 
     fn quarantine(&self, message: &OwnedMessage, invalid: Invalid) -> OutRecord {
-        let mut headers = vec![
-            ("triggers-error-reason".to_owned(), invalid.reason.as_bytes().to_vec()),
-            ("triggers-error-message".to_owned(), invalid.message.into_bytes()),
-            ("triggers-source-topic".to_owned(), message.topic().as_bytes().to_vec()),
-            (
-                "triggers-source-partition".to_owned(),
-                message.partition().to_string().into_bytes(),
-            ),
-            (
-                "triggers-source-offset".to_owned(),
-                message.offset().to_string().into_bytes(),
-            ),
-        ];
-        if let Some(original) = message.headers() {
-            for header in original.iter() {
-                if let Some(value) = header.value {
-                    headers.push((header.key.to_owned(), value.to_vec()));
-                }
-            }
-        }
+        let poison = triggers_core::quarantine::Poison::new(invalid.reason, invalid.message);
+        let headers = triggers_core::quarantine::headers(message, None, &poison);
         OutRecord {
             topic: self.topics.events_invalid(),
             key: message

@@ -145,16 +145,10 @@ fn the_parser_reads_families_types_and_labels() {
 /// window), answers at least one series from `prometheus`. Retries for up to
 /// 30 s while the scrapes come in.
 pub async fn every_panel_answers(http: &reqwest::Client, prometheus: &str) {
-    let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/../../observability/grafana");
     let mut queries = Vec::new();
-    for entry in std::fs::read_dir(folder).unwrap_or_else(|e| panic!("{folder}: {e}")) {
-        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
-        if path.extension().and_then(|e| e.to_str()) != Some("json") {
-            continue;
-        }
+    for (path, text) in dashboards() {
         let dashboard: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         for panel in dashboard["panels"].as_array().cloned().unwrap_or_default() {
             for target in panel["targets"].as_array().cloned().unwrap_or_default() {
                 let expr = target["expr"].as_str().unwrap_or_default();
@@ -202,6 +196,20 @@ pub async fn every_panel_answers(http: &reqwest::Client, prometheus: &str) {
     }
 }
 
+/// Every dashboard of `observability/grafana/`: its path and JSON text.
+fn dashboards() -> Vec<(std::path::PathBuf, String)> {
+    let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/../../observability/grafana");
+    std::fs::read_dir(folder)
+        .unwrap_or_else(|e| panic!("{folder}: {e}"))
+        .map(|entry| entry.unwrap_or_else(|e| panic!("{e}")).path())
+        .filter(|path| path.extension().and_then(|e| e.to_str()) == Some("json"))
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (path, text)
+        })
+        .collect()
+}
+
 /// Prometheus loaded every alert rule of `observability/prometheus/alerts.yml`.
 pub async fn the_alert_rules_are_loaded(http: &reqwest::Client, prometheus: &str) {
     let answer: serde_json::Value = http
@@ -246,13 +254,7 @@ fn the_alert_rules_pass_promtool_and_use_catalog_metrics() {
     }
     let catalog = catalog();
     let mut texts = vec![std::fs::read_to_string(format!("{folder}/alerts.yml")).unwrap_or_default()];
-    let dashboards = concat!(env!("CARGO_MANIFEST_DIR"), "/../../observability/grafana");
-    for entry in std::fs::read_dir(dashboards).unwrap_or_else(|e| panic!("{e}")) {
-        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
-        if path.extension().and_then(|e| e.to_str()) == Some("json") {
-            texts.push(std::fs::read_to_string(&path).unwrap_or_default());
-        }
-    }
+    texts.extend(dashboards().into_iter().map(|(_, text)| text));
     let mut unknown = BTreeSet::new();
     for text in &texts {
         for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
