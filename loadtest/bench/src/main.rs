@@ -61,6 +61,10 @@ struct Args {
     /// to the record when tracing is off): the cost of record headers alone.
     #[arg(long)]
     client_traceparent: Option<String>,
+    /// At most this many rate steps (with `--growth 1`: repeated runs at
+    /// one rate, to compare CPU per event between settings).
+    #[arg(long)]
+    max_steps: Option<usize>,
 }
 
 /// The `traceparent` every request carries, if any (`--client-traceparent`).
@@ -96,6 +100,9 @@ struct Step {
     ok: usize,
     achieved: f64,
     latencies: Vec<Duration>,
+    /// CPU time this process (services, load generator, receiver) used
+    /// during the step.
+    cpu: Duration,
 }
 
 impl Step {
@@ -107,6 +114,15 @@ impl Step {
         sorted.sort_unstable();
         let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
         sorted[index.min(sorted.len() - 1)]
+    }
+
+    /// Milliseconds of this process's CPU per accepted request.
+    fn cpu_ms_per_request(&self) -> f64 {
+        if self.ok == 0 {
+            0.0
+        } else {
+            self.cpu.as_secs_f64() * 1000.0 / self.ok as f64
+        }
     }
 
     fn success(&self) -> f64 {
@@ -268,6 +284,7 @@ async fn open_loop(url: &str, key: &str, body: Arc<String>, rate: f64, seconds: 
             latencies
         }));
     }
+    let cpu_before = triggers_core::telemetry::process_cpu_time().unwrap_or_default();
     let start = tokio::time::Instant::now();
     let mut sent = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -291,6 +308,9 @@ async fn open_loop(url: &str, key: &str, body: Arc<String>, rate: f64, seconds: 
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = triggers_core::telemetry::process_cpu_time()
+        .unwrap_or_default()
+        .saturating_sub(cpu_before);
     let ok = ok.load(Ordering::Relaxed);
     Step {
         target: rate,
@@ -298,6 +318,7 @@ async fn open_loop(url: &str, key: &str, body: Arc<String>, rate: f64, seconds: 
         ok,
         achieved: ok as f64 / elapsed,
         latencies,
+        cpu,
     }
 }
 
@@ -309,24 +330,25 @@ fn passes(step: &Step, args: &Args) -> bool {
 
 fn print_step(step: &Step, events_per_request: usize, pass: bool) {
     println!(
-        "| {:.0} | {:.0} | {:.2}% | {} | {} | {} | {} |",
+        "| {:.0} | {:.0} | {:.2}% | {} | {} | {} | {:.2} | {} |",
         step.target * events_per_request as f64,
         step.achieved * events_per_request as f64,
         step.success() * 100.0,
         ms(step.percentile(0.50)),
         ms(step.percentile(0.95)),
         ms(step.percentile(0.99)),
+        step.cpu_ms_per_request() / events_per_request as f64,
         if pass { "yes" } else { "no" }
     );
 }
 
 /// Rising steps until one fails; the highest passing request rate.
 async fn ramp(args: &Args, url: &str, key: &str, body: Arc<String>, start_rate: f64, events_per_request: usize) -> f64 {
-    println!("| target events/s | achieved events/s | 202 | p50 ms | p95 ms | p99 ms | sustained |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| target events/s | achieved events/s | 202 | p50 ms | p95 ms | p99 ms | CPU ms/event | sustained |");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut rate = start_rate;
     let mut best = 0.0;
-    loop {
+    for _ in 0..args.max_steps.unwrap_or(usize::MAX) {
         let step = open_loop(url, key, body.clone(), rate, args.step_seconds).await;
         let pass = passes(&step, args);
         print_step(&step, events_per_request, pass);
@@ -338,6 +360,7 @@ async fn ramp(args: &Args, url: &str, key: &str, body: Arc<String>, start_rate: 
         // Let queues drain between steps.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    best
 }
 
 #[tokio::main]
@@ -414,13 +437,14 @@ async fn main() -> anyhow::Result<()> {
         format!(" = **{:.0}%** of the bare produce rate", max_single / raw_rate * 100.0)
     };
     println!(
-        "Highest sustained: **{max_single:.0} events/s**{share}.\n\nAt half of it ({:.0}/s for {} s): p50 **{} ms**, p95 **{} ms**, p99 **{} ms**, {:.2}% 202.\n",
+        "Highest sustained: **{max_single:.0} events/s**{share}.\n\nAt half of it ({:.0}/s for {} s): p50 **{} ms**, p95 **{} ms**, p99 **{} ms**, {:.2}% 202, {:.2} ms of this process's CPU per event.\n",
         hold.target,
         args.hold_seconds,
         ms(hold.percentile(0.50)),
         ms(hold.percentile(0.95)),
         ms(hold.percentile(0.99)),
-        hold.success() * 100.0
+        hold.success() * 100.0,
+        hold.cpu_ms_per_request()
     );
 
     if let Some(exported) = &exported {

@@ -4,6 +4,7 @@
 //! `traceparent` headers agree.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
@@ -149,6 +150,21 @@ fn describe() {
     metrics::counter!("triggers_build_info", "version" => env!("CARGO_PKG_VERSION")).absolute(1);
 }
 
+/// The CPU time (user and system) this process used so far, from
+/// `/proc/self/stat` (Linux; elsewhere `None`), to 10 ms.
+pub fn process_cpu_time() -> Option<Duration> {
+    // Fields 14 and 15: user and system time in clock ticks (100 per second
+    // on Linux); after the command name in parentheses.
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Some(Duration::from_millis(ticks * 10))
+}
+
 /// Updates the process's CPU time, resident memory and start time from
 /// `/proc` (Linux; elsewhere nothing), for a scrape: `process_cpu_seconds_total`,
 /// `process_resident_memory_bytes`, `process_start_time_seconds`.
@@ -160,17 +176,8 @@ pub fn process_metrics() {
             .map_or(0.0, |d| d.as_secs_f64())
     });
     metrics::gauge!("process_start_time_seconds").set(start);
-    // Fields 14 and 15 of /proc/self/stat: user and system time in clock
-    // ticks (100 per second on Linux); after the command name in parentheses.
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
-        && let Some((_, rest)) = stat.rsplit_once(')')
-    {
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = [11, 12]
-            .iter()
-            .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
-            .sum();
-        metrics::counter!("process_cpu_seconds_total").absolute(ticks / 100);
+    if let Some(cpu) = process_cpu_time() {
+        metrics::counter!("process_cpu_seconds_total").absolute(cpu.as_secs());
     }
     // Second field of /proc/self/statm: resident pages (4 KiB).
     if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")

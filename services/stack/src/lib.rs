@@ -48,7 +48,43 @@ pub fn start_tansu(tools: &Tools, data_dir: &Path, port: u16, log: &Path) -> Res
         log,
     )?;
     wait_for_port("tansu", port, Duration::from_secs(60), &mut child)?;
+    index_headers(tools, &data_dir.join("tansu.db"))?;
     Ok(child)
+}
+
+/// Tansu 0.6.0's SQLite schema has no index on `header (topition,
+/// offset_id)`, and its fetch looks up the headers of every record it
+/// returns: each lookup scans every header ever stored. Records with
+/// headers (trace context) then make each fetch slower than the last; within
+/// a minute at a few hundred records/s the broker's single storage task is
+/// busy scanning, produce requests wait seconds, librdkafka's idempotent
+/// producers time out and bump their epoch, and Tansu panics on the unknown
+/// epoch ("more or less than one row") and stops serving. The index makes
+/// each lookup a search. Tansu creates its tables before it listens, and the
+/// statement is idempotent (restarts, existing data).
+fn index_headers(tools: &Tools, db: &Path) -> Result<(), StackError> {
+    const INDEX: &str = "create index if not exists header_topition_offset on header (topition, offset_id);";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = std::process::Command::new(&tools.sqlite3)
+            .arg("-bail")
+            .arg("-cmd")
+            .arg(".timeout 5000")
+            .arg(db)
+            .arg(INDEX)
+            .output()
+            .map_err(|e| StackError::io("run sqlite3", e))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(StackError::Failed {
+                what: format!("indexing Tansu's headers in {}", db.display()),
+                detail: format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim()),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Starts DynamoDB Local on `port` with its data in `data_dir`.

@@ -37,6 +37,14 @@ pub enum StackError {
         /// Its log file.
         log: String,
     },
+    /// A helper program ran but failed.
+    #[error("{what} failed: {detail}")]
+    Failed {
+        /// What was being done.
+        what: String,
+        /// Its exit status and error output.
+        detail: String,
+    },
     /// A component exited while starting.
     #[error("{name} exited while starting; see {log}")]
     Exited {

@@ -66,6 +66,11 @@ impl TestStack {
         })
     }
 
+    /// The programs the stack runs.
+    pub fn tools(&self) -> &Tools {
+        &self.tools
+    }
+
     /// A fresh name for one test's topics (`<ns>.events`, …) and tables
     /// (`<ns>_events`, …), so tests never see each other's data.
     pub fn namespace(&self) -> String {

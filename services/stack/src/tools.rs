@@ -13,6 +13,9 @@ pub struct Tools {
     pub dynamodb_local: PathBuf,
     /// The `java` binary.
     pub java: PathBuf,
+    /// The `sqlite3` shell (Tansu's storage needs an index it does not
+    /// create: [`crate::start_tansu`]).
+    pub sqlite3: PathBuf,
 }
 
 impl Tools {
@@ -34,6 +37,10 @@ impl Tools {
             .map(PathBuf::from)
             .or_else(|| which("java"))
             .ok_or_else(|| StackError::missing("java", "run scripts/bootstrap"))?;
+        let sqlite3 = std::env::var_os("TRIGGERS_SQLITE3")
+            .map(PathBuf::from)
+            .or_else(|| which("sqlite3"))
+            .ok_or_else(|| StackError::missing("sqlite3", "run scripts/bootstrap"))?;
         let dynamodb_local = match std::env::var_os("TRIGGERS_DYNAMODB_LOCAL_DIR") {
             Some(dir) => PathBuf::from(dir),
             None => find_dynamodb_local(&repo_root().join("tools"))
@@ -49,6 +56,7 @@ impl Tools {
             tansu,
             dynamodb_local,
             java,
+            sqlite3,
         })
     }
 }
