@@ -395,6 +395,9 @@ pub struct KafkaConfig {
     /// Extra librdkafka settings passed through as they are, e.g.
     /// `security.protocol = "SASL_SSL"`, `sasl.mechanism = "SCRAM-SHA-512"`.
     pub extra: BTreeMap<String, String>,
+    /// Authenticate to Amazon MSK with IAM (SASL/OAUTHBEARER, tokens signed
+    /// with the process's AWS credentials): `[kafka.msk_iam] region = "…"`.
+    pub msk_iam: Option<crate::msk_iam::MskIamConfig>,
 }
 
 /// librdkafka settings the services own; `kafka.extra` may not change them,
@@ -430,6 +433,7 @@ impl Default for KafkaConfig {
             max_record_bytes: 2 * 1024 * 1024,
             statistics_interval: Duration::from_secs(5),
             extra: BTreeMap::new(),
+            msk_iam: None,
         }
     }
 }
@@ -467,6 +471,17 @@ impl Validate for KafkaConfig {
         }
         if self.client_id.trim().is_empty() {
             issues.push(ConfigIssue::new(join(prefix, "client_id"), "must not be empty"));
+        }
+        if let Some(iam) = &self.msk_iam {
+            iam.validate(&join(prefix, "msk_iam"), issues);
+            for setting in ["security.protocol", "sasl.mechanism", "sasl.mechanisms"] {
+                if self.extra.contains_key(setting) {
+                    issues.push(ConfigIssue::new(
+                        join(prefix, &format!("extra.{setting}")),
+                        "is set by kafka.msk_iam; remove it",
+                    ));
+                }
+            }
         }
         check_range(
             issues,

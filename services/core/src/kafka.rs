@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::OAuthToken;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, OwnedHeaders};
@@ -30,7 +30,8 @@ pub struct ClientError {
     source: KafkaError,
 }
 
-/// Settings shared by every client: brokers, client id, pass-through extras.
+/// Settings shared by every client: brokers, client id, MSK IAM
+/// authentication, pass-through extras.
 pub fn base_config(config: &KafkaConfig, service: &str) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
@@ -39,18 +40,63 @@ pub fn base_config(config: &KafkaConfig, service: &str) -> ClientConfig {
         // Tansu and MSK both advertise their listeners; a short reconnect
         // backoff keeps recovery after a broker restart quick.
         .set("reconnect.backoff.max.ms", "2000");
+    if let Some(iam) = &config.msk_iam {
+        // librdkafka hands sasl.oauthbearer.config to the token refresh
+        // callback: every client context signs for this region.
+        client
+            .set("security.protocol", "SASL_SSL")
+            .set("sasl.mechanism", "OAUTHBEARER")
+            .set("sasl.oauthbearer.config", format!("region={}", iam.region));
+    }
     for (key, value) in &config.extra {
         client.set(key, value);
     }
     client
 }
 
-/// The shared, idempotent producer (`acks=all`, bounded queue).
-pub fn producer(config: &KafkaConfig, service: &str) -> Result<FutureProducer, ClientError> {
-    producer_config(config, service).create().map_err(|source| ClientError {
-        role: "producer",
-        source,
+/// Every Triggers producer: rdkafka's future producer with [`Context`].
+pub type KafkaProducer = FutureProducer<Context>;
+
+/// The context of Triggers' producers and admin clients: librdkafka's
+/// global errors logged, MSK IAM tokens when `kafka.msk_iam` is set.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context;
+
+impl rdkafka::ClientContext for Context {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(&self, config: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        msk_iam_token(config)
+    }
+}
+
+/// An MSK IAM token for librdkafka: the region comes from
+/// `sasl.oauthbearer.config` (`region=<region>`, set by [`base_config`]).
+/// librdkafka asks only when `sasl.mechanism` is OAUTHBEARER.
+pub fn msk_iam_token(config: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+    let region = config
+        .unwrap_or_default()
+        .split_whitespace()
+        .find_map(|pair| pair.strip_prefix("region="))
+        .ok_or("sasl.oauthbearer.config has no region=…: set kafka.msk_iam.region")?;
+    let token = crate::msk_iam::oauth_token(region).inspect_err(|e| {
+        tracing::error!(error = %e, hint = "give the pod an AWS identity (IRSA or Pod Identity) allowed kafka-cluster:Connect", "no MSK IAM token");
+    })?;
+    Ok(OAuthToken {
+        token: token.value,
+        principal_name: token.principal,
+        lifetime_ms: token.expires_at_ms,
     })
+}
+
+/// The shared, idempotent producer (`acks=all`, bounded queue).
+pub fn producer(config: &KafkaConfig, service: &str) -> Result<KafkaProducer, ClientError> {
+    producer_config(config, service)
+        .create_with_context(Context)
+        .map_err(|source| ClientError {
+            role: "producer",
+            source,
+        })
 }
 
 /// The producer's settings, for callers that need their own context.
@@ -149,6 +195,12 @@ pub fn is_partition_eof(error: &KafkaError) -> bool {
 }
 
 impl rdkafka::ClientContext for ConsumerLog {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(&self, config: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        msk_iam_token(config)
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         let Some(group) = &self.group else { return };
         for (topic, stats) in &statistics.topics {
@@ -216,9 +268,9 @@ pub fn permanent_produce_error(error: &KafkaError) -> Option<&'static str> {
 }
 
 /// An admin client, for provisioning and readiness checks.
-pub fn admin(config: &KafkaConfig, service: &str) -> Result<AdminClient<DefaultClientContext>, ClientError> {
+pub fn admin(config: &KafkaConfig, service: &str) -> Result<AdminClient<Context>, ClientError> {
     base_config(config, service)
-        .create()
+        .create_with_context(Context)
         .map_err(|source| ClientError { role: "admin", source })
 }
 
@@ -337,5 +389,101 @@ pub mod trace_headers {
             .and_then(|h| h.value)
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::to_owned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msk_iam::MskIamConfig;
+
+    fn setting(client: &ClientConfig, key: &str) -> Option<String> {
+        client.get(key).map(str::to_owned)
+    }
+
+    #[test]
+    fn msk_iam_selects_sasl_oauthbearer_over_tls_and_names_the_region() {
+        let config = KafkaConfig {
+            msk_iam: Some(MskIamConfig {
+                region: "eu-central-1".to_owned(),
+            }),
+            ..KafkaConfig::default()
+        };
+        for client in [
+            base_config(&config, "gateway"),
+            producer_config(&config, "gateway"),
+            consumer_config(&config, "router", "triggers-router"),
+        ] {
+            assert_eq!(setting(&client, "security.protocol").as_deref(), Some("SASL_SSL"));
+            assert_eq!(setting(&client, "sasl.mechanism").as_deref(), Some("OAUTHBEARER"));
+            assert_eq!(
+                setting(&client, "sasl.oauthbearer.config").as_deref(),
+                Some("region=eu-central-1")
+            );
+        }
+    }
+
+    #[test]
+    fn tls_and_scram_come_from_the_extra_settings_and_plaintext_is_the_default() {
+        let plain = base_config(&KafkaConfig::default(), "router");
+        assert_eq!(
+            setting(&plain, "security.protocol"),
+            None,
+            "librdkafka's default: plaintext"
+        );
+        assert_eq!(setting(&plain, "sasl.mechanism"), None);
+
+        let scram = KafkaConfig {
+            extra: [
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", "triggers"),
+                ("sasl.password", "s3cret"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            ..KafkaConfig::default()
+        };
+        let client = producer_config(&scram, "gateway");
+        assert_eq!(setting(&client, "security.protocol").as_deref(), Some("SASL_SSL"));
+        assert_eq!(setting(&client, "sasl.mechanism").as_deref(), Some("SCRAM-SHA-512"));
+        assert_eq!(setting(&client, "sasl.username").as_deref(), Some("triggers"));
+        // The guarantees stay the services' own.
+        assert_eq!(setting(&client, "enable.idempotence").as_deref(), Some("true"));
+        assert_eq!(setting(&client, "acks").as_deref(), Some("all"));
+    }
+
+    #[test]
+    fn a_token_request_without_a_region_says_what_to_set() {
+        let error = msk_iam_token(None).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("kafka.msk_iam.region"), "{error}");
+        let error = msk_iam_token(Some("principal=x"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("kafka.msk_iam.region"), "{error}");
+    }
+
+    #[test]
+    fn msk_iam_refuses_extra_settings_that_would_override_it() {
+        use crate::config::Validate as _;
+        let config = KafkaConfig {
+            msk_iam: Some(MskIamConfig {
+                region: "us-east-1".to_owned(),
+            }),
+            extra: [("sasl.mechanism".to_owned(), "PLAIN".to_owned())]
+                .into_iter()
+                .collect(),
+            ..KafkaConfig::default()
+        };
+        let mut issues = Vec::new();
+        config.validate("kafka", &mut issues);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(
+            issues[0].to_string().contains("kafka.extra.sasl.mechanism"),
+            "{}",
+            issues[0]
+        );
     }
 }

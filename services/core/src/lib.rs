@@ -34,6 +34,7 @@ pub mod follower;
 pub mod ids;
 pub mod kafka;
 pub mod matching;
+pub mod msk_iam;
 pub mod offsets;
 pub mod ops;
 pub mod pacing;

@@ -12,7 +12,6 @@ use aws_sdk_dynamodb::Client as DynamoClient;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{TableStatus, TimeToLiveSpecification, TimeToLiveStatus};
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -176,7 +175,7 @@ pub async fn provision_topics(
 }
 
 async fn existing_topics(
-    admin: std::sync::Arc<rdkafka::admin::AdminClient<DefaultClientContext>>,
+    admin: std::sync::Arc<rdkafka::admin::AdminClient<crate::kafka::Context>>,
 ) -> Result<HashSet<String>, ProvisionError> {
     // Metadata calls block: keep them off the async workers.
     let names = tokio::task::spawn_blocking(move || {

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::kafka::KafkaProducer;
 use rdkafka::Message;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
@@ -87,13 +88,13 @@ pub struct Quarantine {
 /// first poison record (an idle producer costs CPU for nothing).
 #[derive(Clone)]
 enum Producer {
-    Shared(FutureProducer),
-    Lazy(Box<KafkaConfig>, Arc<Mutex<Option<FutureProducer>>>),
+    Shared(KafkaProducer),
+    Lazy(Box<KafkaConfig>, Arc<Mutex<Option<KafkaProducer>>>),
 }
 
 impl Quarantine {
     /// `service`'s quarantine on `topic`, written with `producer`.
-    pub fn new(producer: FutureProducer, topic: String, service: &'static str) -> Self {
+    pub fn new(producer: KafkaProducer, topic: String, service: &'static str) -> Self {
         Self {
             producer: Producer::Shared(producer),
             topic,
@@ -111,7 +112,7 @@ impl Quarantine {
         }
     }
 
-    fn producer(&self) -> Result<FutureProducer, crate::kafka::ClientError> {
+    fn producer(&self) -> Result<KafkaProducer, crate::kafka::ClientError> {
         match &self.producer {
             Producer::Shared(producer) => Ok(producer.clone()),
             Producer::Lazy(kafka, made) => {

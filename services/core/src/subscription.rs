@@ -2,11 +2,12 @@
 //! `<ns>.subscriptions` (Avro `triggers.v1.Subscription`) and stored in
 //! DynamoDB (the source of truth).
 
+use crate::kafka::KafkaProducer;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine;
 use rand::RngCore;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{AvroCodec, CodecError, Contract};
@@ -285,7 +286,7 @@ fn decode_cursor(cursor: &str) -> Option<SubscriptionId> {
 
 /// Publishes a tombstone (the subscription is gone) to the compacted topic.
 pub async fn publish_tombstone(
-    producer: &FutureProducer,
+    producer: &KafkaProducer,
     topic: &str,
     id: &SubscriptionId,
 ) -> Result<(), SubscriptionStoreError> {
@@ -338,7 +339,7 @@ pub async fn get(
 /// Publishes the subscription's state to the compacted topic (keyed by id),
 /// and waits for Kafka's acknowledgement.
 pub async fn publish(
-    producer: &FutureProducer,
+    producer: &KafkaProducer,
     codec: &AvroCodec,
     topic: &str,
     subscription: &Subscription,

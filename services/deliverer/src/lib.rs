@@ -49,7 +49,7 @@ use rand::Rng;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -63,6 +63,7 @@ use triggers_core::dynamo::Tables;
 use triggers_core::event::{now_ms, rfc3339};
 use triggers_core::follower::Follower;
 use triggers_core::ids::{BatchId, SubscriptionId};
+use triggers_core::kafka::KafkaProducer;
 use triggers_core::ops::{self, Readiness, RunningServer};
 use triggers_core::quarantine::{Poison, Quarantine};
 use triggers_core::subscription::{self, BatchSettings, Subscription, SubscriptionStatus};
@@ -281,7 +282,7 @@ struct Deliverer {
     http: reqwest::Client,
     allow: ssrf::AllowList,
     follower: Follower,
-    producer: FutureProducer,
+    producer: KafkaProducer,
     codec: AvroCodec,
     topics: TopicsConfig,
     /// The retry tiers' topics, shortest first.

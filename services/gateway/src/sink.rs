@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use triggers_core::codec::{AvroCodec, Contract};
 use triggers_core::config::KafkaConfig;
 use triggers_core::event::Event;
+use triggers_core::kafka::KafkaProducer;
 
 use tracing::Instrument;
 
@@ -39,7 +40,7 @@ pub struct EventSink {
 }
 
 struct Inner {
-    producer: RwLock<FutureProducer>,
+    producer: RwLock<KafkaProducer>,
     kafka: KafkaConfig,
     codec: AvroCodec,
     topic: String,
@@ -55,7 +56,7 @@ impl std::fmt::Debug for EventSink {
     }
 }
 
-fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, triggers_core::kafka::ClientError> {
+fn producer(kafka: &KafkaConfig) -> Result<KafkaProducer, triggers_core::kafka::ClientError> {
     triggers_core::kafka::producer(kafka, "gateway")
 }
 
@@ -198,7 +199,7 @@ impl EventSink {
     }
 
     /// Counts a failure of `producer`; replaces it when it is broken.
-    fn failed(&self, producer: &FutureProducer) {
+    fn failed(&self, producer: &KafkaProducer) {
         let inner = &self.inner;
         let failures = inner.failures.fetch_add(1, Ordering::Relaxed) + 1;
         let fatal = producer.client().fatal_error();

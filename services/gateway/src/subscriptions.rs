@@ -5,12 +5,12 @@
 //! deliverer follow. The answer waits for both.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use rdkafka::producer::FutureProducer;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use triggers_core::codec::AvroCodec;
 use triggers_core::event::now_ms;
 use triggers_core::ids::SubscriptionId;
+use triggers_core::kafka::KafkaProducer;
 use triggers_core::matching::{Filter, TypePattern};
 use triggers_core::subscription::{
     self, BatchSettings, SigningSecret, Subscription, SubscriptionStatus, SubscriptionStoreError,
@@ -33,7 +33,7 @@ const ROTATION_OVERLAP_MS: i64 = 24 * 3_600 * 1_000;
 #[derive(Clone)]
 pub struct SubscriptionPublisher {
     /// The producer.
-    pub producer: FutureProducer,
+    pub producer: KafkaProducer,
     /// The codec.
     pub codec: AvroCodec,
     /// `<ns>.subscriptions`.

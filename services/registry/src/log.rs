@@ -7,12 +7,13 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use triggers_core::config::KafkaConfig;
 use triggers_core::kafka::ConsumerLog;
+use triggers_core::kafka::KafkaProducer;
 
 use crate::error::RegistryError;
 use crate::state::{LogKey, State};
@@ -22,7 +23,7 @@ use crate::state::{LogKey, State};
 pub struct SchemaLog {
     topic: String,
     state: Arc<RwLock<State>>,
-    producer: FutureProducer,
+    producer: KafkaProducer,
     consumer: Arc<StreamConsumer<ConsumerLog>>,
     /// The offset after the last applied record.
     applied: watch::Receiver<i64>,

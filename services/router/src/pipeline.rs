@@ -18,12 +18,13 @@ use futures::stream::FuturesUnordered;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, CodecError, Contract};
 use triggers_core::config::TopicsConfig;
 use triggers_core::delivery::{Delivery, Outcome};
 use triggers_core::event::Event;
+use triggers_core::kafka::KafkaProducer;
 use triggers_core::offsets::OffsetTracker;
 
 use triggers_core::follower::Follower;
@@ -60,7 +61,7 @@ pub struct Pipeline {
     /// Reads `<ns>.events` in the router's group.
     pub consumer: Arc<StreamConsumer<triggers_core::kafka::ConsumerLog>>,
     /// Writes deliveries, outcomes and quarantined records.
-    pub producer: FutureProducer,
+    pub producer: KafkaProducer,
     /// Avro.
     pub codec: AvroCodec,
     /// Topic names.
@@ -354,7 +355,7 @@ impl Pipeline {
     }
 }
 
-fn enqueue(producer: &FutureProducer, record: &OutRecord) -> Option<rdkafka::producer::DeliveryFuture> {
+fn enqueue(producer: &KafkaProducer, record: &OutRecord) -> Option<rdkafka::producer::DeliveryFuture> {
     let future_record = FutureRecord::to(&record.topic)
         .key(&record.key)
         .payload(&record.payload)

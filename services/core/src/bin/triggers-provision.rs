@@ -1,5 +1,8 @@
 //! `triggers-provision`: creates every topic and table of a deployment from
 //! its configuration (the Helm chart runs it as a Job). Idempotent.
+//!
+//! `--no-tables`: topics only, for deployments whose DynamoDB tables are
+//! created elsewhere (Terraform, CloudFormation).
 
 // A command-line program: it reports to the person (or Job log) running it.
 #![allow(clippy::print_stdout)]
@@ -15,11 +18,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let source = ConfigSource::load(file.as_deref())?;
     let common = source.common()?;
     let schemas_topic = std::env::var("TRIGGERS_SCHEMAS_TOPIC").unwrap_or_else(|_| "_schemas".to_owned());
-    let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
-    let tables = Tables::new(&common.dynamodb.table_prefix);
-    let report =
-        triggers_core::provision::provision_all(&common.kafka, &common.topics, &schemas_topic, &dynamo, &tables)
-            .await?;
+    let with_tables = match std::env::args().nth(1).as_deref() {
+        None => true,
+        Some("--no-tables") => false,
+        Some(other) => return Err(format!("unknown argument `{other}` (only --no-tables)").into()),
+    };
+    let report = if with_tables {
+        let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
+        let tables = Tables::new(&common.dynamodb.table_prefix);
+        triggers_core::provision::provision_all(&common.kafka, &common.topics, &schemas_topic, &dynamo, &tables).await?
+    } else {
+        let mut report = triggers_core::provision::ProvisionReport::default();
+        triggers_core::provision::provision_topics(
+            &common.kafka,
+            &triggers_core::provision::topic_specs(&common.topics, &schemas_topic),
+            common.topics.replication_factor,
+            &mut report,
+        )
+        .await?;
+        report
+    };
     println!("topics created:  {:?}", report.topics_created);
     println!("topics existing: {:?}", report.topics_existing);
     println!("tables created:  {:?}", report.tables_created);

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde_json::Value;
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, Contract};
@@ -8,6 +8,7 @@ use triggers_core::config::CommonConfig;
 use triggers_core::delivery::Outcome;
 use triggers_core::dynamo::Tables;
 use triggers_core::ids::TenantId;
+use triggers_core::kafka::KafkaProducer;
 use triggers_core::ops::RunningServer;
 use triggers_persister::PersisterConfig;
 use triggers_stack::TestStack;
@@ -25,7 +26,7 @@ pub struct Env {
     pub tenant: TenantId,
     pub http: reqwest::Client,
     pub codec: AvroCodec,
-    pub producer: FutureProducer,
+    pub producer: KafkaProducer,
     pub shutdown: CancellationToken,
     pub persister_shutdown: CancellationToken,
     pub persister: Option<RunningServer>,

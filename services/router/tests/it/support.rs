@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, Contract};
@@ -10,6 +10,7 @@ use triggers_core::config::CommonConfig;
 use triggers_core::delivery::{Delivery, Outcome};
 use triggers_core::event::{Event, now_ms};
 use triggers_core::ids::{EventId, TenantId};
+use triggers_core::kafka::KafkaProducer;
 use triggers_core::ops::RunningServer;
 use triggers_router::RouterConfig;
 use triggers_stack::TestStack;
@@ -24,7 +25,7 @@ pub struct Env {
     pub tenant: TenantId,
     pub http: reqwest::Client,
     pub codec: AvroCodec,
-    pub producer: FutureProducer,
+    pub producer: KafkaProducer,
     pub shutdown: CancellationToken,
     pub router_shutdown: CancellationToken,
     pub router: Option<RunningServer>,
