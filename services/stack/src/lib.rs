@@ -20,7 +20,7 @@ pub mod topics;
 
 pub use process::{ChildProcess, StackError, free_port, wait_for_port};
 pub use test_stack::TestStack;
-pub use tools::Tools;
+pub use tools::{Tools, repo_root};
 
 use std::path::Path;
 use std::time::Duration;

@@ -8,6 +8,7 @@ use triggers_core::dynamo::Tables;
 use triggers_local::LocalOptions;
 use triggers_stack::{assert_ops_endpoints, free_port};
 
+mod chart;
 mod metrics;
 
 /// A folder under the current directory, by a relative path, removed on drop.
