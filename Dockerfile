@@ -7,12 +7,13 @@
 #
 #   docker build -t triggers:$(git rev-parse --short HEAD) .
 
-ARG RUST_VERSION=1.90
+# The toolchain the tests run on (rust-version in Cargo.toml is the minimum).
+ARG RUST_VERSION=1.95
 ARG DEBIAN=bookworm
 
 # --- Planner: the dependency recipe (changes only when Cargo.toml/lock do) --
 FROM rust:${RUST_VERSION}-${DEBIAN} AS chef
-RUN cargo install cargo-chef --locked --version 0.1.71
+RUN cargo install cargo-chef --locked --version "^0.1"
 WORKDIR /src
 
 FROM chef AS planner
