@@ -807,16 +807,22 @@ impl Deliverer {
             ));
         }
         // The HTTP client span; the webhook carries its context, so the
-        // receiver joins the event's trace. Untraced, the record's traceparent.
-        let span = tracing::debug_span!(
-            "webhook",
-            otel.name = "POST",
-            otel.kind = "client",
-            http.request.method = "POST",
-            server.address = %url.host_str().unwrap_or_default(),
-            http.response.status_code = tracing::field::Empty,
-            triggers.service = "deliverer",
-        );
+        // receiver joins the event's trace. In a trace that is not sampled
+        // (no process span above) and untraced, the record's traceparent.
+        let unsampled = traceparent.is_some_and(triggers_core::kafka::trace_headers::unsampled);
+        let span = if unsampled {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!(
+                "webhook",
+                otel.name = "POST",
+                otel.kind = "client",
+                http.request.method = "POST",
+                server.address = %url.host_str().unwrap_or_default(),
+                http.response.status_code = tracing::field::Empty,
+                triggers.service = "deliverer",
+            )
+        };
         let mut trace_fields = triggers_core::kafka::trace_headers::fields_of(&span);
         if trace_fields.is_empty()
             && let Some(traceparent) = traceparent.and_then(|t| std::str::from_utf8(t).ok())

@@ -98,20 +98,31 @@ impl EventSink {
             })?;
         let key = event.kafka_key();
         // The producer span (messaging conventions); its context goes into
-        // the record's headers. Untraced, the client's traceparent goes as is.
-        let span = tracing::debug_span!(
-            "publish",
-            otel.name = %format!("{} publish", inner.topic),
-            otel.kind = "producer",
-            messaging.system = "kafka",
-            messaging.operation.type = "publish",
-            messaging.destination.name = %inner.topic,
-            messaging.kafka.message.key = %key,
-            messaging.destination.partition.id = tracing::field::Empty,
-            messaging.kafka.offset = tracing::field::Empty,
-            triggers.service = "gateway",
-        );
-        let mut fields = triggers_core::kafka::trace_headers::fields_of(&span);
+        // the record's headers. In a trace that is not sampled, no span: the
+        // request's own (unsampled) context goes, so nothing downstream
+        // builds spans either. Untraced, the client's traceparent goes as is.
+        let request = tracing::Span::current();
+        let (span, mut fields) = if triggers_core::kafka::trace_headers::is_sampled(&request) {
+            let span = tracing::debug_span!(
+                "publish",
+                otel.name = %format!("{} publish", inner.topic),
+                otel.kind = "producer",
+                messaging.system = "kafka",
+                messaging.operation.type = "publish",
+                messaging.destination.name = %inner.topic,
+                messaging.kafka.message.key = %key,
+                messaging.destination.partition.id = tracing::field::Empty,
+                messaging.kafka.offset = tracing::field::Empty,
+                triggers.service = "gateway",
+            );
+            let fields = triggers_core::kafka::trace_headers::fields_of(&span);
+            (span, fields)
+        } else {
+            (
+                tracing::Span::none(),
+                triggers_core::kafka::trace_headers::fields_of(&request),
+            )
+        };
         if fields.is_empty()
             && let Some(traceparent) = traceparent
         {

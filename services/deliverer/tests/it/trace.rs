@@ -85,6 +85,36 @@ async fn one_event_is_one_trace_across_every_hop() {
     env.subscribe(&receiver.start()).await;
     env.ingest_until_received(&receiver, json!({"type": "warm.up", "source": "s"}))
         .await;
+
+    // A trace its client did not sample: nothing is exported, and the
+    // webhook still carries the trace (flags 00) for the receiver to log.
+    let unsampled_trace = "0af7651916cd43dd8448eb211c80319c";
+    let response = env
+        .http
+        .post(format!("{}/v1/events", env.gateway))
+        .bearer_auth(&env.key)
+        .header("traceparent", format!("00-{unsampled_trace}-b7ad6b7169203331-00"))
+        .json(&json!({"type": "untraced.item", "source": "s"}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status().as_u16(), 202);
+    let unsampled_id = response.json::<serde_json::Value>().await.unwrap_or_default()["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let webhook = env
+        .attempts_of(&receiver, &unsampled_id, 1, Duration::from_secs(20))
+        .await;
+    let unsampled_parent = webhook[0].header("traceparent").unwrap_or_default().to_owned();
+    let fields: Vec<&str> = unsampled_parent.split('-').collect();
+    assert_eq!(fields.get(1).copied(), Some(unsampled_trace), "{unsampled_parent}");
+    assert_eq!(
+        fields.get(3).copied(),
+        Some("00"),
+        "still not sampled: {unsampled_parent}"
+    );
+
     let (trace_id, client_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     let response = env
         .http
@@ -176,5 +206,17 @@ async fn one_event_is_one_trace_across_every_hop() {
         parts.get(2).copied(),
         Some(hex(&client.span_id).as_str()),
         "the webhook carries the client span"
+    );
+    // The unsampled event went through first; by the time the sampled
+    // trace is exported, none of its spans were.
+    let leaked: Vec<String> = spans
+        .lock()
+        .iter()
+        .filter(|s| hex(&s.trace_id) == unsampled_trace)
+        .map(|s| s.name.clone())
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "spans of an unsampled trace were exported: {leaked:?}"
     );
 }
