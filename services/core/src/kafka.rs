@@ -382,13 +382,7 @@ pub mod trace_headers {
     /// default ratio: building spans nobody exports is most of tracing's cost).
     pub fn process_span<M: rdkafka::Message>(message: &M, service: &'static str) -> tracing::Span {
         let headers = message.headers();
-        if let Some(headers) = headers
-            && headers
-                .iter()
-                .find(|h| h.key.eq_ignore_ascii_case("traceparent"))
-                .and_then(|h| h.value)
-                .is_some_and(unsampled)
-        {
+        if traceparent(headers).is_some_and(unsampled) {
             return tracing::Span::none();
         }
         let span = tracing::debug_span!(
@@ -422,14 +416,12 @@ pub mod trace_headers {
         let _ = span.set_parent(parent);
     }
 
-    /// The `traceparent` header of `headers`, if present.
-    pub fn traceparent<H: Headers>(headers: &H) -> Option<String> {
-        headers
+    /// The `traceparent` header of a record, if present (any case).
+    pub fn traceparent<H: Headers>(headers: Option<&H>) -> Option<&[u8]> {
+        headers?
             .iter()
             .find(|h| h.key.eq_ignore_ascii_case("traceparent"))
             .and_then(|h| h.value)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::to_owned)
     }
 }
 

@@ -48,7 +48,7 @@ use std::time::Duration;
 use rand::Rng;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -414,11 +414,7 @@ impl Deliverer {
         if !sleep_until(delivery.not_before, shutdown).await {
             return Handled::Stopped;
         }
-        let traceparent = message.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == "traceparent")
-                .and_then(|h| h.value.map(<[u8]>::to_vec))
-        });
+        let traceparent = triggers_core::kafka::trace_headers::traceparent(message.headers()).map(<[u8]>::to_vec);
         match turn {
             Some(mut turn) => {
                 // Waiting for the lane holds no consumer slot: a blocked

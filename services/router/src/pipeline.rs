@@ -17,7 +17,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureRecord, Producer};
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, CodecError, Contract};
@@ -246,14 +246,8 @@ impl Pipeline {
                 .map(|(k, v)| (k, v.into_bytes()))
                 .collect();
         if traceparent.is_empty() {
-            traceparent = message
-                .headers()
-                .and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key.eq_ignore_ascii_case("traceparent"))
-                        .and_then(|h| h.value.map(<[u8]>::to_vec))
-                })
-                .map(|v| vec![("traceparent".to_owned(), v)])
+            traceparent = triggers_core::kafka::trace_headers::traceparent(message.headers())
+                .map(|v| vec![("traceparent".to_owned(), v.to_vec())])
                 .unwrap_or_default();
         }
         let deliveries_topic = self.topics.deliveries();

@@ -23,21 +23,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("--no-tables") => false,
         Some(other) => return Err(format!("unknown argument `{other}` (only --no-tables)").into()),
     };
-    let report = if with_tables {
+    let mut report = triggers_core::provision::ProvisionReport::default();
+    triggers_core::provision::provision_topics(
+        &common.kafka,
+        &triggers_core::provision::topic_specs(&common.topics, &schemas_topic),
+        common.topics.replication_factor,
+        &mut report,
+    )
+    .await?;
+    if with_tables {
         let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
         let tables = Tables::new(&common.dynamodb.table_prefix);
-        triggers_core::provision::provision_all(&common.kafka, &common.topics, &schemas_topic, &dynamo, &tables).await?
-    } else {
-        let mut report = triggers_core::provision::ProvisionReport::default();
-        triggers_core::provision::provision_topics(
-            &common.kafka,
-            &triggers_core::provision::topic_specs(&common.topics, &schemas_topic),
-            common.topics.replication_factor,
-            &mut report,
-        )
-        .await?;
-        report
-    };
+        triggers_core::provision::provision_tables(&dynamo, &tables, &mut report).await?;
+    }
     println!("topics created:  {:?}", report.topics_created);
     println!("topics existing: {:?}", report.topics_existing);
     println!("tables created:  {:?}", report.tables_created);

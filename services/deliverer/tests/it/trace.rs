@@ -17,7 +17,7 @@ use prost::Message as _;
 use serde_json::json;
 use triggers_core::config::{LogFormat, TelemetryConfig};
 
-use crate::support::{Receiver, env};
+use crate::support::{Env, Receiver, env};
 
 type Spans = Arc<Mutex<Vec<Span>>>;
 
@@ -50,6 +50,27 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sends an event of `kind` with the client's `traceparent`; the
+/// `traceparent` its webhook carried.
+async fn ingest_traced(env: &Env, receiver: &Receiver, traceparent: &str, kind: &str) -> String {
+    let response = env
+        .http
+        .post(format!("{}/v1/events", env.gateway))
+        .bearer_auth(&env.key)
+        .header("traceparent", traceparent)
+        .json(&json!({"type": kind, "source": "s"}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status().as_u16(), 202);
+    let id = response.json::<serde_json::Value>().await.unwrap_or_default()["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let webhook = env.attempts_of(receiver, &id, 1, Duration::from_secs(20)).await;
+    webhook[0].header("traceparent").unwrap_or_default().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,24 +110,13 @@ async fn one_event_is_one_trace_across_every_hop() {
     // A trace its client did not sample: nothing is exported, and the
     // webhook still carries the trace (flags 00) for the receiver to log.
     let unsampled_trace = "0af7651916cd43dd8448eb211c80319c";
-    let response = env
-        .http
-        .post(format!("{}/v1/events", env.gateway))
-        .bearer_auth(&env.key)
-        .header("traceparent", format!("00-{unsampled_trace}-b7ad6b7169203331-00"))
-        .json(&json!({"type": "untraced.item", "source": "s"}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(response.status().as_u16(), 202);
-    let unsampled_id = response.json::<serde_json::Value>().await.unwrap_or_default()["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let webhook = env
-        .attempts_of(&receiver, &unsampled_id, 1, Duration::from_secs(20))
-        .await;
-    let unsampled_parent = webhook[0].header("traceparent").unwrap_or_default().to_owned();
+    let unsampled_parent = ingest_traced(
+        &env,
+        &receiver,
+        &format!("00-{unsampled_trace}-b7ad6b7169203331-00"),
+        "untraced.item",
+    )
+    .await;
     let fields: Vec<&str> = unsampled_parent.split('-').collect();
     assert_eq!(fields.get(1).copied(), Some(unsampled_trace), "{unsampled_parent}");
     assert_eq!(
@@ -116,22 +126,13 @@ async fn one_event_is_one_trace_across_every_hop() {
     );
 
     let (trace_id, client_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
-    let response = env
-        .http
-        .post(format!("{}/v1/events", env.gateway))
-        .bearer_auth(&env.key)
-        .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
-        .json(&json!({"type": "traced.item", "source": "s"}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(response.status().as_u16(), 202);
-    let id = response.json::<serde_json::Value>().await.unwrap_or_default()["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let webhook = env.attempts_of(&receiver, &id, 1, Duration::from_secs(20)).await;
-    let traceparent = webhook[0].header("traceparent").unwrap_or_default().to_owned();
+    let traceparent = ingest_traced(
+        &env,
+        &receiver,
+        &format!("00-{trace_id}-{client_span}-01"),
+        "traced.item",
+    )
+    .await;
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(
         parts.get(1).copied(),

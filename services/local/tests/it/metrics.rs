@@ -166,15 +166,11 @@ pub async fn every_panel_answers(http: &reqwest::Client, prometheus: &str) {
     while !empty.is_empty() {
         let mut still = Vec::new();
         for (panel, query) in empty {
-            let answer: serde_json::Value = http
-                .get(format!("{prometheus}/api/v1/query"))
-                .query(&[("query", query.as_str())])
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-                .json()
-                .await
-                .unwrap_or_default();
+            let answer = prometheus_api(
+                http.get(format!("{prometheus}/api/v1/query"))
+                    .query(&[("query", query.as_str())]),
+            )
+            .await;
             assert_eq!(answer["status"], "success", "{panel}: {query}: {answer}");
             if answer["data"]["result"].as_array().is_none_or(Vec::is_empty) {
                 still.push((panel, query));
@@ -196,6 +192,17 @@ pub async fn every_panel_answers(http: &reqwest::Client, prometheus: &str) {
     }
 }
 
+/// The JSON answer of a Prometheus HTTP API request (null if not JSON).
+async fn prometheus_api(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_default()
+}
+
 /// Every dashboard of `observability/grafana/`: its path and JSON text.
 fn dashboards() -> Vec<(std::path::PathBuf, String)> {
     let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/../../observability/grafana");
@@ -212,14 +219,7 @@ fn dashboards() -> Vec<(std::path::PathBuf, String)> {
 
 /// Prometheus loaded every alert rule of `observability/prometheus/alerts.yml`.
 pub async fn the_alert_rules_are_loaded(http: &reqwest::Client, prometheus: &str) {
-    let answer: serde_json::Value = http
-        .get(format!("{prometheus}/api/v1/rules"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_default();
+    let answer = prometheus_api(http.get(format!("{prometheus}/api/v1/rules"))).await;
     let rules: Vec<String> = answer["data"]["groups"]
         .as_array()
         .cloned()
