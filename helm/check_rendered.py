@@ -1,6 +1,9 @@
 """Assertions on the chart's rendered output (run by helm/test-chart).
 
-Usage: check_rendered.py VALUES_FILE RENDERED_FILE
+Usage: check_rendered.py VALUES_FILE RENDERED_FILE [CRDS_JSON]
+
+With CRDS_JSON, also writes the CRD-backed documents there as a JSON list,
+for helm/validate_crds.mjs.
 
 Kubernetes' own kinds are validated against their schemas by
 kubernetes-validate; this checks what a schema cannot: the security context,
@@ -53,10 +56,16 @@ def merged_values(path):
     return values
 
 
-def main(values_path, rendered_path):
+CRD_KINDS = ("ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule")
+
+
+def main(values_path, rendered_path, crds_path=None):
     values = merged_values(values_path)
     with open(rendered_path) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
+    if crds_path:
+        with open(crds_path, "w") as f:
+            json.dump([d for d in docs if d["kind"] in CRD_KINDS], f)
     by_kind = {}
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
@@ -225,4 +234,4 @@ def main(values_path, rendered_path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

@@ -37,6 +37,10 @@ def dashboard(uid,title,panels,desc):
               {"name":"instance","type":"query","datasource":{"type":"prometheus","uid":"${datasource}"},
                "query":{"query":"label_values(triggers_build_info{namespace=~\"$namespace\"}, instance)","refId":"inst"},"includeAll":True,"allValue":".*","multi":True,"current":{"text":"All","value":"$__all"},"refresh":2,"label":"Instance"}]},
             "panels":out}
+def hq(q, metric, by="", where=""):
+    """A histogram quantile of `metric` over the dashboard's range, summed by le (and `by`)."""
+    le = f"le, {by}" if by else "le"
+    return f"histogram_quantile({q}, sum by ({le}) (rate({metric}_bucket{sel(where)}[{R}])))"
 ING='route="/v1/events", method="POST"'
 ING202=ING+', status="202"'
 DELIVERED='result="delivered"'
@@ -46,8 +50,8 @@ RETRY='group=~".*-retry-.*"'
 overview=dashboard("triggers-overview","Triggers / Overview",[
   panel("Ingest rate (events/s)",[f"sum(rate(triggers_gateway_events_accepted_total{sel()}[{R}]))"],"reqps","stat"),
   panel("202 ratio of POST /v1/events",[f'sum(rate(triggers_http_requests_total{sel(ING202)}[{R}])) / sum(rate(triggers_http_requests_total{sel(ING)}[{R}]))'],"percentunit","stat",desc="SLO 99.9%"),
-  panel("Ack latency p99",[f"histogram_quantile(0.99, sum by (le) (rate(triggers_http_request_duration_seconds_bucket{sel(ING)}[{R}])))"],"s","stat",desc="PRD: p95 < 100 ms"),
-  panel("End-to-end p95 (202 to webhook 2xx)",[f"histogram_quantile(0.95, sum by (le) (rate(triggers_delivery_e2e_seconds_bucket{sel()}[{R}])))"],"s","stat",desc="PRD: p95 < 5 s"),
+  panel("Ack latency p99",[hq("0.99", "triggers_http_request_duration_seconds", where=ING)],"s","stat",desc="PRD: p95 < 100 ms"),
+  panel("End-to-end p95 (202 to webhook 2xx)",[hq("0.95", "triggers_delivery_e2e_seconds")],"s","stat",desc="PRD: p95 < 5 s"),
   panel("Delivery success rate",[f'sum(rate(triggers_deliverer_attempts_total{sel(DELIVERED)}[{R}])) / sum(rate(triggers_deliverer_attempts_total{sel()}[{R}]))'],"percentunit","stat"),
   panel("Dead-lettered in the last hour",[f'sum(increase(triggers_deliverer_attempts_total{sel(DEAD)}[1h])) or vector(0)'],"short","stat"),
   panel("Consumer lag by group (retry tiers excluded)",[(f'sum by (group) (triggers_consumer_lag_records{sel(NORETRY)})',"{{group}}")],"short"),
@@ -57,9 +61,9 @@ overview=dashboard("triggers-overview","Triggers / Overview",[
 ],"SLOs of the whole pipeline: ingest rate, 202 ratio, ack p99, end-to-end p95, delivery success, DLQ growth.")
 ingest=dashboard("triggers-ingest","Triggers / Ingest",[
   panel("Requests by route and status",[(f"sum by (route, status) (rate(triggers_http_requests_total{sel()}[{R}]))","{{route}} {{status}}")],"reqps"),
-  panel("Request latency p50/p99 by route",[(f"histogram_quantile(0.5, sum by (le, route) (rate(triggers_http_request_duration_seconds_bucket{sel()}[{R}])))","p50 {{route}}"),(f"histogram_quantile(0.99, sum by (le, route) (rate(triggers_http_request_duration_seconds_bucket{sel()}[{R}])))","p99 {{route}}")],"s"),
+  panel("Request latency p50/p99 by route",[(hq("0.5", "triggers_http_request_duration_seconds", by="route"),"p50 {{route}}"),(hq("0.99", "triggers_http_request_duration_seconds", by="route"),"p99 {{route}}")],"s"),
   panel("Events accepted and rejected",[(f"sum(rate(triggers_gateway_events_accepted_total{sel()}[{R}]))","accepted"),(f"sum by (reason) (rate(triggers_gateway_events_rejected_total{sel()}[{R}])) or vector(0)","rejected {{reason}}")],"reqps"),
-  panel("Produce latency p99 (enqueue to Kafka ack)",[(f"histogram_quantile(0.99, sum by (le, result) (rate(triggers_gateway_produce_duration_seconds_bucket{sel()}[{R}])))","{{result}}")],"s"),
+  panel("Produce latency p99 (enqueue to Kafka ack)",[(hq("0.99", "triggers_gateway_produce_duration_seconds", by="result"),"{{result}}")],"s"),
   panel("Producer queue depth",[(f"triggers_gateway_producer_queue_depth{sel()}","{{instance}}")],"short"),
   panel("Authentication failures by reason",[(f"sum by (reason) (rate(triggers_gateway_auth_failures_total{sel()}[{R}])) or vector(0)","{{reason}}")],"reqps"),
 ],"The gateway: requests, acknowledgement latency, Kafka produce, rejections.")
@@ -74,17 +78,17 @@ pipeline=dashboard("triggers-pipeline","Triggers / Pipeline lag",[
 delivery=dashboard("triggers-delivery","Triggers / Delivery",[
   panel("Attempts by result",[(f"sum by (result) (rate(triggers_deliverer_attempts_total{sel()}[{R}]))","{{result}}")],"reqps"),
   panel("Responses by status class",[(f"sum by (status_class) (rate(triggers_deliverer_responses_total{sel()}[{R}]))","{{status_class}}")],"reqps"),
-  panel("Webhook latency p50/p95",[(f"histogram_quantile(0.5, sum by (le) (rate(triggers_deliverer_attempt_duration_seconds_bucket{sel()}[{R}])))","p50"),(f"histogram_quantile(0.95, sum by (le) (rate(triggers_deliverer_attempt_duration_seconds_bucket{sel()}[{R}])))","p95")],"s"),
-  panel("End to end p50/p95/p99",[(f"histogram_quantile({q}, sum by (le) (rate(triggers_delivery_e2e_seconds_bucket{sel()}[{R}])))",f"p{int(float(q)*100)}") for q in ("0.5","0.95","0.99")],"s"),
+  panel("Webhook latency p50/p95",[(hq("0.5", "triggers_deliverer_attempt_duration_seconds"),"p50"),(hq("0.95", "triggers_deliverer_attempt_duration_seconds"),"p95")],"s"),
+  panel("End to end p50/p95/p99",[(hq(q, "triggers_delivery_e2e_seconds"),f"p{int(float(q)*100)}") for q in ("0.5","0.95","0.99")],"s"),
   panel("Retry tier depth",[(f'sum by (group) (triggers_consumer_lag_records{sel(RETRY)}) or vector(0)',"{{group}}")],"short"),
   panel("Parked, deferred, held, skipped",[(f"sum(rate(triggers_deliverer_parked_total{sel()}[{R}])) or vector(0)","parked"),(f"sum(rate(triggers_deliverer_deferred_total{sel()}[{R}])) or vector(0)","deferred"),(f"sum by (reason) (rate(triggers_deliverer_held_total{sel()}[{R}])) or vector(0)","held {{reason}}"),(f"sum by (reason) (rate(triggers_deliverer_skipped_total{sel()}[{R}])) or vector(0)","skipped {{reason}}")],"reqps"),
 ],"Webhook attempts, responses, latency, end to end, retry tiers and DLQ.")
 storage=dashboard("triggers-storage","Triggers / Storage",[
   panel("DynamoDB calls by operation",[(f"sum by (operation) (rate(triggers_dynamodb_request_duration_seconds_count{sel()}[{R}]))","{{operation}}")],"reqps"),
-  panel("DynamoDB latency p99 by operation",[(f"histogram_quantile(0.99, sum by (le, operation) (rate(triggers_dynamodb_request_duration_seconds_bucket{sel()}[{R}])))","{{operation}}")],"s"),
+  panel("DynamoDB latency p99 by operation",[(hq("0.99", "triggers_dynamodb_request_duration_seconds", by="operation"),"{{operation}}")],"s"),
   panel("DynamoDB errors by kind",[(f"sum by (kind) (rate(triggers_dynamodb_errors_total{sel()}[{R}])) or vector(0)","{{kind}}")],"reqps"),
   panel("Persister writes",[(f"sum(rate(triggers_persister_events_total{sel()}[{R}]))","events"),(f"sum(rate(triggers_persister_outcomes_total{sel()}[{R}]))","outcomes")],"reqps"),
-  panel("Persister batch size p50",[(f"histogram_quantile(0.5, sum by (le) (rate(triggers_persister_batch_size_bucket{sel()}[{R}])))","p50")],"short"),
+  panel("Persister batch size p50",[(hq("0.5", "triggers_persister_batch_size"),"p50")],"short"),
 ],"The persister and every service's DynamoDB calls: rate, latency, errors, throttling.")
 for name,d in [("overview",overview),("ingest",ingest),("pipeline",pipeline),("delivery",delivery),("storage",storage)]:
     open(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.json"),"w").write(json.dumps(d,indent=2)+"\n")

@@ -32,6 +32,13 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* The services that run as Deployments (JSON list): the registry when enabled. */}}
+{{- define "triggers.components" -}}
+{{- $components := list "gateway" "router" "persister" "deliverer" -}}
+{{- if .Values.registry.enabled }}{{ $components = append $components "registry" }}{{ end -}}
+{{- toJson $components -}}
+{{- end -}}
+
 {{- define "triggers.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "triggers.fullname" .) .Values.serviceAccount.name -}}

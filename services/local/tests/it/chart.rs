@@ -123,3 +123,31 @@ fn every_service_accepts_the_configuration_the_chart_renders() -> TestResult {
     }
     Ok(())
 }
+
+/// The chart keeps its own list of the librdkafka settings `kafka.extra` may
+/// not change (`_helpers.tpl`); it must refuse every one the services do.
+#[test]
+fn the_chart_refuses_every_reserved_kafka_setting() -> TestResult {
+    let root = repo_root();
+    for setting in triggers_core::config::RESERVED_KAFKA_SETTINGS {
+        let output = Command::new(root.join("tools/helm/helm"))
+            .current_dir(&root)
+            .args([
+                "template",
+                "triggers",
+                "helm/triggers",
+                "-f",
+                "helm/triggers/ci/minimal-values.yaml",
+            ])
+            .arg("--set-string")
+            .arg(format!("kafka.extra.{}=x", setting.replace('.', "\\.")))
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "the chart accepted kafka.extra.{setting}");
+        assert!(
+            stderr.contains(&format!("kafka.extra.{setting} is reserved")),
+            "{setting}: {stderr}"
+        );
+    }
+    Ok(())
+}
