@@ -17,7 +17,6 @@ use rdkafka::client::OAuthToken;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, OwnedHeaders};
-use rdkafka::producer::FutureProducer;
 
 use crate::config::KafkaConfig;
 
@@ -54,8 +53,9 @@ pub fn base_config(config: &KafkaConfig, service: &str) -> ClientConfig {
     client
 }
 
-/// Every Triggers producer: rdkafka's future producer with [`Context`].
-pub type KafkaProducer = FutureProducer<Context>;
+mod producer;
+
+pub use producer::{Delivery, DeliveryFuture, KafkaProducer, OwnedDeliveryResult, Reports};
 
 /// The context of Triggers' producers and admin clients: librdkafka's
 /// global errors logged, MSK IAM tokens when `kafka.msk_iam` is set.
@@ -91,12 +91,10 @@ pub fn msk_iam_token(config: Option<&str>) -> Result<OAuthToken, Box<dyn std::er
 
 /// The shared, idempotent producer (`acks=all`, bounded queue).
 pub fn producer(config: &KafkaConfig, service: &str) -> Result<KafkaProducer, ClientError> {
-    producer_config(config, service)
-        .create_with_context(Context)
-        .map_err(|source| ClientError {
-            role: "producer",
-            source,
-        })
+    KafkaProducer::new(&producer_config(config, service)).map_err(|source| ClientError {
+        role: "producer",
+        source,
+    })
 }
 
 /// The producer's settings, for callers that need their own context.

@@ -313,7 +313,7 @@ impl Pipeline {
         let producer = self.producer.clone();
         let first: Vec<_> = records.iter().map(|r| enqueue(&producer, r)).collect();
         async move {
-            let mut pending: Vec<(OutRecord, Option<rdkafka::producer::DeliveryFuture>)> =
+            let mut pending: Vec<(OutRecord, Option<triggers_core::kafka::DeliveryFuture>)> =
                 records.into_iter().zip(first).collect();
             let mut backoff = Duration::from_millis(100);
             loop {
@@ -349,7 +349,7 @@ impl Pipeline {
     }
 }
 
-fn enqueue(producer: &KafkaProducer, record: &OutRecord) -> Option<rdkafka::producer::DeliveryFuture> {
+fn enqueue(producer: &KafkaProducer, record: &OutRecord) -> Option<triggers_core::kafka::DeliveryFuture> {
     let future_record = FutureRecord::to(&record.topic)
         .key(&record.key)
         .payload(&record.payload)

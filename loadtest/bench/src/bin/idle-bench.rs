@@ -34,15 +34,25 @@ struct Args {
 
 /// CPU ticks (user + system) per process id, with the process's name.
 fn process_ticks() -> BTreeMap<u32, (String, u64)> {
+    ticks_in("/proc")
+}
+
+/// CPU ticks per thread of this process, with the thread's name.
+fn thread_ticks() -> BTreeMap<u32, (String, u64)> {
+    ticks_in("/proc/self/task")
+}
+
+/// CPU ticks of every `<dir>/<id>/stat` (processes or one process's threads).
+fn ticks_in(dir: &str) -> BTreeMap<u32, (String, u64)> {
     let mut ticks = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return ticks;
     };
     for entry in entries.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Ok(stat) = std::fs::read_to_string(format!("{dir}/{pid}/stat")) else {
             continue;
         };
         // `pid (comm) state ...`: the name may hold spaces, so split at the last ')'.
@@ -113,15 +123,18 @@ async fn main() -> anyhow::Result<()> {
 
     let (busy_before, total_before) = machine_ticks()?;
     let before = process_ticks();
+    let threads_before = thread_ticks();
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let elapsed = started.elapsed().as_secs_f64();
     let after = process_ticks();
+    let threads_after = thread_ticks();
     let (busy_after, total_after) = machine_ticks()?;
     stack.stop().await;
 
     let hz = clock_ticks();
     let me = std::process::id();
+    let percent = |ticks: u64| ticks as f64 / hz / elapsed * 100.0;
     let mut rows: Vec<(String, f64)> = Vec::new();
     for (pid, (name, ticks)) in &after {
         let spent = ticks.saturating_sub(before.get(pid).map_or(0, |(_, t)| *t));
@@ -133,9 +146,23 @@ async fn main() -> anyhow::Result<()> {
         } else {
             name.clone()
         };
-        rows.push((label, spent as f64 / hz / elapsed * 100.0));
+        rows.push((label, percent(spent)));
     }
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    // The services' threads, summed by name (librdkafka names its threads
+    // `rdk:main`, `rdk:broker<N>`, …; tokio's are `tokio-runtime-worker`).
+    let mut by_name: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    for (tid, (name, ticks)) in &threads_after {
+        let spent = ticks.saturating_sub(threads_before.get(tid).map_or(0, |(_, t)| *t));
+        let entry = by_name.entry(name.clone()).or_default();
+        entry.0 += 1;
+        entry.1 += spent;
+    }
+    let mut threads: Vec<(String, usize, f64)> = by_name
+        .into_iter()
+        .map(|(name, (count, ticks))| (name, count, percent(ticks)))
+        .collect();
+    threads.sort_by(|a, b| b.2.total_cmp(&a.2));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let machine = (busy_after - busy_before) as f64 / (total_after - total_before).max(1) as f64 * cores * 100.0;
 
@@ -159,5 +186,11 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("| **all processes** | **{sum:.1}** |");
     println!("| whole machine (`/proc/stat`) | {machine:.1} |");
+    println!("\nThe services' threads, by name:\n");
+    println!("| thread | count | CPU, % of one core |");
+    println!("|---|---|---|");
+    for (name, count, percent) in threads.iter().filter(|t| t.2 >= 0.05) {
+        println!("| `{name}` | {count} | {percent:.1} |");
+    }
     Ok(())
 }

@@ -207,7 +207,8 @@ async fn main() -> anyhow::Result<()> {
     let subscriptions_topic = common.topics.subscriptions();
     for s in &all {
         let payload = codec.encode(&subscriptions_topic, Contract::Subscription, s).await?;
-        producer
+        // Queued only: the flush below waits for every report.
+        let _report = producer
             .send_result(
                 FutureRecord::to(&subscriptions_topic)
                     .key(&s.id.to_string())

@@ -5,5 +5,6 @@ mod codec;
 mod consume;
 mod deadletter;
 mod pacing;
+mod producer;
 mod provision;
 mod support;

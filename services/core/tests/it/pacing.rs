@@ -148,3 +148,48 @@ async fn an_idle_paced_consumer_fetches_far_less_and_still_reads_every_record() 
         reader.task.await.unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_this_process_writes_wakes_a_paused_reader() {
+    let env = TestEnv::new().await;
+    env.provision().await;
+    let topic = env.common.topics.events();
+    let shutdown = CancellationToken::new();
+    // Looks a minute apart: only the wake can bring the record in time.
+    let paced = KafkaConfig {
+        idle_fetch_interval: Duration::from_secs(60),
+        idle_after: Duration::from_millis(200),
+        ..env.common.kafka.clone()
+    };
+    let reader = start_reader(&paced, &topic, &format!("{}-woken", env.namespace), shutdown.clone());
+    // Joined, read to the end of the empty topic, and paused since.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let fetches_paused = reader.fetches.0.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        reader.fetches.0.load(Ordering::Relaxed),
+        fetches_paused,
+        "the reader should be paused before the write"
+    );
+
+    let producer = triggers_core::kafka::producer(&env.common.kafka, "pacing-test").unwrap_or_else(|e| panic!("{e}"));
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key(b"woken".as_slice())
+                .payload(b"x".as_slice()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("{e}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !reader.seen.lock().contains("woken") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the paused reader did not wake for the record"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    reader.task.await.unwrap_or_else(|e| panic!("{e}"));
+}
