@@ -32,11 +32,26 @@ pub enum FollowerError {
 }
 
 /// The live table and whether it has caught up.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Follower {
     /// The table.
     pub table: Arc<RwLock<SubscriptionTable>>,
     caught_up: watch::Receiver<bool>,
+    consumer: Arc<StreamConsumer<crate::kafka::ConsumerLog>>,
+    topic: String,
+    /// The next offset to apply, per partition.
+    read_to: watch::Receiver<Vec<i64>>,
+    /// Subscriptions whose deletion (tombstone) was applied.
+    removed: Arc<RwLock<HashSet<SubscriptionId>>>,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower")
+            .field("topic", &self.topic)
+            .field("read_to", &*self.read_to.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Follower {
@@ -85,11 +100,17 @@ impl Follower {
         consumer.assign(&assignment).map_err(FollowerError::Kafka)?;
         let table = Arc::new(RwLock::new(SubscriptionTable::new()));
         let (caught_up_tx, caught_up) = watch::channel(false);
+        let (read_to_tx, read_to) = watch::channel(vec![0; partitions]);
+        let removed = Arc::new(RwLock::new(HashSet::new()));
         tokio::spawn(follow(
-            consumer,
+            consumer.clone(),
             crate::pacing::Pacer::new(kafka),
             codec,
-            table.clone(),
+            Applied {
+                table: table.clone(),
+                read_to: read_to_tx,
+                removed: removed.clone(),
+            },
             CatchUp {
                 partitions,
                 at_end: HashSet::new(),
@@ -98,7 +119,59 @@ impl Follower {
             shutdown,
             service.to_owned(),
         ));
-        Ok(Self { table, caught_up })
+        Ok(Self {
+            table,
+            caught_up,
+            consumer,
+            topic: topic.to_owned(),
+            read_to,
+            removed,
+        })
+    }
+
+    /// Whether subscription `id` exists, having read everything written to
+    /// the topic before this call if the table does not know it yet (a
+    /// record routed to a brand-new subscription may reach this follower
+    /// before the subscription does). Deleted subscriptions answer at once;
+    /// gives up after `timeout`.
+    pub async fn knows(&self, id: &SubscriptionId, timeout: Duration) -> bool {
+        if self.table.read().get(id).is_some() {
+            return true;
+        }
+        if self.removed.read().contains(id) {
+            return false;
+        }
+        let (consumer, topic, partitions) = (self.consumer.clone(), self.topic.clone(), self.read_to.borrow().len());
+        let ends = tokio::task::spawn_blocking(move || {
+            (0..partitions)
+                .map(|p| {
+                    let partition = i32::try_from(p).unwrap_or(i32::MAX);
+                    consumer
+                        .fetch_watermarks(&topic, partition, timeout)
+                        .map(|(_, high)| high)
+                })
+                .collect::<Result<Vec<i64>, KafkaError>>()
+        })
+        .await;
+        let ends = match ends {
+            Ok(Ok(ends)) => ends,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot read the subscription topic's end");
+                return self.table.read().get(id).is_some();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the end query stopped");
+                return self.table.read().get(id).is_some();
+            }
+        };
+        // The follower may be paused (idle pacing): look now.
+        crate::pacing::wrote(&self.topic);
+        let mut read_to = self.read_to.clone();
+        let reached = |read: &Vec<i64>| read.iter().zip(&ends).all(|(read, end)| read >= end);
+        if tokio::time::timeout(timeout, read_to.wait_for(reached)).await.is_err() {
+            tracing::debug!(subscription = %id, "the subscription follower did not reach the topic's end in time");
+        }
+        self.table.read().get(id).is_some()
     }
 
     /// Waits until every partition was read to its end once.
@@ -112,11 +185,33 @@ impl Follower {
     }
 }
 
+/// Where the follower applies what it reads.
+struct Applied {
+    table: Arc<RwLock<SubscriptionTable>>,
+    read_to: watch::Sender<Vec<i64>>,
+    removed: Arc<RwLock<HashSet<SubscriptionId>>>,
+}
+
+impl Applied {
+    /// Notes that `partition` was read up to (not including) `next`.
+    fn read_to(&self, partition: i32, next: i64) {
+        self.read_to.send_if_modified(
+            |read| match usize::try_from(partition).ok().and_then(|p| read.get_mut(p)) {
+                Some(read) if *read < next => {
+                    *read = next;
+                    true
+                }
+                _ => false,
+            },
+        );
+    }
+}
+
 async fn follow(
     consumer: Arc<StreamConsumer<crate::kafka::ConsumerLog>>,
     mut pacer: crate::pacing::Pacer,
     codec: AvroCodec,
-    table: Arc<RwLock<SubscriptionTable>>,
+    applied: Applied,
     mut catch_up: CatchUp,
     shutdown: CancellationToken,
     service: String,
@@ -139,16 +234,19 @@ async fn follow(
                     .and_then(|k| k.parse::<SubscriptionId>().ok())
                 else {
                     tracing::warn!(offset = message.offset(), "subscription record without a valid key");
+                    applied.read_to(message.partition(), message.offset() + 1);
                     continue;
                 };
                 match message.payload() {
                     None => {
-                        table.write().remove(&id);
+                        applied.table.write().remove(&id);
+                        applied.removed.write().insert(id);
                     }
                     Some(payload) => loop {
                         match codec.decode::<Subscription>(Contract::Subscription, payload).await {
                             Ok(subscription) => {
-                                table.write().upsert(subscription);
+                                applied.removed.write().remove(&subscription.id);
+                                applied.table.write().upsert(subscription);
                                 break;
                             }
                             Err(e) if e.is_retriable() => {
@@ -162,11 +260,23 @@ async fn follow(
                         }
                     },
                 }
+                applied.read_to(message.partition(), message.offset() + 1);
                 metrics::gauge!("triggers_subscriptions_known", "service" => service.clone())
-                    .set(table.read().len() as f64);
+                    .set(applied.table.read().len() as f64);
             }
             Err(KafkaError::PartitionEOF(partition)) => {
                 pacer.saw_end();
+                // At the end: the position is the partition's end (records
+                // compacted away were never read).
+                if let Ok(positions) = consumer.position()
+                    && let Some(Offset::Offset(next)) = positions
+                        .elements()
+                        .iter()
+                        .find(|e| e.partition() == partition)
+                        .map(|e| e.offset())
+                {
+                    applied.read_to(partition, next);
+                }
                 catch_up.reached_end(partition);
             }
             Err(e) => {

@@ -333,6 +333,11 @@ async fn sleep_until(at: i64, shutdown: &CancellationToken) -> bool {
     }
 }
 
+/// How long a delivery for a subscription this deliverer has not seen yet
+/// waits for its follower to read the subscription topic to its end (the
+/// router saw the subscription first).
+const FOLLOWER_WAIT: Duration = Duration::from_secs(10);
+
 impl Deliverer {
     /// The current version of a subscription.
     fn subscription(&self, id: &SubscriptionId) -> Option<Subscription> {
@@ -443,6 +448,7 @@ impl Deliverer {
 
     /// The subscription to deliver to, or why the delivery does not go out.
     async fn usable(&self, delivery: &Delivery) -> Result<Subscription, Refusal> {
+        self.follower.knows(&delivery.subscription_id, FOLLOWER_WAIT).await;
         let subscription = self.active(&delivery.subscription_id)?;
         // A replay is an explicit request: it goes out even if acknowledged.
         // A first attempt of a fresh event skips the check (a DynamoDB read
@@ -601,6 +607,7 @@ impl Deliverer {
     /// Sends a batch as one webhook (a JSON array, one signature, a batch
     /// id as `webhook-id`); every member gets its own outcome.
     async fn send_batch(&self, id: SubscriptionId, members: Vec<Member>, shutdown: &CancellationToken) {
+        self.follower.knows(&id, FOLLOWER_WAIT).await;
         let subscription = match self.active(&id) {
             Ok(subscription) => subscription,
             Err(refusal) => {

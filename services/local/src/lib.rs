@@ -160,9 +160,11 @@ fn local_toml(options: &LocalOptions) -> String {
 [kafka]
 bootstrap_servers = "127.0.0.1:{kafka}"
 # Tansu answers a fetch only after its full wait: keep it short for latency,
-# and let idle consumers pause instead of polling (see core::pacing).
+# and let idle consumers pause instead of polling (see core::pacing). Writes
+# of this process (every service runs in it) wake their readers at once; the
+# interval only bounds how late a record from elsewhere is seen.
 fetch_wait_max = "5ms"
-idle_fetch_interval = "250ms"
+idle_fetch_interval = "2s"
 idle_after = "1s"
 
 [topics]

@@ -46,7 +46,8 @@ impl SchemaLog {
         consumer_config
             .set("group.id", format!("triggers-registry-{}", ulid_like()))
             .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", tail_fetch_wait(kafka).as_millis().to_string());
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", kafka.fetch_wait_max.as_millis().to_string());
         let consumer: StreamConsumer<ConsumerLog> = consumer_config
             .create_with_context(ConsumerLog::new("registry"))
             .map_err(RegistryError::Kafka)?;
@@ -58,7 +59,10 @@ impl SchemaLog {
         let consumer = Arc::new(consumer);
         let state = Arc::new(RwLock::new(State::default()));
         let (applied_tx, applied) = watch::channel(0_i64);
-        tokio::spawn(tail(consumer.clone(), state.clone(), applied_tx, shutdown));
+        // Paced like every reader: a write of this registry wakes its own
+        // tail at once (`pacing::wrote`), so an append is read back quickly.
+        let pacer = triggers_core::pacing::Pacer::new(kafka);
+        tokio::spawn(tail(consumer.clone(), pacer, state.clone(), applied_tx, shutdown));
         Ok(Self {
             topic: topic.to_owned(),
             state,
@@ -122,6 +126,7 @@ impl SchemaLog {
 
 async fn tail(
     consumer: Arc<StreamConsumer<ConsumerLog>>,
+    mut pacer: triggers_core::pacing::Pacer,
     state: Arc<RwLock<State>>,
     applied: watch::Sender<i64>,
     shutdown: CancellationToken,
@@ -129,10 +134,15 @@ async fn tail(
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return,
+            () = pacer.due() => {
+                pacer.act(consumer.as_ref());
+                continue;
+            }
             message = consumer.recv() => message,
         };
         match message {
             Ok(message) => {
+                pacer.saw_record();
                 let key = message.key().and_then(|k| serde_json::from_slice::<LogKey>(k).ok());
                 if let Some(key) = key {
                     state.write().apply(&key, message.payload());
@@ -144,25 +154,12 @@ async fn tail(
                 }
                 applied.send_replace(message.offset() + 1);
             }
-            Err(KafkaError::PartitionEOF(_)) => {}
+            Err(KafkaError::PartitionEOF(_)) => pacer.saw_end(),
             Err(e) => {
                 tracing::warn!(error = %e, "error reading the schema log; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-    }
-}
-
-/// The tail's fetch wait. Where idle consumers are paced (Tansu, which
-/// answers a fetch only after its full wait), the tail is not: a writer waits
-/// for its own record to be read back, and a paused reader made that wait
-/// miss the callers' timeouts. It polls at a calmer 100 ms instead (about
-/// ten fetches a second); elsewhere it uses the common wait.
-fn tail_fetch_wait(kafka: &KafkaConfig) -> Duration {
-    if kafka.idle_fetch_interval.is_zero() {
-        kafka.fetch_wait_max
-    } else {
-        kafka.fetch_wait_max.max(Duration::from_millis(100))
     }
 }
 

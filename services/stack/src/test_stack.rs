@@ -85,9 +85,10 @@ impl TestStack {
 [kafka]
 bootstrap_servers = "{kafka}"
 fetch_wait_max = "10ms"
-# As locally: idle consumers pause (so every test exercises core::pacing),
-# and look again often enough that waits stay short.
-idle_fetch_interval = "100ms"
+# As locally: idle consumers pause (so every test exercises core::pacing);
+# writes of the test process wake their readers, and records written by
+# other clients wait at most a second.
+idle_fetch_interval = "1s"
 idle_after = "500ms"
 commit_interval = "100ms"
 session_timeout = "6s"

@@ -4,6 +4,7 @@
 mod codec;
 mod consume;
 mod deadletter;
+mod follower;
 mod pacing;
 mod producer;
 mod provision;

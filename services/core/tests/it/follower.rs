@@ -1,0 +1,106 @@
+//! The subscription follower against real Tansu: asked about a
+//! subscription it has not read yet, it reads the topic to its end first,
+//! even while idle pacing has it paused and the writer was another client.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use triggers_core::CancellationToken;
+use triggers_core::codec::{AvroCodec, Contract};
+use triggers_core::config::KafkaConfig;
+use triggers_core::follower::Follower;
+use triggers_core::ids::{SubscriptionId, TenantId};
+use triggers_core::subscription::{SigningSecret, Subscription, SubscriptionStatus};
+
+use crate::support::TestEnv;
+
+fn subscription() -> Subscription {
+    Subscription {
+        id: SubscriptionId::new(),
+        tenant: TenantId::new(),
+        target_url: "http://127.0.0.1:9/hook".to_owned(),
+        event_types: vec!["*".to_owned()],
+        filter: None,
+        status: SubscriptionStatus::Active,
+        disabled_reason: None,
+        secrets: vec![SigningSecret {
+            secret: "whsec_AAAA".to_owned(),
+            expires_at: None,
+        }],
+        batch: None,
+        ordered: false,
+        description: None,
+        created_at: 1,
+        updated_at: 1,
+        revision: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_subscription_is_looked_up_to_the_end_of_the_topic() {
+    let mut env = TestEnv::new().await;
+    let shutdown = CancellationToken::new();
+    let _registry = env.with_registry(shutdown.clone()).await;
+    let codec = AvroCodec::new(&env.common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
+    let topic = env.common.topics.subscriptions();
+    // Looks a minute apart once idle: only the lookup can read in time.
+    let kafka = KafkaConfig {
+        idle_fetch_interval: Duration::from_secs(60),
+        idle_after: Duration::from_millis(200),
+        ..env.common.kafka.clone()
+    };
+    let follower = Follower::start(&kafka, &topic, codec.clone(), "follower-test", shutdown.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    follower
+        .caught_up(Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Written by another client (rdkafka's own producer): nothing wakes the
+    // paused follower but the lookup.
+    let other: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &env.common.kafka.bootstrap_servers)
+        .create()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let created = subscription();
+    let key = created.id.to_string();
+    let payload = codec
+        .encode(&topic, Contract::Subscription, &created)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    other
+        .send(
+            FutureRecord::to(&topic).key(&key).payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("{e}"));
+    assert!(
+        follower.knows(&created.id, Duration::from_secs(10)).await,
+        "the follower did not find a subscription written before the question"
+    );
+    assert!(
+        !follower.knows(&SubscriptionId::new(), Duration::from_secs(10)).await,
+        "a subscription never written is unknown"
+    );
+
+    // Deleted through Triggers' producer (which wakes the follower): once
+    // the tombstone is read, the subscription is unknown.
+    let ours = triggers_core::kafka::producer(&env.common.kafka, "follower-test").unwrap_or_else(|e| panic!("{e}"));
+    triggers_core::subscription::publish_tombstone(&ours, &topic, &created.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while follower.table.read().get(&created.id).is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the tombstone was not read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !follower.knows(&created.id, Duration::from_secs(10)).await,
+        "a deleted subscription is unknown"
+    );
+    shutdown.cancel();
+}
