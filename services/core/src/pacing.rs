@@ -168,7 +168,7 @@ impl Pacer {
     pub fn release<C: ConsumerContext, K: Consumer<C>>(&mut self, consumer: &K) {
         self.held = false;
         if !matches!(self.state, State::Paused { .. }) {
-            resume(consumer);
+            resume(consumer, false);
         }
     }
 
@@ -262,7 +262,7 @@ impl Pacer {
                 }
             },
             State::Paused { .. } => {
-                let expected = resume(consumer);
+                let expected = resume(consumer, true);
                 State::Probing {
                     since: now,
                     ends: 0,
@@ -270,22 +270,27 @@ impl Pacer {
                 }
             }
             State::Waking => {
-                resume(consumer);
+                resume(consumer, true);
                 State::Active { since: now }
             }
         };
     }
 }
 
-/// Resumes every assigned partition, and wakes the broker thread that
-/// fetches them; returns how many there are.
-fn resume<C: ConsumerContext, K: Consumer<C>>(consumer: &K) -> usize {
+/// Resumes every assigned partition; returns how many there are. For an
+/// idle look, `wake` also wakes the broker thread that fetches them. A
+/// release after a hold does not: it happens often under load, when the
+/// broker thread is busy anyway, and each wake is a request to the broker
+/// (p95 at 300 events/s rose from ~0.2 s to ~0.4 s with it).
+fn resume<C: ConsumerContext, K: Consumer<C>>(consumer: &K, wake: bool) -> usize {
     match consumer.assignment() {
         Ok(assignment) => {
             if let Err(e) = consumer.resume(&assignment) {
                 tracing::debug!(error = %e, "cannot resume a paced consumer");
             }
-            wake_fetcher(consumer, &assignment);
+            if wake {
+                wake_fetcher(consumer, &assignment);
+            }
             assignment.count()
         }
         Err(e) => {

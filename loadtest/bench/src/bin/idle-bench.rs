@@ -5,7 +5,8 @@
 //! settle, then reads the CPU time of every process on the machine from
 //! `/proc` before and after a quiet window. Prints Markdown: % of one core
 //! per process (services in this process, Tansu, DynamoDB Local, anything
-//! else that ran) and the whole machine.
+//! else that ran) and the whole machine, how long one event then takes from
+//! 202 to webhook (every consumer paused), and the services' threads.
 //!
 //! Any `TRIGGERS_<SECTION>__<FIELD>` setting of the environment applies, so
 //! `TRIGGERS_KAFKA__IDLE_FETCH_INTERVAL=0s idle-bench` measures the stack
@@ -130,6 +131,22 @@ async fn main() -> anyhow::Result<()> {
     let after = process_ticks();
     let threads_after = thread_ticks();
     let (busy_after, total_after) = machine_ticks()?;
+
+    // The price of pacing: one event after the quiet window, from its 202 to
+    // its webhook, while every consumer is paused.
+    let before_wake = stack.received.count();
+    client
+        .post(format!("{}/v1/events", stack.endpoints.gateway_url))
+        .bearer_auth(&stack.demo.api_key)
+        .json(&json!({"type": "idle.wake", "source": "idle-bench", "data": {}}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let accepted = Instant::now();
+    while stack.received.count() == before_wake && accepted.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let wake = accepted.elapsed();
     stack.stop().await;
 
     let hz = clock_ticks();
@@ -186,7 +203,11 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("| **all processes** | **{sum:.1}** |");
     println!("| whole machine (`/proc/stat`) | {machine:.1} |");
-    println!("\nThe services' threads, by name:\n");
+    println!(
+        "\nAn event after the quiet window, 202 to webhook: {} ms\n",
+        wake.as_millis()
+    );
+    println!("The services' threads, by name:\n");
     println!("| thread | count | CPU, % of one core |");
     println!("|---|---|---|");
     for (name, count, percent) in threads.iter().filter(|t| t.2 >= 0.05) {
