@@ -7,18 +7,25 @@
 //! - [`delivery`]: deliveries and outcomes.
 //! - [`offsets`]: the contiguous done watermark for storing offsets.
 //! - [`pacing`]: idle consumers pause their fetches (for Tansu, which does
-//!   not long-poll), and full ones pause theirs while they keep polling.
+//!   not long-poll) and wake when this process writes to their topics, and
+//!   full ones pause theirs while they keep polling.
 //! - [`consume`]: the at-least-once consume loop; [`quarantine`]: records
 //!   that can never be processed, set aside with the reason.
 //! - [`config`]: layered, validated configuration.
 //! - [`kafka`]: client builders that keep the delivery guarantees
 //!   (idempotent `acks=all` producer; consumers that store offsets only after
-//!   the effect), and W3C trace context in record headers.
+//!   the effect), and W3C trace context in record headers; [`msk_iam`]:
+//!   IAM tokens for Amazon MSK.
 //! - [`codec`]: Avro in Confluent wire format through a schema registry.
 //! - [`dynamo`]: the DynamoDB client and table definitions.
 //! - [`provision`]: idempotent creation of every topic and table.
 //! - [`telemetry`], [`ops`]: logs, traces, metrics, health endpoints.
-//! - [`tenancy`], [`subscription`]: tenants, API keys and subscriptions.
+//! - [`eventstore`]: stored events and their delivery attempts (the events
+//!   table); [`status`]: the life of an event, as the persister records it;
+//!   [`deadletter`]: dead-lettered deliveries (listed, redriven).
+//! - [`tenancy`], [`subscription`]: tenants, API keys and subscriptions;
+//!   [`subscription_table`]: the in-memory table routers and deliverers
+//!   match against, kept by [`follower`] from the subscriptions topic.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 #![forbid(unsafe_code)]
 
