@@ -91,9 +91,13 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for CallMetrics {
 /// The physical names of the tables of one deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tables {
-    /// Events: `pk` = tenant, `sk` = event id (plus chunk items for large events).
+    /// Events: `pk` = tenant, `sk` = `e#<event id>`, plus `c#<event id>#<n>`
+    /// chunk items for large payloads (`eventstore`).
     pub events: String,
-    /// Delivery attempts: `pk` = `tenant#event`, `sk` = `subscription#attempt`.
+    /// Delivery attempts: `pk` = tenant, `sk` =
+    /// `<event id>#<subscription id>#<attempt, 5 digits>#<kind>`
+    /// (`eventstore`); and the dead letters listed by `GET /v1/dlq`,
+    /// `sk` = `dlq#<event id>#<subscription id>` (`deadletter`).
     pub attempts: String,
     /// Subscriptions: `pk` = tenant, `sk` = subscription id.
     pub subscriptions: String,

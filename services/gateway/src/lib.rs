@@ -1,5 +1,19 @@
 //! The HTTP front door: ingests events into `<ns>.events` and serves the
-//! public API of `shared/API.md` (ingest, tokens, tenants and keys).
+//! whole public API of `shared/API.md`.
+//!
+//! - Ingest: [`ingest`] (body → events), [`sink`] (produce to
+//!   `<ns>.events`), [`idempotency`], [`ratelimit`], [`body`].
+//! - Reading back: [`events`] (list, detail with attempts, delete, pull
+//!   inbox and acknowledgements, from the events and attempts tables).
+//! - Delivering again: [`redelivery`] (replay, dead letters, redrive; writes
+//!   `<ns>.deliveries`).
+//! - Subscriptions: [`subscriptions`] (DynamoDB, published to
+//!   `<ns>.subscriptions`).
+//! - Callers: [`auth`] (API keys, [`jwt`] tokens, the admin token), tenants
+//!   and keys in [`api`].
+//! - Around it: [`api`] (handlers and the route table), [`state`],
+//!   [`middleware`] (request ids, metrics), [`error`] (the error catalog),
+//!   [`openapi`] (`/openapi.json`, `/docs`), [`config`].
 //!
 //! Guarantee: 202 means the event is in Kafka — the shared producer is
 //! idempotent with `acks=all` and the answer waits for the delivery report.
