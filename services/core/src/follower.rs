@@ -135,7 +135,7 @@ impl Follower {
     /// before the subscription does). Deleted subscriptions answer at once;
     /// gives up after `timeout`.
     pub async fn knows(&self, id: &SubscriptionId, timeout: Duration) -> bool {
-        if self.table.read().get(id).is_some() {
+        if self.has(id) {
             return true;
         }
         if self.removed.read().contains(id) {
@@ -157,11 +157,11 @@ impl Follower {
             Ok(Ok(ends)) => ends,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "cannot read the subscription topic's end");
-                return self.table.read().get(id).is_some();
+                return self.has(id);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "the end query stopped");
-                return self.table.read().get(id).is_some();
+                return self.has(id);
             }
         };
         // The follower may be paused (idle pacing): look now.
@@ -171,6 +171,11 @@ impl Follower {
         if tokio::time::timeout(timeout, read_to.wait_for(reached)).await.is_err() {
             tracing::debug!(subscription = %id, "the subscription follower did not reach the topic's end in time");
         }
+        self.has(id)
+    }
+
+    /// Whether the table holds `id` now.
+    fn has(&self, id: &SubscriptionId) -> bool {
         self.table.read().get(id).is_some()
     }
 

@@ -55,10 +55,11 @@ pub fn base_config(config: &KafkaConfig, service: &str) -> ClientConfig {
 
 mod producer;
 
-pub use producer::{Delivery, DeliveryFuture, KafkaProducer, OwnedDeliveryResult, Reports};
+pub use producer::{Delivery, DeliveryFuture, KafkaProducer, OwnedDeliveryResult};
 
 /// The context of Triggers' producers and admin clients: librdkafka's
-/// global errors logged, MSK IAM tokens when `kafka.msk_iam` is set.
+/// global errors logged, MSK IAM tokens when `kafka.msk_iam` is set, and
+/// for producers, each delivery report handed to its record's future.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Context;
 

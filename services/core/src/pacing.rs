@@ -17,10 +17,7 @@
 //! position the application reached, so pacing loses and repeats nothing,
 //! and the consumer keeps polling (rebalances and the poll interval are
 //! served as usual). The price is latency for the first record after an
-//! idle spell: up to one interval plus the time librdkafka's broker thread
-//! takes to pick a resumed partition up (~0.7 s measured on Tansu).
-//!
-//! Two things keep that price low:
+//! idle spell, which two things keep low:
 //! - **Records this process writes wake its readers.** A producer of this
 //!   process that gets a record's delivery report calls [`wrote`]; a paused
 //!   consumer of the same process that reads that topic looks at once. In
@@ -28,9 +25,12 @@
 //!   over HTTP reaches router and deliverer without waiting for an
 //!   interval; records from other processes wait for the next look.
 //! - **A look starts at once.** librdkafka's broker thread notices resumed
-//!   partitions only when it wakes up, up to a second later; a resume
-//!   queues a zero-timeout offset query on the partitions' broker, which
-//!   wakes it.
+//!   partitions only when it wakes up, up to a second later (~0.7 s
+//!   measured on Tansu); a look's resume queues a zero-timeout offset query
+//!   on the partitions' broker, which wakes it.
+//!
+//! So a record from another process waits up to one interval; one this
+//! process wrote, a few milliseconds.
 //!
 //! Off by default: brokers that long-poll (MSK) need none of it.
 //!

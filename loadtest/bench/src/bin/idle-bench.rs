@@ -74,6 +74,37 @@ fn ticks_in(dir: &str) -> BTreeMap<u32, (String, u64)> {
     ticks
 }
 
+/// The ticks `id` spent since `before` (all of them if it is new).
+fn spent(before: &BTreeMap<u32, (String, u64)>, id: u32, ticks: u64) -> u64 {
+    ticks.saturating_sub(before.get(&id).map_or(0, |(_, t)| *t))
+}
+
+/// Sends one event of `event_type` and waits for its webhook; the time from
+/// its 202 to the webhook.
+async fn deliver_one(
+    client: &reqwest::Client,
+    stack: &triggers_local::LocalStack,
+    event_type: &str,
+) -> anyhow::Result<Duration> {
+    let before = stack.received.count();
+    client
+        .post(format!("{}/v1/events", stack.endpoints.gateway_url))
+        .bearer_auth(&stack.demo.api_key)
+        .json(&json!({"type": event_type, "source": "idle-bench", "data": {}}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let accepted = Instant::now();
+    while stack.received.count() == before {
+        anyhow::ensure!(
+            accepted.elapsed() < Duration::from_secs(30),
+            "the {event_type} event was not delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(accepted.elapsed())
+}
+
 /// Busy and total ticks of the whole machine (`/proc/stat`, all cores).
 fn machine_ticks() -> anyhow::Result<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat")?;
@@ -108,18 +139,7 @@ async fn main() -> anyhow::Result<()> {
 
     // One event through the whole pipeline, so every consumer has worked once.
     let client = reqwest::Client::new();
-    client
-        .post(format!("{}/v1/events", stack.endpoints.gateway_url))
-        .bearer_auth(&stack.demo.api_key)
-        .json(&json!({"type": "idle.check", "source": "idle-bench", "data": {}}))
-        .send()
-        .await?
-        .error_for_status()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stack.received.count() == 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::ensure!(stack.received.count() > 0, "the event was not delivered");
+    deliver_one(&client, &stack, "idle.check").await?;
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
 
     let (busy_before, total_before) = machine_ticks()?;
@@ -134,19 +154,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The price of pacing: one event after the quiet window, from its 202 to
     // its webhook, while every consumer is paused.
-    let before_wake = stack.received.count();
-    client
-        .post(format!("{}/v1/events", stack.endpoints.gateway_url))
-        .bearer_auth(&stack.demo.api_key)
-        .json(&json!({"type": "idle.wake", "source": "idle-bench", "data": {}}))
-        .send()
-        .await?
-        .error_for_status()?;
-    let accepted = Instant::now();
-    while stack.received.count() == before_wake && accepted.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let wake = accepted.elapsed();
+    let wake = deliver_one(&client, &stack, "idle.wake").await?;
     stack.stop().await;
 
     let hz = clock_ticks();
@@ -154,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
     let percent = |ticks: u64| ticks as f64 / hz / elapsed * 100.0;
     let mut rows: Vec<(String, f64)> = Vec::new();
     for (pid, (name, ticks)) in &after {
-        let spent = ticks.saturating_sub(before.get(pid).map_or(0, |(_, t)| *t));
+        let spent = spent(&before, *pid, *ticks);
         if spent == 0 {
             continue;
         }
@@ -170,7 +178,7 @@ async fn main() -> anyhow::Result<()> {
     // `rdk:main`, `rdk:broker<N>`, …; tokio's are `tokio-runtime-worker`).
     let mut by_name: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     for (tid, (name, ticks)) in &threads_after {
-        let spent = ticks.saturating_sub(threads_before.get(tid).map_or(0, |(_, t)| *t));
+        let spent = spent(&threads_before, *tid, *ticks);
         let entry = by_name.entry(name.clone()).or_default();
         entry.0 += 1;
         entry.1 += spent;

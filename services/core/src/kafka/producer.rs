@@ -40,22 +40,9 @@ const REPORT_WAIT: Duration = Duration::from_secs(1);
 /// How often a send retries while librdkafka's queue is full.
 const QUEUE_FULL_RETRY: Duration = Duration::from_millis(100);
 
-/// Hands each delivery report to the future of its record.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Reports(Context);
-
-impl rdkafka::ClientContext for Reports {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn generate_oauth_token(
-        &self,
-        config: Option<&str>,
-    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
-        self.0.generate_oauth_token(config)
-    }
-}
-
-impl ProducerContext for Reports {
+/// The producer's [`Context`] hands each delivery report to the future of
+/// its record.
+impl ProducerContext for Context {
     type DeliveryOpaque = Box<oneshot::Sender<OwnedDeliveryResult>>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, report: Self::DeliveryOpaque) {
@@ -85,7 +72,7 @@ pub struct KafkaProducer {
 /// The producer and its report thread's stop flag; dropping the last handle
 /// stops the thread, which then releases the producer.
 struct Shared {
-    base: Arc<BaseProducer<Reports>>,
+    base: Arc<BaseProducer<Context>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -108,7 +95,7 @@ impl std::fmt::Debug for KafkaProducer {
 impl KafkaProducer {
     /// A producer with `config` and its report thread.
     pub fn new(config: &ClientConfig) -> KafkaResult<Self> {
-        let base = Arc::new(BaseProducer::from_config_and_context(config, Reports::default())?);
+        let base = Arc::new(BaseProducer::from_config_and_context(config, Context)?);
         let stop = Arc::new(AtomicBool::new(false));
         let (thread_base, thread_stop) = (base.clone(), stop.clone());
         std::thread::Builder::new()
@@ -223,8 +210,8 @@ fn unknown_record() -> OwnedMessage {
     )
 }
 
-impl Producer<Reports> for KafkaProducer {
-    fn client(&self) -> &Client<Reports> {
+impl Producer<Context> for KafkaProducer {
+    fn client(&self) -> &Client<Context> {
         self.shared.base.client()
     }
 

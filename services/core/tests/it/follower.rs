@@ -8,12 +8,11 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, Contract};
-use triggers_core::config::KafkaConfig;
 use triggers_core::follower::Follower;
 use triggers_core::ids::{SubscriptionId, TenantId};
 use triggers_core::subscription::{SigningSecret, Subscription, SubscriptionStatus};
 
-use crate::support::TestEnv;
+use crate::support::{TestEnv, paced};
 
 fn subscription() -> Subscription {
     Subscription {
@@ -45,11 +44,7 @@ async fn an_unknown_subscription_is_looked_up_to_the_end_of_the_topic() {
     let codec = AvroCodec::new(&env.common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
     let topic = env.common.topics.subscriptions();
     // Looks a minute apart once idle: only the lookup can read in time.
-    let kafka = KafkaConfig {
-        idle_fetch_interval: Duration::from_secs(60),
-        idle_after: Duration::from_millis(200),
-        ..env.common.kafka.clone()
-    };
+    let kafka = paced(&env.common.kafka, Duration::from_secs(60));
     let follower = Follower::start(&kafka, &topic, codec.clone(), "follower-test", shutdown.clone())
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -16,7 +16,7 @@ use triggers_core::config::KafkaConfig;
 use triggers_core::consume::{Handled, Limits};
 use triggers_core::pacing::Pacer;
 
-use crate::support::TestEnv;
+use crate::support::{TestEnv, paced};
 
 /// Keeps the client's cumulative count of Fetch requests.
 #[derive(Clone, Default)]
@@ -87,11 +87,7 @@ async fn an_idle_paced_consumer_fetches_far_less_and_still_reads_every_record() 
         idle_fetch_interval: Duration::ZERO,
         ..env.common.kafka.clone()
     };
-    let paced = KafkaConfig {
-        idle_fetch_interval: Duration::from_millis(300),
-        idle_after: Duration::from_millis(200),
-        ..env.common.kafka.clone()
-    };
+    let paced = paced(&env.common.kafka, Duration::from_millis(300));
     let plain = start_reader(
         &unpaced,
         &topic,
@@ -156,11 +152,7 @@ async fn a_record_this_process_writes_wakes_a_paused_reader() {
     let topic = env.common.topics.events();
     let shutdown = CancellationToken::new();
     // Looks a minute apart: only the wake can bring the record in time.
-    let paced = KafkaConfig {
-        idle_fetch_interval: Duration::from_secs(60),
-        idle_after: Duration::from_millis(200),
-        ..env.common.kafka.clone()
-    };
+    let paced = paced(&env.common.kafka, Duration::from_secs(60));
     let reader = start_reader(&paced, &topic, &format!("{}-woken", env.namespace), shutdown.clone());
     // Joined, read to the end of the empty topic, and paused since.
     tokio::time::sleep(Duration::from_secs(4)).await;

@@ -69,3 +69,15 @@ pub fn quarantine(kafka: &triggers_core::config::KafkaConfig, topic: &str) -> tr
     let producer = triggers_core::kafka::producer(kafka, "test").unwrap_or_else(|e| panic!("{e}"));
     triggers_core::quarantine::Quarantine::new(producer, format!("{topic}.quarantine"), "test")
 }
+
+/// `kafka` with idle pacing: looks every `interval` once idle for 200 ms.
+pub fn paced(
+    kafka: &triggers_core::config::KafkaConfig,
+    interval: std::time::Duration,
+) -> triggers_core::config::KafkaConfig {
+    triggers_core::config::KafkaConfig {
+        idle_fetch_interval: interval,
+        idle_after: std::time::Duration::from_millis(200),
+        ..kafka.clone()
+    }
+}
