@@ -219,6 +219,17 @@ impl rdkafka::ClientContext for ConsumerLog {
         }
     }
 
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        // The idle pacer's wake-up (an offsets request with no time to
+        // wait, `pacing`) expires unsent by design: librdkafka reports it
+        // as "Timed out 0 in-flight, 0 retry-queued, 1 out-queue".
+        if fac == "REQTMOUT" && log_message.contains(" 0 in-flight, 0 retry-queued,") {
+            tracing::debug!(role = self.role, log_message, "queued Kafka request expired unsent");
+            return;
+        }
+        rdkafka::ClientContext::log(&rdkafka::client::DefaultClientContext, level, fac, log_message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if is_partition_eof(&error) {
             return;
