@@ -125,6 +125,9 @@ pub struct Outcome {
     pub response_excerpt: Option<String>,
     /// For `routed`: the subscriptions that matched.
     pub subscriptions: Vec<SubscriptionId>,
+    /// For `retrying`: when the next attempt is due (ms since the epoch).
+    #[serde(default)]
+    pub next_attempt_at: Option<i64>,
 }
 
 impl Outcome {
@@ -147,6 +150,7 @@ impl Outcome {
             error: None,
             response_excerpt: None,
             subscriptions,
+            next_attempt_at: None,
         }
     }
 }

@@ -107,6 +107,9 @@ pub struct Tables {
     pub idempotency: String,
     /// Tenants: `pk` = tenant id.
     pub tenants: String,
+    /// Analytics counters: `pk` = tenant, `sk` = `m#<minute>#<scope>` or
+    /// `h#<hour>#<scope>` (`analytics`).
+    pub analytics: String,
 }
 
 impl Tables {
@@ -119,6 +122,7 @@ impl Tables {
             api_keys: format!("{prefix}api_keys"),
             idempotency: format!("{prefix}idempotency"),
             tenants: format!("{prefix}tenants"),
+            analytics: format!("{prefix}analytics"),
         }
     }
 
@@ -133,6 +137,7 @@ impl Tables {
             TableSpec::new(&self.api_keys, "pk", None).index("by_tenant", "tenant", Some("key_id")),
             TableSpec::new(&self.idempotency, "pk", None),
             TableSpec::new(&self.tenants, "pk", None),
+            TableSpec::new(&self.analytics, "pk", Some("sk")),
         ]
     }
 }

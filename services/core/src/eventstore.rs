@@ -31,6 +31,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
 use base64::Engine;
 
+use crate::analytics::Tally;
 use crate::delivery::{Outcome, OutcomeKind};
 use crate::dynamo::{TTL_ATTRIBUTE, Tables};
 use crate::event::{Event, now_ms};
@@ -84,6 +85,8 @@ pub struct Attempt {
     pub error: Option<String>,
     /// The start of the answer.
     pub response_excerpt: Option<String>,
+    /// For `retrying`: when the next attempt is due (ms since the epoch).
+    pub next_attempt_at: Option<i64>,
 }
 
 pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
@@ -176,7 +179,17 @@ pub fn expiry(received_at: i64, retention: std::time::Duration) -> i64 {
 
 /// Stores an event's body (idempotent; never changes its progress).
 pub async fn put_event(client: &Client, tables: &Tables, event: &Event, expires_at: i64) -> Result<(), StoreError> {
-    put_event_with(client, tables, event, expires_at, &[], None).await
+    put_event_with(client, tables, event, expires_at, &[], Track::default()).await
+}
+
+/// What a writer brings to its progress changes: the versions it knows
+/// (skips reads) and the analytics tally its status changes count into.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Track<'a> {
+    /// Versions and progress this writer last wrote.
+    pub cache: Option<&'a ProgressCache>,
+    /// Where status transitions are counted.
+    pub tally: Option<&'a Tally>,
 }
 
 /// Stores an event's body together with `outcomes` of it that arrived at the
@@ -189,8 +202,9 @@ pub async fn put_event_with(
     event: &Event,
     expires_at: i64,
     outcomes: &[Outcome],
-    cache: Option<&ProgressCache>,
+    track: Track<'_>,
 ) -> Result<(), StoreError> {
+    let Track { cache, tally } = track;
     let table = &tables.events;
     let extensions = serde_json::to_string(&event.extensions).unwrap_or_default();
     let room = ITEM_LIMIT.saturating_sub(ITEM_RESERVE);
@@ -302,6 +316,9 @@ pub async fn put_event_with(
         }
     };
     if created {
+        if let Some(tally) = tally {
+            tally.progressed(&event.tenant, &event.id, None, &progress);
+        }
         if let Some(cache) = cache {
             cache.put(&event.tenant, &event.id, 0, progress);
         }
@@ -326,7 +343,7 @@ pub async fn put_event_with(
         Err(e) => return Err(store_error("UpdateItem", table, e)),
     }
     if !outcomes.is_empty() {
-        apply_outcomes(client, tables, &event.tenant, &event.id, outcomes, expires_at, cache).await?;
+        apply_outcomes(client, tables, &event.tenant, &event.id, outcomes, expires_at, track).await?;
     }
     Ok(())
 }
@@ -391,8 +408,8 @@ struct How<'a> {
     expires_at: i64,
     /// Change nothing unless the event's body is stored.
     must_exist: bool,
-    /// Versions this writer knows.
-    cache: Option<&'a ProgressCache>,
+    /// Versions this writer knows, and its tally.
+    track: Track<'a>,
 }
 
 /// Changes an event's progress with `change` (read-modify-write under the
@@ -410,7 +427,7 @@ async fn update_progress(
     let How {
         expires_at,
         must_exist,
-        cache,
+        track: Track { cache, tally },
     } = how;
     let table = &tables.events;
     let mut cached = cache.and_then(|c| c.get(tenant, id));
@@ -422,6 +439,7 @@ async fn update_progress(
                 Stored::Found(version, progress) => (version, progress),
             },
         };
+        let before = version.map(|_| progress.clone());
         if !change(&mut progress) && version.is_some() {
             return Ok(Some(progress.status()));
         }
@@ -459,6 +477,9 @@ async fn update_progress(
         };
         match request.update_expression(update).send().await {
             Ok(_) => {
+                if let Some(tally) = tally {
+                    tally.progressed(tenant, id, before.as_ref(), &progress);
+                }
                 if let Some(cache) = cache {
                     cache.put(tenant, id, next, progress);
                 }
@@ -552,6 +573,9 @@ fn attempt_item(outcome: &Outcome, expires_at: i64) -> Option<Item> {
     if let Some(excerpt) = &outcome.response_excerpt {
         item.insert("response_excerpt".to_owned(), s(excerpt));
     }
+    if let Some(due) = outcome.next_attempt_at {
+        item.insert("next_attempt_at".to_owned(), n(due));
+    }
     Some(item)
 }
 
@@ -595,7 +619,7 @@ pub async fn apply_outcomes(
     event: &EventId,
     outcomes: &[Outcome],
     expires_at: i64,
-    cache: Option<&ProgressCache>,
+    track: Track<'_>,
 ) -> Result<EventStatus, StoreError> {
     let status = update_progress(
         client,
@@ -605,7 +629,7 @@ pub async fn apply_outcomes(
         How {
             expires_at,
             must_exist: false,
-            cache,
+            track,
         },
         |p| {
             let mut changed = false;
@@ -635,7 +659,7 @@ pub async fn apply_outcome(
         &outcome.event_id,
         std::slice::from_ref(outcome),
         expires_at,
-        None,
+        Track::default(),
     )
     .await
 }
@@ -664,12 +688,14 @@ pub async fn deliveries_stopped(
             .is_some_and(|p| p.acknowledged))
 }
 
-/// Acknowledges an event from the inbox; `false` when there is no such event.
+/// Acknowledges an event from the inbox (counted in `tally`); `false` when
+/// there is no such event.
 pub async fn acknowledge(
     client: &Client,
     tables: &Tables,
     tenant: &TenantId,
     id: &EventId,
+    tally: Option<&Tally>,
 ) -> Result<bool, StoreError> {
     let status = update_progress(
         client,
@@ -679,7 +705,7 @@ pub async fn acknowledge(
         How {
             expires_at: 0,
             must_exist: true,
-            cache: None,
+            track: Track { cache: None, tally },
         },
         |p| {
             let changed = !p.acknowledged;
@@ -850,6 +876,7 @@ pub async fn attempts(
                 at: get_n(item, "at").unwrap_or_default(),
                 http_status: get_n(item, "http_status").and_then(|v| i32::try_from(v).ok()),
                 latency_ms: get_n(item, "latency_ms"),
+                next_attempt_at: get_n(item, "next_attempt_at"),
                 error: get_s(item, "error"),
                 response_excerpt: get_s(item, "response_excerpt"),
             });

@@ -22,13 +22,16 @@
 //! - [`telemetry`], [`ops`]: logs, traces, metrics, health endpoints.
 //! - [`eventstore`]: stored events and their delivery attempts (the events
 //!   table); [`status`]: the life of an event, as the persister records it;
-//!   [`deadletter`]: dead-lettered deliveries (listed, redriven).
+//!   [`deadletter`]: dead-lettered deliveries (listed, redriven);
+//!   [`analytics`]: per-tenant counters and latency histograms the
+//!   pipeline keeps as it runs (`GET /v1/analytics`).
 //! - [`tenancy`], [`subscription`]: tenants, API keys and subscriptions;
 //!   [`subscription_table`]: the in-memory table routers and deliverers
 //!   match against, kept by [`follower`] from the subscriptions topic.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 #![forbid(unsafe_code)]
 
+pub mod analytics;
 pub mod codec;
 pub mod config;
 pub mod consume;

@@ -212,6 +212,7 @@ mod tests {
             error: None,
             response_excerpt: None,
             subscriptions: subs,
+            next_attempt_at: None,
         }
     }
 

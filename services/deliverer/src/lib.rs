@@ -658,6 +658,7 @@ impl Deliverer {
             error: error.or_else(|| result.and_then(|r| r.error.clone())),
             response_excerpt: result.and_then(|r| r.excerpt.clone()),
             subscriptions: Vec::new(),
+            next_attempt_at: None,
         }
     }
 
@@ -701,6 +702,7 @@ impl Deliverer {
             .increment(1);
         metrics::histogram!("triggers_deliverer_attempt_duration_seconds")
             .record(result.latency_ms.max(0) as f64 / 1000.0);
+        let mut next_due = None;
         let (kind, error, next) = match verdict {
             Verdict::Delivered => {
                 metrics::counter!("triggers_deliverer_attempts_total", "result" => "delivered").increment(1);
@@ -742,6 +744,7 @@ impl Deliverer {
                         metrics::counter!("triggers_deliverer_attempts_total", "result" => "retrying").increment(1);
                         next.attempt += 1;
                         next.not_before = not_before;
+                        next_due = Some(not_before);
                         if in_place {
                             (OutcomeKind::Retrying, Some(error), Some(next))
                         } else {
@@ -759,7 +762,10 @@ impl Deliverer {
                 }
             }
         };
-        let outcome = self.outcome(delivery, kind, Some(result), error);
+        let mut outcome = self.outcome(delivery, kind, Some(result), error);
+        if kind == OutcomeKind::Retrying {
+            outcome.next_attempt_at = next_due;
+        }
         records.push(self.encode(&outcomes, Contract::Outcome, event_key, &outcome).await);
         (records, next)
     }

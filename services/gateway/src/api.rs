@@ -65,6 +65,8 @@ api_routes! {
     delete "/v1/subscriptions/{id}" => crate::subscriptions::delete,
     post "/v1/subscriptions/{id}/rotate-secret" => crate::subscriptions::rotate_secret,
     post "/v1/subscriptions/{id}/test-match" => crate::subscriptions::test_match,
+    get "/v1/analytics" => crate::analytics::report,
+    get "/v1/stream" => crate::live::stream,
 }
 
 /// The answer to an accepted event.
@@ -238,6 +240,10 @@ where
     }
 }
 
+fn elapsed_ms(started: Instant) -> i64 {
+    i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
+
 fn accepted_counter(n: usize) {
     metrics::counter!("triggers_gateway_events_accepted_total").increment(n as u64);
 }
@@ -287,6 +293,7 @@ fn server_span(request: &HttpRequest, route: &'static str) -> tracing::Span {
 }
 
 async fn ingest_one(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
     let caller = crate::auth::caller_of(&state, &request).await?;
     let (body, value) = read_json(&request, payload, state.config.max_body_bytes, body::SINGLE).await?;
     let received_at = now_ms();
@@ -301,6 +308,7 @@ async fn ingest_one(request: HttpRequest, payload: web::Payload, state: State) -
         }
         sink.sink.send(&event, traceparent.as_deref()).await?;
         accepted_counter(1);
+        sink.tally.ingested_in(&event.tenant, &event.id, elapsed_ms(started));
         let answer = Accepted {
             id: event.id.to_string(),
             status: "accepted".to_owned(),
@@ -345,6 +353,7 @@ pub async fn ingest_batch(request: HttpRequest, payload: web::Payload, state: St
 }
 
 async fn ingest_many(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
     let caller = crate::auth::caller_of(&state, &request).await?;
     let (body, value) = read_json(&request, payload, state.config.max_body_bytes, body::BATCH).await?;
     let items = batch_items(value, state.config.max_batch_events)?;
@@ -379,6 +388,12 @@ async fn ingest_many(request: HttpRequest, payload: web::Payload, state: State) 
             }
         });
         let sent = futures::future::join_all(sends).await;
+        let answered_in = elapsed_ms(started);
+        for (outcome, input) in sent.iter().zip(&parsed) {
+            if let (Ok(_), Ok(event)) = (outcome, input) {
+                state.tally.ingested_in(&event.tenant, &event.id, answered_in);
+            }
+        }
         let mut results = Vec::with_capacity(sent.len());
         let (mut ok, mut unavailable) = (0, 0);
         for (index, (outcome, input)) in sent.into_iter().zip(&parsed).enumerate() {

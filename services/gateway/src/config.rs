@@ -45,6 +45,10 @@ pub struct GatewayConfig {
     /// `Forwarded`/`X-Forwarded-For`: only behind a load balancer that sets
     /// it (an ALB does); otherwise a client could pick its own address.
     pub trust_forwarded_for: bool,
+    /// How often this replica's analytics counts (ingest latency,
+    /// acknowledgements) are added to their table.
+    #[serde(with = "humantime_serde")]
+    pub analytics_flush: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -63,6 +67,7 @@ impl Default for GatewayConfig {
             idempotency_ttl: Duration::from_secs(24 * 3_600),
             max_subscriptions_per_tenant: 100,
             trust_forwarded_for: false,
+            analytics_flush: Duration::from_secs(5),
         }
     }
 }
@@ -73,6 +78,12 @@ impl Validate for GatewayConfig {
         validate_listen(prefix, "listen", &self.listen, issues);
         if self.workers > 256 {
             issues.push(ConfigIssue::new(field("workers"), "must be at most 256"));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&self.analytics_flush) {
+            issues.push(ConfigIssue::new(
+                field("analytics_flush"),
+                "must be between 100ms and 5m",
+            ));
         }
         if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
             issues.push(ConfigIssue::new(field("admin_token"), "must be at least 16 characters"));

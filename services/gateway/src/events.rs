@@ -194,7 +194,8 @@ pub async fn get(caller: Caller, path: web::Path<String>, state: State) -> Resul
                 .map(|a| {
                     json!({"attempt": a.attempt, "outcome": a.kind, "at": format_time(a.at),
                            "http_status": a.http_status, "latency_ms": a.latency_ms,
-                           "error": a.error, "response_excerpt": a.response_excerpt})
+                           "error": a.error, "response_excerpt": a.response_excerpt,
+                           "next_attempt_at": a.next_attempt_at.map(format_time)})
                 })
                 .collect();
             json!({"subscription_id": subscription, "state": delivery_state, "attempts": attempts})
@@ -243,7 +244,7 @@ pub async fn inbox(caller: Caller, query: web::Query<EventsQuery>, state: State)
 
 async fn acknowledge(state: &AppState, caller: &Caller, text: &str) -> Result<(), ApiError> {
     let id = parse_id(text)?;
-    if eventstore::acknowledge(&state.dynamo, &state.tables, &caller.tenant, &id)
+    if eventstore::acknowledge(&state.dynamo, &state.tables, &caller.tenant, &id, Some(&state.tally))
         .await
         .map_err(unavailable)?
     {

@@ -22,15 +22,18 @@
 //! at once. Never a false 202, never a hang.
 #![forbid(unsafe_code)]
 
+pub mod analytics;
 pub mod api;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod idempotency;
 pub mod ingest;
 pub mod jwt;
+pub mod live;
 pub mod middleware;
 pub mod openapi;
 pub mod ratelimit;
@@ -111,6 +114,19 @@ pub async fn start(
     let tables = Tables::new(&common.dynamodb.table_prefix);
     let codec = AvroCodec::new(&common.schema_registry)?;
     let sink = sink::EventSink::new(&common.kafka, codec.clone(), common.topics.events())?;
+    let live = live::LiveFeed::new(
+        common.kafka.clone(),
+        codec.clone(),
+        common.topics.events(),
+        common.topics.outcomes(),
+        shutdown.clone(),
+    );
+    let tally = triggers_core::analytics::Tally::start(
+        dynamo.clone(),
+        tables.analytics.clone(),
+        config.analytics_flush,
+        shutdown.clone(),
+    );
     let publisher = subscriptions::SubscriptionPublisher {
         producer: triggers_core::kafka::producer(&common.kafka, "gateway-subscriptions")?,
         codec,
@@ -148,6 +164,8 @@ pub async fn start(
         tables,
         config: config.clone(),
         subscriptions: publisher,
+        tally: tally.clone(),
+        live,
     });
     let readiness = Readiness::new()
         .with("kafka", ops::kafka_probe(&common.kafka))
@@ -161,6 +179,7 @@ pub async fn start(
             .configure(api::configure)
             .route("/openapi.json", web::get().to(openapi::openapi_json))
             .route("/docs", web::get().to(openapi::docs))
+            .configure(console::configure)
             .default_service(web::to(not_found))
     })
     .disable_signals()
@@ -179,6 +198,7 @@ pub async fn start(
     let server_task = running.task;
     let task: JoinHandle<std::io::Result<()>> = tokio::spawn(async move {
         let result = server_task.await;
+        tally.close().await;
         // Every request has been answered: flush what is left.
         let flushing = sink.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || flushing.flush()).await {

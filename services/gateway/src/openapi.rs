@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{api, events, redelivery, subscriptions};
+use crate::{analytics, api, events, live, redelivery, subscriptions};
 
 struct Security;
 
@@ -49,6 +49,7 @@ impl Modify for Security {
         subscriptions::create, subscriptions::list, subscriptions::get, subscriptions::patch,
         subscriptions::delete, subscriptions::rotate_secret, subscriptions::test_match,
         redelivery::replay, redelivery::list, redelivery::redrive,
+        analytics::report, live::stream,
     ),
     modifiers(&Security),
     tags(
@@ -56,6 +57,7 @@ impl Modify for Security {
         (name = "subscriptions", description = "Where events go"),
         (name = "inbox", description = "Pull delivery"),
         (name = "dlq", description = "Dead-lettered deliveries and redrive"),
+        (name = "analytics", description = "Counts and latencies per tenant and subscription"),
         (name = "auth", description = "Tokens"),
         (name = "admin", description = "Tenants and API keys (admin token)"),
         (name = "compatibility", description = "Routes of the first client guide"),
@@ -66,6 +68,19 @@ pub struct ApiDoc;
 /// `GET /openapi.json`.
 pub async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+/// The anchor of an operation on `/docs`: `post-v1-events-id-replay`.
+fn anchor(method: &str, path: &str) -> String {
+    let mut id = method.to_ascii_lowercase();
+    for part in path
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|p| !p.is_empty())
+    {
+        id.push('-');
+        id.push_str(&part.to_ascii_lowercase());
+    }
+    id
 }
 
 fn escape(text: &str) -> String {
@@ -92,7 +107,8 @@ h2{border-bottom:1px solid #ddd;padding-bottom:.2em}.op{margin:1.2em 0;padding:.
             };
             for (method, op) in operations {
                 html.push_str(&format!(
-                    "<div class=\"op\"><span class=\"m\">{}</span><code>{}</code>",
+                    "<div class=\"op\" id=\"{}\"><span class=\"m\">{}</span><code>{}</code>",
+                    anchor(method, path),
                     escape(method),
                     escape(path)
                 ));

@@ -27,4 +27,8 @@ pub struct AppState {
     pub config: GatewayConfig,
     /// Publishes subscription changes.
     pub subscriptions: crate::subscriptions::SubscriptionPublisher,
+    /// Analytics counts of this replica (ingest latency, acknowledgements).
+    pub tally: triggers_core::analytics::Tally,
+    /// Live updates for `GET /v1/stream`.
+    pub live: crate::live::LiveFeed,
 }

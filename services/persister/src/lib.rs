@@ -54,6 +54,9 @@ pub struct PersisterConfig {
     /// How long shutdown waits for writes in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How often the analytics counters are added to their table.
+    #[serde(with = "humantime_serde")]
+    pub analytics_flush: Duration,
 }
 
 impl Default for PersisterConfig {
@@ -66,6 +69,7 @@ impl Default for PersisterConfig {
             batch_wait: Duration::from_millis(10),
             write_concurrency: 64,
             shutdown_grace: Duration::from_secs(20),
+            analytics_flush: Duration::from_secs(5),
         }
     }
 }
@@ -96,6 +100,12 @@ impl Validate for PersisterConfig {
         }
         if self.batch_wait > Duration::from_secs(1) {
             issues.push(ConfigIssue::new(format!("{prefix}.batch_wait"), "must be at most 1s"));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&self.analytics_flush) {
+            issues.push(ConfigIssue::new(
+                format!("{prefix}.analytics_flush"),
+                "must be between 100ms and 5m",
+            ));
         }
         if self.shutdown_grace > Duration::from_secs(300) {
             issues.push(ConfigIssue::new(
@@ -230,9 +240,16 @@ pub async fn start(
 ) -> Result<RunningServer, PersisterError> {
     let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
     let tables = Tables::new(&common.dynamodb.table_prefix);
+    let tally = triggers_core::analytics::Tally::start(
+        dynamo.clone(),
+        tables.analytics.clone(),
+        config.analytics_flush,
+        shutdown.clone(),
+    );
     let writer = Writer::start(
         dynamo.clone(),
         tables.clone(),
+        tally.clone(),
         config.max_batch,
         config.batch_wait,
         config.write_concurrency,
@@ -264,6 +281,8 @@ pub async fn start(
             async move { persister.handle(message, slot.shutdown()).await }
         })
         .await;
+        // Every write has settled: count what is left.
+        tally.close().await;
         tracing::info!("persister stopped");
         Ok(())
     };

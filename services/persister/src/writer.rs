@@ -26,6 +26,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use triggers_core::CancellationToken;
+use triggers_core::analytics::Tally;
 use triggers_core::consume::Handled;
 use triggers_core::delivery::Outcome;
 use triggers_core::dynamo::Tables;
@@ -79,13 +80,19 @@ impl Writer {
     pub fn start(
         dynamo: aws_sdk_dynamodb::Client,
         tables: Tables,
+        tally: Tally,
         max_batch: usize,
         batch_wait: Duration,
         writes_in_flight: usize,
         shutdown: CancellationToken,
     ) -> Self {
         let (queue, mut incoming) = mpsc::channel::<Pending>(max_batch.max(1) * 4);
-        let store = Arc::new((dynamo, tables, eventstore::ProgressCache::default()));
+        let store = Arc::new(Store {
+            dynamo,
+            tables,
+            cache: eventstore::ProgressCache::default(),
+            tally,
+        });
         tokio::spawn(async move {
             let slots = Arc::new(tokio::sync::Semaphore::new(writes_in_flight.max(1)));
             while let Some(first) = incoming.recv().await {
@@ -119,10 +126,18 @@ impl Writer {
     }
 }
 
+/// What the writes share.
+struct Store {
+    dynamo: aws_sdk_dynamodb::Client,
+    tables: Tables,
+    cache: eventstore::ProgressCache,
+    tally: Tally,
+}
+
 /// Starts the writes of a batch: its attempt items at once, and every
 /// event's write as a write slot frees up (no batch waits for another).
 fn write_batch(
-    store: &Arc<(aws_sdk_dynamodb::Client, Tables, eventstore::ProgressCache)>,
+    store: &Arc<Store>,
     batch: Vec<Pending>,
     slots: &Arc<tokio::sync::Semaphore>,
     shutdown: &CancellationToken,
@@ -154,12 +169,18 @@ fn write_batch(
             if attempts.is_empty() {
                 return Handled::Done;
             }
-            handled(
+            let written = handled(
                 triggers_core::consume::retry_transient("store attempts", &shutdown, StoreError::is_permanent, || {
-                    eventstore::put_attempts(&store.0, &store.1, &attempts)
+                    eventstore::put_attempts(&store.dynamo, &store.tables, &attempts)
                 })
                 .await,
-            )
+            );
+            if written == Handled::Done {
+                for (outcome, _) in &attempts {
+                    store.tally.attempted(outcome);
+                }
+            }
+            written
         });
         async move { task.await.unwrap_or(Handled::Stopped) }.boxed().shared()
     };
@@ -168,12 +189,16 @@ fn write_batch(
         let attempts_written = attempts_written.clone();
         tokio::spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else { return };
-            let (dynamo, tables, cache) = (&store.0, &store.1, Some(&store.2));
+            let (dynamo, tables) = (&store.dynamo, &store.tables);
+            let track = eventstore::Track {
+                cache: Some(&store.cache),
+                tally: Some(&store.tally),
+            };
             let written =
                 triggers_core::consume::retry_transient("store event", &shutdown, StoreError::is_permanent, || async {
                     match &group.body {
                         Some((event, expires_at)) => {
-                            eventstore::put_event_with(dynamo, tables, event, *expires_at, &group.outcomes, cache).await
+                            eventstore::put_event_with(dynamo, tables, event, *expires_at, &group.outcomes, track).await
                         }
                         None => eventstore::apply_outcomes(
                             dynamo,
@@ -182,7 +207,7 @@ fn write_batch(
                             &id,
                             &group.outcomes,
                             group.expires_at,
-                            cache,
+                            track,
                         )
                         .await
                         .map(|_| ()),

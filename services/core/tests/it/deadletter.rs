@@ -23,6 +23,7 @@ fn dead_lettered(tenant: TenantId, event: EventId, subscription: SubscriptionId,
         error: Some("HTTP 500".to_owned()),
         response_excerpt: None,
         subscriptions: Vec::new(),
+        next_attempt_at: None,
     }
 }
 

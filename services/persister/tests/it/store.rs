@@ -96,6 +96,7 @@ fn outcome(
         error: (kind != OutcomeKind::Delivered).then(|| "HTTP 500".to_owned()),
         response_excerpt: Some("oops".to_owned()),
         subscriptions: Vec::new(),
+        next_attempt_at: None,
     }
 }
 
