@@ -275,6 +275,8 @@
     return "routed";
   }
   function applyUpdate(u) {
+    // How long after the pipeline's step the page learned of it.
+    u.shownAfterMs = Date.now() - Date.parse(u.at);
     const s = stateOf(u.event_id);
     s.log.push(u);
     if (u.kind === "accepted") s.type = u.type;
@@ -524,7 +526,7 @@
         if (u.next_attempt_at) text += ` · next attempt ${fmtTime(u.next_attempt_at)}`;
       }
     }
-    return el("li", { class: u.kind, "data-kind": u.kind }, `${at} · ${text}`);
+    return el("li", { class: u.kind, "data-kind": u.kind, "data-shown-after-ms": u.shownAfterMs }, `${at} · ${text}`);
   }
 
   function showInspector(r) {

@@ -34,6 +34,17 @@ use crate::state::AppState;
 const BUFFER: usize = 4_096;
 /// A comment line this often keeps proxies from closing an idle stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Streams one replica serves at once; more get 503.
+const MAX_STREAMS: usize = 1_000;
+
+/// One open stream, counted until it is dropped.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// One change the console shows.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -124,6 +135,7 @@ pub struct LiveFeed {
 #[derive(Debug)]
 struct Inner {
     sender: broadcast::Sender<Arc<Update>>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
     started: tokio::sync::OnceCell<()>,
     kafka: KafkaConfig,
     codec: AvroCodec,
@@ -146,6 +158,7 @@ impl LiveFeed {
         Self {
             inner: Arc::new(Inner {
                 sender,
+                open: Arc::default(),
                 started: tokio::sync::OnceCell::new(),
                 kafka,
                 codec,
@@ -154,6 +167,18 @@ impl LiveFeed {
                 shutdown,
             }),
         }
+    }
+
+    /// A place for one more stream, if this replica has room.
+    fn slot(&self) -> Result<Slot, ApiError> {
+        let open = self.inner.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let slot = Slot(self.inner.open.clone());
+        if open >= MAX_STREAMS {
+            return Err(ApiError::Unavailable(format!(
+                "this gateway serves {MAX_STREAMS} live streams already"
+            )));
+        }
+        Ok(slot)
     }
 
     /// A receiver of every update, the reader started if it was not.
@@ -272,7 +297,8 @@ fn frame(name: &str, data: &str) -> web::Bytes {
 /// pipeline: `event: update` with an [`Update`] as data, `event: lagged`
 /// when this stream fell behind and missed some (reload what is shown),
 /// and a comment every 15 s. Authenticate with the `Authorization` header
-/// (read the stream with `fetch`, not `EventSource`, to send it).
+/// (read the stream with `fetch`, not `EventSource`, to send it). A replica
+/// serves up to 1,000 streams at once (then 503).
 #[utoipa::path(
     get, path = "/v1/stream", tag = "events",
     responses(
@@ -283,6 +309,7 @@ fn frame(name: &str, data: &str) -> web::Bytes {
     security(("api_key" = []))
 )]
 pub async fn stream(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let slot = state.live.slot()?;
     let receiver = state.live.subscribe().await?;
     let tenant = caller.tenant;
     let shutdown = state.live.inner.shutdown.clone();
@@ -295,6 +322,8 @@ pub async fn stream(caller: Caller, state: web::Data<AppState>) -> Result<HttpRe
         Some((item, receiver))
     })
     .filter_map(move |item| {
+        // The stream holds its slot until it is dropped.
+        let _held = &slot;
         let frame = match item {
             Ok(update) if update.tenant == tenant => serde_json::to_string(&*update).ok().map(|d| frame("update", &d)),
             Ok(_) => None,

@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         options.data_dir.display()
     );
     println!("  gateway          {gateway}   (API docs: {gateway}/docs)");
+    println!("  console          {gateway}/console   (sign in with the API key below)");
     println!(
         "  demo receiver    {}   (prints every webhook here)",
         endpoints.demo_receiver_url
@@ -110,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
     println!("  - here: the demo receiver logs \"webhook received\" with the event;");
     println!("  - its status and delivery attempts (the id is in the 202's body):");
     println!("    curl -sS {gateway}/v1/events/<evt_id> -H 'Authorization: Bearer {key}'");
+    println!("  - or in the browser: {gateway}/console (compose, send, watch it live, analytics).");
     println!();
     println!(
         "Endpoints and credentials: {} (source it). Ctrl-C stops everything.",
