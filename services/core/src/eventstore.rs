@@ -439,7 +439,8 @@ async fn update_progress(
                 Stored::Found(version, progress) => (version, progress),
             },
         };
-        let before = version.map(|_| progress.clone());
+        // What the tally compares against (nothing when the event is new).
+        let before = tally.and(version).map(|_| progress.clone());
         if !change(&mut progress) && version.is_some() {
             return Ok(Some(progress.status()));
         }
