@@ -263,10 +263,8 @@ mod tests {
 
     #[test]
     fn delivery_embeds_the_event_schema_unchanged() {
-        let delivery: serde_json::Value =
-            serde_json::from_str(Contract::Delivery.schema_json()).unwrap_or_else(|e| panic!("{e}"));
-        let event: serde_json::Value =
-            serde_json::from_str(Contract::Event.schema_json()).unwrap_or_else(|e| panic!("{e}"));
+        let delivery: serde_json::Value = serde_json::from_str(Contract::Delivery.schema_json()).unwrap();
+        let event: serde_json::Value = serde_json::from_str(Contract::Event.schema_json()).unwrap();
         let embedded = delivery["fields"]
             .as_array()
             .and_then(|fields| fields.iter().find(|f| f["name"] == "event"))

@@ -374,30 +374,35 @@ async fn batch_write(client: &Client, table: &str, mut requests: Vec<WriteReques
 /// progress), so its next change of the same event can skip the read, and a
 /// body written after its stub can skip the create that would fail. Only an
 /// optimisation: every write stays conditional on the version, and a
-/// conflict drops the entry and reads. Bounded: cleared when full.
-#[derive(Debug, Default)]
+/// conflict drops the entry and reads. Bounded: the least recently used
+/// entries go first.
+#[derive(Debug)]
 pub struct ProgressCache {
-    entries: parking_lot::Mutex<HashMap<(TenantId, EventId), (i64, Progress)>>,
+    entries: moka::sync::Cache<(TenantId, EventId), (i64, Progress)>,
 }
 
-/// Entries a [`ProgressCache`] holds before it starts over.
-const PROGRESS_CACHE_SIZE: usize = 100_000;
+/// Entries a [`ProgressCache`] holds at most.
+const PROGRESS_CACHE_SIZE: u64 = 100_000;
+
+impl Default for ProgressCache {
+    fn default() -> Self {
+        Self {
+            entries: moka::sync::Cache::new(PROGRESS_CACHE_SIZE),
+        }
+    }
+}
 
 impl ProgressCache {
     fn get(&self, tenant: &TenantId, id: &EventId) -> Option<(i64, Progress)> {
-        self.entries.lock().get(&(*tenant, *id)).cloned()
+        self.entries.get(&(*tenant, *id))
     }
 
     fn put(&self, tenant: &TenantId, id: &EventId, version: i64, progress: Progress) {
-        let mut entries = self.entries.lock();
-        if entries.len() >= PROGRESS_CACHE_SIZE {
-            entries.clear();
-        }
-        entries.insert((*tenant, *id), (version, progress));
+        self.entries.insert((*tenant, *id), (version, progress));
     }
 
     fn forget(&self, tenant: &TenantId, id: &EventId) {
-        self.entries.lock().remove(&(*tenant, *id));
+        self.entries.invalidate(&(*tenant, *id));
     }
 }
 

@@ -232,7 +232,7 @@ mod tests {
         let id = TenantId::new();
         let json = serde_json::to_string(&id).unwrap_or_default();
         assert_eq!(json, format!("\"{id}\""));
-        let back: TenantId = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+        let back: TenantId = serde_json::from_str(&json).unwrap();
         assert_eq!(back, id);
     }
 }

@@ -363,19 +363,10 @@ pub mod trace_headers {
     pub fn unsampled(traceparent: &[u8]) -> bool {
         match traceparent {
             [version @ .., b'-', hi, lo] if version.len() == 52 => {
-                let flags = (hex_digit(*hi) << 4) | hex_digit(*lo);
-                flags & 1 == 0
+                let mut flags = [0u8; 1];
+                hex::decode_to_slice([*hi, *lo], &mut flags).is_ok_and(|()| flags[0] & 1 == 0)
             }
             _ => false,
-        }
-    }
-
-    fn hex_digit(c: u8) -> u8 {
-        match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            b'A'..=b'F' => c - b'A' + 10,
-            _ => 0,
         }
     }
 

@@ -16,7 +16,7 @@ use crate::event::now_ms;
 use crate::ids::{KeyId, TenantId};
 
 /// A DynamoDB call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("DynamoDB {operation} on `{table}`: {message}")]
 pub struct StoreError {
     operation: &'static str,
@@ -128,7 +128,7 @@ pub fn generate_api_key() -> String {
 /// The stored form of a key: lowercase hex SHA-256.
 pub fn hash_api_key(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(digest)
 }
 
 /// Stores a tenant.
@@ -315,12 +315,29 @@ mod tests {
 }
 
 /// Tenants by id, cached: known ones for a minute, unknown ones for five
-/// seconds. For consumers that meet tenant ids in records.
+/// seconds, at most 100,000 (least recently used go first). Concurrent
+/// lookups of one id share a single read. For consumers that meet tenant ids
+/// in records.
 #[derive(Debug)]
 pub struct TenantCache {
     client: Client,
     tables: Tables,
-    cache: parking_lot::Mutex<HashMap<TenantId, (Option<Tenant>, std::time::Instant)>>,
+    cache: moka::future::Cache<TenantId, Option<Tenant>>,
+}
+
+/// How long a [`TenantCache`] keeps an answer: a tenant that exists rarely
+/// changes; one that does not may be created any moment.
+struct TenantExpiry;
+
+impl moka::Expiry<TenantId, Option<Tenant>> for TenantExpiry {
+    fn expire_after_create(
+        &self,
+        _id: &TenantId,
+        tenant: &Option<Tenant>,
+        _now: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(if tenant.is_some() { 60 } else { 5 }))
+    }
 }
 
 impl TenantCache {
@@ -329,26 +346,22 @@ impl TenantCache {
         Self {
             client,
             tables,
-            cache: parking_lot::Mutex::new(HashMap::new()),
+            cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .expire_after(TenantExpiry)
+                .build(),
         }
     }
 
     /// The tenant, if it exists.
     pub async fn get(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
-        let now = std::time::Instant::now();
-        if let Some((tenant, until)) = self.cache.lock().get(id).cloned()
-            && until > now
-        {
+        if let Some(tenant) = self.cache.get(id).await {
             return Ok(tenant);
         }
-        let tenant = get_tenant(&self.client, &self.tables, id).await?;
-        let ttl = std::time::Duration::from_secs(if tenant.is_some() { 60 } else { 5 });
-        let mut cache = self.cache.lock();
-        if cache.len() > 100_000 {
-            cache.clear();
-        }
-        cache.insert(*id, (tenant.clone(), now + ttl));
-        Ok(tenant)
+        // Boxed: moka's loading future is large, and every consumer awaits this.
+        Box::pin(self.cache.try_get_with(*id, get_tenant(&self.client, &self.tables, id)))
+            .await
+            .map_err(|shared: std::sync::Arc<StoreError>| (*shared).clone())
     }
 }
 

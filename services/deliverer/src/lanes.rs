@@ -113,7 +113,7 @@ mod tests {
             .await
             .unwrap_or_else(|_| panic!("an unrelated lane waited"));
         for task in tasks {
-            task.await.unwrap_or_else(|e| panic!("{e}"));
+            task.await.unwrap();
         }
         assert_eq!(*order.lock(), vec![0, 1, 2, 3, 4]);
     }

@@ -8,55 +8,33 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// Networks the operator allows despite the rules (e.g. `127.0.0.0/8` locally).
 #[derive(Debug, Clone, Default)]
 pub struct AllowList {
-    networks: Vec<(IpAddr, u8)>,
+    networks: Vec<IpNet>,
 }
 
 impl AllowList {
-    /// Parses `a.b.c.d/n` and `x::/n` networks.
+    /// Parses `a.b.c.d/n` and `x::/n` networks; a bare address is a
+    /// network of one.
     pub fn parse(networks: &[String]) -> Result<Self, String> {
-        let mut parsed = Vec::new();
-        for network in networks {
-            let (address, bits) = network.split_once('/').unwrap_or((network, ""));
-            let address: IpAddr = address.parse().map_err(|_| format!("`{network}` is not a network"))?;
-            let max = if address.is_ipv4() { 32 } else { 128 };
-            let bits = if bits.is_empty() {
-                max
-            } else {
-                bits.parse().map_err(|_| format!("`{network}` is not a network"))?
-            };
-            if bits > max {
-                return Err(format!("`{network}` has a prefix longer than {max}"));
-            }
-            parsed.push((address, bits));
-        }
-        Ok(Self { networks: parsed })
+        let networks = networks
+            .iter()
+            .map(|network| {
+                network
+                    .parse::<IpNet>()
+                    .or_else(|_| network.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| format!("`{network}` is not a network (a.b.c.d/n or x::/n)"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { networks })
     }
 
     fn contains(&self, ip: IpAddr) -> bool {
-        self.networks.iter().any(|(network, bits)| match (network, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = if *bits == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - u32::from(*bits))
-                };
-                u32::from(*n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = if *bits == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - u32::from(*bits))
-                };
-                u128::from(*n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        })
+        self.networks.iter().any(|network| network.contains(&ip))
     }
 
     /// Whether a webhook may go to `ip`.

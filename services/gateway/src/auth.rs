@@ -33,10 +33,10 @@ use crate::error::ApiError;
 use crate::jwt::{Claims, JwtKeys};
 use crate::state::AppState;
 
-/// The most known keys cached before that cache is emptied.
-const CACHE_LIMIT: usize = 100_000;
-/// The most unknown keys remembered before that memory is emptied.
-const MISS_LIMIT: usize = 10_000;
+/// The most known keys cached (least recently used go first).
+const CACHE_LIMIT: u64 = 100_000;
+/// The most unknown keys remembered (least recently used go first).
+const MISS_LIMIT: u64 = 10_000;
 /// Failed authentications a client address may cause per window before its
 /// uncached keys are refused without a lookup.
 pub const FAILURES_PER_WINDOW: u32 = 20;
@@ -77,8 +77,9 @@ pub struct Authenticator {
     dynamo: aws_sdk_dynamodb::Client,
     tables: Tables,
     ttl: Duration,
-    cache: Mutex<HashMap<String, Entry>>,
-    misses: Mutex<HashMap<String, Instant>>,
+    cache: moka::sync::Cache<String, Entry>,
+    /// Unknown keys, each for `ttl` (at most a second).
+    misses: moka::sync::Cache<String, ()>,
     failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
     jwt: JwtKeys,
     admin_token_hash: Option<[u8; 32]>,
@@ -109,8 +110,11 @@ impl Authenticator {
             dynamo,
             tables,
             ttl,
-            cache: Mutex::new(HashMap::new()),
-            misses: Mutex::new(HashMap::new()),
+            cache: moka::sync::Cache::new(CACHE_LIMIT),
+            misses: moka::sync::Cache::builder()
+                .max_capacity(MISS_LIMIT)
+                .time_to_live(ttl.min(Duration::from_secs(1)))
+                .build(),
             failures: Mutex::new(HashMap::new()),
             jwt,
             admin_token_hash: admin_token.map(|t| sha256(t.as_bytes())),
@@ -189,23 +193,33 @@ impl Authenticator {
     }
 
     fn cached(&self, hash: &str, now: Instant) -> Cached {
-        if self.misses.lock().get(hash).is_some_and(|until| *until > now) {
+        if self.misses.contains_key(hash) {
             return Cached::Answer(None);
         }
-        let mut cache = self.cache.lock();
-        let Some(entry) = cache.get_mut(hash) else {
-            return Cached::Lookup;
-        };
-        if entry.until > now {
-            return Cached::Answer(entry.caller.clone());
+        // Fresh entries are read without taking the key's lock.
+        match self.cache.get(hash) {
+            None => return Cached::Lookup,
+            Some(entry) if entry.until > now => return Cached::Answer(entry.caller),
+            Some(_) => {}
         }
-        // Expired: while another request refreshes a known key, keep using
-        // it for at most one more TTL.
-        if entry.refreshing && entry.caller.is_some() && now < entry.until + self.ttl {
-            return Cached::Answer(entry.caller.clone());
-        }
-        entry.refreshing = true;
-        Cached::Lookup
+        // Expired: one request refreshes it (decided atomically per key);
+        // while it does, the others keep using a known key for at most one
+        // more TTL.
+        let mut decision = Cached::Lookup;
+        self.cache.entry_by_ref(hash).and_compute_with(|current| {
+            let Some(entry) = current.map(moka::Entry::into_value) else {
+                return moka::ops::compute::Op::Nop;
+            };
+            if entry.until > now || (entry.refreshing && entry.caller.is_some() && now < entry.until + self.ttl) {
+                decision = Cached::Answer(entry.caller);
+                return moka::ops::compute::Op::Nop;
+            }
+            moka::ops::compute::Op::Put(Entry {
+                refreshing: true,
+                ..entry
+            })
+        });
+        decision
     }
 
     async fn by_key_hash(&self, hash: &str, client: Option<IpAddr>) -> Result<Caller, ApiError> {
@@ -220,11 +234,7 @@ impl Authenticator {
                 }
                 match self.lookup(hash).await {
                     Ok(Some(caller)) => {
-                        let mut cache = self.cache.lock();
-                        if cache.len() >= CACHE_LIMIT {
-                            cache.clear();
-                        }
-                        cache.insert(
+                        self.cache.insert(
                             hash.to_owned(),
                             Entry {
                                 caller: Some(caller.clone()),
@@ -237,12 +247,8 @@ impl Authenticator {
                     Ok(None) => {
                         // A revoked key leaves the known ones; unknown keys
                         // are remembered apart, briefly and in bounded number.
-                        self.cache.lock().remove(hash);
-                        let mut misses = self.misses.lock();
-                        if misses.len() >= MISS_LIMIT {
-                            misses.clear();
-                        }
-                        misses.insert(hash.to_owned(), Instant::now() + self.ttl.min(Duration::from_secs(1)));
+                        self.cache.invalidate(hash);
+                        self.misses.insert(hash.to_owned(), ());
                         None
                     }
                     Err(e) => {
@@ -260,9 +266,13 @@ impl Authenticator {
     }
 
     fn end_refresh(&self, hash: &str) {
-        if let Some(entry) = self.cache.lock().get_mut(hash) {
-            entry.refreshing = false;
-        }
+        self.cache.entry_by_ref(hash).and_compute_with(|current| match current {
+            Some(entry) => moka::ops::compute::Op::Put(Entry {
+                refreshing: false,
+                ..entry.into_value()
+            }),
+            None => moka::ops::compute::Op::Nop,
+        });
     }
 
     async fn lookup(&self, hash: &str) -> Result<Option<Caller>, ApiError> {
@@ -305,16 +315,14 @@ impl Authenticator {
 
     /// Forgets cached lookups (after a revocation on this replica).
     pub fn forget(&self, hash: Option<&str>) {
-        let mut cache = self.cache.lock();
-        let mut misses = self.misses.lock();
         match hash {
             Some(hash) => {
-                cache.remove(hash);
-                misses.remove(hash);
+                self.cache.invalidate(hash);
+                self.misses.invalidate(hash);
             }
             None => {
-                cache.clear();
-                misses.clear();
+                self.cache.invalidate_all();
+                self.misses.invalidate_all();
             }
         }
     }

@@ -74,7 +74,7 @@ pub fn event_id(seed: Ulid, index: usize) -> EventId {
 
 /// The hash a key's body is compared by.
 pub fn body_hash(body: &[u8]) -> String {
-    Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(body))
 }
 
 fn unavailable<E: std::fmt::Display>(error: E) -> ApiError {

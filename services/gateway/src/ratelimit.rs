@@ -115,10 +115,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{i}: {e:?}"));
             assert_eq!(quota.remaining, 9 - i);
         }
-        let refused = limiter
-            .acquire(tenant, None, 1, start)
-            .err()
-            .unwrap_or_else(|| panic!("11th passed"));
+        let refused = limiter.acquire(tenant, None, 1, start).expect_err("11th passed");
         assert_eq!(refused.quota.remaining, 0);
         assert!((refused.retry_after.as_secs_f64() - 0.1).abs() < 1e-6, "{refused:?}");
         // 100 ms later one more event is allowed, not two.
@@ -148,10 +145,7 @@ mod tests {
         let tenant = TenantId::new();
         let now = Instant::now();
         assert!(limiter.acquire(tenant, None, 500, now).is_ok());
-        let refused = limiter
-            .acquire(tenant, None, 1, now)
-            .err()
-            .unwrap_or_else(|| panic!("passed in debt"));
+        let refused = limiter.acquire(tenant, None, 1, now).expect_err("passed in debt");
         // 400 in debt, plus the one wanted, at 100/s.
         assert!((refused.retry_after.as_secs_f64() - 4.01).abs() < 1e-6, "{refused:?}");
         assert!(

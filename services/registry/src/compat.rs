@@ -79,8 +79,7 @@ mod tests {
     use super::*;
 
     fn schema(fields: &str) -> Schema {
-        Schema::parse_str(&format!(r#"{{"type":"record","name":"R","fields":[{fields}]}}"#))
-            .unwrap_or_else(|e| panic!("{e}"))
+        Schema::parse_str(&format!(r#"{{"type":"record","name":"R","fields":[{fields}]}}"#)).unwrap()
     }
 
     #[test]

@@ -264,7 +264,7 @@ mod tests {
             .set("bootstrap.servers", "127.0.0.1:9")
             .set("message.timeout.ms", message_timeout_ms)
             .set("log_level", "0");
-        KafkaProducer::new(&config).unwrap_or_else(|e| panic!("{e}"))
+        KafkaProducer::new(&config).unwrap()
     }
 
     #[test]
@@ -292,7 +292,7 @@ mod tests {
             .set("bootstrap.servers", "127.0.0.1:9")
             .set("queue.buffering.max.messages", "1")
             .set("log_level", "0");
-        let producer = KafkaProducer::new(&config).unwrap_or_else(|e| panic!("{e}"));
+        let producer = KafkaProducer::new(&config).unwrap();
         let _first = producer
             .send_result(FutureRecord::to("nowhere").key("k").payload("one"))
             .unwrap_or_else(|(e, _)| panic!("{e}"));

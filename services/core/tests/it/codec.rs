@@ -30,7 +30,7 @@ async fn events_of_any_payload_shape_round_trip_through_avro_and_the_registry() 
     let shutdown = CancellationToken::new();
     let mut env = TestEnv::new().await;
     let _registry = env.with_registry(shutdown.clone()).await;
-    let codec = AvroCodec::new(&env.common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
+    let codec = AvroCodec::new(&env.common.schema_registry).unwrap();
     let topic = env.common.topics.events();
 
     let big_array: Vec<serde_json::Value> = (0..2_000).map(|i| json!({"i": i, "s": "x".repeat(i % 7)})).collect();
@@ -52,16 +52,10 @@ async fn events_of_any_payload_shape_round_trip_through_avro_and_the_registry() 
         let mut original = event(data);
         original.subject = None;
         original.partition_key = Some("customer-7".to_owned());
-        let bytes = codec
-            .encode(&topic, Contract::Event, &original)
-            .await
-            .unwrap_or_else(|e| panic!("encode: {e}"));
+        let bytes = codec.encode(&topic, Contract::Event, &original).await.expect("encode");
         assert_eq!(bytes[0], 0, "Confluent magic byte");
         schema_ids.push(triggers_core::codec::schema_id(&bytes));
-        let decoded: Event = codec
-            .decode(Contract::Event, &bytes)
-            .await
-            .unwrap_or_else(|e| panic!("decode: {e}"));
+        let decoded: Event = codec.decode(Contract::Event, &bytes).await.expect("decode");
         assert_eq!(decoded, original);
     }
     schema_ids.dedup();
@@ -72,12 +66,7 @@ async fn events_of_any_payload_shape_round_trip_through_avro_and_the_registry() 
         "{}/subjects/{topic}-value/versions/latest",
         env.common.schema_registry.url
     );
-    let latest: serde_json::Value = reqwest::get(&url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let latest: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
     assert_eq!(latest["version"], 1);
     assert_eq!(latest["id"].as_u64(), schema_ids[0].map(u64::from));
     shutdown.cancel();
@@ -88,21 +77,19 @@ async fn undecodable_records_are_told_apart() {
     let shutdown = CancellationToken::new();
     let mut env = TestEnv::new().await;
     let _registry = env.with_registry(shutdown.clone()).await;
-    let codec = AvroCodec::new(&env.common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
+    let codec = AvroCodec::new(&env.common.schema_registry).unwrap();
 
     let error = codec
         .decode::<Event>(Contract::Event, b"{\"json\": true}")
         .await
-        .err()
-        .unwrap_or_else(|| panic!("decoded JSON as Avro"));
+        .expect_err("decoded JSON as Avro");
     assert!(matches!(error, CodecError::BadMagic), "{error}");
     assert!(!error.is_retriable());
 
     let error = codec
         .decode::<Event>(Contract::Event, &[0, 0, 0, 0x7f, 0x7f, 2, 4])
         .await
-        .err()
-        .unwrap_or_else(|| panic!("decoded an unknown schema id"));
+        .expect_err("decoded an unknown schema id");
     assert!(matches!(error, CodecError::UnknownSchema { id: 0x7f7f, .. }), "{error}");
     assert_eq!(error.reason(), "unknown_schema_id");
 
@@ -110,14 +97,13 @@ async fn undecodable_records_are_told_apart() {
     let good = codec
         .encode(&env.common.topics.events(), Contract::Event, &event(json!({"a": 1})))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let mut truncated = good[..8].to_vec();
     truncated.push(0xff);
     let error = codec
         .decode::<Event>(Contract::Event, &truncated)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("decoded truncated Avro"));
+        .expect_err("decoded truncated Avro");
     assert!(matches!(error, CodecError::InvalidAvro { .. }), "{error}");
     shutdown.cancel();
 }

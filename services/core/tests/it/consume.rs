@@ -28,14 +28,14 @@ fn consumer(kafka: &KafkaConfig, group: &str, topic: &str) -> StreamConsumer<tri
         group,
         triggers_core::kafka::ConsumerLog::new("test"),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
-    consumer.subscribe(&[topic]).unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
     consumer
 }
 
 /// Writes `payloads` with one key (so to one partition, in order).
 async fn produce(kafka: &KafkaConfig, topic: &str, payloads: &[&str]) {
-    let producer = triggers_core::kafka::producer(kafka, "consume-test").unwrap_or_else(|e| panic!("{e}"));
+    let producer = triggers_core::kafka::producer(kafka, "consume-test").unwrap();
     for payload in payloads {
         producer
             .send(
@@ -52,7 +52,7 @@ fn text(message: &rdkafka::message::OwnedMessage) -> String {
 }
 
 fn quarantine(env: &TestEnv) -> Quarantine {
-    let producer = triggers_core::kafka::producer(&env.common.kafka, "consume-test").unwrap_or_else(|e| panic!("{e}"));
+    let producer = triggers_core::kafka::producer(&env.common.kafka, "consume-test").unwrap();
     Quarantine::new(producer, env.common.topics.quarantine(), "test")
 }
 
@@ -110,7 +110,7 @@ async fn a_full_consumer_keeps_polling_and_stays_in_its_group() {
     // Long enough for an evicted consumer to rejoin and read again.
     tokio::time::sleep(Duration::from_secs(8)).await;
     shutdown.cancel();
-    task.await.unwrap_or_else(|e| panic!("{e}"));
+    task.await.unwrap();
     let handled = handled.lock().clone();
     assert!(
         handled.values().all(|times| *times == 1),
@@ -164,7 +164,7 @@ async fn a_handler_that_only_waits_frees_its_slot() {
     wait_until("both records done", Duration::from_secs(20), || done.lock().len() == 2).await;
     assert_eq!(*done.lock(), ["frees", "waits"]);
     shutdown.cancel();
-    task.await.unwrap_or_else(|e| panic!("{e}"));
+    task.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,7 +257,7 @@ async fn a_failing_handler_is_retried_then_quarantined_and_the_partition_moves_o
     // The partition's offset moved past all three: a new member of the
     // group reads only what comes next.
     shutdown.cancel();
-    task.await.unwrap_or_else(|e| panic!("{e}"));
+    task.await.unwrap();
     attempts.lock().clear();
     done.lock().clear();
     produce(&env.common.kafka, &topic, &["next"]).await;
@@ -268,5 +268,5 @@ async fn a_failing_handler_is_retried_then_quarantined_and_the_partition_moves_o
     assert_eq!(*done.lock(), ["next"], "records before the commit were read again");
     assert!(attempts.lock().get("bad").is_none(), "the quarantined record came back");
     shutdown.cancel();
-    task.await.unwrap_or_else(|e| panic!("{e}"));
+    task.await.unwrap();
 }

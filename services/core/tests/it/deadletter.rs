@@ -40,26 +40,26 @@ async fn a_redriven_dead_letter_does_not_come_back_when_its_outcome_is_read_agai
     let listed = || async {
         deadletter::list(&env.dynamo, &env.tables, &tenant, &query)
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
             .0
     };
     let first = dead_lettered(tenant, event, subscription, 4);
     deadletter::put(&env.dynamo, &env.tables, &first, expires)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let entries = listed().await;
     assert_eq!(entries.len(), 1);
 
     // Redriven: out of the listing.
     deadletter::remove(&env.dynamo, &env.tables, &tenant, &entries[0])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(listed().await.is_empty());
 
     // The persister reads the old outcome again: it stays out.
     deadletter::put(&env.dynamo, &env.tables, &first, expires)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(listed().await.is_empty(), "a redriven dead letter came back");
 
     // The redriven delivery (attempt 5) fails for good: listed again.
@@ -70,7 +70,7 @@ async fn a_redriven_dead_letter_does_not_come_back_when_its_outcome_is_read_agai
         expires,
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let entries = listed().await;
     assert_eq!(entries.iter().map(|e| e.attempt).collect::<Vec<_>>(), [5]);
 }

@@ -41,17 +41,14 @@ async fn an_unknown_subscription_is_looked_up_to_the_end_of_the_topic() {
     let mut env = TestEnv::new().await;
     let shutdown = CancellationToken::new();
     let _registry = env.with_registry(shutdown.clone()).await;
-    let codec = AvroCodec::new(&env.common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
+    let codec = AvroCodec::new(&env.common.schema_registry).unwrap();
     let topic = env.common.topics.subscriptions();
     // Looks a minute apart once idle: only the lookup can read in time.
     let kafka = paced(&env.common.kafka, Duration::from_secs(60));
     let follower = Follower::start(&kafka, &topic, codec.clone(), "follower-test", shutdown.clone())
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    follower
-        .caught_up(Duration::from_secs(20))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
+    follower.caught_up(Duration::from_secs(20)).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Written by another client (rdkafka's own producer): nothing wakes the
@@ -59,13 +56,10 @@ async fn an_unknown_subscription_is_looked_up_to_the_end_of_the_topic() {
     let other: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &env.common.kafka.bootstrap_servers)
         .create()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let created = subscription();
     let key = created.id.to_string();
-    let payload = codec
-        .encode(&topic, Contract::Subscription, &created)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let payload = codec.encode(&topic, Contract::Subscription, &created).await.unwrap();
     other
         .send(
             FutureRecord::to(&topic).key(&key).payload(&payload),
@@ -84,10 +78,10 @@ async fn an_unknown_subscription_is_looked_up_to_the_end_of_the_topic() {
 
     // Deleted through Triggers' producer (which wakes the follower): once
     // the tombstone is read, the subscription is unknown.
-    let ours = triggers_core::kafka::producer(&env.common.kafka, "follower-test").unwrap_or_else(|e| panic!("{e}"));
+    let ours = triggers_core::kafka::producer(&env.common.kafka, "follower-test").unwrap();
     triggers_core::subscription::publish_tombstone(&ours, &topic, &created.id)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while follower.table.read().get(&created.id).is_some() {
         assert!(tokio::time::Instant::now() < deadline, "the tombstone was not read");

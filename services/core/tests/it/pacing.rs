@@ -46,8 +46,8 @@ fn start_reader(kafka: &KafkaConfig, topic: &str, group: &str, shutdown: Cancell
     let consumer: StreamConsumer<FetchCount> = triggers_core::kafka::consumer_config(kafka, "pacing-test", group)
         .set("statistics.interval.ms", "200")
         .create_with_context(fetches.clone())
-        .unwrap_or_else(|e| panic!("{e}"));
-    rdkafka::consumer::Consumer::subscribe(&consumer, &[topic]).unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
+    rdkafka::consumer::Consumer::subscribe(&consumer, &[topic]).unwrap();
     let seen = Arc::new(Mutex::new(HashSet::new()));
     let pacer = Pacer::new(kafka);
     let quarantine = crate::support::quarantine(kafka, topic);
@@ -117,7 +117,7 @@ async fn an_idle_paced_consumer_fetches_far_less_and_still_reads_every_record() 
 
     // Records written while the paced consumer is paused all arrive, once
     // it looks again, as they do for the unpaced one.
-    let producer = triggers_core::kafka::producer(&env.common.kafka, "pacing-test").unwrap_or_else(|e| panic!("{e}"));
+    let producer = triggers_core::kafka::producer(&env.common.kafka, "pacing-test").unwrap();
     let keys: HashSet<String> = (0..20).map(|i| format!("k{i}")).collect();
     for key in &keys {
         producer
@@ -141,7 +141,7 @@ async fn an_idle_paced_consumer_fetches_far_less_and_still_reads_every_record() 
     }
     shutdown.cancel();
     for reader in [plain, calm] {
-        reader.task.await.unwrap_or_else(|e| panic!("{e}"));
+        reader.task.await.unwrap();
     }
 }
 
@@ -164,7 +164,7 @@ async fn a_record_this_process_writes_wakes_a_paused_reader() {
         "the reader should be paused before the write"
     );
 
-    let producer = triggers_core::kafka::producer(&env.common.kafka, "pacing-test").unwrap_or_else(|e| panic!("{e}"));
+    let producer = triggers_core::kafka::producer(&env.common.kafka, "pacing-test").unwrap();
     producer
         .send(
             FutureRecord::to(&topic)
@@ -183,5 +183,5 @@ async fn a_record_this_process_writes_wakes_a_paused_reader() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shutdown.cancel();
-    reader.task.await.unwrap_or_else(|e| panic!("{e}"));
+    reader.task.await.unwrap();
 }

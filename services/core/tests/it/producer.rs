@@ -16,7 +16,7 @@ async fn every_send_is_reported_where_it_landed() {
     let env = TestEnv::new().await;
     env.provision().await;
     let topic = env.common.topics.events();
-    let producer = triggers_core::kafka::producer(&env.common.kafka, "producer-test").unwrap_or_else(|e| panic!("{e}"));
+    let producer = triggers_core::kafka::producer(&env.common.kafka, "producer-test").unwrap();
     let payloads: Vec<String> = (0..20).map(|i| format!("record-{i}")).collect();
     let sends = payloads.iter().map(|payload| {
         let headers = OwnedHeaders::new().insert(Header {

@@ -27,11 +27,8 @@ async fn provisioning_is_idempotent() {
     assert_eq!(second.tables_existing.len(), env.tables.specs().len());
 
     // The topics have the configured partitions.
-    let admin = triggers_core::kafka::admin(&env.common.kafka, "test").unwrap_or_else(|e| panic!("{e}"));
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let admin = triggers_core::kafka::admin(&env.common.kafka, "test").unwrap();
+    let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10)).unwrap();
     for spec in &specs {
         let topic = metadata
             .topics()

@@ -20,7 +20,7 @@ impl TestEnv {
         let common = ConfigSource::from_parts(None, Vec::new())
             .map(|s| s.with_toml(&stack.config_toml(&namespace)))
             .and_then(|s| s.common())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let tables = Tables::new(&common.dynamodb.table_prefix);
         let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
         Self {
@@ -44,7 +44,7 @@ impl TestEnv {
             &self.tables,
         )
         .await
-        .unwrap_or_else(|e| panic!("provisioning: {e}"))
+        .expect("provisioning")
     }
 
     /// Provisions, then starts a registry on a free port; returns the common
@@ -58,7 +58,7 @@ impl TestEnv {
         };
         let registry = triggers_registry::start(&self.common.kafka, &config, shutdown)
             .await
-            .unwrap_or_else(|e| panic!("registry: {e}"));
+            .expect("registry");
         self.common.schema_registry.url = registry.url();
         registry
     }
@@ -66,7 +66,7 @@ impl TestEnv {
 
 /// A quarantine on `<topic>.quarantine` (tests that expect none never read it).
 pub fn quarantine(kafka: &triggers_core::config::KafkaConfig, topic: &str) -> triggers_core::quarantine::Quarantine {
-    let producer = triggers_core::kafka::producer(kafka, "test").unwrap_or_else(|e| panic!("{e}"));
+    let producer = triggers_core::kafka::producer(kafka, "test").unwrap();
     triggers_core::quarantine::Quarantine::new(producer, format!("{topic}.quarantine"), "test")
 }
 

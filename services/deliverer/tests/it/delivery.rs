@@ -54,7 +54,7 @@ async fn a_webhook_is_signed_per_standard_webhooks_and_retries_follow_the_schedu
     let retrying = outcomes
         .iter()
         .find(|o| o.kind == OutcomeKind::Retrying)
-        .unwrap_or_else(|| panic!("no retrying"));
+        .expect("no retrying");
     assert_eq!(retrying.http_status, Some(500));
     assert_eq!(retrying.response_excerpt.as_deref(), Some("receiver says hi"));
 }
@@ -74,7 +74,7 @@ async fn always_failing_goes_to_the_dlq_and_429_retry_after_is_honoured() {
     let dead = outcomes
         .iter()
         .find(|o| o.kind == OutcomeKind::DeadLettered)
-        .unwrap_or_else(|| panic!("none"));
+        .expect("none");
     assert_eq!(dead.attempt, 4);
     assert_eq!(dead.error.as_deref(), Some("HTTP 500"));
     let dlq = read_topic(

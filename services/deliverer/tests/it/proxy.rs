@@ -14,10 +14,8 @@ const TARGET: &str = "TRIGGERS_TEST_PROXY_TARGET";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_requests_ignore_proxy_variables() {
     // A "proxy" that only counts who connects to it.
-    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let proxy_url = format!("http://{}", proxy.local_addr().unwrap_or_else(|e| panic!("{e}")));
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
     let connections = Arc::new(AtomicUsize::new(0));
     {
         let connections = connections.clone();
@@ -30,7 +28,7 @@ async fn webhook_requests_ignore_proxy_variables() {
     }
     let receiver = Receiver::default();
     let target = receiver.start();
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+    let exe = std::env::current_exe().unwrap();
     let child = tokio::process::Command::new(exe)
         .args(["--ignored", "--exact", "proxy::child_posts_with_proxy_variables_set"])
         .env(TARGET, &target)
@@ -44,7 +42,7 @@ async fn webhook_requests_ignore_proxy_variables() {
     let output = tokio::time::timeout(Duration::from_secs(60), child)
         .await
         .unwrap_or_else(|_| panic!("the child test hung"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(
         output.status.success(),
         "the child's request failed:\n{}",
@@ -67,13 +65,8 @@ async fn child_posts_with_proxy_variables_set() {
         allow_networks: vec!["127.0.0.0/8".to_owned()],
         ..Default::default()
     };
-    let allow = triggers_deliverer::ssrf::AllowList::parse(&config.allow_networks).unwrap_or_else(|e| panic!("{e}"));
-    let client = triggers_deliverer::webhook_client(&config, &allow).unwrap_or_else(|e| panic!("{e}"));
-    let response = client
-        .post(&target)
-        .body("{}")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let allow = triggers_deliverer::ssrf::AllowList::parse(&config.allow_networks).unwrap();
+    let client = triggers_deliverer::webhook_client(&config, &allow).unwrap();
+    let response = client.post(&target).body("{}").send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
 }

@@ -131,7 +131,7 @@ async fn a_dead_letter_is_listed_redriven_and_delivered_and_a_replay_is_marked()
     let delivered = outcomes
         .iter()
         .find(|o| o.kind == OutcomeKind::Delivered)
-        .unwrap_or_else(|| panic!("none"));
+        .expect("none");
     assert_eq!(delivered.attempt, 5);
     let again = env.attempts_of(&receiver, &id, 5, Duration::from_secs(10)).await;
     assert!(receiver.count() > before);
@@ -259,10 +259,7 @@ async fn a_deleted_event_is_not_delivered_again_nor_brought_back() {
     let outcomes = env
         .wait_outcome(&id, |o| o.kind == OutcomeKind::Skipped, Duration::from_secs(20))
         .await;
-    let skipped = outcomes
-        .iter()
-        .find(|o| o.kind == OutcomeKind::Skipped)
-        .unwrap_or_else(|| panic!("none"));
+    let skipped = outcomes.iter().find(|o| o.kind == OutcomeKind::Skipped).expect("none");
     assert!(
         skipped.error.as_deref().is_some_and(|e| e.contains("deleted")),
         "{skipped:?}"

@@ -102,7 +102,7 @@ impl Receiver {
         .workers(2)
         .disable_signals()
         .bind("127.0.0.1:0")
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let addr = server.addrs()[0];
         tokio::spawn(server.run());
         format!("http://{addr}/hook")
@@ -190,7 +190,7 @@ pub async fn env_with(tune: impl FnOnce(&mut DelivererConfig)) -> Env {
         shutdown.clone(),
     )
     .await
-    .unwrap_or_else(|e| panic!("gateway: {e}"));
+    .expect("gateway");
     triggers_router::start(
         &common,
         &triggers_router::RouterConfig {
@@ -202,7 +202,7 @@ pub async fn env_with(tune: impl FnOnce(&mut DelivererConfig)) -> Env {
         shutdown.clone(),
     )
     .await
-    .unwrap_or_else(|e| panic!("router: {e}"));
+    .expect("router");
     triggers_persister::start(
         &common,
         &triggers_persister::PersisterConfig {
@@ -213,14 +213,14 @@ pub async fn env_with(tune: impl FnOnce(&mut DelivererConfig)) -> Env {
         shutdown.clone(),
     )
     .await
-    .unwrap_or_else(|e| panic!("persister: {e}"));
+    .expect("persister");
     let mut deliverer = deliverer_config(&namespace);
     tune(&mut deliverer);
     let deliverer_shutdown = shutdown.child_token();
     triggers_deliverer::start(&common, &deliverer, deliverer_shutdown.clone())
         .await
-        .unwrap_or_else(|e| panic!("deliverer: {e}"));
-    let codec = AvroCodec::new(&common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
+        .expect("deliverer");
+    let codec = AvroCodec::new(&common.schema_registry).unwrap();
     Env {
         _slice: slice,
         deliverer,
@@ -243,7 +243,7 @@ impl Env {
         self.deliverer_shutdown = self.shutdown.child_token();
         triggers_deliverer::start(&self.common, &self.deliverer, self.deliverer_shutdown.clone())
             .await
-            .unwrap_or_else(|e| panic!("deliverer: {e}"));
+            .expect("deliverer");
     }
 
     pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -254,7 +254,7 @@ impl Env {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+        let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -376,7 +376,7 @@ impl Env {
                 .codec
                 .decode(Contract::Outcome, message.payload().unwrap_or_default())
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
             if outcome.event_id.to_string() == id {
                 found.push(outcome);
             }

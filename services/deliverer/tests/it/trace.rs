@@ -63,7 +63,7 @@ async fn ingest_traced(env: &Env, receiver: &Receiver, traceparent: &str, kind: 
         .json(&json!({"type": kind, "source": "s"}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(response.status().as_u16(), 202);
     let id = response.json::<serde_json::Value>().await.unwrap_or_default()["id"]
         .as_str()
@@ -86,7 +86,7 @@ async fn one_event_is_one_trace_across_every_hop() {
     .workers(1)
     .disable_signals()
     .bind("127.0.0.1:0")
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let collector = format!("http://{}", server.addrs()[0]);
     tokio::spawn(server.run());
     // The process-wide subscriber, as a service's main installs it.
@@ -99,7 +99,7 @@ async fn one_event_is_one_trace_across_every_hop() {
         },
         "triggers-test",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
 
     let env = env().await;
     let receiver = Receiver::default();

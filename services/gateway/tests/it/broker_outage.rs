@@ -10,7 +10,7 @@ use crate::support::start;
 /// accepted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_broker_gives_503_and_recovery_follows() {
-    let stack = TestStack::start().unwrap_or_else(|e| panic!("{e}"));
+    let stack = TestStack::start().unwrap();
     let gateway = start(&stack, |common, _| {
         common.kafka.produce_timeout = Duration::from_secs(2)
     })
@@ -25,7 +25,7 @@ async fn a_stopped_broker_gives_503_and_recovery_follows() {
 
     stack.stop_kafka();
     let started = Instant::now();
-    let response = send().await.unwrap_or_else(|e| panic!("{e}"));
+    let response = send().await.unwrap();
     let elapsed = started.elapsed();
     assert_eq!(response.status().as_u16(), 503);
     assert!(response.headers().contains_key("retry-after"));
@@ -33,7 +33,7 @@ async fn a_stopped_broker_gives_503_and_recovery_follows() {
     assert_eq!(body["error"]["code"], "unavailable");
     assert!(elapsed < Duration::from_secs(10), "answered after {elapsed:?}");
 
-    stack.start_kafka().unwrap_or_else(|e| panic!("{e}"));
+    stack.start_kafka().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let status = send().await.map(|r| r.status().as_u16()).unwrap_or(0);

@@ -25,7 +25,7 @@ async fn every_error_status_is_structured() {
         assert_eq!(body["error"]["request_id"], header_id.as_str(), "{body}");
         body
     };
-    let send = |builder: reqwest::RequestBuilder| async move { builder.send().await.unwrap_or_else(|e| panic!("{e}")) };
+    let send = |builder: reqwest::RequestBuilder| async move { builder.send().await.unwrap() };
 
     // 413: over the limit, refused from Content-Length, before reading.
     check(
@@ -135,7 +135,7 @@ async fn operations_openapi_and_docs_are_served() {
         .get(format!("{}/metrics", gateway.url))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .text()
         .await
         .unwrap_or_default();
@@ -146,10 +146,10 @@ async fn operations_openapi_and_docs_are_served() {
         .get(format!("{}/openapi.json", gateway.url))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .json()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(
         doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")),
         "{}",
@@ -175,12 +175,7 @@ async fn operations_openapi_and_docs_are_served() {
     served.sort();
     assert_eq!(described, served);
 
-    let docs = gateway
-        .http
-        .get(format!("{}/docs", gateway.url))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let docs = gateway.http.get(format!("{}/docs", gateway.url)).send().await.unwrap();
     assert!(
         docs.headers()
             .get("content-type")
@@ -196,8 +191,8 @@ async fn operations_openapi_and_docs_are_served() {
 
 #[test]
 fn the_error_catalog_documents_every_code() {
-    let catalog = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/errors.md"))
-        .unwrap_or_else(|e| panic!("docs/errors.md: {e}"));
+    let catalog =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/errors.md")).expect("docs/errors.md");
     for code in triggers_gateway::error::CODES {
         assert!(
             catalog.contains(&format!("`{code}`")),

@@ -39,7 +39,7 @@ async fn a_retry_that_takes_over_a_stale_claim_makes_the_same_event() {
         .item("expires_at", AttributeValue::N((now / 1000 + 3_600).to_string()))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
 
     let send = || {
         gateway
@@ -48,14 +48,14 @@ async fn a_retry_that_takes_over_a_stale_claim_makes_the_same_event() {
             .body(body.clone())
             .send()
     };
-    let (status, _, accepted) = answer(send().await.unwrap_or_else(|e| panic!("{e}"))).await;
+    let (status, _, accepted) = answer(send().await.unwrap()).await;
     assert_eq!(status, 202, "{accepted}");
     assert_eq!(
         accepted["id"].as_str(),
         Some(EventId::from_ulid(seed).to_string().as_str()),
         "the retry made a new event"
     );
-    let (status, headers, again) = answer(send().await.unwrap_or_else(|e| panic!("{e}"))).await;
+    let (status, headers, again) = answer(send().await.unwrap()).await;
     assert_eq!((status, &again["id"]), (202, &accepted["id"]));
     assert_eq!(
         headers.get("idempotent-replayed").and_then(|v| v.to_str().ok()),
@@ -65,7 +65,7 @@ async fn a_retry_that_takes_over_a_stale_claim_makes_the_same_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_mid_produce_does_not_leave_its_claim_pending() {
-    let stack = TestStack::start().unwrap_or_else(|e| panic!("{e}"));
+    let stack = TestStack::start().unwrap();
     let gateway = start(&stack, |common, _| {
         common.kafka.produce_timeout = Duration::from_secs(2)
     })
@@ -85,24 +85,24 @@ async fn a_client_that_hangs_up_mid_produce_does_not_leave_its_claim_pending() {
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(send(&impatient).await.is_err(), "the request should have timed out");
     // Once the produce has failed, the claim is released: a retry tries
     // again (503, Kafka is still down) instead of waiting on a claim nobody
     // holds (409 idempotency_in_progress until it goes stale).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let patient = reqwest::Client::new();
-    let (status, _, error) = answer(send(&patient).await.unwrap_or_else(|e| panic!("{e}"))).await;
+    let (status, _, error) = answer(send(&patient).await.unwrap()).await;
     assert_eq!(
         (status, error["error"]["code"].as_str()),
         (503, Some("unavailable")),
         "{error}"
     );
 
-    stack.start_kafka().unwrap_or_else(|e| panic!("{e}"));
+    stack.start_kafka().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (status, _, body) = answer(send(&patient).await.unwrap_or_else(|e| panic!("{e}"))).await;
+        let (status, _, body) = answer(send(&patient).await.unwrap()).await;
         if status == 202 {
             assert!(body["id"].as_str().is_some_and(|id| id.starts_with("evt_")), "{body}");
             break;

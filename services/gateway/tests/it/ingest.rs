@@ -13,15 +13,7 @@ async fn an_accepted_event_is_in_the_topic_and_decodes_to_what_was_sent() {
         "time": "2026-01-02T03:04:05.678Z", "data": {"total": 19.99, "items": ["a", "b"]},
         "tenant": "ten_01hzzzzzzzzzzzzzzzzzzzzzzz"
     });
-    let (status, headers, accepted) = answer(
-        gateway
-            .post("/v1/events")
-            .json(&body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
-    .await;
+    let (status, headers, accepted) = answer(gateway.post("/v1/events").json(&body).send().await.unwrap()).await;
     assert_eq!(status, 202, "{accepted}");
     assert_eq!(accepted["status"], "accepted");
     assert!(headers.contains_key("x-request-id"));
@@ -53,13 +45,10 @@ async fn an_accepted_event_is_in_the_topic_and_decodes_to_what_was_sent() {
         )
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(response.status().as_u16(), 202);
     let events = gateway.read_events(2, Duration::from_secs(15)).await;
-    let (key, event) = events
-        .iter()
-        .find(|(_, e)| e.event_type == "a.b")
-        .unwrap_or_else(|| panic!("missing"));
+    let (key, event) = events.iter().find(|(_, e)| e.event_type == "a.b").expect("missing");
     assert_eq!(key, "customer-9");
     assert_eq!(event.data, json!([1]));
 }
@@ -72,15 +61,7 @@ async fn a_batch_answers_one_result_per_input_in_order() {
         {"source": "s"},
         {"type": "three", "source": "s", "data": 3},
     ]});
-    let (status, _, body) = answer(
-        gateway
-            .post("/v1/events/batch")
-            .json(&batch)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
-    .await;
+    let (status, _, body) = answer(gateway.post("/v1/events/batch").json(&batch).send().await.unwrap()).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["accepted"], 2);
     assert_eq!(body["rejected"], 1);
@@ -101,7 +82,7 @@ async fn a_batch_answers_one_result_per_input_in_order() {
         .body(json!([{"type": "four", "source": "s"}]).to_string())
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(response.status().as_u16(), 202);
 
     let events = gateway.read_events(3, Duration::from_secs(15)).await;
@@ -117,7 +98,7 @@ async fn a_batch_answers_one_result_per_input_in_order() {
             .json(&json!({"events": too_many}))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}")),
+            .unwrap(),
     )
     .await;
     assert_eq!(status, 422, "{body}");
@@ -135,10 +116,10 @@ async fn idempotency_keys_replay_refuse_and_race_safely() {
             .body(body)
             .send()
     };
-    let (status, headers, first) = answer(send("pay-1", body.clone()).await.unwrap_or_else(|e| panic!("{e}"))).await;
+    let (status, headers, first) = answer(send("pay-1", body.clone()).await.unwrap()).await;
     assert_eq!(status, 202, "{first}");
     assert!(!headers.contains_key("idempotent-replayed"));
-    let (status, headers, second) = answer(send("pay-1", body.clone()).await.unwrap_or_else(|e| panic!("{e}"))).await;
+    let (status, headers, second) = answer(send("pay-1", body.clone()).await.unwrap()).await;
     assert_eq!(status, 202);
     assert_eq!(
         headers.get("idempotent-replayed").and_then(|v| v.to_str().ok()),
@@ -146,7 +127,7 @@ async fn idempotency_keys_replay_refuse_and_race_safely() {
     );
     assert_eq!(second["id"], first["id"]);
     let other_body = json!({"type": "payment.captured", "source": "s", "data": {"n": 2}}).to_string();
-    let (status, _, conflict) = answer(send("pay-1", other_body).await.unwrap_or_else(|e| panic!("{e}"))).await;
+    let (status, _, conflict) = answer(send("pay-1", other_body).await.unwrap()).await;
     assert_eq!(status, 409);
     assert_eq!(conflict["error"]["code"], "idempotency_key_reused");
 
@@ -155,7 +136,7 @@ async fn idempotency_keys_replay_refuse_and_race_safely() {
     let answers = futures::future::join_all((0..8).map(|_| send("refund-7", concurrent.clone()))).await;
     let mut ids = Vec::new();
     for response in answers {
-        let (status, _, body) = answer(response.unwrap_or_else(|e| panic!("{e}"))).await;
+        let (status, _, body) = answer(response.unwrap()).await;
         assert_eq!(status, 202, "{body}");
         ids.push(body["id"].as_str().unwrap_or_default().to_owned());
     }

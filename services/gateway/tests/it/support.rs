@@ -45,7 +45,7 @@ pub async fn start(stack: &TestStack, adjust: impl FnOnce(&mut CommonConfig, &mu
     adjust(&mut common, &mut config);
     let running = triggers_gateway::start(&common, &config, shutdown.clone())
         .await
-        .unwrap_or_else(|e| panic!("gateway: {e}"));
+        .expect("gateway");
     Gateway {
         _slice: slice,
         url: format!("http://{}", running.addr),
@@ -73,16 +73,16 @@ impl Gateway {
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "10")
             .create()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let topic = self.common.topics.events();
         let mut assignment = TopicPartitionList::new();
         for partition in 0..self.common.topics.partitions {
             assignment
                 .add_partition_offset(&topic, partition, Offset::Beginning)
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
         }
-        consumer.assign(&assignment).unwrap_or_else(|e| panic!("{e}"));
-        let codec = AvroCodec::new(&self.common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
+        consumer.assign(&assignment).unwrap();
+        let codec = AvroCodec::new(&self.common.schema_registry).unwrap();
         let mut events = Vec::new();
         let deadline = tokio::time::Instant::now() + timeout;
         while events.len() < count {
@@ -95,7 +95,7 @@ impl Gateway {
             let event: Event = codec
                 .decode(Contract::Event, message.payload().unwrap_or_default())
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
             events.push((key, event));
         }
         events

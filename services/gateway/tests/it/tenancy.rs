@@ -14,7 +14,7 @@ async fn the_first_client_guide_flow_works_as_written() {
             .get(format!("{}/health", gateway.url))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}")),
+            .unwrap(),
     )
     .await;
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
@@ -26,7 +26,7 @@ async fn the_first_client_guide_flow_works_as_written() {
             .form(&[("username", "acme"), ("password", gateway.key.as_str())])
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}")),
+            .unwrap(),
     )
     .await;
     assert_eq!(status, 200, "{token}");
@@ -46,7 +46,7 @@ async fn the_first_client_guide_flow_works_as_written() {
             .json(&json!({"type": "lead.created", "source": "crm", "payload": {"email": "a@b.c"}}))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}")),
+            .unwrap(),
     )
     .await;
     assert_eq!(status, 202, "{accepted}");
@@ -62,7 +62,7 @@ async fn the_first_client_guide_flow_works_as_written() {
             .form(&[("username", "acme"), ("password", "tk_wrong")])
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}")),
+            .unwrap(),
     )
     .await;
     assert_eq!(status, 401);
@@ -76,7 +76,7 @@ async fn the_first_client_guide_flow_works_as_written() {
             .json(&json!({"type": "a", "source": "b"}))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}")),
+            .unwrap(),
     )
     .await;
     assert_eq!(status, 401);
@@ -100,7 +100,7 @@ async fn admin_keys_rotate_and_revocation_takes_effect_within_seconds() {
             .json(&json!({"name": "x"}))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}")),
+            .unwrap(),
     )
     .await;
     assert_eq!(status, 401);
@@ -110,26 +110,14 @@ async fn admin_keys_rotate_and_revocation_takes_effect_within_seconds() {
             .json(&json!({"name": "globex"}))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}")),
+            .unwrap(),
     )
     .await;
     assert_eq!(status, 201, "{tenant}");
     let tenant_id = tenant["id"].as_str().unwrap_or_default().to_owned();
     let keys_path = format!("/v1/admin/tenants/{tenant_id}/keys");
-    let (_, _, first) = answer(
-        admin(reqwest::Method::POST, keys_path.clone())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
-    .await;
-    let (_, _, second) = answer(
-        admin(reqwest::Method::POST, keys_path.clone())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
-    .await;
+    let (_, _, first) = answer(admin(reqwest::Method::POST, keys_path.clone()).send().await.unwrap()).await;
+    let (_, _, second) = answer(admin(reqwest::Method::POST, keys_path.clone()).send().await.unwrap()).await;
     let ingest = |key: String| {
         gateway
             .http
@@ -149,13 +137,7 @@ async fn admin_keys_rotate_and_revocation_takes_effect_within_seconds() {
         ingest(second_key.clone()).await.map(|r| r.status().as_u16()).ok(),
         Some(202)
     );
-    let (_, _, listed) = answer(
-        admin(reqwest::Method::GET, keys_path.clone())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
-    .await;
+    let (_, _, listed) = answer(admin(reqwest::Method::GET, keys_path.clone()).send().await.unwrap()).await;
     assert_eq!(listed["data"].as_array().map(Vec::len), Some(2));
 
     let revoke = format!("{keys_path}/{}", first["id"].as_str().unwrap_or_default());
@@ -192,7 +174,7 @@ async fn admin_keys_rotate_and_revocation_takes_effect_within_seconds() {
         )
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}")),
+        .unwrap(),
     )
     .await;
     assert_eq!(status, 404);
@@ -209,7 +191,7 @@ async fn a_tenant_over_its_rate_limit_gets_429_with_headers() {
             .json(&json!({"name": "small", "rate_limit": 3}))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}")),
+            .unwrap(),
     )
     .await;
     let (_, _, key) = answer(
@@ -223,7 +205,7 @@ async fn a_tenant_over_its_rate_limit_gets_429_with_headers() {
             .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}")),
+            .unwrap(),
     )
     .await;
     let key = key["key"].as_str().unwrap_or_default().to_owned();
@@ -238,7 +220,7 @@ async fn a_tenant_over_its_rate_limit_gets_429_with_headers() {
     let mut statuses = Vec::new();
     let mut limited = None;
     for _ in 0..6 {
-        let response = send().await.unwrap_or_else(|e| panic!("{e}"));
+        let response = send().await.unwrap();
         statuses.push(response.status().as_u16());
         if response.status().as_u16() == 429 {
             limited = Some(answer(response).await);
@@ -277,7 +259,7 @@ async fn random_keys_are_throttled_per_address_and_known_keys_keep_working() {
             .bearer_auth(key)
             .send()
     };
-    let (status, _, body) = answer(list(&gateway.key).await.unwrap_or_else(|e| panic!("{e}"))).await;
+    let (status, _, body) = answer(list(&gateway.key).await.unwrap()).await;
     assert_eq!(status, 200, "{body}");
 
     // Well-formed random keys: each costs a lookup, until the address has
@@ -286,7 +268,7 @@ async fn random_keys_are_throttled_per_address_and_known_keys_keep_working() {
     let mut throttled = None;
     for _ in 0..(triggers_gateway::auth::FAILURES_PER_WINDOW + 5) {
         let random = triggers_core::tenancy::generate_api_key();
-        let (status, headers, body) = answer(list(&random).await.unwrap_or_else(|e| panic!("{e}"))).await;
+        let (status, headers, body) = answer(list(&random).await.unwrap()).await;
         statuses.push(status);
         if status == 429 {
             throttled = Some((headers, body));
@@ -295,7 +277,7 @@ async fn random_keys_are_throttled_per_address_and_known_keys_keep_working() {
     let failures = triggers_gateway::auth::FAILURES_PER_WINDOW as usize;
     assert!(statuses[..failures].iter().all(|s| *s == 401), "{statuses:?}");
     assert!(statuses[failures..].iter().all(|s| *s == 429), "{statuses:?}");
-    let (headers, body) = throttled.unwrap_or_else(|| panic!("never throttled"));
+    let (headers, body) = throttled.expect("never throttled");
     assert_eq!(body["error"]["code"], "rate_limited", "{body}");
     let retry_after: u64 = headers
         .get("retry-after")
@@ -304,23 +286,23 @@ async fn random_keys_are_throttled_per_address_and_known_keys_keep_working() {
     assert!((1..=10).contains(&retry_after), "{headers:?}");
 
     // The real key, known to the cache, is not evicted and still works.
-    let (status, _, body) = answer(list(&gateway.key).await.unwrap_or_else(|e| panic!("{e}"))).await;
+    let (status, _, body) = answer(list(&gateway.key).await.unwrap()).await;
     assert_eq!(status, 200, "{body}");
 
     // Invented methods are one metric label, not one each.
-    let invented = reqwest::Method::from_bytes(b"FROBNICATE").unwrap_or_else(|e| panic!("{e}"));
+    let invented = reqwest::Method::from_bytes(b"FROBNICATE").unwrap();
     gateway
         .http
         .request(invented, format!("{}/v1/events", gateway.url))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let metrics = gateway
         .http
         .get(format!("{}/metrics", gateway.url))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .text()
         .await
         .unwrap_or_default();
@@ -341,7 +323,7 @@ async fn a_tenant_has_at_most_its_share_of_subscriptions() {
                 .body(json!({"target_url": "https://example.com/hook", "event_types": ["*"]}).to_string())
                 .send()
                 .await
-                .unwrap_or_else(|e| panic!("{e}")),
+                .unwrap(),
         )
         .await
     };
@@ -363,7 +345,7 @@ async fn a_tenant_has_at_most_its_share_of_subscriptions() {
         .bearer_auth(&gateway.key)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(deleted.status().as_u16(), 204);
     let (status, _, third) = create().await;
     assert_eq!(status, 201, "{third}");

@@ -1,6 +1,10 @@
 //! The local runner: the whole stack in-process against real Tansu and
 //! DynamoDB Local, on free ports.
 
+// A test crate: a panic is how a test fails (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -17,7 +21,7 @@ struct RelativeDir(std::path::PathBuf);
 impl RelativeDir {
     fn new() -> Self {
         let path = std::path::PathBuf::from(format!(".tmp-local-{}", triggers_core::ids::RequestId::new()));
-        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&path).unwrap();
         Self(path)
     }
 
@@ -33,7 +37,7 @@ impl Drop for RelativeDir {
 }
 
 fn options(data_dir: &std::path::Path) -> LocalOptions {
-    let port = || free_port().unwrap_or_else(|e| panic!("{e}"));
+    let port = || free_port().unwrap();
     LocalOptions {
         kafka_port: port(),
         dynamodb_port: port(),
@@ -114,10 +118,8 @@ async fn the_whole_stack_starts_answers_and_keeps_its_data_across_restarts() {
     let dir = RelativeDir::new();
     assert!(dir.path().is_relative(), "{}", dir.path().display());
     let options = options(dir.path());
-    let source = triggers_local::load_config(&options).unwrap_or_else(|e| panic!("{e}"));
-    let stack = triggers_local::start(&options, &source)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let source = triggers_local::load_config(&options).unwrap();
+    let stack = triggers_local::start(&options, &source).await.unwrap();
 
     // Every service started in-process answers /healthz, /readyz and /metrics.
     assert_ops_endpoints(&stack.endpoints.gateway_url).await;
@@ -156,14 +158,14 @@ async fn the_whole_stack_starts_answers_and_keeps_its_data_across_restarts() {
     let tables = Tables::new(&stack.common.dynamodb.table_prefix);
     let tenant = triggers_core::tenancy::tenant_of_key(&dynamo, &tables, &api_key)
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| panic!("demo key unknown"));
+        .unwrap()
+        .expect("demo key unknown");
     assert_eq!(tenant.to_string(), stack.demo.tenant_id);
-    let subscription_id = stack.demo.subscription_id.parse().unwrap_or_else(|e| panic!("{e}"));
+    let subscription_id = stack.demo.subscription_id.parse().unwrap();
     let subscription = triggers_core::subscription::get(&dynamo, &tables, &tenant, &subscription_id)
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| panic!("demo subscription missing"));
+        .unwrap()
+        .expect("demo subscription missing");
     assert_eq!(subscription.target_url, stack.endpoints.demo_receiver_url);
 
     // The printed curl line works: the demo key ingests an event.
@@ -173,14 +175,11 @@ async fn the_whole_stack_starts_answers_and_keeps_its_data_across_restarts() {
         .json(&serde_json::json!({"type": "order.created", "source": "demo", "data": {"order_id": 42}}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(response.status().as_u16(), 202);
-    let event_id = response
-        .json::<serde_json::Value>()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))["id"]
+    let event_id = response.json::<serde_json::Value>().await.unwrap()["id"]
         .as_str()
-        .unwrap_or_else(|| panic!("no event id"))
+        .expect("no event id")
         .to_owned();
 
     // ... and the demo receiver gets it.
@@ -212,7 +211,7 @@ async fn the_whole_stack_starts_answers_and_keeps_its_data_across_restarts() {
     let text = loop {
         let text = reqwest::get(&metrics_url)
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
             .text()
             .await
             .unwrap_or_default();
@@ -229,11 +228,7 @@ async fn the_whole_stack_starts_answers_and_keeps_its_data_across_restarts() {
 
     // A short load, then every dashboard panel's query, run by the real
     // Prometheus the runner started, returns at least one series.
-    let prometheus = stack
-        .endpoints
-        .prometheus_url
-        .clone()
-        .unwrap_or_else(|| panic!("no Prometheus"));
+    let prometheus = stack.endpoints.prometheus_url.clone().expect("no Prometheus");
     let http = reqwest::Client::new();
     for i in 0..20 {
         let response = http
@@ -242,7 +237,7 @@ async fn the_whole_stack_starts_answers_and_keeps_its_data_across_restarts() {
             .json(&serde_json::json!({"type": "order.created", "source": "load", "data": {"i": i}}))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(response.status().as_u16(), 202);
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -271,23 +266,21 @@ async fn the_whole_stack_starts_answers_and_keeps_its_data_across_restarts() {
         data_dir: dir.path().to_path_buf(),
         ..self::options(dir.path())
     };
-    let source = triggers_local::load_config(&options).unwrap_or_else(|e| panic!("{e}"));
-    let again = triggers_local::start(&options, &source)
-        .await
-        .unwrap_or_else(|e| panic!("second start: {e}"));
+    let source = triggers_local::load_config(&options).unwrap();
+    let again = triggers_local::start(&options, &source).await.expect("second start");
     assert_eq!(again.demo.api_key, api_key);
     assert_eq!(again.demo.tenant_id, tenant.to_string());
     assert_eq!(again.demo.subscription_id, subscription_id.to_string());
     let dynamo = triggers_core::dynamo::client(&again.common.dynamodb).await;
     let still = triggers_core::tenancy::tenant_of_key(&dynamo, &tables, &api_key)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(still, Some(tenant));
     // The receiver moved to a new port: the subscription follows it.
     let moved = triggers_core::subscription::get(&dynamo, &tables, &tenant, &subscription_id)
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| panic!("demo subscription missing after restart"));
+        .unwrap()
+        .expect("demo subscription missing after restart");
     assert_eq!(moved.target_url, again.endpoints.demo_receiver_url);
     assert!(moved.revision > subscription.revision);
     again.stop().await;

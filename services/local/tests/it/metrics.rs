@@ -13,7 +13,7 @@ pub struct Family {
 /// The catalog's table: name → family.
 pub fn catalog() -> BTreeMap<String, Family> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md"))
-        .unwrap_or_else(|e| panic!("docs/metrics.md: {e}"));
+        .expect("docs/metrics.md");
     text.lines()
         .filter(|line| line.starts_with("| `"))
         .map(|line| {
@@ -194,13 +194,7 @@ pub async fn every_panel_answers(http: &reqwest::Client, prometheus: &str) {
 
 /// The JSON answer of a Prometheus HTTP API request (null if not JSON).
 async fn prometheus_api(request: reqwest::RequestBuilder) -> serde_json::Value {
-    request
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_default()
+    request.send().await.unwrap().json().await.unwrap_or_default()
 }
 
 /// Every dashboard of `observability/grafana/`: its path and JSON text.
@@ -208,7 +202,7 @@ fn dashboards() -> Vec<(std::path::PathBuf, String)> {
     let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/../../observability/grafana");
     std::fs::read_dir(folder)
         .unwrap_or_else(|e| panic!("{folder}: {e}"))
-        .map(|entry| entry.unwrap_or_else(|e| panic!("{e}")).path())
+        .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().and_then(|e| e.to_str()) == Some("json"))
         .map(|path| {
             let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -243,7 +237,7 @@ fn the_alert_rules_pass_promtool_and_use_catalog_metrics() {
             .args(args)
             .current_dir(folder)
             .output()
-            .unwrap_or_else(|e| panic!("promtool (run scripts/bootstrap): {e}"));
+            .expect("promtool (run scripts/bootstrap)");
         assert!(
             output.status.success(),
             "promtool {}:\n{}{}",

@@ -40,11 +40,7 @@ async fn analytics_count_every_status_transition_and_attempt_once() {
         )
         .await;
     assert_eq!(status, 201);
-    let sub: SubscriptionId = created["id"]
-        .as_str()
-        .unwrap_or_default()
-        .parse()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let sub: SubscriptionId = created["id"].as_str().unwrap_or_default().parse().unwrap();
     let mut ids = Vec::new();
     for n in 0..3 {
         ids.push(
@@ -57,10 +53,7 @@ async fn analytics_count_every_status_transition_and_attempt_once() {
         env.wait_event(id, |e| e["status"] == "routed").await;
     }
     env.wait_event(&unmatched, |e| e["status"] == "unmatched").await;
-    let events: Vec<EventId> = ids
-        .iter()
-        .map(|i| i.parse().unwrap_or_else(|e| panic!("{e}")))
-        .collect();
+    let events: Vec<EventId> = ids.iter().map(|i| i.parse().unwrap()).collect();
     // Delivered at once; delivered at the second attempt; dead-lettered
     // after two attempts, then acknowledged from the inbox.
     env.produce_outcome(&attempt(&env, events[0], sub, OutcomeKind::Delivered, 1))
@@ -130,7 +123,7 @@ async fn analytics_count_every_status_transition_and_attempt_once() {
     assert_eq!(report["top_failing"], json!([sub.to_string()]));
     let series: Vec<&Value> = report["series"]
         .as_array()
-        .unwrap_or_else(|| panic!("no series"))
+        .expect("no series")
         .iter()
         .filter(|p| p["ingested"].as_i64() > Some(0))
         .collect();

@@ -23,11 +23,7 @@ async fn an_event_too_large_for_an_item_is_quarantined_and_the_partition_moves_o
         huge.extensions.insert(format!("ext{i}"), "x".repeat(1024));
     }
     let topic = env.common.topics.events();
-    let payload = env
-        .codec
-        .encode(&topic, Contract::Event, &huge)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let payload = env.codec.encode(&topic, Contract::Event, &huge).await.unwrap();
     env.producer
         .send(
             FutureRecord::to(&topic).key(&huge.kafka_key()).payload(&payload),

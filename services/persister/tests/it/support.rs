@@ -55,7 +55,7 @@ pub async fn env() -> Env {
         shutdown.clone(),
     )
     .await
-    .unwrap_or_else(|e| panic!("gateway: {e}"));
+    .expect("gateway");
     triggers_router::start(
         &common,
         &triggers_router::RouterConfig {
@@ -66,9 +66,9 @@ pub async fn env() -> Env {
         shutdown.clone(),
     )
     .await
-    .unwrap_or_else(|e| panic!("router: {e}"));
-    let codec = AvroCodec::new(&common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
-    let producer = triggers_core::kafka::producer(&common.kafka, "test").unwrap_or_else(|e| panic!("{e}"));
+    .expect("router");
+    let codec = AvroCodec::new(&common.schema_registry).unwrap();
+    let producer = triggers_core::kafka::producer(&common.kafka, "test").unwrap();
     let mut env = Env {
         slice,
         namespace: namespace.clone(),
@@ -103,7 +103,7 @@ impl Env {
             self.persister_shutdown.clone(),
         )
         .await
-        .unwrap_or_else(|e| panic!("persister: {e}"));
+        .expect("persister");
         self.persister = Some(persister);
     }
 
@@ -123,7 +123,7 @@ impl Env {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+        let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -178,11 +178,7 @@ impl Env {
 
     pub async fn produce_outcome(&self, outcome: &Outcome) {
         let topic = self.common.topics.outcomes();
-        let payload = self
-            .codec
-            .encode(&topic, Contract::Outcome, outcome)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let payload = self.codec.encode(&topic, Contract::Outcome, outcome).await.unwrap();
         self.producer
             .send(
                 FutureRecord::to(&topic)

@@ -1,6 +1,10 @@
 //! The dev schema registry against a real Tansu, driven through
 //! `schema_registry_converter` (the client the services use) and raw HTTP.
 
+// A test crate: a panic is how a test fails (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use schema_registry_converter::async_impl::schema_registry::{
@@ -31,7 +35,7 @@ impl Env {
         let common = ConfigSource::from_parts(None, Vec::new())
             .map(|s| s.with_toml(&stack.config_toml(&namespace)))
             .and_then(|s| s.common())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let topic = format!("{namespace}._schemas");
         let spec = triggers_core::provision::topic_specs(
             &TopicsConfig {
@@ -46,7 +50,7 @@ impl Env {
         .collect::<Vec<TopicSpec>>();
         provision_topics(&common.kafka, &spec, 1, &mut ProvisionReport::default())
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         Self { common, topic }
     }
 
@@ -58,15 +62,12 @@ impl Env {
         };
         triggers_registry::start(&self.common.kafka, &config, shutdown.clone())
             .await
-            .unwrap_or_else(|e| panic!("registry: {e}"))
+            .expect("registry")
     }
 }
 
 fn settings(registry: &RunningRegistry) -> SrSettings {
-    SrSettings::new_builder(registry.url())
-        .no_proxy()
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"))
+    SrSettings::new_builder(registry.url()).no_proxy().build().unwrap()
 }
 
 fn avro(schema: &str) -> SuppliedSchema {
@@ -80,40 +81,32 @@ async fn schemas_register_and_read_back_through_the_converter() {
     let registry = env.start(&shutdown).await;
     let sr = settings(&registry);
 
-    let first = post_schema(&sr, "orders-value".to_owned(), avro(V1))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let again = post_schema(&sr, "orders-value".to_owned(), avro(V1))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let first = post_schema(&sr, "orders-value".to_owned(), avro(V1)).await.unwrap();
+    let again = post_schema(&sr, "orders-value".to_owned(), avro(V1)).await.unwrap();
     assert_eq!(first.id, again.id, "same schema, same id");
 
     let second = post_schema(&sr, "orders-value".to_owned(), avro(V2_WITH_DEFAULT))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_ne!(second.id, first.id);
     // The same schema under another subject keeps its id.
-    let shared = post_schema(&sr, "archive-value".to_owned(), avro(V1))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let shared = post_schema(&sr, "archive-value".to_owned(), avro(V1)).await.unwrap();
     assert_eq!(shared.id, first.id);
 
-    let by_id = get_schema_by_id(second.id, &sr).await.unwrap_or_else(|e| panic!("{e}"));
+    let by_id = get_schema_by_id(second.id, &sr).await.unwrap();
     assert_eq!(by_id.schema, V2_WITH_DEFAULT);
     let latest = get_schema_by_subject_and_version(&sr, "orders-value", None)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!((latest.id, latest.version), (second.id, Some(2)));
     let v1 = get_schema_by_subject_and_version(&sr, "orders-value", Some(1))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!((v1.id, v1.schema.as_str()), (first.id, V1));
-    let mut subjects = get_all_subjects(&sr).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut subjects = get_all_subjects(&sr).await.unwrap();
     subjects.sort();
     assert_eq!(subjects, ["archive-value", "orders-value"]);
-    let versions = get_all_versions(&sr, "orders-value".to_owned())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let versions = get_all_versions(&sr, "orders-value".to_owned()).await.unwrap();
     assert_eq!(versions, [1, 2]);
 
     // Unknown things answer Confluent's 404 codes.
@@ -123,13 +116,9 @@ async fn schemas_register_and_read_back_through_the_converter() {
         ("/subjects/nope/versions", 40401),
         ("/subjects/orders-value/versions/9", 40402),
     ] {
-        let response = client
-            .get(format!("{}{path}", registry.url()))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let response = client.get(format!("{}{path}", registry.url())).send().await.unwrap();
         assert_eq!(response.status().as_u16(), 404, "{path}");
-        let body: serde_json::Value = response.json().await.unwrap_or_else(|e| panic!("{e}"));
+        let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["error_code"], code, "{path}: {body}");
     }
     shutdown.cancel();
@@ -141,12 +130,10 @@ async fn an_incompatible_avro_change_is_refused_with_409() {
     let shutdown = CancellationToken::new();
     let registry = env.start(&shutdown).await;
     let sr = settings(&registry);
-    post_schema(&sr, "orders-value".to_owned(), avro(V1))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    post_schema(&sr, "orders-value".to_owned(), avro(V1)).await.unwrap();
     post_schema(&sr, "orders-value".to_owned(), avro(V2_WITH_DEFAULT))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
 
     // A new field without a default cannot read existing data: BACKWARD refuses it.
     let client = reqwest::Client::new();
@@ -156,9 +143,9 @@ async fn an_incompatible_avro_change_is_refused_with_409() {
         .body(serde_json::json!({"schema": V3_BREAKING}).to_string())
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(response.status().as_u16(), 409);
-    let body: serde_json::Value = response.json().await.unwrap_or_else(|e| panic!("{e}"));
+    let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error_code"], 409);
     assert!(
         body["message"].as_str().is_some_and(|m| m.contains("incompatible")),
@@ -170,9 +157,7 @@ async fn an_incompatible_avro_change_is_refused_with_409() {
             .await
             .is_err()
     );
-    let versions = get_all_versions(&sr, "orders-value".to_owned())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let versions = get_all_versions(&sr, "orders-value".to_owned()).await.unwrap();
     assert_eq!(versions, [1, 2]);
 
     // The compatibility endpoint agrees.
@@ -185,10 +170,10 @@ async fn an_incompatible_avro_change_is_refused_with_409() {
                 .body(serde_json::json!({"schema": schema}).to_string())
                 .send()
                 .await
-                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap()
                 .json()
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
             body["is_compatible"].as_bool()
         }
     };
@@ -201,11 +186,11 @@ async fn an_incompatible_avro_change_is_refused_with_409() {
         .body(r#"{"compatibility": "NONE"}"#)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(response.status().as_u16(), 200);
     post_schema(&sr, "orders-value".to_owned(), avro(V3_BREAKING))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
 
     // Malformed schemas are 422 with 42201, never a 500.
     let response = client
@@ -213,7 +198,7 @@ async fn an_incompatible_avro_change_is_refused_with_409() {
         .body(r#"{"schema": "{\"type\": \"record\"}"}"#)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(response.status().as_u16(), 422);
     shutdown.cancel();
 }
@@ -224,12 +209,8 @@ async fn a_restart_keeps_schemas_and_instances_agree() {
     let first_run = CancellationToken::new();
     let registry = env.start(&first_run).await;
     let sr = settings(&registry);
-    let v1 = post_schema(&sr, "orders-value".to_owned(), avro(V1))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let other = post_schema(&sr, "refunds-value".to_owned(), avro(OTHER))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let v1 = post_schema(&sr, "orders-value".to_owned(), avro(V1)).await.unwrap();
+    let other = post_schema(&sr, "refunds-value".to_owned(), avro(OTHER)).await.unwrap();
     first_run.cancel();
     let stopped = tokio::time::timeout(Duration::from_secs(15), registry.task).await;
     assert!(
@@ -262,10 +243,7 @@ async fn a_restart_keeps_schemas_and_instances_agree() {
         async move { post_schema(&sr, format!("t{i}-value"), avro(&schema)).await }
     });
     let results = futures::future::join_all(registrations).await;
-    let mut ids: Vec<u32> = results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|e| panic!("{e}")).id)
-        .collect();
+    let mut ids: Vec<u32> = results.into_iter().map(|r| r.unwrap().id).collect();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), schemas.len(), "distinct schemas got distinct ids");

@@ -31,7 +31,7 @@ async fn kafka_native_records_are_routed_and_poison_is_quarantined() {
             &native,
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     env.produce_raw(&env.tenant.to_string(), &good[..9]).await;
     let stranger = env.native_event(TenantId::new(), "invoice.paid", json!({}));
     env.produce_native(&stranger).await;
@@ -66,7 +66,7 @@ async fn kafka_native_records_are_routed_and_poison_is_quarantined() {
     let bad_magic = invalid
         .iter()
         .find(|m| header(m, "triggers-error-reason").as_deref() == Some("bad_magic_byte"))
-        .unwrap_or_else(|| panic!("no bad_magic_byte record"));
+        .expect("no bad_magic_byte record");
     assert_eq!(bad_magic.payload(), Some(&b"{\"json\": \"not avro\"}"[..]));
     // The stranger's event was never routed.
     let outcomes = env.outcomes(usize::MAX, Duration::from_secs(1)).await;
@@ -77,7 +77,7 @@ async fn kafka_native_records_are_routed_and_poison_is_quarantined() {
         env.router.as_ref().map(|r| r.addr.to_string()).unwrap_or_default()
     ))
     .await
-    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap()
     .text()
     .await
     .unwrap_or_default();

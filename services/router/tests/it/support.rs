@@ -52,9 +52,9 @@ pub async fn env() -> Env {
         shutdown.clone(),
     )
     .await
-    .unwrap_or_else(|e| panic!("gateway: {e}"));
-    let codec = AvroCodec::new(&common.schema_registry).unwrap_or_else(|e| panic!("{e}"));
-    let producer = triggers_core::kafka::producer(&common.kafka, "test").unwrap_or_else(|e| panic!("{e}"));
+    .expect("gateway");
+    let codec = AvroCodec::new(&common.schema_registry).unwrap();
+    let producer = triggers_core::kafka::producer(&common.kafka, "test").unwrap();
     let mut env = Env {
         _slice: slice,
         namespace: namespace.clone(),
@@ -84,7 +84,7 @@ impl Env {
         };
         let router = triggers_router::start(&self.common, &config, self.router_shutdown.clone())
             .await
-            .unwrap_or_else(|e| panic!("router: {e}"));
+            .expect("router");
         self.router = Some(router);
     }
 
@@ -106,7 +106,7 @@ impl Env {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+        let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -157,7 +157,7 @@ impl Env {
             .codec
             .encode(&self.common.topics.events(), Contract::Event, event)
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         self.produce_raw(&event.tenant.to_string(), &payload).await;
     }
 
@@ -175,7 +175,7 @@ impl Env {
                 .codec
                 .decode(Contract::Outcome, message.payload().unwrap_or_default())
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
             outcomes.push(outcome);
         }
         outcomes
@@ -196,7 +196,7 @@ impl Env {
                 .codec
                 .decode(Contract::Delivery, message.payload().unwrap_or_default())
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
             deliveries.push((key, delivery));
         }
         deliveries
