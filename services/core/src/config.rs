@@ -397,7 +397,7 @@ pub struct KafkaConfig {
     pub extra: BTreeMap<String, String>,
     /// Authenticate to Amazon MSK with IAM (SASL/OAUTHBEARER, tokens signed
     /// with the process's AWS credentials): `[kafka.msk_iam] region = "…"`.
-    pub msk_iam: Option<crate::msk_iam::MskIamConfig>,
+    pub msk_iam: Option<MskIamConfig>,
 }
 
 /// librdkafka settings the services own; `kafka.extra` may not change them,
@@ -982,6 +982,30 @@ pub mod humantime_serde_vec {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
         let wrapped = Vec::<Wrapped>::deserialize(d)?;
         Ok(wrapped.into_iter().map(|w| w.0).collect())
+    }
+}
+
+/// The `kafka.msk_iam` section: authenticate to MSK with IAM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MskIamConfig {
+    /// The AWS region of the MSK cluster (the token is signed for it).
+    pub region: String,
+}
+
+impl MskIamConfig {
+    pub(crate) fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
+        let valid = !self.region.is_empty()
+            && self
+                .region
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid {
+            issues.push(ConfigIssue::new(
+                format!("{prefix}.region"),
+                "must be an AWS region such as `us-east-1`",
+            ));
+        }
     }
 }
 

@@ -19,8 +19,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine;
 
 use crate::delivery::Outcome;
-use crate::dynamo::{TTL_ATTRIBUTE, Tables};
-use crate::eventstore::{ListError, get_n, get_s, n, s, store_error};
+use crate::dynamo::{ListError, TTL_ATTRIBUTE, Tables, get_n, get_s, n, s, store_error};
 use crate::ids::{DeliveryId, EventId, SubscriptionId, TenantId};
 use crate::tenancy::StoreError;
 

@@ -5,13 +5,18 @@
 //! tenant id (`ten_…` or `ten_…#…`), so no query can cross tenants. The one
 //! exception is the API key table, keyed by the SHA-256 of the key, because
 //! the key is what tells which tenant is asking.
+//!
+//! Also what every store module shares: [`StoreError`], [`ListError`] and
+//! the attribute helpers.
+
+use std::collections::HashMap;
 
 use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{Credentials, Region};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
-    ScalarAttributeType,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType,
 };
 
 use crate::config::DynamoConfig;
@@ -38,7 +43,7 @@ pub async fn client(config: &DynamoConfig) -> Client {
 
 /// Times every DynamoDB call: `triggers_dynamodb_request_duration_seconds`
 /// by operation and result (`ok`, `error`; retries included). Errors by
-/// code are counted where they are handled ([`crate::tenancy::StoreError`]).
+/// code are counted where they are handled ([`StoreError`]).
 #[derive(Debug)]
 struct CallMetrics;
 
@@ -236,4 +241,117 @@ fn key_schema(
         );
     }
     Ok(elements)
+}
+
+// Attribute and error helpers of every store module.
+
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+pub(crate) fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+pub(crate) fn get_s(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
+    item.get(name).and_then(|v| v.as_s().ok()).cloned()
+}
+
+pub(crate) fn get_n(item: &HashMap<String, AttributeValue>, name: &str) -> Option<i64> {
+    item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+}
+
+pub(crate) fn store_error<E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static>(
+    operation: &'static str,
+    table: &str,
+    error: E,
+) -> StoreError {
+    StoreError::new(operation, table, error)
+}
+
+/// A listing could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// DynamoDB failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The cursor was not made by this store.
+    #[error("invalid cursor")]
+    BadCursor,
+}
+
+/// A DynamoDB call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("DynamoDB {operation} on `{table}`: {message}")]
+pub struct StoreError {
+    operation: &'static str,
+    table: String,
+    message: String,
+    permanent: bool,
+}
+
+/// DynamoDB error codes that the same request will always get again.
+const PERMANENT_CODES: &[&str] = &["ValidationException", "SerializationException"];
+
+impl StoreError {
+    /// Wraps an SDK error with what was being done.
+    pub fn new<E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata>(
+        operation: &'static str,
+        table: &str,
+        error: E,
+    ) -> Self {
+        let permanent = error.code().is_some_and(|code| PERMANENT_CODES.contains(&code));
+        let kind = match error.code() {
+            Some("ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded") => {
+                "throttled"
+            }
+            Some(_) if permanent => "invalid",
+            Some(_) => "service",
+            None => "transport",
+        };
+        metrics::counter!("triggers_dynamodb_errors_total", "operation" => operation, "kind" => kind).increment(1);
+        let mut message = error.to_string();
+        if let Some(detail) = error.message() {
+            message.push_str(": ");
+            message.push_str(detail);
+        }
+        let mut source = error.source();
+        while let Some(inner) = source {
+            message.push_str(": ");
+            message.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        Self {
+            operation,
+            table: table.to_owned(),
+            message,
+            permanent,
+        }
+    }
+
+    /// A failure that is not the SDK's (worth retrying).
+    pub fn other(operation: &'static str, table: &str, message: impl Into<String>) -> Self {
+        Self {
+            operation,
+            table: table.to_owned(),
+            message: message.into(),
+            permanent: false,
+        }
+    }
+
+    /// A request that can never succeed: an item over DynamoDB's size limit.
+    pub fn too_large(operation: &'static str, table: &str, message: impl Into<String>) -> Self {
+        Self {
+            operation,
+            table: table.to_owned(),
+            message: message.into(),
+            permanent: true,
+        }
+    }
+
+    /// Whether the same request can never succeed (an item over 400 KB, an
+    /// invalid attribute): retrying it would only hold up what follows.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
 }

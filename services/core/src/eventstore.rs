@@ -33,7 +33,7 @@ use base64::Engine;
 
 use crate::analytics::Tally;
 use crate::delivery::{Outcome, OutcomeKind};
-use crate::dynamo::{TTL_ATTRIBUTE, Tables};
+use crate::dynamo::{TTL_ATTRIBUTE, Tables, get_n, get_s, n, s, store_error};
 use crate::event::{Event, now_ms};
 use crate::ids::{EventId, TenantId};
 use crate::status::{EventStatus, Progress};
@@ -89,36 +89,12 @@ pub struct Attempt {
     pub next_attempt_at: Option<i64>,
 }
 
-pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(value.into())
-}
-
-pub(crate) fn n(value: impl ToString) -> AttributeValue {
-    AttributeValue::N(value.to_string())
-}
-
-pub(crate) fn get_s(item: &Item, name: &str) -> Option<String> {
-    item.get(name).and_then(|v| v.as_s().ok()).cloned()
-}
-
-pub(crate) fn get_n(item: &Item, name: &str) -> Option<i64> {
-    item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
-}
-
 fn event_sk(id: &EventId) -> String {
     format!("e#{id}")
 }
 
 fn chunk_sk(id: &EventId, index: usize) -> String {
     format!("c#{id}#{index:04}")
-}
-
-pub(crate) fn store_error<E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static>(
-    operation: &'static str,
-    table: &str,
-    error: E,
-) -> StoreError {
-    StoreError::new(operation, table, error)
 }
 
 fn is_conditional<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> bool {
@@ -935,16 +911,7 @@ fn decode_cursor(cursor: &str) -> Option<String> {
     Some(sk.to_owned())
 }
 
-/// A listing could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum ListError {
-    /// DynamoDB failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The cursor was not made by this store.
-    #[error("invalid cursor")]
-    BadCursor,
-}
+pub use crate::dynamo::ListError;
 
 /// One page of events: newest first, or oldest first from the inbox.
 pub async fn list(

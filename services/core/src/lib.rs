@@ -10,7 +10,8 @@
 //!   not long-poll) and wake when this process writes to their topics, and
 //!   full ones pause theirs while they keep polling.
 //! - [`consume`]: the at-least-once consume loop; [`quarantine`]: records
-//!   that can never be processed, set aside with the reason.
+//!   that can never be processed, set aside with the reason; [`retry`]:
+//!   retrying an effect until it succeeds, fails for good, or shutdown.
 //! - [`config`]: layered, validated configuration.
 //! - [`kafka`]: client builders that keep the delivery guarantees
 //!   (idempotent `acks=all` producer; consumers that store offsets only after
@@ -50,6 +51,7 @@ pub mod ops;
 pub mod pacing;
 pub mod provision;
 pub mod quarantine;
+pub mod retry;
 pub mod shutdown;
 pub mod status;
 pub mod subscription;

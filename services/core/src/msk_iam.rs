@@ -18,9 +18,6 @@ use aws_credential_types::provider::ProvideCredentials as _;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign};
 use aws_sigv4::sign::v4::SigningParams;
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
-
-use crate::config::ConfigIssue;
 
 /// How long a token is valid (MSK accepts at most 15 minutes).
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(900);
@@ -28,29 +25,7 @@ pub const TOKEN_LIFETIME: Duration = Duration::from_secs(900);
 /// Credentials are fetched again when they expire within this margin.
 const CREDENTIALS_MARGIN: Duration = Duration::from_secs(5 * 60);
 
-/// The `kafka.msk_iam` section: authenticate to MSK with IAM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MskIamConfig {
-    /// The AWS region of the MSK cluster (the token is signed for it).
-    pub region: String,
-}
-
-impl MskIamConfig {
-    pub(crate) fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
-        let valid = !self.region.is_empty()
-            && self
-                .region
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !valid {
-            issues.push(ConfigIssue::new(
-                format!("{prefix}.region"),
-                "must be an AWS region such as `us-east-1`",
-            ));
-        }
-    }
-}
+pub use crate::config::MskIamConfig;
 
 /// A token for librdkafka: the value, its expiry and the principal.
 #[derive(Debug, Clone, PartialEq, Eq)]

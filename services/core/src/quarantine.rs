@@ -159,7 +159,7 @@ impl Quarantine {
                         value: Some(value.as_slice()),
                     })
                 });
-        let sent = crate::consume::retry("quarantine", shutdown, || async {
+        let sent = crate::retry::retry("quarantine", shutdown, || async {
             let producer = self.producer().map_err(|e| e.to_string())?;
             let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).headers(headers.clone());
             if let Some(key) = message.key() {

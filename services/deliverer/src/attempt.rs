@@ -11,8 +11,8 @@ use triggers_core::event::{now_ms, rfc3339};
 use triggers_core::subscription::Subscription;
 
 use crate::config::DelivererConfig;
-use crate::dispatch::Deliverer;
 use crate::error::DelivererError;
+use crate::state::Deliverer;
 use crate::{signature, ssrf};
 
 /// What one HTTP attempt gave.

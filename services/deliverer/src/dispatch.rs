@@ -9,23 +9,19 @@ use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use tokio::sync::oneshot;
 use triggers_core::CancellationToken;
-use triggers_core::codec::{AvroCodec, Contract};
-use triggers_core::config::TopicsConfig;
+use triggers_core::codec::Contract;
 use triggers_core::consume::{Handled, Slot};
 use triggers_core::delivery::{Delivery, OutcomeKind};
-use triggers_core::dynamo::Tables;
 use triggers_core::event::now_ms;
-use triggers_core::follower::Follower;
 use triggers_core::ids::{BatchId, SubscriptionId};
-use triggers_core::kafka::KafkaProducer;
 use triggers_core::quarantine::Poison;
 use triggers_core::subscription::{BatchSettings, Subscription, SubscriptionStatus};
 
 use crate::attempt::event_body;
-use crate::batch::{Batcher, Member};
-use crate::lanes::{Lanes, Slots, Turn};
+use crate::batch::Member;
+use crate::lanes::Turn;
 use crate::schedule::{MAX_JITTER, Verdict, millis, verdict};
-use crate::ssrf;
+use crate::state::Deliverer;
 
 /// Why a delivery does not go out now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,28 +37,6 @@ pub(crate) enum Refusal {
 /// Deliveries of events younger than this skip the acknowledgement check on
 /// their first attempt.
 pub(crate) const FRESH_MS: i64 = 5_000;
-
-/// What the deliverer shares between its consume loops.
-pub(crate) struct Deliverer {
-    pub(crate) http: reqwest::Client,
-    pub(crate) allow: ssrf::AllowList,
-    pub(crate) follower: Follower,
-    pub(crate) producer: KafkaProducer,
-    pub(crate) codec: AvroCodec,
-    pub(crate) topics: TopicsConfig,
-    /// The retry tiers' topics, shortest first.
-    pub(crate) retry_topics: Vec<String>,
-    pub(crate) dynamo: aws_sdk_dynamodb::Client,
-    pub(crate) tables: Tables,
-    pub(crate) max_response_bytes: usize,
-    pub(crate) lanes: Lanes,
-    pub(crate) slots: Slots,
-    pub(crate) batcher: Batcher,
-    pub(crate) park_after: Duration,
-    pub(crate) park_delay: Duration,
-    /// Ends waits for the registry.
-    pub(crate) shutdown: CancellationToken,
-}
 
 /// Sleeps until `at` (ms since the epoch); `false` if shutdown came first.
 pub(crate) async fn sleep_until(at: i64, shutdown: &CancellationToken) -> bool {

@@ -55,6 +55,7 @@ pub mod schedule;
 mod settle;
 pub mod signature;
 pub mod ssrf;
+mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,9 +75,9 @@ use crate::lanes::{Lanes, Slots};
 
 pub use crate::attempt::{AttemptResult, webhook_client};
 pub use crate::config::DelivererConfig;
-use crate::dispatch::Deliverer;
 pub use crate::error::DelivererError;
 pub use crate::schedule::{MAX_RETRY_AFTER, Verdict, next_attempt, verdict};
+use crate::state::Deliverer;
 
 /// The least `fetch.wait.max.ms` of the retry tiers' consumers.
 const TIER_FETCH_WAIT: Duration = Duration::from_millis(250);

@@ -14,8 +14,8 @@ use triggers_core::quarantine::Poison;
 use triggers_core::subscription::{self, Subscription, SubscriptionStatus};
 
 use crate::attempt::AttemptResult;
-use crate::dispatch::Deliverer;
 use crate::schedule::{MAX_JITTER, Verdict, next_attempt, status_class};
+use crate::state::Deliverer;
 
 pub(crate) struct Out {
     topic: String,

@@ -17,7 +17,7 @@ use crate::auth::{Admin, Caller};
 use crate::body::{self, read_json};
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::idempotency::{self, Claim};
-use crate::ingest::{batch_items, event_from_json, format_time};
+use crate::ingest::{EventInput, batch_items, event_from_json, format_time};
 use crate::ratelimit::Quota;
 use crate::state::AppState;
 
@@ -78,35 +78,6 @@ pub struct Accepted {
     pub status: String,
     /// When Triggers accepted it (RFC 3339).
     pub received_at: String,
-}
-
-/// One event to ingest (CloudEvents 1.0 attribute names).
-#[derive(Debug, Deserialize, ToSchema)]
-#[allow(dead_code)] // Documents the body; parsing is field by field in `ingest`.
-pub struct EventInput {
-    /// What happened, e.g. `order.created` (1-256 characters).
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// Who says so, a URI-reference without whitespace (1-1024 characters).
-    pub source: String,
-    /// The payload: any JSON.
-    #[schema(value_type = Object)]
-    pub data: Option<serde_json::Value>,
-    /// Alias of `data` (first client guide).
-    #[schema(value_type = Object)]
-    pub payload: Option<serde_json::Value>,
-    /// `evt_<ULID>`; assigned when absent.
-    pub id: Option<String>,
-    /// What it happened to.
-    pub subject: Option<String>,
-    /// When it happened, RFC 3339; now when absent.
-    pub time: Option<String>,
-    /// Kafka key override, for ordering finer than the tenant.
-    pub partition_key: Option<String>,
-    /// `1.0` when given.
-    pub specversion: Option<String>,
-    /// Media type of `data`; `application/json` when absent.
-    pub datacontenttype: Option<String>,
 }
 
 /// A batch of events.
@@ -294,7 +265,7 @@ fn server_span(request: &HttpRequest, route: &'static str) -> tracing::Span {
 
 async fn ingest_one(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let caller = crate::auth::caller_of(&state, &request).await?;
+    let caller = crate::extract::caller_of(&state, &request).await?;
     let (body, value) = read_json(&request, payload, state.config.max_body_bytes, body::SINGLE).await?;
     let received_at = now_ms();
     let assigned = value.get("id").is_none();
@@ -354,7 +325,7 @@ pub async fn ingest_batch(request: HttpRequest, payload: web::Payload, state: St
 
 async fn ingest_many(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let caller = crate::auth::caller_of(&state, &request).await?;
+    let caller = crate::extract::caller_of(&state, &request).await?;
     let (body, value) = read_json(&request, payload, state.config.max_body_bytes, body::BATCH).await?;
     let items = batch_items(value, state.config.max_batch_events)?;
     let received_at = now_ms();

@@ -20,8 +20,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{FromRequest, HttpRequest, web};
-use futures::future::LocalBoxFuture;
+use actix_web::HttpRequest;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -31,7 +30,6 @@ use triggers_core::tenancy;
 
 use crate::error::ApiError;
 use crate::jwt::{Claims, JwtKeys};
-use crate::state::AppState;
 
 /// The most known keys cached (least recently used go first).
 const CACHE_LIMIT: u64 = 100_000;
@@ -364,13 +362,6 @@ pub fn client_address(request: &HttpRequest, trust_forwarded_for: bool) -> Optio
     request.peer_addr().map(|a| a.ip())
 }
 
-/// The caller of `request` (its `Authorization` header, from its client
-/// address), for handlers that authenticate inside their own span.
-pub async fn caller_of(state: &AppState, request: &HttpRequest) -> Result<Caller, ApiError> {
-    let client = client_address(request, state.config.trust_forwarded_for);
-    state.auth.authenticate(authorization(request).as_deref(), client).await
-}
-
 fn bearer(authorization: Option<&str>) -> Result<&str, ApiError> {
     let header = authorization.ok_or(ApiError::Unauthorized("send Authorization: Bearer <API key or token>"))?;
     let (scheme, token) = header.split_once(' ').ok_or(ApiError::Unauthorized(
@@ -384,7 +375,8 @@ fn bearer(authorization: Option<&str>) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
-fn authorization(request: &HttpRequest) -> Option<String> {
+/// The `Authorization` header, if any.
+pub(crate) fn authorization(request: &HttpRequest) -> Option<String> {
     request
         .headers()
         .get("authorization")
@@ -392,42 +384,9 @@ fn authorization(request: &HttpRequest) -> Option<String> {
         .map(str::to_owned)
 }
 
-impl FromRequest for Caller {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
-
-    fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let state = request.app_data::<web::Data<AppState>>().cloned();
-        let header = authorization(request);
-        let client = state
-            .as_ref()
-            .and_then(|state| client_address(request, state.config.trust_forwarded_for));
-        Box::pin(async move {
-            let state = state.ok_or_else(|| ApiError::Unavailable("gateway state missing".to_owned()))?;
-            state.auth.authenticate(header.as_deref(), client).await
-        })
-    }
-}
-
 /// The operator, authenticated by the admin token.
 #[derive(Debug, Clone, Copy)]
 pub struct Admin;
-
-impl FromRequest for Admin {
-    type Error = ApiError;
-    type Future = std::future::Ready<Result<Self, Self::Error>>;
-
-    fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let result = match request.app_data::<web::Data<AppState>>() {
-            Some(state) => state
-                .auth
-                .check_admin(authorization(request).as_deref())
-                .map(|()| Admin),
-            None => Err(ApiError::Unavailable("gateway state missing".to_owned())),
-        };
-        std::future::ready(result)
-    }
-}
 
 /// Shared by the authenticator's users.
 pub type SharedAuth = Arc<Authenticator>;

@@ -223,3 +223,32 @@ impl ResponseError for ApiError {
         })
     }
 }
+
+/// The answer when the event store fails: 503, the cause in the log.
+pub fn event_store_error(e: triggers_core::tenancy::StoreError) -> ApiError {
+    tracing::warn!(error = %e, "event store failed");
+    ApiError::Unavailable("the event store is unavailable".to_owned())
+}
+
+/// The answer when an event listing fails: a bad cursor is the caller's.
+pub fn event_list_error(e: triggers_core::eventstore::ListError) -> ApiError {
+    match e {
+        triggers_core::eventstore::ListError::BadCursor => ApiError::BadRequest("invalid cursor".to_owned()),
+        triggers_core::eventstore::ListError::Store(e) => event_store_error(e),
+    }
+}
+
+/// The answer when the subscription store fails.
+pub fn subscription_store_error(e: triggers_core::subscription::SubscriptionStoreError) -> ApiError {
+    use triggers_core::subscription::SubscriptionStoreError;
+    match e {
+        SubscriptionStoreError::BadCursor => ApiError::BadRequest("invalid cursor".to_owned()),
+        SubscriptionStoreError::Conflict(id) => {
+            ApiError::Unavailable(format!("subscription {id} was changed concurrently"))
+        }
+        other => {
+            tracing::warn!(error = %other, "subscription store failed");
+            ApiError::Unavailable("the subscription store is unavailable".to_owned())
+        }
+    }
+}

@@ -6,16 +6,15 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use triggers_core::eventstore::{self, ListError, ListQuery, StoredEvent};
-use triggers_core::ids::EventId;
+use triggers_core::eventstore::{self, ListQuery, StoredEvent};
 use triggers_core::status::EventStatus;
-use triggers_core::tenancy::StoreError;
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::body::{self, read_json};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, event_list_error, event_store_error};
 use crate::ingest::{format_time, parse_time};
+use crate::params::{page_limit, parse_event_id as parse_id};
 use crate::state::AppState;
 
 type State = web::Data<AppState>;
@@ -100,27 +99,6 @@ fn view(stored: &StoredEvent) -> EventView {
     }
 }
 
-pub(crate) fn unavailable(e: StoreError) -> ApiError {
-    tracing::warn!(error = %e, "event store failed");
-    ApiError::Unavailable("the event store is unavailable".to_owned())
-}
-
-pub(crate) fn list_error(e: ListError) -> ApiError {
-    match e {
-        ListError::BadCursor => ApiError::BadRequest("invalid cursor".to_owned()),
-        ListError::Store(e) => unavailable(e),
-    }
-}
-
-/// The page size of a listing: `limit`, 1-1000, 50 when absent.
-pub(crate) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
-    let limit = limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest("limit must be between 1 and 1000".to_owned()));
-    }
-    Ok(limit)
-}
-
 fn parse_query(query: &EventsQuery) -> Result<ListQuery, ApiError> {
     let limit = page_limit(query.limit)?;
     let time = |name: &str, value: &Option<String>| -> Result<Option<i64>, ApiError> {
@@ -145,10 +123,6 @@ fn parse_query(query: &EventsQuery) -> Result<ListQuery, ApiError> {
     })
 }
 
-pub(crate) fn parse_id(text: &str) -> Result<EventId, ApiError> {
-    text.parse().map_err(|_| ApiError::NotFound(format!("event {text}")))
-}
-
 /// List the tenant's events, newest first.
 #[utoipa::path(
     get, path = "/v1/events", tag = "events",
@@ -160,7 +134,7 @@ pub async fn list(caller: Caller, query: web::Query<EventsQuery>, state: State) 
     let query = parse_query(&query)?;
     let (page, next) = eventstore::list(&state.dynamo, &state.tables, &caller.tenant, &query, false)
         .await
-        .map_err(list_error)?;
+        .map_err(event_list_error)?;
     Ok(HttpResponse::Ok().json(EventPage {
         data: page.iter().map(view).collect(),
         next_cursor: next,
@@ -178,11 +152,11 @@ pub async fn get(caller: Caller, path: web::Path<String>, state: State) -> Resul
     let id = parse_id(&path)?;
     let stored = eventstore::get(&state.dynamo, &state.tables, &caller.tenant, &id)
         .await
-        .map_err(unavailable)?
+        .map_err(event_store_error)?
         .ok_or_else(|| ApiError::NotFound(format!("event {id}")))?;
     let attempts = eventstore::attempts(&state.dynamo, &state.tables, &caller.tenant, &id)
         .await
-        .map_err(unavailable)?;
+        .map_err(event_store_error)?;
     let deliveries = stored
         .progress
         .subscriptions
@@ -217,7 +191,7 @@ pub async fn delete(caller: Caller, path: web::Path<String>, state: State) -> Re
     let id = parse_id(&path)?;
     if !eventstore::delete(&state.dynamo, &state.tables, &caller.tenant, &id)
         .await
-        .map_err(unavailable)?
+        .map_err(event_store_error)?
     {
         return Err(ApiError::NotFound(format!("event {id}")));
     }
@@ -235,7 +209,7 @@ pub async fn inbox(caller: Caller, query: web::Query<EventsQuery>, state: State)
     let query = parse_query(&query)?;
     let (page, next) = eventstore::list(&state.dynamo, &state.tables, &caller.tenant, &query, true)
         .await
-        .map_err(list_error)?;
+        .map_err(event_list_error)?;
     Ok(HttpResponse::Ok().json(EventPage {
         data: page.iter().map(view).collect(),
         next_cursor: next,
@@ -246,7 +220,7 @@ async fn acknowledge(state: &AppState, caller: &Caller, text: &str) -> Result<()
     let id = parse_id(text)?;
     if eventstore::acknowledge(&state.dynamo, &state.tables, &caller.tenant, &id, Some(&state.tally))
         .await
-        .map_err(unavailable)?
+        .map_err(event_store_error)?
     {
         Ok(())
     } else {
@@ -318,7 +292,7 @@ pub async fn inbox_compat(caller: Caller, state: State) -> Result<HttpResponse, 
     };
     let (page, _) = eventstore::list(&state.dynamo, &state.tables, &caller.tenant, &query, true)
         .await
-        .map_err(list_error)?;
+        .map_err(event_list_error)?;
     let items: Vec<Value> = page
         .iter()
         .map(|e| {

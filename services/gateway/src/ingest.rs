@@ -202,6 +202,35 @@ pub fn batch_items(value: Value, max: usize) -> Result<Vec<Value>, ApiError> {
     Ok(items)
 }
 
+/// One event to ingest (CloudEvents 1.0 attribute names).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)] // Documents the body; parsing is field by field above.
+pub struct EventInput {
+    /// What happened, e.g. `order.created` (1-256 characters).
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Who says so, a URI-reference without whitespace (1-1024 characters).
+    pub source: String,
+    /// The payload: any JSON.
+    #[schema(value_type = Object)]
+    pub data: Option<serde_json::Value>,
+    /// Alias of `data` (first client guide).
+    #[schema(value_type = Object)]
+    pub payload: Option<serde_json::Value>,
+    /// `evt_<ULID>`; assigned when absent.
+    pub id: Option<String>,
+    /// What it happened to.
+    pub subject: Option<String>,
+    /// When it happened, RFC 3339; now when absent.
+    pub time: Option<String>,
+    /// Kafka key override, for ordering finer than the tenant.
+    pub partition_key: Option<String>,
+    /// `1.0` when given.
+    pub specversion: Option<String>,
+    /// Media type of `data`; `application/json` when absent.
+    pub datacontenttype: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -30,12 +30,15 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod events;
+pub mod extract;
 pub mod idempotency;
 pub mod ingest;
 pub mod jwt;
 pub mod live;
 pub mod middleware;
 pub mod openapi;
+pub mod params;
+pub mod publisher;
 pub mod ratelimit;
 pub mod redelivery;
 pub mod sink;
@@ -114,20 +117,20 @@ pub async fn start(
     let tables = Tables::new(&common.dynamodb.table_prefix);
     let codec = AvroCodec::new(&common.schema_registry)?;
     let sink = sink::EventSink::new(&common.kafka, codec.clone(), common.topics.events())?;
-    let live = live::LiveFeed::new(
+    let live = web::Data::new(live::LiveFeed::new(
         common.kafka.clone(),
         codec.clone(),
         common.topics.events(),
         common.topics.outcomes(),
         shutdown.clone(),
-    );
+    ));
     let tally = triggers_core::analytics::Tally::start(
         dynamo.clone(),
         tables.analytics.clone(),
         config.analytics_flush,
         shutdown.clone(),
     );
-    let publisher = subscriptions::SubscriptionPublisher {
+    let publisher = publisher::SubscriptionPublisher {
         producer: triggers_core::kafka::producer(&common.kafka, "gateway-subscriptions")?,
         codec,
         topic: common.topics.subscriptions(),
@@ -165,7 +168,6 @@ pub async fn start(
         config: config.clone(),
         subscriptions: publisher,
         tally: tally.clone(),
-        live,
     });
     let readiness = Readiness::new()
         .with("kafka", ops::kafka_probe(&common.kafka))
@@ -174,6 +176,7 @@ pub async fn start(
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(live.clone())
             .wrap(actix_web::middleware::from_fn(middleware::request_context))
             .configure(ops::configure(readiness.clone()))
             .configure(api::configure)

@@ -28,7 +28,6 @@ use triggers_core::ids::TenantId;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::state::AppState;
 
 /// Updates buffered per stream before a slow one misses some (it is told).
 const BUFFER: usize = 4_096;
@@ -308,11 +307,11 @@ fn frame(name: &str, data: &str) -> web::Bytes {
     ),
     security(("api_key" = []))
 )]
-pub async fn stream(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let slot = state.live.slot()?;
-    let receiver = state.live.subscribe().await?;
+pub async fn stream(caller: Caller, live: web::Data<LiveFeed>) -> Result<HttpResponse, ApiError> {
+    let slot = live.slot()?;
+    let receiver = live.subscribe().await?;
     let tenant = caller.tenant;
-    let shutdown = state.live.inner.shutdown.clone();
+    let shutdown = live.inner.shutdown.clone();
     let updates = futures::stream::unfold(receiver, |mut receiver| async move {
         let item = match receiver.recv().await {
             Ok(update) => Ok(update),

@@ -26,11 +26,10 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::body::{self, read_limited};
-use crate::error::{ApiError, ErrorBody};
-use crate::events::{list_error, page_limit, parse_id, unavailable};
+use crate::error::{ApiError, ErrorBody, event_list_error, event_store_error, subscription_store_error};
 use crate::ingest::format_time;
+use crate::params::{page_limit, parse_body, parse_event_id as parse_id};
 use crate::state::AppState;
-use crate::subscriptions::{load, parse_body, store_error};
 
 type State = web::Data<AppState>;
 
@@ -172,7 +171,7 @@ async fn previous_attempts(
 ) -> Result<HashMap<String, i32>, ApiError> {
     let attempts = eventstore::attempts(&state.dynamo, &state.tables, &caller.tenant, event)
         .await
-        .map_err(unavailable)?;
+        .map_err(event_store_error)?;
     let mut highest = HashMap::new();
     for attempt in attempts {
         let entry = highest.entry(attempt.subscription_id).or_insert(0);
@@ -185,7 +184,7 @@ async fn previous_attempts(
 async fn stored_event(state: &AppState, caller: &Caller, id: &EventId) -> Result<Option<Event>, ApiError> {
     Ok(eventstore::get(&state.dynamo, &state.tables, &caller.tenant, id)
         .await
-        .map_err(unavailable)?
+        .map_err(event_store_error)?
         .filter(|stored| stored.has_body)
         .map(|stored| stored.event))
 }
@@ -197,7 +196,7 @@ async fn matching(state: &AppState, caller: &Caller, event: &Event) -> Result<Ve
     loop {
         let (page, next) = subscription::list(&state.dynamo, &state.tables, &caller.tenant, 100, cursor.as_deref())
             .await
-            .map_err(store_error)?;
+            .map_err(subscription_store_error)?;
         for found in page {
             table.upsert(found);
         }
@@ -246,7 +245,7 @@ pub async fn replay(
         .ok_or_else(|| ApiError::NotFound(format!("event {id}")))?;
     let targets = match &input.subscription_id {
         Some(subscription) => {
-            let found = load(&state, &caller, subscription).await?;
+            let found = state.subscription(&caller, subscription).await?;
             if found.status != SubscriptionStatus::Active {
                 return Err(ApiError::field(
                     "subscription_id",
@@ -309,7 +308,7 @@ pub async fn list(caller: Caller, query: web::Query<DeadLetterParams>, state: St
     };
     let (page, next_cursor) = deadletter::list(&state.dynamo, &state.tables, &caller.tenant, &query)
         .await
-        .map_err(list_error)?;
+        .map_err(event_list_error)?;
     Ok(HttpResponse::Ok().json(DeadLetterPage {
         data: page.into_iter().map(dead_letter_view).collect(),
         next_cursor,
@@ -370,7 +369,7 @@ pub async fn redrive(
     };
     let (dead, next) = deadletter::list(&state.dynamo, &state.tables, &caller.tenant, &query)
         .await
-        .map_err(list_error)?;
+        .map_err(event_list_error)?;
     let mut answer = Redriven {
         redriven: Vec::new(),
         removed: Vec::new(),
@@ -379,13 +378,13 @@ pub async fn redrive(
     for entry in dead {
         let remove = || deadletter::remove(&state.dynamo, &state.tables, &caller.tenant, &entry);
         let Some(event) = stored_event(&state, &caller, &entry.event_id).await? else {
-            remove().await.map_err(unavailable)?;
+            remove().await.map_err(event_store_error)?;
             answer.removed.push(entry.delivery_id.to_string());
             continue;
         };
         let delivery = Delivery::again(event, entry.subscription_id, entry.attempt, false);
         enqueue(&state, &delivery).await?;
-        remove().await.map_err(unavailable)?;
+        remove().await.map_err(event_store_error)?;
         answer.redriven.push(redelivery(&delivery));
     }
     metrics::counter!("triggers_gateway_redriven_total").increment(answer.redriven.len() as u64);

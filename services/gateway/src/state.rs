@@ -26,9 +26,25 @@ pub struct AppState {
     /// The `[gateway]` section.
     pub config: GatewayConfig,
     /// Publishes subscription changes.
-    pub subscriptions: crate::subscriptions::SubscriptionPublisher,
+    pub subscriptions: crate::publisher::SubscriptionPublisher,
     /// Analytics counts of this replica (ingest latency, acknowledgements).
     pub tally: triggers_core::analytics::Tally,
-    /// Live updates for `GET /v1/stream`.
-    pub live: crate::live::LiveFeed,
+}
+
+impl AppState {
+    /// The caller's subscription `id`; not found (404) when it is not theirs
+    /// or does not parse.
+    pub async fn subscription(
+        &self,
+        caller: &crate::auth::Caller,
+        id: &str,
+    ) -> Result<triggers_core::subscription::Subscription, crate::error::ApiError> {
+        let parsed: triggers_core::ids::SubscriptionId = id
+            .parse()
+            .map_err(|_| crate::error::ApiError::NotFound(format!("subscription {id}")))?;
+        triggers_core::subscription::get(&self.dynamo, &self.tables, &caller.tenant, &parsed)
+            .await
+            .map_err(crate::error::subscription_store_error)?
+            .ok_or_else(|| crate::error::ApiError::NotFound(format!("subscription {parsed}")))
+    }
 }

@@ -7,48 +7,23 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use triggers_core::codec::AvroCodec;
 use triggers_core::event::now_ms;
 use triggers_core::ids::SubscriptionId;
-use triggers_core::kafka::KafkaProducer;
 use triggers_core::matching::{Filter, TypePattern};
-use triggers_core::subscription::{
-    self, BatchSettings, SigningSecret, Subscription, SubscriptionStatus, SubscriptionStoreError,
-};
+use triggers_core::subscription::{self, BatchSettings, SigningSecret, Subscription, SubscriptionStatus};
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::body::{self, read_json};
-use crate::error::{ApiError, ErrorBody};
-use crate::events::page_limit;
+use crate::error::{ApiError, ErrorBody, subscription_store_error};
 use crate::ingest::{event_from_json, format_time};
+use crate::params::{page_limit, parse_body};
 use crate::state::AppState;
 
 type State = web::Data<AppState>;
 
 /// How long a rotated-out secret keeps signing.
 const ROTATION_OVERLAP_MS: i64 = 24 * 3_600 * 1_000;
-
-/// Publishes subscription changes to the compacted topic.
-#[derive(Clone)]
-pub struct SubscriptionPublisher {
-    /// The producer.
-    pub producer: KafkaProducer,
-    /// The codec.
-    pub codec: AvroCodec,
-    /// `<ns>.subscriptions`.
-    pub topic: String,
-    /// `<ns>.deliveries`, for replays and redrives.
-    pub deliveries: String,
-}
-
-impl std::fmt::Debug for SubscriptionPublisher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SubscriptionPublisher")
-            .field("topic", &self.topic)
-            .finish_non_exhaustive()
-    }
-}
 
 /// Batched delivery.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
@@ -241,50 +216,16 @@ fn check_description(description: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub(crate) fn store_error(e: SubscriptionStoreError) -> ApiError {
-    match e {
-        SubscriptionStoreError::BadCursor => ApiError::BadRequest("invalid cursor".to_owned()),
-        SubscriptionStoreError::Conflict(id) => {
-            ApiError::Unavailable(format!("subscription {id} was changed concurrently"))
-        }
-        other => {
-            tracing::warn!(error = %other, "subscription store failed");
-            ApiError::Unavailable("the subscription store is unavailable".to_owned())
-        }
-    }
-}
-
 async fn publish(state: &AppState, subscription: &Subscription) -> Result<(), ApiError> {
     let publisher = &state.subscriptions;
     subscription::publish(&publisher.producer, &publisher.codec, &publisher.topic, subscription)
         .await
-        .map_err(store_error)
+        .map_err(subscription_store_error)
 }
 
 fn parse_id(text: &str) -> Result<SubscriptionId, ApiError> {
     text.parse()
         .map_err(|_| ApiError::NotFound(format!("subscription {text}")))
-}
-
-pub(crate) async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<Subscription, ApiError> {
-    let id = parse_id(id)?;
-    subscription::get(&state.dynamo, &state.tables, &caller.tenant, &id)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| ApiError::NotFound(format!("subscription {id}")))
-}
-
-pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
-    serde_json::from_value(value).map_err(|e| {
-        let message = e.to_string();
-        let field = message
-            .split('`')
-            .nth(1)
-            .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"))
-            .unwrap_or("the body")
-            .to_owned();
-        ApiError::field(field, message)
-    })
 }
 
 /// Create a subscription.
@@ -350,7 +291,7 @@ pub async fn create(
     };
     subscription::create(&state.dynamo, &state.tables, &created)
         .await
-        .map_err(store_error)?;
+        .map_err(subscription_store_error)?;
     publish(&state, &created).await?;
     Ok(HttpResponse::Created()
         .insert_header(("cache-control", "no-store"))
@@ -396,7 +337,7 @@ pub async fn list(caller: Caller, query: web::Query<ListQuery>, state: State) ->
         query.cursor.as_deref(),
     )
     .await
-    .map_err(store_error)?;
+    .map_err(subscription_store_error)?;
     Ok(HttpResponse::Ok().json(SubscriptionPage {
         data: page.iter().map(view).collect(),
         next_cursor: next,
@@ -411,7 +352,7 @@ pub async fn list(caller: Caller, query: web::Query<ListQuery>, state: State) ->
     security(("api_key" = []))
 )]
 pub async fn get(caller: Caller, path: web::Path<String>, state: State) -> Result<HttpResponse, ApiError> {
-    let found = load(&state, &caller, &path).await?;
+    let found = state.subscription(&caller, &path).await?;
     Ok(HttpResponse::Ok().json(view(&found)))
 }
 
@@ -432,7 +373,7 @@ pub async fn patch(
 ) -> Result<HttpResponse, ApiError> {
     let (_, value) = read_json(&request, payload, 256 * 1024, body::JSON).await?;
     let change: SubscriptionPatch = parse_body(value)?;
-    let mut current = load(&state, &caller, &path).await?;
+    let mut current = state.subscription(&caller, &path).await?;
     let expected = current.revision;
     if let Some(url) = change.target_url {
         check_url(&url)?;
@@ -472,7 +413,7 @@ pub async fn patch(
     current.revision = expected + 1;
     subscription::update(&state.dynamo, &state.tables, &current, expected)
         .await
-        .map_err(store_error)?;
+        .map_err(subscription_store_error)?;
     publish(&state, &current).await?;
     Ok(HttpResponse::Ok().json(view(&current)))
 }
@@ -488,13 +429,13 @@ pub async fn delete(caller: Caller, path: web::Path<String>, state: State) -> Re
     let id = parse_id(&path)?;
     let deleted = subscription::delete(&state.dynamo, &state.tables, &caller.tenant, &id)
         .await
-        .map_err(store_error)?;
+        .map_err(subscription_store_error)?;
     if !deleted {
         return Err(ApiError::NotFound(format!("subscription {id}")));
     }
     subscription::publish_tombstone(&state.subscriptions.producer, &state.subscriptions.topic, &id)
         .await
-        .map_err(store_error)?;
+        .map_err(subscription_store_error)?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -506,7 +447,7 @@ pub async fn delete(caller: Caller, path: web::Path<String>, state: State) -> Re
     security(("api_key" = []))
 )]
 pub async fn rotate_secret(caller: Caller, path: web::Path<String>, state: State) -> Result<HttpResponse, ApiError> {
-    let mut current = load(&state, &caller, &path).await?;
+    let mut current = state.subscription(&caller, &path).await?;
     let expected = current.revision;
     let now = now_ms();
     let secret = subscription::generate_secret();
@@ -535,7 +476,7 @@ pub async fn rotate_secret(caller: Caller, path: web::Path<String>, state: State
     current.revision = expected + 1;
     subscription::update(&state.dynamo, &state.tables, &current, expected)
         .await
-        .map_err(store_error)?;
+        .map_err(subscription_store_error)?;
     publish(&state, &current).await?;
     Ok(HttpResponse::Ok()
         .insert_header(("cache-control", "no-store"))
@@ -565,7 +506,7 @@ pub struct TestMatchResult {
 #[utoipa::path(
     post, path = "/v1/subscriptions/{id}/test-match", tag = "subscriptions",
     params(("id" = String, Path, description = "sub_…")),
-    request_body(content = crate::api::EventInput, content_type = "application/json"),
+    request_body(content = crate::ingest::EventInput, content_type = "application/json"),
     responses((status = 200, body = TestMatchResult), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("api_key" = []))
 )]
@@ -576,7 +517,7 @@ pub async fn test_match(
     payload: web::Payload,
     state: State,
 ) -> Result<HttpResponse, ApiError> {
-    let found = load(&state, &caller, &path).await?;
+    let found = state.subscription(&caller, &path).await?;
     let (_, value) = read_json(&request, payload, state.config.max_body_bytes, body::SINGLE).await?;
     let event = event_from_json(value, caller.tenant, now_ms(), "")?;
     let event_type_matched = found

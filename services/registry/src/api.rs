@@ -12,8 +12,7 @@ use crate::error::RegistryError;
 use crate::log::SchemaLog;
 use crate::state::{ConfigRecord, LogKey, SchemaRecord, parse};
 
-/// The media type of every answer.
-pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+pub use crate::error::CONTENT_TYPE;
 
 /// How long a write waits for the log.
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);

@@ -5,6 +5,9 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use rdkafka::error::KafkaError;
 
+/// The media type of every answer, errors included.
+pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
 /// What went wrong with a registry request.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -89,7 +92,7 @@ impl ResponseError for RegistryError {
             tracing::error!(error = %self, "registry request failed");
         }
         HttpResponse::build(self.status_code())
-            .content_type(crate::api::CONTENT_TYPE)
+            .content_type(CONTENT_TYPE)
             .body(serde_json::json!({"error_code": self.code(), "message": self.to_string()}).to_string())
     }
 }
