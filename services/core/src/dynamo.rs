@@ -261,11 +261,10 @@ pub(crate) fn get_n(item: &HashMap<String, AttributeValue>, name: &str) -> Optio
     item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
 }
 
-pub(crate) fn store_error<E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static>(
-    operation: &'static str,
-    table: &str,
-    error: E,
-) -> StoreError {
+pub(crate) fn store_error<E>(operation: &'static str, table: &str, error: E) -> StoreError
+where
+    E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + Send + Sync + 'static,
+{
     StoreError::new(operation, table, error)
 }
 
@@ -280,78 +279,192 @@ pub enum ListError {
     BadCursor,
 }
 
-/// A DynamoDB call failed.
+/// What kind of failure a [`StoreError`] is, which decides whether the same
+/// request is worth sending again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// DynamoDB asked for less traffic (throughput, throttling, request
+    /// limit): retry with backoff.
+    Throttled,
+    /// DynamoDB refused the request as malformed (`ValidationException`,
+    /// `SerializationException`): it will be refused again.
+    Invalid,
+    /// The item is over DynamoDB's 400 KB limit: it will never fit.
+    TooLarge,
+    /// A conditional write lost to concurrent writers more often than it
+    /// tries: worth trying again later.
+    Contended,
+    /// Stored data this code cannot read back (chunks that do not inflate):
+    /// reading it again gives the same bytes.
+    Corrupt,
+    /// Any other service-side error (5xx, internal): retry.
+    Service,
+    /// The request did not reach DynamoDB or no answer came back (connect,
+    /// timeout, I/O): retry.
+    Transport,
+}
+
+impl StoreErrorKind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Throttled => "throttled",
+            Self::Invalid => "invalid",
+            Self::TooLarge => "too_large",
+            Self::Contended => "contended",
+            Self::Corrupt => "corrupt",
+            Self::Service => "service",
+            Self::Transport => "transport",
+        }
+    }
+}
+
+/// A DynamoDB call failed: which call on which table, what kind of failure,
+/// and the SDK's error as its source.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("DynamoDB {operation} on `{table}`: {message}")]
+#[error("DynamoDB {operation} on `{table}` failed ({}): {detail}", kind.label())]
 pub struct StoreError {
     operation: &'static str,
     table: String,
-    message: String,
-    permanent: bool,
+    kind: StoreErrorKind,
+    /// The service's error code and message, or for a transport failure its
+    /// innermost cause: what an operator needs from the log line.
+    detail: String,
+    #[source]
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 /// DynamoDB error codes that the same request will always get again.
 const PERMANENT_CODES: &[&str] = &["ValidationException", "SerializationException"];
 
 impl StoreError {
-    /// Wraps an SDK error with what was being done.
-    pub fn new<E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata>(
-        operation: &'static str,
-        table: &str,
-        error: E,
-    ) -> Self {
-        let permanent = error.code().is_some_and(|code| PERMANENT_CODES.contains(&code));
+    /// Wraps an SDK error with what was being done; counted in
+    /// `triggers_dynamodb_errors_total` by operation and kind.
+    pub fn new<E>(operation: &'static str, table: &str, error: E) -> Self
+    where
+        E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + Send + Sync + 'static,
+    {
         let kind = match error.code() {
             Some("ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded") => {
-                "throttled"
+                StoreErrorKind::Throttled
             }
-            Some(_) if permanent => "invalid",
-            Some(_) => "service",
-            None => "transport",
+            Some(code) if PERMANENT_CODES.contains(&code) => StoreErrorKind::Invalid,
+            Some(_) => StoreErrorKind::Service,
+            None => StoreErrorKind::Transport,
         };
-        metrics::counter!("triggers_dynamodb_errors_total", "operation" => operation, "kind" => kind).increment(1);
-        let mut message = error.to_string();
-        if let Some(detail) = error.message() {
-            message.push_str(": ");
-            message.push_str(detail);
-        }
-        let mut source = error.source();
-        while let Some(inner) = source {
-            message.push_str(": ");
-            message.push_str(&inner.to_string());
-            source = inner.source();
-        }
+        metrics::counter!("triggers_dynamodb_errors_total", "operation" => operation, "kind" => kind.label())
+            .increment(1);
+        let detail = match (error.code(), error.message()) {
+            (Some(code), Some(message)) => format!("{code}: {message}"),
+            (Some(code), None) => code.to_owned(),
+            _ => {
+                // A transport failure says little at the top ("dispatch
+                // failure"); its innermost cause says what happened.
+                let mut innermost: &dyn std::error::Error = &error;
+                while let Some(inner) = innermost.source() {
+                    innermost = inner;
+                }
+                innermost.to_string()
+            }
+        };
         Self {
             operation,
             table: table.to_owned(),
-            message,
-            permanent,
+            kind,
+            detail,
+            source: Some(std::sync::Arc::new(error)),
         }
     }
 
-    /// A failure that is not the SDK's (worth retrying).
-    pub fn other(operation: &'static str, table: &str, message: impl Into<String>) -> Self {
+    /// A failure found by this code rather than the SDK's.
+    pub fn found(operation: &'static str, table: &str, kind: StoreErrorKind, detail: impl Into<String>) -> Self {
+        metrics::counter!("triggers_dynamodb_errors_total", "operation" => operation, "kind" => kind.label())
+            .increment(1);
         Self {
             operation,
             table: table.to_owned(),
-            message: message.into(),
-            permanent: false,
+            kind,
+            detail: detail.into(),
+            source: None,
         }
     }
 
-    /// A request that can never succeed: an item over DynamoDB's size limit.
-    pub fn too_large(operation: &'static str, table: &str, message: impl Into<String>) -> Self {
-        Self {
-            operation,
-            table: table.to_owned(),
-            message: message.into(),
-            permanent: true,
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+
+    /// Whether sending the same request again may succeed. `false` for an
+    /// item over 400 KB, an invalid attribute or data that cannot be read:
+    /// retrying those would only hold up what follows them.
+    pub fn is_retriable(&self) -> bool {
+        !matches!(
+            self.kind,
+            StoreErrorKind::Invalid | StoreErrorKind::TooLarge | StoreErrorKind::Corrupt
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_dynamodb::error::{ErrorMetadata, SdkError};
+    use aws_sdk_dynamodb::operation::put_item::PutItemError;
+    use aws_smithy_runtime_api::http::Response;
+
+    use super::*;
+
+    fn service_error(code: &str) -> PutItemError {
+        PutItemError::generic(ErrorMetadata::builder().code(code).message("the detail").build())
+    }
+
+    #[test]
+    fn kinds_decide_whether_to_retry() {
+        let cases = [
+            ("ValidationException", StoreErrorKind::Invalid, false),
+            ("SerializationException", StoreErrorKind::Invalid, false),
+            (
+                "ProvisionedThroughputExceededException",
+                StoreErrorKind::Throttled,
+                true,
+            ),
+            ("ThrottlingException", StoreErrorKind::Throttled, true),
+            ("InternalServerError", StoreErrorKind::Service, true),
+        ];
+        for (code, kind, retriable) in cases {
+            let error = StoreError::new("PutItem", "t_events", service_error(code));
+            assert_eq!(error.kind(), kind, "{code}");
+            assert_eq!(error.is_retriable(), retriable, "{code}");
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "DynamoDB PutItem on `t_events` failed ({}): {code}: the detail",
+                    kind.label()
+                )
+            );
+        }
+        for (kind, retriable) in [
+            (StoreErrorKind::TooLarge, false),
+            (StoreErrorKind::Corrupt, false),
+            (StoreErrorKind::Contended, true),
+        ] {
+            assert_eq!(
+                StoreError::found("UpdateItem", "t", kind, "x").is_retriable(),
+                retriable
+            );
         }
     }
 
-    /// Whether the same request can never succeed (an item over 400 KB, an
-    /// invalid attribute): retrying it would only hold up what follows.
-    pub fn is_permanent(&self) -> bool {
-        self.permanent
+    #[test]
+    fn a_transport_failure_keeps_its_source_and_names_its_cause() {
+        let cause = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let error: SdkError<PutItemError, Response> = SdkError::timeout_error(cause);
+        let error = StoreError::new("PutItem", "t_events", error);
+        assert_eq!(error.kind(), StoreErrorKind::Transport);
+        assert!(error.is_retriable());
+        assert!(
+            error.to_string().ends_with("(transport): connection refused"),
+            "{error}"
+        );
+        let source = std::error::Error::source(&error).expect("the SDK error is the source");
+        assert!(source.source().is_some(), "the chain goes on below the SDK error");
     }
 }

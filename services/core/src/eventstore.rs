@@ -12,7 +12,7 @@
 //!   deflated, and if still too large, split into 300 KB chunks written
 //!   before the item. An event whose other attributes alone do not fit (a
 //!   Kafka-native producer's, with huge extensions) is refused as permanent
-//!   ([`StoreError::is_permanent`]).
+//!   ([`StoreError::is_retriable`]).
 //!
 //! Attempts live in the attempts table under `pk` = tenant, `sk` =
 //! `<event id>#<subscription id>#<attempt>#<kind>`; dead letters beside them
@@ -33,11 +33,11 @@ use base64::Engine;
 
 use crate::analytics::Tally;
 use crate::delivery::{Outcome, OutcomeKind};
+use crate::dynamo::{StoreError, StoreErrorKind};
 use crate::dynamo::{TTL_ATTRIBUTE, Tables, get_n, get_s, n, s, store_error};
 use crate::event::{Event, now_ms};
 use crate::ids::{EventId, TenantId};
 use crate::status::{EventStatus, Progress};
-use crate::tenancy::StoreError;
 
 /// The most a DynamoDB item may hold (names and values).
 pub const ITEM_LIMIT: usize = 400 * 1024;
@@ -186,9 +186,10 @@ pub async fn put_event_with(
     let room = ITEM_LIMIT.saturating_sub(ITEM_RESERVE);
     let attributes = attributes_size(event, &extensions);
     if attributes > room {
-        return Err(StoreError::too_large(
+        return Err(StoreError::found(
             "PutItem",
             table,
+            StoreErrorKind::TooLarge,
             format!(
                 "the event's attributes other than data take {attributes} bytes; an event item has room for {room}"
             ),
@@ -476,7 +477,12 @@ async fn update_progress(
             Err(e) => return Err(store_error("UpdateItem", table, e)),
         }
     }
-    Err(StoreError::other("UpdateItem", table, "too many concurrent changes"))
+    Err(StoreError::found(
+        "UpdateItem",
+        table,
+        StoreErrorKind::Contended,
+        "too many concurrent changes",
+    ))
 }
 
 enum Stored {
@@ -819,8 +825,14 @@ pub async fn get(
                 break;
             }
         }
-        let text = inflate(&bytes)
-            .ok_or_else(|| StoreError::other("Query", table, format!("{count} chunks of {id} do not inflate")))?;
+        let text = inflate(&bytes).ok_or_else(|| {
+            StoreError::found(
+                "Query",
+                table,
+                StoreErrorKind::Corrupt,
+                format!("{count} chunks of {id} do not inflate"),
+            )
+        })?;
         stored.event.data = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
         stored.data_omitted = false;
     }

@@ -26,9 +26,18 @@ pub enum FollowerError {
     /// Kafka refused.
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
-    /// Anything else.
-    #[error("{0}")]
-    Internal(String),
+    /// The metadata lookup's blocking task failed.
+    #[error("the metadata lookup did not finish: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    /// The subscription topic does not exist.
+    #[error("topic {0} does not exist; provision it first")]
+    NoTopic(String),
+    /// The table was not read to its end in time.
+    #[error("the subscription table did not catch up within {0:?}")]
+    CatchUpTimeout(Duration),
+    /// The follower stopped (shutdown) before it caught up.
+    #[error("the subscription follower stopped before it caught up")]
+    Stopped,
 }
 
 /// The live table and whether it has caught up.
@@ -82,14 +91,10 @@ impl Follower {
                     .fetch_metadata(Some(&topic), Duration::from_secs(10))
                     .map(|m| m.topics().first().map(|t| t.partitions().len()).unwrap_or(0))
             })
-            .await
-            .map_err(|e| FollowerError::Internal(e.to_string()))?
-            .map_err(FollowerError::Kafka)?
+            .await??
         };
         if partitions == 0 {
-            return Err(FollowerError::Internal(format!(
-                "topic {topic} does not exist; provision it first"
-            )));
+            return Err(FollowerError::NoTopic(topic.to_owned()));
         }
         let mut assignment = TopicPartitionList::new();
         for partition in 0..partitions {
@@ -184,8 +189,8 @@ impl Follower {
         let mut caught_up = self.caught_up.clone();
         tokio::time::timeout(timeout, caught_up.wait_for(|c| *c))
             .await
-            .map_err(|_| FollowerError::Internal("the subscription table did not catch up in time".to_owned()))?
-            .map_err(|_| FollowerError::Internal("the subscription follower stopped".to_owned()))?;
+            .map_err(|_| FollowerError::CatchUpTimeout(timeout))?
+            .map_err(|_| FollowerError::Stopped)?;
         Ok(())
     }
 }

@@ -52,6 +52,7 @@ pub mod pacing;
 pub mod provision;
 pub mod quarantine;
 pub mod retry;
+pub mod service;
 pub mod shutdown;
 pub mod status;
 pub mod subscription;

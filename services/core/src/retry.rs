@@ -13,25 +13,25 @@ pub async fn retry<T, E: std::fmt::Display, Fut: Future<Output = Result<T, E>>>(
     shutdown: &CancellationToken,
     attempt: impl FnMut() -> Fut,
 ) -> Option<T> {
-    // Nothing is permanent: the only way out without a value is shutdown.
-    retry_transient(what, shutdown, |_| false, attempt)
+    // Everything is retriable: the only way out without a value is shutdown.
+    retry_transient(what, shutdown, |_| true, attempt)
         .await
         .and_then(Result::ok)
 }
 
-/// Like [`retry`], but an error for which `permanent` holds ends the
-/// retries: `Some(Err(e))`. `None` on shutdown.
+/// Like [`retry`], but only errors for which `retriable` holds are retried;
+/// any other ends the retries: `Some(Err(e))`. `None` on shutdown.
 pub async fn retry_transient<T, E: std::fmt::Display, Fut: Future<Output = Result<T, E>>>(
     what: &str,
     shutdown: &CancellationToken,
-    permanent: impl Fn(&E) -> bool,
+    retriable: impl Fn(&E) -> bool,
     mut attempt: impl FnMut() -> Fut,
 ) -> Option<Result<T, E>> {
     let mut backoff = Duration::from_millis(100);
     loop {
         match attempt().await {
             Ok(value) => return Some(Ok(value)),
-            Err(e) if permanent(&e) => {
+            Err(e) if !retriable(&e) => {
                 tracing::warn!(error = %e, what, "failed for good");
                 return Some(Err(e));
             }

@@ -136,8 +136,8 @@ fn item_condition_error<E, R>(
     operation: &'static str,
 ) -> SubscriptionStoreError
 where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug + 'static,
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
     if let aws_sdk_dynamodb::error::SdkError::ServiceError(e) = &error
         && e.err().code() == Some("ConditionalCheckFailedException")

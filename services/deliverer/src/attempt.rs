@@ -190,5 +190,5 @@ pub fn webhook_client(config: &DelivererConfig, allow: &ssrf::AllowList) -> Resu
         .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
         .pool_max_idle_per_host(config.max_in_flight_per_subscription)
         .build()
-        .map_err(|e| DelivererError::Internal(e.to_string()))
+        .map_err(DelivererError::HttpClient)
 }

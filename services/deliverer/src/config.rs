@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use triggers_core::config::{ConfigIssue, Validate, validate_listen};
+use triggers_core::config::{ConfigIssue, Validate};
+use triggers_core::service::ConsumerSettings;
 
 use crate::ssrf;
 
@@ -55,18 +56,23 @@ impl Default for DelivererConfig {
     }
 }
 
+impl DelivererConfig {
+    /// The settings every consumer service has.
+    pub fn consumer(&self) -> ConsumerSettings<'_> {
+        ConsumerSettings {
+            service: "deliverer",
+            listen: &self.listen,
+            group_id: &self.group_id,
+            max_in_flight: self.max_in_flight,
+            max_in_flight_limit: 10_000,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
 impl Validate for DelivererConfig {
     fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
-        validate_listen(prefix, "listen", &self.listen, issues);
-        if self.group_id.trim().is_empty() {
-            issues.push(ConfigIssue::new(format!("{prefix}.group_id"), "must not be empty"));
-        }
-        if !(1..=10_000).contains(&self.max_in_flight) {
-            issues.push(ConfigIssue::new(
-                format!("{prefix}.max_in_flight"),
-                "must be between 1 and 10000",
-            ));
-        }
+        self.consumer().validate(prefix, issues);
         if !(1..=self.max_in_flight.max(1)).contains(&self.max_in_flight_per_subscription) {
             issues.push(ConfigIssue::new(
                 format!("{prefix}.max_in_flight_per_subscription"),

@@ -172,20 +172,32 @@ impl Deliverer {
         // per delivery): an acknowledgement racing the first webhook is
         // at-least-once anyway; retries and backlogged events are checked.
         let fresh = delivery.round_position() == 0 && now_ms() - delivery.event.received_at < FRESH_MS;
-        if !delivery.replay
-            && !fresh
-            && triggers_core::eventstore::deliveries_stopped(
-                &self.dynamo,
-                &self.tables,
-                &delivery.tenant,
-                &delivery.event.id,
-            )
-            .await
-            .unwrap_or(false)
-        {
+        if !delivery.replay && !fresh && self.stopped(delivery).await {
             return Err(Refusal::Skip("the event was acknowledged or deleted"));
         }
         Ok(subscription)
+    }
+
+    /// Whether the event was acknowledged or deleted. When DynamoDB cannot
+    /// say, the delivery goes out: delivery is at-least-once, and a store
+    /// outage must not stop webhooks. That choice is counted
+    /// (`triggers_deliverer_unchecked_total`) and logged.
+    async fn stopped(&self, delivery: &Delivery) -> bool {
+        let checked = triggers_core::eventstore::deliveries_stopped(
+            &self.dynamo,
+            &self.tables,
+            &delivery.tenant,
+            &delivery.event.id,
+        )
+        .await;
+        match checked {
+            Ok(stopped) => stopped,
+            Err(e) => {
+                metrics::counter!("triggers_deliverer_unchecked_total").increment(1);
+                tracing::warn!(error = %e, event_id = %delivery.event.id, "cannot check for an acknowledgement; delivering");
+                false
+            }
+        }
     }
 
     /// A delivery that does not go out: skipped (nothing left to deliver

@@ -1,27 +1,20 @@
 //! Why the deliverer could not start.
 
+use triggers_core::service::ServiceError;
+
 /// The deliverer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DelivererError {
-    /// The operations server could not bind.
-    #[error("cannot listen on {listen}: {source}")]
-    Bind {
-        /// The address.
-        listen: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Kafka refused.
-    #[error("Kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    /// A client could not be built.
+    /// What any consumer service can fail at.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// `allow_networks` names something that is not a network.
+    #[error("deliverer.allow_networks: {0}")]
+    AllowList(String),
+    /// The webhook HTTP client could not be built.
+    #[error("webhook HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    /// The producer could not be built.
     #[error(transparent)]
     Client(#[from] triggers_core::kafka::ClientError),
-    /// The codec could not be built.
-    #[error(transparent)]
-    Codec(#[from] triggers_core::codec::CodecError),
-    /// Anything else.
-    #[error("{0}")]
-    Internal(String),
 }

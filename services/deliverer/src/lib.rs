@@ -60,15 +60,11 @@ mod state;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::Consumer;
 use triggers_core::CancellationToken;
-use triggers_core::codec::AvroCodec;
 use triggers_core::config::CommonConfig;
-use triggers_core::consume::Limits;
-use triggers_core::dynamo::Tables;
-use triggers_core::follower::Follower;
-use triggers_core::ops::{self, Readiness, RunningServer};
+use triggers_core::ops::RunningServer;
 use triggers_core::quarantine::Quarantine;
+use triggers_core::service::ConsumerService;
 
 use crate::batch::Batcher;
 use crate::lanes::{Lanes, Slots};
@@ -78,6 +74,9 @@ pub use crate::config::DelivererConfig;
 pub use crate::error::DelivererError;
 pub use crate::schedule::{MAX_RETRY_AFTER, Verdict, next_attempt, verdict};
 use crate::state::Deliverer;
+
+/// How long start-up may take to read the subscription table.
+const FOLLOWER_CATCH_UP: Duration = Duration::from_secs(120);
 
 /// The least `fetch.wait.max.ms` of the retry tiers' consumers.
 const TIER_FETCH_WAIT: Duration = Duration::from_millis(250);
@@ -89,34 +88,20 @@ pub async fn start(
     config: &DelivererConfig,
     shutdown: CancellationToken,
 ) -> Result<RunningServer, DelivererError> {
-    let allow = ssrf::AllowList::parse(&config.allow_networks).map_err(DelivererError::Internal)?;
+    let allow = ssrf::AllowList::parse(&config.allow_networks).map_err(DelivererError::AllowList)?;
     let http = webhook_client(config, &allow)?;
-    let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
-    let tables = Tables::new(&common.dynamodb.table_prefix);
-    let codec = AvroCodec::new(&common.schema_registry)?;
-    let follower = Follower::start(
-        &common.kafka,
-        &common.topics.subscriptions(),
-        codec.clone(),
-        "deliverer",
-        shutdown.clone(),
-    )
-    .await
-    .map_err(|e| DelivererError::Internal(e.to_string()))?;
-    follower
-        .caught_up(Duration::from_secs(120))
-        .await
-        .map_err(|e| DelivererError::Internal(e.to_string()))?;
+    let service = ConsumerService::connect(common, config.consumer()).await?;
+    let follower = service.follow_subscriptions(&shutdown, FOLLOWER_CATCH_UP).await?;
     let deliverer = Arc::new(Deliverer {
         http,
         allow,
         follower,
         producer: triggers_core::kafka::producer(&common.kafka, "deliverer")?,
-        codec,
+        codec: service.codec.clone(),
         topics: common.topics.clone(),
         retry_topics: common.topics.retries(),
-        dynamo: dynamo.clone(),
-        tables,
+        dynamo: service.dynamo.clone(),
+        tables: service.tables.clone(),
         max_response_bytes: 4096,
         lanes: Lanes::default(),
         slots: Slots::new(config.max_in_flight_per_subscription),
@@ -151,15 +136,9 @@ pub async fn start(
     }
     let mut workers = Vec::new();
     for (group, topic, kafka) in groups {
-        let consumer = triggers_core::kafka::consumer(
-            &kafka,
-            "deliverer",
-            &group,
-            triggers_core::kafka::ConsumerLog::in_group("deliverer", &group),
-        )?;
-        consumer.subscribe(&[&topic])?;
+        let consumer = service.consumer(&kafka, &group, &[&topic])?;
         let pacer = triggers_core::pacing::Pacer::new(&kafka);
-        let limits = Limits::new(config.max_in_flight, config.shutdown_grace);
+        let limits = config.consumer().limits();
         let quarantine = Quarantine::new(deliverer.producer.clone(), common.topics.quarantine(), "deliverer");
         let (deliverer, shutdown) = (deliverer.clone(), shutdown.clone());
         workers.push(tokio::spawn(async move {
@@ -171,9 +150,6 @@ pub async fn start(
             .await;
         }));
     }
-    let readiness = Readiness::new()
-        .with("kafka", ops::kafka_probe(&common.kafka))
-        .with("dynamodb", ops::dynamo_probe(&dynamo));
     let producer = deliverer.producer.clone();
     let work = async move {
         for worker in workers {
@@ -188,10 +164,5 @@ pub async fn start(
         tracing::info!("deliverer stopped");
         Ok(())
     };
-    let server = ops::serve_during(&config.listen, readiness, work).map_err(|source| DelivererError::Bind {
-        listen: config.listen.clone(),
-        source,
-    })?;
-    tracing::info!(addr = %server.addr, "deliverer listening");
-    Ok(server)
+    Ok(service.serve(work)?)
 }

@@ -65,7 +65,7 @@ impl Deliverer {
         let encoded = triggers_core::consume::retry_transient(
             "encode",
             &self.shutdown,
-            |e: &triggers_core::codec::CodecError| !e.is_retriable(),
+            triggers_core::codec::CodecError::is_retriable,
             || self.codec.encode(topic, contract, value),
         )
         .await;

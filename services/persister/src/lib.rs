@@ -17,20 +17,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::Message;
-use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use serde::{Deserialize, Serialize};
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, Contract};
-use triggers_core::config::{CommonConfig, ConfigIssue, Validate, validate_listen};
-use triggers_core::consume::{Handled, Limits};
+use triggers_core::config::{CommonConfig, ConfigIssue, Validate};
+use triggers_core::consume::Handled;
 use triggers_core::delivery::Outcome;
-use triggers_core::dynamo::Tables;
 use triggers_core::event::Event;
 use triggers_core::eventstore;
-use triggers_core::ops::{self, Readiness, RunningServer};
+use triggers_core::ops::RunningServer;
 use triggers_core::quarantine::{Poison, Quarantine};
-use triggers_core::tenancy::TenantCache;
+use triggers_core::service::{ConsumerService, ConsumerSettings, ServiceError};
+use triggers_core::tenancy::{StoreError, TenantCache};
 
 use crate::writer::{Record, Writer};
 
@@ -74,18 +73,23 @@ impl Default for PersisterConfig {
     }
 }
 
+impl PersisterConfig {
+    /// The settings every consumer service has.
+    pub fn consumer(&self) -> ConsumerSettings<'_> {
+        ConsumerSettings {
+            service: "persister",
+            listen: &self.listen,
+            group_id: &self.group_id,
+            max_in_flight: self.max_in_flight,
+            max_in_flight_limit: 10_000,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
 impl Validate for PersisterConfig {
     fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
-        validate_listen(prefix, "listen", &self.listen, issues);
-        if self.group_id.trim().is_empty() {
-            issues.push(ConfigIssue::new(format!("{prefix}.group_id"), "must not be empty"));
-        }
-        if !(1..=10_000).contains(&self.max_in_flight) {
-            issues.push(ConfigIssue::new(
-                format!("{prefix}.max_in_flight"),
-                "must be between 1 and 10000",
-            ));
-        }
+        self.consumer().validate(prefix, issues);
         if !(1..=5_000).contains(&self.max_batch) {
             issues.push(ConfigIssue::new(
                 format!("{prefix}.max_batch"),
@@ -107,37 +111,11 @@ impl Validate for PersisterConfig {
                 "must be between 100ms and 5m",
             ));
         }
-        if self.shutdown_grace > Duration::from_secs(300) {
-            issues.push(ConfigIssue::new(
-                format!("{prefix}.shutdown_grace"),
-                "must be at most 5m",
-            ));
-        }
     }
 }
 
 /// The persister could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum PersisterError {
-    /// The operations server could not bind.
-    #[error("cannot listen on {listen}: {source}")]
-    Bind {
-        /// The address.
-        listen: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Kafka refused.
-    #[error("Kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    /// A client could not be built.
-    #[error(transparent)]
-    Client(#[from] triggers_core::kafka::ClientError),
-    /// The codec could not be built.
-    #[error(transparent)]
-    Codec(#[from] triggers_core::codec::CodecError),
-}
+pub type PersisterError = ServiceError;
 
 struct Persister {
     writer: Writer,
@@ -178,11 +156,9 @@ impl Persister {
                 Ok(event) => event,
                 Err(handled) => return handled,
             };
-            let Some(expires_at) = self.expiry(&event.tenant, event.received_at, shutdown).await else {
-                return Handled::Stopped;
-            };
-            let Some(expires_at) = expires_at else {
-                return Handled::Done;
+            let expires_at = match self.expiry(&event.tenant, event.received_at, shutdown).await {
+                Ok(expires_at) => expires_at,
+                Err(handled) => return handled,
             };
             (
                 Record::Event(Box::new(event), expires_at),
@@ -193,11 +169,9 @@ impl Persister {
                 Ok(outcome) => outcome,
                 Err(handled) => return handled,
             };
-            let Some(expires_at) = self.expiry(&outcome.tenant, outcome.at, shutdown).await else {
-                return Handled::Stopped;
-            };
-            let Some(expires_at) = expires_at else {
-                return Handled::Done;
+            let expires_at = match self.expiry(&outcome.tenant, outcome.at, shutdown).await {
+                Ok(expires_at) => expires_at,
+                Err(handled) => return handled,
             };
             (
                 Record::Outcome(Box::new(outcome), expires_at),
@@ -211,23 +185,35 @@ impl Persister {
         handled
     }
 
-    /// `None` on shutdown; `Some(None)` when the tenant does not exist (its
-    /// records are not stored); else the expiry of items received at `at`.
+    /// The expiry of the items of a record received at `at`, from its
+    /// tenant's retention. Otherwise what became of the record:
+    /// `Err(Done)` when the tenant does not exist (its records are not
+    /// stored), `Err(Stopped)` on shutdown, `Err(Poison)` when the lookup
+    /// can never succeed. Store outages are waited out.
     async fn expiry(
         &self,
         tenant: &triggers_core::ids::TenantId,
         at: i64,
         shutdown: &CancellationToken,
-    ) -> Option<Option<i64>> {
-        let tenant = triggers_core::consume::retry("tenant lookup", shutdown, || self.tenants.get(tenant)).await?;
-        let Some(tenant) = tenant else {
-            metrics::counter!("triggers_persister_skipped_total", "reason" => "unknown_tenant").increment(1);
-            return Some(None);
+    ) -> Result<i64, Handled> {
+        let looked_up =
+            triggers_core::consume::retry_transient("tenant lookup", shutdown, StoreError::is_retriable, || {
+                self.tenants.get(tenant)
+            })
+            .await;
+        let tenant = match looked_up {
+            None => return Err(Handled::Stopped),
+            Some(Err(e)) => return Err(Handled::Poison(Poison::new("tenant_lookup_failed", e.to_string()))),
+            Some(Ok(None)) => {
+                metrics::counter!("triggers_persister_skipped_total", "reason" => "unknown_tenant").increment(1);
+                return Err(Handled::Done);
+            }
+            Some(Ok(Some(tenant))) => tenant,
         };
         let retention = tenant.retention_days.map_or(self.default_retention, |days| {
             Duration::from_secs(u64::from(days) * 86_400)
         });
-        Some(Some(eventstore::expiry(at, retention)))
+        Ok(eventstore::expiry(at, retention))
     }
 }
 
@@ -238,17 +224,16 @@ pub async fn start(
     config: &PersisterConfig,
     shutdown: CancellationToken,
 ) -> Result<RunningServer, PersisterError> {
-    let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
-    let tables = Tables::new(&common.dynamodb.table_prefix);
+    let service = ConsumerService::connect(common, config.consumer()).await?;
     let tally = triggers_core::analytics::Tally::start(
-        dynamo.clone(),
-        tables.analytics.clone(),
+        service.dynamo.clone(),
+        service.tables.analytics.clone(),
         config.analytics_flush,
         shutdown.clone(),
     );
     let writer = Writer::start(
-        dynamo.clone(),
-        tables.clone(),
+        service.dynamo.clone(),
+        service.tables.clone(),
         tally.clone(),
         config.max_batch,
         config.batch_wait,
@@ -257,22 +242,13 @@ pub async fn start(
     );
     let persister = Arc::new(Persister {
         writer,
-        codec: AvroCodec::new(&common.schema_registry)?,
-        tenants: TenantCache::new(dynamo.clone(), tables),
+        codec: service.codec.clone(),
+        tenants: TenantCache::new(service.dynamo.clone(), service.tables.clone()),
         events_topic: common.topics.events(),
         default_retention: common.dynamodb.retention,
     });
-    let consumer = triggers_core::kafka::consumer(
-        &common.kafka,
-        "persister",
-        &config.group_id,
-        triggers_core::kafka::ConsumerLog::in_group("persister", &config.group_id),
-    )?;
-    consumer.subscribe(&[&common.topics.events(), &common.topics.outcomes()])?;
-    let readiness = Readiness::new()
-        .with("kafka", ops::kafka_probe(&common.kafka))
-        .with("dynamodb", ops::dynamo_probe(&dynamo));
-    let limits = Limits::new(config.max_in_flight, config.shutdown_grace);
+    let consumer = service.group_consumer(&[&common.topics.events(), &common.topics.outcomes()])?;
+    let limits = config.consumer().limits();
     let pacer = triggers_core::pacing::Pacer::new(&common.kafka);
     let quarantine = Quarantine::lazy(&common.kafka, common.topics.quarantine(), "persister");
     let work = async move {
@@ -286,10 +262,5 @@ pub async fn start(
         tracing::info!("persister stopped");
         Ok(())
     };
-    let server = ops::serve_during(&config.listen, readiness, work).map_err(|source| PersisterError::Bind {
-        listen: config.listen.clone(),
-        source,
-    })?;
-    tracing::info!(addr = %server.addr, "persister listening");
-    Ok(server)
+    service.serve(work)
 }

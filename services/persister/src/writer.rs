@@ -170,7 +170,7 @@ fn write_batch(
                 return Handled::Done;
             }
             let written = handled(
-                triggers_core::consume::retry_transient("store attempts", &shutdown, StoreError::is_permanent, || {
+                triggers_core::consume::retry_transient("store attempts", &shutdown, StoreError::is_retriable, || {
                     eventstore::put_attempts(&store.dynamo, &store.tables, &attempts)
                 })
                 .await,
@@ -195,7 +195,7 @@ fn write_batch(
                 tally: Some(&store.tally),
             };
             let written =
-                triggers_core::consume::retry_transient("store event", &shutdown, StoreError::is_permanent, || async {
+                triggers_core::consume::retry_transient("store event", &shutdown, StoreError::is_retriable, || async {
                     match &group.body {
                         Some((event, expires_at)) => {
                             eventstore::put_event_with(dynamo, tables, event, *expires_at, &group.outcomes, track).await

@@ -268,7 +268,7 @@ async fn register(
             schema: request.schema.clone(),
             schema_type: "AVRO".to_owned(),
         };
-        let value = serde_json::to_vec(&record).map_err(|e| RegistryError::Internal(e.to_string()))?;
+        let value = serde_json::to_vec(&record)?;
         let key = LogKey::Schema {
             subject: subject.to_string(),
             version,
@@ -367,8 +367,7 @@ async fn put_config(registry: &Registry, subject: Option<String>, body: &[u8]) -
         .ok_or_else(|| RegistryError::InvalidLevel(request.compatibility.clone()))?;
     let value = serde_json::to_vec(&ConfigRecord {
         compatibility_level: level,
-    })
-    .map_err(|e| RegistryError::Internal(e.to_string()))?;
+    })?;
     registry
         .log
         .append(&LogKey::Config { subject }, Some(&value), LOG_TIMEOUT)

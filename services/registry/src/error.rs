@@ -51,9 +51,24 @@ pub enum RegistryError {
     /// A client could not be built.
     #[error(transparent)]
     Client(#[from] triggers_core::kafka::ClientError),
-    /// 50001.
-    #[error("Internal error: {0}")]
-    Internal(String),
+    /// 50001: a log record could not be encoded (a defect).
+    #[error("Internal error: cannot encode a log record: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// 50001: a blocking Kafka call's task failed.
+    #[error("Internal error: a Kafka call did not finish: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    /// The server could not bind (at start-up).
+    #[error("cannot listen on {listen}: {source}")]
+    Bind {
+        /// The address.
+        listen: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("the registry server failed: {0}")]
+    Server(#[source] std::io::Error),
 }
 
 impl RegistryError {
@@ -68,7 +83,7 @@ impl RegistryError {
             Self::InvalidVersion(_) => 42202,
             Self::InvalidLevel(_) => 42203,
             Self::BadRequest(_) => 400,
-            Self::Internal(_) | Self::Client(_) => 50001,
+            Self::Encode(_) | Self::Join(_) | Self::Client(_) | Self::Bind { .. } | Self::Server(_) => 50001,
             Self::Unavailable(_) => 50002,
             Self::Kafka(_) => 50003,
         }

@@ -112,7 +112,10 @@ pub async fn start(
     .disable_signals()
     .shutdown_timeout(5)
     .bind(&config.listen)
-    .map_err(|e| RegistryError::Internal(format!("bind {}: {e}", config.listen)))?;
+    .map_err(|source| RegistryError::Bind {
+        listen: config.listen.clone(),
+        source,
+    })?;
     let running = ops::spawn_until(server, shutdown);
     let addr = running.addr;
     tracing::info!(%addr, topic = %config.topic, "schema registry listening");
@@ -121,8 +124,8 @@ pub async fn start(
         log.flush();
         match result {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(RegistryError::Internal(e.to_string())),
-            Err(e) => Err(RegistryError::Internal(e.to_string())),
+            Ok(Err(e)) => Err(RegistryError::Server(e)),
+            Err(e) => Err(RegistryError::Join(e)),
         }
     });
     Ok(RunningRegistry { addr, task })

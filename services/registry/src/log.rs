@@ -83,10 +83,7 @@ impl SchemaLog {
         let consumer = self.consumer.clone();
         let topic = self.topic.clone();
         let (_, high) =
-            tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, 0, Duration::from_secs(5)))
-                .await
-                .map_err(|e| RegistryError::Internal(e.to_string()))?
-                .map_err(RegistryError::Kafka)?;
+            tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, 0, Duration::from_secs(5))).await??;
         self.wait_applied(high, timeout).await
     }
 
@@ -102,7 +99,7 @@ impl SchemaLog {
 
     /// Appends a record and waits until it is applied (whether it won or not).
     pub async fn append(&self, key: &LogKey, value: Option<&[u8]>, timeout: Duration) -> Result<(), RegistryError> {
-        let key = serde_json::to_vec(key).map_err(|e| RegistryError::Internal(e.to_string()))?;
+        let key = serde_json::to_vec(key)?;
         let mut record = FutureRecord::<Vec<u8>, [u8]>::to(&self.topic).key(&key).partition(0);
         if let Some(value) = value {
             record = record.payload(value);

@@ -21,13 +21,11 @@ pub use triggers_core::subscription_table as table;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::Consumer;
 use serde::{Deserialize, Serialize};
 use triggers_core::CancellationToken;
-use triggers_core::codec::AvroCodec;
-use triggers_core::config::{CommonConfig, ConfigIssue, Validate, validate_listen};
-use triggers_core::dynamo::Tables;
-use triggers_core::ops::{self, Readiness, RunningServer};
+use triggers_core::config::{CommonConfig, ConfigIssue, Validate};
+use triggers_core::ops::RunningServer;
+use triggers_core::service::{ConsumerService, ConsumerSettings, ServiceError};
 
 /// The `[router]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,22 +61,27 @@ impl Default for RouterConfig {
     }
 }
 
+impl RouterConfig {
+    /// The settings every consumer service has.
+    pub fn consumer(&self) -> ConsumerSettings<'_> {
+        ConsumerSettings {
+            service: "router",
+            listen: &self.listen,
+            group_id: &self.group_id,
+            max_in_flight: self.max_in_flight,
+            max_in_flight_limit: 100_000,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
 impl Validate for RouterConfig {
     fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
+        self.consumer().validate(prefix, issues);
         if self.max_in_flight_bytes < 1024 * 1024 {
             issues.push(ConfigIssue::new(
                 format!("{prefix}.max_in_flight_bytes"),
                 "must be at least 1 MiB",
-            ));
-        }
-        validate_listen(prefix, "listen", &self.listen, issues);
-        if self.group_id.trim().is_empty() {
-            issues.push(ConfigIssue::new(format!("{prefix}.group_id"), "must not be empty"));
-        }
-        if !(1..=100_000).contains(&self.max_in_flight) {
-            issues.push(ConfigIssue::new(
-                format!("{prefix}.max_in_flight"),
-                "must be between 1 and 100000",
             ));
         }
         if self.catch_up_timeout < Duration::from_secs(1) {
@@ -87,40 +90,11 @@ impl Validate for RouterConfig {
                 "must be at least 1s",
             ));
         }
-        if self.shutdown_grace > Duration::from_secs(300) {
-            issues.push(ConfigIssue::new(
-                format!("{prefix}.shutdown_grace"),
-                "must be at most 5m",
-            ));
-        }
     }
 }
 
 /// The router could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum RouterError {
-    /// The operations server could not bind.
-    #[error("cannot listen on {listen}: {source}")]
-    Bind {
-        /// The address.
-        listen: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Kafka refused.
-    #[error("Kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    /// A client could not be built.
-    #[error(transparent)]
-    Client(#[from] triggers_core::kafka::ClientError),
-    /// The codec could not be built.
-    #[error(transparent)]
-    Codec(#[from] triggers_core::codec::CodecError),
-    /// Anything else.
-    #[error("{0}")]
-    Internal(String),
-}
+pub type RouterError = ServiceError;
 
 /// Starts the router: reads the subscription table to its end, then routes
 /// until `shutdown` is cancelled, drains, stores its offsets and stops.
@@ -129,58 +103,24 @@ pub async fn start(
     config: &RouterConfig,
     shutdown: CancellationToken,
 ) -> Result<RunningServer, RouterError> {
-    let dynamo = triggers_core::dynamo::client(&common.dynamodb).await;
-    let tables = Tables::new(&common.dynamodb.table_prefix);
-    let codec = AvroCodec::new(&common.schema_registry)?;
-    let follower = triggers_core::follower::Follower::start(
-        &common.kafka,
-        &common.topics.subscriptions(),
-        codec.clone(),
-        "router",
-        shutdown.clone(),
-    )
-    .await
-    .map_err(|e| RouterError::Internal(e.to_string()))?;
-    follower
-        .caught_up(config.catch_up_timeout)
-        .await
-        .map_err(|e| RouterError::Internal(e.to_string()))?;
-    tracing::info!(
-        subscriptions = follower.table.read().len(),
-        "subscription table caught up"
-    );
-
-    let consumer = triggers_core::kafka::consumer(
-        &common.kafka,
-        "router",
-        &config.group_id,
-        triggers_core::kafka::ConsumerLog::in_group("router", &config.group_id),
-    )?;
-    consumer.subscribe(&[&common.topics.events()])?;
+    let service = ConsumerService::connect(common, config.consumer()).await?;
+    let follower = service.follow_subscriptions(&shutdown, config.catch_up_timeout).await?;
+    let consumer = service.group_consumer(&[&common.topics.events()])?;
     let pipeline = pipeline::Pipeline {
         consumer: Arc::new(consumer),
         producer: triggers_core::kafka::producer(&common.kafka, "router")?,
-        codec,
+        codec: service.codec.clone(),
         topics: common.topics.clone(),
         follower,
-        tenants: triggers_core::tenancy::TenantCache::new(dynamo.clone(), tables),
+        tenants: triggers_core::tenancy::TenantCache::new(service.dynamo.clone(), service.tables.clone()),
         max_in_flight: config.max_in_flight,
         pacer: triggers_core::pacing::Pacer::new(&common.kafka),
         max_record_bytes: common.kafka.max_record_bytes,
         max_in_flight_bytes: config.max_in_flight_bytes,
     };
-    let readiness = Readiness::new()
-        .with("kafka", ops::kafka_probe(&common.kafka))
-        .with("dynamodb", ops::dynamo_probe(&dynamo));
     let grace = config.shutdown_grace;
-    let routing = async move {
+    service.serve(async move {
         pipeline.run(shutdown, grace).await;
         Ok(())
-    };
-    let server = ops::serve_during(&config.listen, readiness, routing).map_err(|source| RouterError::Bind {
-        listen: config.listen.clone(),
-        source,
-    })?;
-    tracing::info!(addr = %server.addr, "router listening");
-    Ok(server)
+    })
 }

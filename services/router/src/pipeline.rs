@@ -26,6 +26,7 @@ use triggers_core::delivery::{Delivery, Outcome};
 use triggers_core::event::Event;
 use triggers_core::kafka::KafkaProducer;
 use triggers_core::offsets::OffsetTracker;
+use triggers_core::tenancy::StoreError;
 
 use triggers_core::follower::Follower;
 
@@ -89,6 +90,59 @@ fn invalid(reason: &'static str, message: impl Into<String>) -> Invalid {
     Invalid {
         reason,
         message: message.into(),
+    }
+}
+
+/// Why an event record was not routed this time.
+enum Unrouted {
+    /// It never will be: quarantine it.
+    Invalid(Invalid),
+    /// A dependency failed (registry, DynamoDB): try again later.
+    Later(RouteError),
+}
+
+/// A dependency failure that may pass.
+#[derive(Debug, thiserror::Error)]
+enum RouteError {
+    #[error(transparent)]
+    Codec(CodecError),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl Unrouted {
+    /// An encoding failure is never the record's fault (it decoded; the
+    /// records made from it use this build's schemas): a registry that
+    /// refuses a schema is a deployment defect, which must stall the
+    /// partition (lag alerts) rather than quarantine every event.
+    fn encoding(e: CodecError) -> Self {
+        Self::Later(RouteError::Codec(e))
+    }
+}
+
+impl From<Invalid> for Unrouted {
+    fn from(invalid: Invalid) -> Self {
+        Self::Invalid(invalid)
+    }
+}
+
+impl From<CodecError> for Unrouted {
+    fn from(e: CodecError) -> Self {
+        if e.is_retriable() {
+            Self::Later(RouteError::Codec(e))
+        } else {
+            Self::Invalid(invalid(e.reason(), e.to_string()))
+        }
+    }
+}
+
+impl From<StoreError> for Unrouted {
+    fn from(e: StoreError) -> Self {
+        if e.is_retriable() {
+            Self::Later(RouteError::Store(e))
+        } else {
+            Self::Invalid(invalid("tenant_lookup_failed", e.to_string()))
+        }
     }
 }
 
@@ -174,7 +228,7 @@ impl Pipeline {
         loop {
             match self.route_once(message).await {
                 Ok(records) => return Some(records),
-                Err(Ok(invalid)) => {
+                Err(Unrouted::Invalid(invalid)) => {
                     metrics::counter!("triggers_router_invalid_events_total", "reason" => invalid.reason).increment(1);
                     metrics::counter!("triggers_router_events_total", "result" => "invalid").increment(1);
                     tracing::warn!(
@@ -186,7 +240,7 @@ impl Pipeline {
                     );
                     return Some(vec![self.quarantine(message, invalid)]);
                 }
-                Err(Err(retriable)) => {
+                Err(Unrouted::Later(retriable)) => {
                     tracing::warn!(error = %retriable, "cannot route yet; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => return None,
@@ -197,15 +251,15 @@ impl Pipeline {
         }
     }
 
-    /// `Err(Ok(_))`: quarantine; `Err(Err(_))`: try again later.
-    async fn route_once(&self, message: &OwnedMessage) -> Result<Vec<OutRecord>, Result<Invalid, String>> {
+    /// The records one event causes, or why not.
+    async fn route_once(&self, message: &OwnedMessage) -> Result<Vec<OutRecord>, Unrouted> {
         let Some(payload) = message.payload() else {
-            return Err(Ok(invalid("empty_record", "the record has no value")));
+            return Err(invalid("empty_record", "the record has no value").into());
         };
         // A delivery record carries the whole event: one from an event this
         // large (a Kafka-native producer's) could never be produced.
         if payload.len() + triggers_core::config::RECORD_MARGIN > self.max_record_bytes {
-            return Err(Ok(invalid(
+            return Err(invalid(
                 "too_large",
                 format!(
                     "the event record takes {} bytes; events may take at most {} (kafka.max_record_bytes less the record margin)",
@@ -213,28 +267,15 @@ impl Pipeline {
                     self.max_record_bytes
                         .saturating_sub(triggers_core::config::RECORD_MARGIN)
                 ),
-            )));
+            )
+            .into());
         }
-        let event: Event = match self.codec.decode(Contract::Event, payload).await {
-            Ok(event) => event,
-            Err(e) if e.is_retriable() => return Err(Err(e.to_string())),
-            Err(e @ (CodecError::BadMagic | CodecError::UnknownSchema { .. } | CodecError::InvalidAvro { .. })) => {
-                return Err(Ok(invalid(e.reason(), e.to_string())));
-            }
-            Err(e) => return Err(Ok(invalid(e.reason(), e.to_string()))),
-        };
+        let event: Event = self.codec.decode(Contract::Event, payload).await?;
         if event.event_type.trim().is_empty() || event.source.trim().is_empty() {
-            return Err(Ok(invalid("invalid_event", "type and source must not be empty")));
+            return Err(invalid("invalid_event", "type and source must not be empty").into());
         }
-        match self.tenants.get(&event.tenant).await {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Err(Ok(invalid(
-                    "unknown_tenant",
-                    format!("tenant {} does not exist", event.tenant),
-                )));
-            }
-            Err(e) => return Err(Err(e.to_string())),
+        if self.tenants.get(&event.tenant).await?.is_none() {
+            return Err(invalid("unknown_tenant", format!("tenant {} does not exist", event.tenant)).into());
         }
 
         let matched = self.follower.table.read().matching(&event);
@@ -258,7 +299,7 @@ impl Pipeline {
                 .codec
                 .encode(&deliveries_topic, Contract::Delivery, &delivery)
                 .await
-                .map_err(|e| Err(e.to_string()))?;
+                .map_err(Unrouted::encoding)?;
             records.push(OutRecord {
                 topic: deliveries_topic.clone(),
                 key: compiled.subscription.id.to_string(),
@@ -272,7 +313,7 @@ impl Pipeline {
             .codec
             .encode(&outcomes_topic, Contract::Outcome, &outcome)
             .await
-            .map_err(|e| Err(e.to_string()))?;
+            .map_err(Unrouted::encoding)?;
         records.push(OutRecord {
             topic: outcomes_topic,
             key: event.id.to_string(),
@@ -355,4 +396,41 @@ fn enqueue(producer: &KafkaProducer, record: &OutRecord) -> Option<triggers_core
         .payload(&record.payload)
         .headers(record.headers());
     producer.send_result(future_record).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use triggers_core::dynamo::StoreErrorKind;
+
+    use super::*;
+
+    fn reason(unrouted: Unrouted) -> Option<&'static str> {
+        match unrouted {
+            Unrouted::Invalid(invalid) => Some(invalid.reason),
+            Unrouted::Later(_) => None,
+        }
+    }
+
+    #[test]
+    fn undecodable_records_are_quarantined_with_their_reason() {
+        assert_eq!(reason(CodecError::BadMagic.into()), Some("bad_magic_byte"));
+        let invalid = CodecError::InvalidAvro {
+            contract: Contract::Event,
+            message: "truncated".to_owned(),
+        };
+        assert_eq!(reason(invalid.into()), Some("invalid_avro"));
+    }
+
+    #[test]
+    fn store_failures_wait_unless_they_never_pass() {
+        let throttled = StoreError::found("GetItem", "t_tenants", StoreErrorKind::Throttled, "slow down");
+        assert_eq!(reason(throttled.into()), None);
+        let invalid = StoreError::found("GetItem", "t_tenants", StoreErrorKind::Invalid, "bad key");
+        assert_eq!(reason(invalid.into()), Some("tenant_lookup_failed"));
+    }
+
+    #[test]
+    fn encoding_failures_always_wait() {
+        assert_eq!(reason(Unrouted::encoding(CodecError::BadMagic)), None);
+    }
 }
