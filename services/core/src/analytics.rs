@@ -583,25 +583,18 @@ pub async fn report(
     let last = (until - 1).div_euclid(step);
     let letter = granularity.letter();
     let mut items = Vec::new();
-    let mut start: Option<HashMap<String, AttributeValue>> = None;
-    loop {
-        let output = client
-            .query()
-            .table_name(table)
-            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
-            .expression_attribute_values(":pk", s(tenant.to_string()))
-            .expression_attribute_values(":from", s(format!("{letter}#{first:010}#")))
-            .expression_attribute_values(":to", s(format!("{letter}#{last:010}#~")))
-            .set_exclusive_start_key(start.take())
-            .send()
-            .await
-            .map_err(|e| StoreError::new("Query", table, e))?;
-        items.extend(output.items().iter().cloned());
-        match output.last_evaluated_key() {
-            Some(key) if !key.is_empty() => start = Some(key.clone()),
-            _ => break,
-        }
-    }
+    let request = client
+        .query()
+        .table_name(table)
+        .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+        .expression_attribute_values(":pk", s(tenant.to_string()))
+        .expression_attribute_values(":from", s(format!("{letter}#{first:010}#")))
+        .expression_attribute_values(":to", s(format!("{letter}#{last:010}#~")));
+    crate::pager::query_all(request, table, |page| {
+        items.extend(page.items().iter().cloned());
+        true
+    })
+    .await?;
     let mut tenant_sums = Sums::default();
     let mut per_bucket: BTreeMap<i64, Sums> = BTreeMap::new();
     let mut per_subscription: BTreeMap<String, Sums> = BTreeMap::new();

@@ -16,7 +16,6 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
-use base64::Engine;
 
 use crate::delivery::Outcome;
 use crate::dynamo::{ListError, TTL_ATTRIBUTE, Tables, get_n, get_s, n, s, store_error};
@@ -145,15 +144,8 @@ pub struct DeadLetterQuery {
     pub cursor: Option<String>,
 }
 
-fn encode_cursor(sk: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("d1:{sk}"))
-}
-
-fn decode_cursor(cursor: &str) -> Option<String> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    let sk = String::from_utf8(bytes).ok()?.strip_prefix("d1:")?.to_owned();
-    sk.starts_with(PREFIX).then_some(sk)
-}
+/// The cursor of dead-letter listings: a dead letter's sort key.
+const CURSOR: crate::pager::Cursor = crate::pager::Cursor::new("d1", |sk| sk.starts_with(PREFIX));
 
 /// One page of a tenant's dead letters, oldest event first.
 pub async fn list(
@@ -163,9 +155,9 @@ pub async fn list(
     query: &DeadLetterQuery,
 ) -> Result<(Vec<DeadLetter>, Option<String>), ListError> {
     let table = &tables.attempts;
-    let mut start = match &query.cursor {
+    let start = match &query.cursor {
         Some(cursor) => {
-            let sk = decode_cursor(cursor).ok_or(ListError::BadCursor)?;
+            let sk = CURSOR.decode(cursor).ok_or(ListError::BadCursor)?;
             Some(HashMap::from([
                 ("pk".to_owned(), s(tenant.to_string())),
                 ("sk".to_owned(), s(sk)),
@@ -186,27 +178,18 @@ pub async fn list(
         }
         filters.push(format!("delivery_id IN ({})", names.join(", ")));
     }
-    let mut page = Vec::new();
-    loop {
-        let mut request = client
-            .query()
-            .table_name(table)
-            .key_condition_expression("pk = :t AND begins_with(sk, :p)")
-            .set_expression_attribute_values(Some(values.clone()))
-            .limit(i32::try_from((query.limit - page.len()).max(1)).unwrap_or(1000))
-            .set_exclusive_start_key(start.take());
-        request = request.filter_expression(filters.join(" AND "));
-        let output = request.send().await.map_err(|e| store_error("Query", table, e))?;
-        page.extend(output.items().iter().filter_map(from_item));
-        start = output.last_evaluated_key().cloned();
-        if page.len() >= query.limit || start.is_none() {
-            break;
-        }
-    }
-    let next = match (&start, page.last()) {
-        (Some(_), Some(last)) => Some(encode_cursor(&sk(&last.event_id, &last.subscription_id))),
-        _ => None,
-    };
+    let request = client
+        .query()
+        .table_name(table)
+        .key_condition_expression("pk = :t AND begins_with(sk, :p)")
+        .set_expression_attribute_values(Some(values))
+        .filter_expression(filters.join(" AND "));
+    // Not bounded in queries: a redrive by ids must find its letters wherever
+    // they are, and answers `more` only when there are more to redrive.
+    let bounds = (query.limit, usize::MAX);
+    let (page, stopped_at) = crate::pager::page(request, table, start, bounds, from_item).await?;
+    // Where DynamoDB stopped, past the letters a filter passed over too.
+    let next = stopped_at.as_ref().and_then(|key| CURSOR.after(key));
     Ok((page, next))
 }
 
@@ -217,8 +200,8 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_reject_foreign_keys() {
         let key = sk(&EventId::new(), &SubscriptionId::new());
-        assert_eq!(decode_cursor(&encode_cursor(&key)), Some(key));
-        assert_eq!(decode_cursor(&encode_cursor("e#evt_x")), None);
-        assert_eq!(decode_cursor("not base64!"), None);
+        assert_eq!(CURSOR.decode(&CURSOR.encode(&key)), Some(key));
+        assert_eq!(CURSOR.decode(&CURSOR.encode("e#evt_x")), None);
+        assert_eq!(CURSOR.decode("not base64!"), None);
     }
 }

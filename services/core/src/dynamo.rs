@@ -268,6 +268,18 @@ where
     StoreError::new(operation, table, error)
 }
 
+/// Whether a write was refused by its condition (a version moved on, an
+/// item that must or must not exist).
+pub(crate) fn is_conditional<E, R>(error: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    matches!(
+        error,
+        aws_sdk_dynamodb::error::SdkError::ServiceError(e) if e.err().code() == Some("ConditionalCheckFailedException")
+    )
+}
+
 /// A listing could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {

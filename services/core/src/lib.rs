@@ -49,6 +49,7 @@ pub mod msk_iam;
 pub mod offsets;
 pub mod ops;
 pub mod pacing;
+pub mod pager;
 pub mod provision;
 pub mod quarantine;
 pub mod retry;

@@ -215,24 +215,18 @@ pub async fn delete(
 /// How many subscriptions `tenant` has, counting no further than `at_most`.
 pub async fn count(client: &Client, tables: &Tables, tenant: &TenantId, at_most: usize) -> Result<usize, StoreError> {
     let mut counted = 0usize;
-    let mut start = None;
-    loop {
-        let output = client
-            .query()
-            .table_name(&tables.subscriptions)
-            .key_condition_expression("pk = :t")
-            .expression_attribute_values(":t", AttributeValue::S(tenant.to_string()))
-            .select(aws_sdk_dynamodb::types::Select::Count)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| StoreError::new("Query", &tables.subscriptions, e))?;
-        counted += usize::try_from(output.count()).unwrap_or(0);
-        start = output.last_evaluated_key().cloned();
-        if counted >= at_most || start.is_none() {
-            return Ok(counted);
-        }
-    }
+    let request = client
+        .query()
+        .table_name(&tables.subscriptions)
+        .key_condition_expression("pk = :t")
+        .expression_attribute_values(":t", AttributeValue::S(tenant.to_string()))
+        .select(aws_sdk_dynamodb::types::Select::Count);
+    crate::pager::query_all(request, &tables.subscriptions, |page| {
+        counted += usize::try_from(page.count()).unwrap_or(0);
+        counted < at_most
+    })
+    .await?;
+    Ok(counted)
 }
 
 /// One page of `tenant`'s subscriptions, oldest first, and the cursor of the
@@ -244,45 +238,36 @@ pub async fn list(
     limit: i32,
     cursor: Option<&str>,
 ) -> Result<(Vec<Subscription>, Option<String>), SubscriptionStoreError> {
-    let mut request = client
+    let table = &tables.subscriptions;
+    let request = client
         .query()
-        .table_name(&tables.subscriptions)
+        .table_name(table)
         .key_condition_expression("pk = :t")
-        .expression_attribute_values(":t", AttributeValue::S(tenant.to_string()))
-        .limit(limit);
-    if let Some(cursor) = cursor {
-        let after: SubscriptionId = decode_cursor(cursor).ok_or(SubscriptionStoreError::BadCursor)?;
-        request = request
-            .exclusive_start_key("pk", AttributeValue::S(tenant.to_string()))
-            .exclusive_start_key("sk", AttributeValue::S(after.to_string()));
-    }
-    let output = request
-        .send()
-        .await
-        .map_err(|e| StoreError::new("Query", &tables.subscriptions, e))?;
-    let mut page = Vec::new();
-    for item in output.items() {
-        if let Some(document) = item.get("doc").and_then(|v| v.as_s().ok()) {
-            page.push(serde_json::from_str::<Subscription>(document)?);
+        .expression_attribute_values(":t", AttributeValue::S(tenant.to_string()));
+    let start = match cursor {
+        Some(cursor) => {
+            let sk = CURSOR.decode(cursor).ok_or(SubscriptionStoreError::BadCursor)?;
+            Some(std::collections::HashMap::from([
+                ("pk".to_owned(), AttributeValue::S(tenant.to_string())),
+                ("sk".to_owned(), AttributeValue::S(sk)),
+            ]))
         }
-    }
-    let next = output
-        .last_evaluated_key()
-        .and_then(|key| key.get("sk"))
-        .and_then(|v| v.as_s().ok())
-        .map(|sk| encode_cursor(sk));
+        None => None,
+    };
+    let limit = usize::try_from(limit).unwrap_or(1);
+    let bounds = (limit, crate::pager::MAX_QUERIES);
+    let (page, stopped_at) = crate::pager::page(request, table, start, bounds, |item| {
+        let document = item.get("doc").and_then(|v| v.as_s().ok())?;
+        Some(serde_json::from_str::<Subscription>(document))
+    })
+    .await?;
+    let page = page.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let next = stopped_at.as_ref().and_then(|key| CURSOR.after(key));
     Ok((page, next))
 }
 
-fn encode_cursor(sk: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("s1:{sk}"))
-}
-
-fn decode_cursor(cursor: &str) -> Option<SubscriptionId> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    let text = String::from_utf8(bytes).ok()?;
-    text.strip_prefix("s1:")?.parse().ok()
-}
+/// The cursor of subscription listings: a subscription id.
+const CURSOR: crate::pager::Cursor = crate::pager::Cursor::new("s1", |sk| sk.parse::<SubscriptionId>().is_ok());
 
 /// Publishes a tombstone (the subscription is gone) to the compacted topic.
 pub async fn publish_tombstone(

@@ -151,19 +151,14 @@ pub struct ApiKeyInfo {
 /// The keys of `tenant`, revoked ones included.
 pub async fn list_api_keys(client: &Client, tables: &Tables, tenant: &TenantId) -> Result<Vec<ApiKeyInfo>, StoreError> {
     let mut keys = Vec::new();
-    let mut start = None;
-    loop {
-        let output = client
-            .query()
-            .table_name(&tables.api_keys)
-            .index_name("by_tenant")
-            .key_condition_expression("tenant = :t")
-            .expression_attribute_values(":t", AttributeValue::S(tenant.to_string()))
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| StoreError::new("Query", &tables.api_keys, e))?;
-        for item in output.items() {
+    let request = client
+        .query()
+        .table_name(&tables.api_keys)
+        .index_name("by_tenant")
+        .key_condition_expression("tenant = :t")
+        .expression_attribute_values(":t", AttributeValue::S(tenant.to_string()));
+    crate::pager::query_all(request, &tables.api_keys, |page| {
+        for item in page.items() {
             if let Some(id) = string(item, "key_id").and_then(|id| id.parse().ok()) {
                 keys.push(ApiKeyInfo {
                     id,
@@ -172,11 +167,10 @@ pub async fn list_api_keys(client: &Client, tables: &Tables, tenant: &TenantId) 
                 });
             }
         }
-        start = output.last_evaluated_key().cloned();
-        if start.is_none() {
-            return Ok(keys);
-        }
-    }
+        true
+    })
+    .await?;
+    Ok(keys)
 }
 
 /// Revokes key `id` of `tenant`; `false` when the tenant has no such key.

@@ -1,0 +1,222 @@
+//! The item codec of the events table: keys, how a payload is stored
+//! (inline, deflated or in chunks), an item read back as a
+//! [`StoredEvent`], and a delivery outcome as an attempt item.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+
+use super::StoredEvent;
+use crate::delivery::{Outcome, OutcomeKind};
+use crate::dynamo::{TTL_ATTRIBUTE, get_n, get_s, n, s};
+use crate::event::Event;
+use crate::ids::{EventId, TenantId};
+use crate::status::{EventStatus, Progress};
+
+pub(crate) use crate::pager::Item;
+
+/// The most a DynamoDB item may hold (names and values).
+pub const ITEM_LIMIT: usize = 400 * 1024;
+/// What an event item keeps free for its progress (one entry per matched
+/// subscription, ~60 bytes each) and its fixed attributes.
+pub(super) const ITEM_RESERVE: usize = 48 * 1024;
+/// Chunk size of payloads that do not fit one item even deflated.
+pub(super) const CHUNK_SIZE: usize = 300 * 1024;
+
+pub(super) fn event_sk(id: &EventId) -> String {
+    format!("e#{id}")
+}
+
+pub(super) fn chunk_sk(id: &EventId, index: usize) -> String {
+    format!("c#{id}#{index:04}")
+}
+
+/// How a payload is stored.
+pub(super) enum Payload {
+    Inline(String),
+    Deflated(Vec<u8>),
+    Chunked(Vec<Vec<u8>>),
+}
+
+pub(super) fn deflate(text: &str) -> Vec<u8> {
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(text.as_bytes());
+    encoder.finish().unwrap_or_default()
+}
+
+pub(super) fn inflate(bytes: &[u8]) -> Option<String> {
+    let mut text = String::new();
+    flate2::read::DeflateDecoder::new(bytes)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
+/// `text` stored inline if it takes at most `inline_limit` bytes, else
+/// deflated, else in chunks.
+pub(super) fn encode_payload(text: String, inline_limit: usize) -> Payload {
+    if text.len() <= inline_limit {
+        return Payload::Inline(text);
+    }
+    let deflated = deflate(&text);
+    if deflated.len() <= inline_limit {
+        return Payload::Deflated(deflated);
+    }
+    Payload::Chunked(deflated.chunks(CHUNK_SIZE).map(<[u8]>::to_vec).collect())
+}
+
+/// The bytes an event item takes besides its payload and progress.
+pub(super) fn attributes_size(event: &Event, extensions: &str) -> usize {
+    event.event_type.len()
+        + event.source.len()
+        + event.subject.as_ref().map_or(0, String::len)
+        + event.partition_key.as_ref().map_or(0, String::len)
+        + event.datacontenttype.len()
+        + event.specversion.len()
+        + extensions.len()
+}
+
+/// The attempt item of a delivery outcome (`None` for routing outcomes).
+pub(super) fn attempt_item(outcome: &Outcome, expires_at: i64) -> Option<Item> {
+    if matches!(outcome.kind, OutcomeKind::Routed | OutcomeKind::Unmatched) {
+        return None;
+    }
+    let subscription = outcome.subscription_id.as_ref()?;
+    let kind = serde_json::to_value(outcome.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut item = HashMap::from([
+        ("pk".to_owned(), s(outcome.tenant.to_string())),
+        (
+            "sk".to_owned(),
+            s(format!(
+                "{}#{subscription}#{:05}#{kind}",
+                outcome.event_id, outcome.attempt
+            )),
+        ),
+        ("subscription_id".to_owned(), s(subscription.to_string())),
+        ("attempt".to_owned(), n(outcome.attempt)),
+        ("kind".to_owned(), s(kind)),
+        ("at".to_owned(), n(outcome.at)),
+        (TTL_ATTRIBUTE.to_owned(), n(expires_at)),
+    ]);
+    if let Some(status) = outcome.http_status {
+        item.insert("http_status".to_owned(), n(status));
+    }
+    if let Some(latency) = outcome.latency_ms {
+        item.insert("latency_ms".to_owned(), n(latency));
+    }
+    if let Some(error) = &outcome.error {
+        item.insert("error".to_owned(), s(error));
+    }
+    if let Some(excerpt) = &outcome.response_excerpt {
+        item.insert("response_excerpt".to_owned(), s(excerpt));
+    }
+    if let Some(due) = outcome.next_attempt_at {
+        item.insert("next_attempt_at".to_owned(), n(due));
+    }
+    Some(item)
+}
+
+/// Listings carry payloads stored inline up to this size; larger ones are
+/// left out (`data_omitted`).
+pub const LISTING_DATA_MAX: usize = 64 * 1024;
+
+/// How much of a payload an item gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Load {
+    /// The whole payload (one event): inflated if deflated.
+    Whole,
+    /// For a listing: inline payloads up to `budget` bytes, nothing else.
+    Listing { budget: usize },
+}
+
+pub(super) fn from_item(item: &Item, tenant: &TenantId, load: Load) -> Option<StoredEvent> {
+    let id: EventId = get_s(item, "sk")?.strip_prefix("e#")?.parse().ok()?;
+    let progress: Progress = get_s(item, "progress")
+        .and_then(|p| serde_json::from_str(&p).ok())
+        .unwrap_or_default();
+    let inline = item.get("data").and_then(|v| v.as_s().ok());
+    let (data, data_omitted) = match (inline, load) {
+        (Some(text), Load::Whole) => (serde_json::from_str(text).unwrap_or(serde_json::Value::Null), false),
+        (Some(text), Load::Listing { budget }) if text.len() <= LISTING_DATA_MAX.min(budget) => {
+            (serde_json::from_str(text).unwrap_or(serde_json::Value::Null), false)
+        }
+        (Some(_), Load::Listing { .. }) => (serde_json::Value::Null, true),
+        (None, Load::Whole) => match item.get("data_z").and_then(|v| v.as_b().ok()) {
+            Some(bytes) => {
+                let text = inflate(bytes.as_ref()).unwrap_or_default();
+                (serde_json::from_str(&text).unwrap_or(serde_json::Value::Null), false)
+            }
+            None => (serde_json::Value::Null, item.contains_key("chunks")),
+        },
+        (None, Load::Listing { .. }) => (
+            serde_json::Value::Null,
+            item.contains_key("data_z") || item.contains_key("chunks"),
+        ),
+    };
+    let extensions: BTreeMap<String, String> = get_s(item, "extensions")
+        .and_then(|e| serde_json::from_str(&e).ok())
+        .unwrap_or_default();
+    Some(StoredEvent {
+        event: Event {
+            id,
+            tenant: *tenant,
+            event_type: get_s(item, "event_type").unwrap_or_default(),
+            source: get_s(item, "source").unwrap_or_default(),
+            subject: get_s(item, "subject"),
+            time: get_n(item, "time").unwrap_or_default(),
+            received_at: get_n(item, "received_at").unwrap_or_default(),
+            specversion: get_s(item, "specversion").unwrap_or_else(|| "1.0".to_owned()),
+            datacontenttype: get_s(item, "datacontenttype").unwrap_or_default(),
+            data,
+            partition_key: get_s(item, "partition_key"),
+            extensions,
+        },
+        has_body: item.contains_key("has_body"),
+        status: get_s(item, "status")
+            .and_then(|s| EventStatus::parse(&s))
+            .unwrap_or_else(|| progress.status()),
+        progress,
+        updated_at: get_n(item, "updated_at").unwrap_or_default(),
+        data_omitted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_stored_inline_deflated_or_chunked() {
+        let limit = 350 * 1024;
+        assert!(matches!(encode_payload("x".repeat(1000), limit), Payload::Inline(_)));
+        assert!(matches!(
+            encode_payload("ab".repeat(400 * 1024), limit),
+            Payload::Deflated(_)
+        ));
+        // What the other attributes leave decides: a smaller room deflates sooner.
+        assert!(matches!(encode_payload("x".repeat(1000), 999), Payload::Deflated(_)));
+        // Incompressible: 1 MiB of pseudo-random hex-free bytes as a JSON string.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let noise: String = (0..1024 * 1024)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'!' + (state % 90) as u8)
+            })
+            .filter(|c| *c != '"' && *c != '\\')
+            .collect();
+        let text = serde_json::to_string(&noise).unwrap_or_default();
+        match encode_payload(text.clone(), limit) {
+            Payload::Chunked(chunks) => {
+                assert!(chunks.len() >= 2);
+                assert!(chunks.iter().all(|c| c.len() <= CHUNK_SIZE));
+                assert_eq!(inflate(&chunks.concat()), Some(text));
+            }
+            _ => panic!("1 MiB of noise was not chunked"),
+        }
+    }
+}

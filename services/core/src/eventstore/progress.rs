@@ -1,0 +1,201 @@
+//! An event's progress: the read-modify-write of its per-subscription
+//! states under the item's version, and the cache that lets one writer
+//! skip the read.
+
+use aws_sdk_dynamodb::Client;
+
+use super::item::event_sk;
+use crate::analytics::Tally;
+use crate::dynamo::{
+    StoreError, StoreErrorKind, TTL_ATTRIBUTE, Tables, get_n, get_s, is_conditional, n, s, store_error,
+};
+use crate::event::now_ms;
+use crate::ids::{EventId, TenantId};
+use crate::status::{EventStatus, Progress};
+
+/// What a writer brings to its progress changes: the versions it knows
+/// (skips reads) and the analytics tally its status changes count into.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Track<'a> {
+    /// Versions and progress this writer last wrote.
+    pub cache: Option<&'a ProgressCache>,
+    /// Where status transitions are counted.
+    pub tally: Option<&'a Tally>,
+}
+
+/// What one writer last wrote of recent events' progress (version and
+/// progress), so its next change of the same event can skip the read, and a
+/// body written after its stub can skip the create that would fail. Only an
+/// optimisation: every write stays conditional on the version, and a
+/// conflict drops the entry and reads. Bounded: the least recently used
+/// entries go first.
+#[derive(Debug)]
+pub struct ProgressCache {
+    entries: moka::sync::Cache<(TenantId, EventId), (i64, Progress)>,
+}
+
+/// Entries a [`ProgressCache`] holds at most.
+pub(super) const PROGRESS_CACHE_SIZE: u64 = 100_000;
+
+impl Default for ProgressCache {
+    fn default() -> Self {
+        Self {
+            entries: moka::sync::Cache::new(PROGRESS_CACHE_SIZE),
+        }
+    }
+}
+
+impl ProgressCache {
+    pub(super) fn get(&self, tenant: &TenantId, id: &EventId) -> Option<(i64, Progress)> {
+        self.entries.get(&(*tenant, *id))
+    }
+
+    pub(super) fn put(&self, tenant: &TenantId, id: &EventId, version: i64, progress: Progress) {
+        self.entries.insert((*tenant, *id), (version, progress));
+    }
+
+    pub(super) fn forget(&self, tenant: &TenantId, id: &EventId) {
+        self.entries.invalidate(&(*tenant, *id));
+    }
+}
+
+/// How [`update_progress`] works.
+#[derive(Clone, Copy)]
+pub(super) struct How<'a> {
+    /// The expiry of a stub it creates.
+    pub(super) expires_at: i64,
+    /// Change nothing unless the event's body is stored.
+    pub(super) must_exist: bool,
+    /// Versions this writer knows, and its tally.
+    pub(super) track: Track<'a>,
+}
+
+/// Changes an event's progress with `change` (read-modify-write under the
+/// item's version; retried on conflicts). Creates a stub when the body has
+/// not arrived yet (unless `must_exist`). Returns the new status, or `None`
+/// when the event does not exist and `must_exist`.
+pub(super) async fn update_progress(
+    client: &Client,
+    tables: &Tables,
+    tenant: &TenantId,
+    id: &EventId,
+    how: How<'_>,
+    change: impl Fn(&mut Progress) -> bool,
+) -> Result<Option<EventStatus>, StoreError> {
+    let How {
+        expires_at,
+        must_exist,
+        track: Track { cache, tally },
+    } = how;
+    let table = &tables.events;
+    let mut cached = cache.and_then(|c| c.get(tenant, id));
+    for _ in 0..50 {
+        let (version, mut progress) = match cached.take() {
+            Some((version, progress)) => (Some(version), progress),
+            None => match read_progress(client, table, tenant, id, must_exist).await? {
+                Stored::Gone => return Ok(None),
+                Stored::Found(version, progress) => (version, progress),
+            },
+        };
+        // What the tally compares against (nothing when the event is new).
+        let before = tally.and(version).map(|_| progress.clone());
+        if !change(&mut progress) && version.is_some() {
+            return Ok(Some(progress.status()));
+        }
+        let status = progress.status();
+        let mut update = String::from(
+            "SET progress = :progress, #status = :status, status_pk = :status_pk, version = :next, updated_at = :now, #ttl = if_not_exists(#ttl, :ttl)",
+        );
+        update.push_str(if status.in_inbox() {
+            ", inbox_pk = :inbox"
+        } else {
+            " REMOVE inbox_pk"
+        });
+        let next = version.unwrap_or(-1) + 1;
+        let mut request = client
+            .update_item()
+            .table_name(table)
+            .key("pk", s(tenant.to_string()))
+            .key("sk", s(event_sk(id)))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+            .expression_attribute_values(":progress", s(serde_json::to_string(&progress).unwrap_or_default()))
+            .expression_attribute_values(":status", s(status.as_str()))
+            .expression_attribute_values(":status_pk", s(format!("{tenant}#{}", status.as_str())))
+            .expression_attribute_values(":next", n(next))
+            .expression_attribute_values(":now", n(now_ms()))
+            .expression_attribute_values(":ttl", n(expires_at));
+        if status.in_inbox() {
+            request = request.expression_attribute_values(":inbox", s(tenant.to_string()));
+        }
+        request = match version {
+            Some(v) => request
+                .condition_expression("version = :v")
+                .expression_attribute_values(":v", n(v)),
+            None => request.condition_expression("attribute_not_exists(version) AND attribute_not_exists(deleted)"),
+        };
+        match request.update_expression(update).send().await {
+            Ok(_) => {
+                if let Some(tally) = tally {
+                    tally.progressed(tenant, id, before.as_ref(), &progress);
+                }
+                if let Some(cache) = cache {
+                    cache.put(tenant, id, next, progress);
+                }
+                return Ok(Some(status));
+            }
+            Err(e) if is_conditional(&e) => {
+                if let Some(cache) = cache {
+                    cache.forget(tenant, id);
+                }
+                continue;
+            }
+            Err(e) => return Err(store_error("UpdateItem", table, e)),
+        }
+    }
+    Err(StoreError::found(
+        "UpdateItem",
+        table,
+        StoreErrorKind::Contended,
+        "too many concurrent changes",
+    ))
+}
+
+pub(super) enum Stored {
+    /// Deleted, or absent while it must exist.
+    Gone,
+    /// The version (none for a new item) and progress.
+    Found(Option<i64>, Progress),
+}
+
+pub(super) async fn read_progress(
+    client: &Client,
+    table: &str,
+    tenant: &TenantId,
+    id: &EventId,
+    must_exist: bool,
+) -> Result<Stored, StoreError> {
+    let current = client
+        .get_item()
+        .table_name(table)
+        .key("pk", s(tenant.to_string()))
+        .key("sk", s(event_sk(id)))
+        .projection_expression("progress, version, has_body, deleted")
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| store_error("GetItem", table, e))?;
+    let item = current.item();
+    if item.is_some_and(|i| i.contains_key("deleted")) {
+        return Ok(Stored::Gone);
+    }
+    if must_exist && !item.is_some_and(|i| i.contains_key("has_body")) {
+        return Ok(Stored::Gone);
+    }
+    let version = item.and_then(|i| get_n(i, "version"));
+    let progress: Progress = item
+        .and_then(|i| get_s(i, "progress"))
+        .and_then(|p| serde_json::from_str(&p).ok())
+        .unwrap_or_default();
+    Ok(Stored::Found(version, progress))
+}

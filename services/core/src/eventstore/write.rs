@@ -1,0 +1,391 @@
+//! Writes of the events and attempts tables: event bodies (with the
+//! outcomes that came with them), attempt items, progress changes from
+//! outcomes and acknowledgements, and deletion (a tombstone, then chunks,
+//! attempts and dead letters).
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
+
+use super::item::{
+    ITEM_LIMIT, ITEM_RESERVE, Payload, attempt_item, attributes_size, chunk_sk, encode_payload, event_sk,
+};
+use super::progress::{How, Track, update_progress};
+use crate::analytics::Tally;
+use crate::delivery::{Outcome, OutcomeKind};
+use crate::dynamo::{StoreError, StoreErrorKind, TTL_ATTRIBUTE, Tables, get_s, is_conditional, n, s, store_error};
+use crate::event::{Event, now_ms};
+use crate::ids::{EventId, TenantId};
+use crate::status::{EventStatus, Progress};
+
+/// Stores an event's body (idempotent; never changes its progress).
+pub async fn put_event(client: &Client, tables: &Tables, event: &Event, expires_at: i64) -> Result<(), StoreError> {
+    put_event_with(client, tables, event, expires_at, &[], Track::default()).await
+}
+
+/// Stores an event's body together with `outcomes` of it that arrived at the
+/// same time: one write when the event is new (its first progress already
+/// has them), else the body and then a monotonic progress change.
+/// Idempotent. Attempt items are not written here ([`put_attempts`]).
+pub async fn put_event_with(
+    client: &Client,
+    tables: &Tables,
+    event: &Event,
+    expires_at: i64,
+    outcomes: &[Outcome],
+    track: Track<'_>,
+) -> Result<(), StoreError> {
+    let Track { cache, tally } = track;
+    let table = &tables.events;
+    let extensions = serde_json::to_string(&event.extensions).unwrap_or_default();
+    let room = ITEM_LIMIT.saturating_sub(ITEM_RESERVE);
+    let attributes = attributes_size(event, &extensions);
+    if attributes > room {
+        return Err(StoreError::found(
+            "PutItem",
+            table,
+            StoreErrorKind::TooLarge,
+            format!(
+                "the event's attributes other than data take {attributes} bytes; an event item has room for {room}"
+            ),
+        ));
+    }
+    let payload = encode_payload(event.data.to_string(), room - attributes);
+    if let Payload::Chunked(chunks) = &payload {
+        for (batch_index, batch) in chunks.chunks(25).enumerate() {
+            let requests: Vec<WriteRequest> = batch
+                .iter()
+                .enumerate()
+                .filter_map(|(i, bytes)| {
+                    let put = PutRequest::builder()
+                        .item("pk", s(event.tenant.to_string()))
+                        .item("sk", s(chunk_sk(&event.id, batch_index * 25 + i)))
+                        .item("bytes", AttributeValue::B(Blob::new(bytes.clone())))
+                        .item(TTL_ATTRIBUTE, n(expires_at))
+                        .build()
+                        .ok()?;
+                    Some(WriteRequest::builder().put_request(put).build())
+                })
+                .collect();
+            batch_write(client, table, requests).await?;
+        }
+    }
+    let mut body: Vec<(&str, AttributeValue)> = vec![
+        ("event_type", s(&event.event_type)),
+        ("source", s(&event.source)),
+        ("time", n(event.time)),
+        ("received_at", n(event.received_at)),
+        ("specversion", s(&event.specversion)),
+        ("datacontenttype", s(&event.datacontenttype)),
+        ("extensions", s(extensions)),
+        ("has_body", AttributeValue::Bool(true)),
+        (TTL_ATTRIBUTE, n(expires_at)),
+    ];
+    if let Some(subject) = &event.subject {
+        body.push(("subject", s(subject)));
+    }
+    if let Some(key) = &event.partition_key {
+        body.push(("partition_key", s(key)));
+    }
+    match payload {
+        Payload::Inline(text) => body.push(("data", s(text))),
+        Payload::Deflated(bytes) => body.push(("data_z", AttributeValue::B(Blob::new(bytes)))),
+        Payload::Chunked(chunks) => body.push(("chunks", n(chunks.len()))),
+    }
+    // A new item: body, and the initial progress.
+    let mut names = HashMap::new();
+    let mut values = HashMap::new();
+    let mut sets = Vec::new();
+    for (i, (name, value)) in body.iter().enumerate() {
+        names.insert(format!("#b{i}"), (*name).to_owned());
+        values.insert(format!(":b{i}"), value.clone());
+        sets.push(format!("#b{i} = :b{i}"));
+    }
+    let body_only = format!("SET {}", sets.join(", "));
+    let mut progress = Progress::default();
+    for outcome in outcomes {
+        progress.apply(outcome);
+    }
+    let status = progress.status();
+    // A stub this writer made (an outcome came first): the create would fail.
+    let known = cache.is_some_and(|c| c.get(&event.tenant, &event.id).is_some());
+    let created = if known {
+        false
+    } else {
+        let result = client
+        .update_item()
+        .table_name(table)
+        .key("pk", s(event.tenant.to_string()))
+        .key("sk", s(event_sk(&event.id)))
+        .update_expression(format!(
+            "{body_only}, progress = :progress, #status = :status, status_pk = :status_pk, version = :zero, updated_at = :now{}",
+            if status.in_inbox() { ", inbox_pk = :inbox" } else { "" }
+        ))
+        .condition_expression("attribute_not_exists(version) AND attribute_not_exists(deleted)")
+        .set_expression_attribute_names(Some({
+            let mut names = names.clone();
+            names.insert("#status".to_owned(), "status".to_owned());
+            names
+        }))
+        .set_expression_attribute_values(Some({
+            let mut values = values.clone();
+            values.insert(":progress".to_owned(), s(serde_json::to_string(&progress).unwrap_or_default()));
+            values.insert(":status".to_owned(), s(status.as_str()));
+            values.insert(":status_pk".to_owned(), s(format!("{}#{}", event.tenant, status.as_str())));
+            if status.in_inbox() {
+                values.insert(":inbox".to_owned(), s(event.tenant.to_string()));
+            }
+            values.insert(":zero".to_owned(), n(0));
+            values.insert(":now".to_owned(), n(now_ms()));
+            values
+        }))
+        .send()
+        .await;
+        match result {
+            Ok(_) => true,
+            Err(e) if is_conditional(&e) => false,
+            Err(e) => return Err(store_error("UpdateItem", table, e)),
+        }
+    };
+    if created {
+        if let Some(tally) = tally {
+            tally.progressed(&event.tenant, &event.id, None, &progress);
+        }
+        if let Some(cache) = cache {
+            cache.put(&event.tenant, &event.id, 0, progress);
+        }
+        return Ok(());
+    }
+    // The item exists (an outcome came first, or a replayed record):
+    // write the body only — unless the event was deleted.
+    let updated = client
+        .update_item()
+        .table_name(table)
+        .key("pk", s(event.tenant.to_string()))
+        .key("sk", s(event_sk(&event.id)))
+        .update_expression(body_only)
+        .condition_expression("attribute_not_exists(deleted)")
+        .set_expression_attribute_names(Some(names))
+        .set_expression_attribute_values(Some(values))
+        .send()
+        .await;
+    match updated {
+        Ok(_) => {}
+        Err(e) if is_conditional(&e) => return Ok(()),
+        Err(e) => return Err(store_error("UpdateItem", table, e)),
+    }
+    if !outcomes.is_empty() {
+        apply_outcomes(client, tables, &event.tenant, &event.id, outcomes, expires_at, track).await?;
+    }
+    Ok(())
+}
+
+async fn batch_write(client: &Client, table: &str, mut requests: Vec<WriteRequest>) -> Result<(), StoreError> {
+    let mut backoff = std::time::Duration::from_millis(20);
+    while !requests.is_empty() {
+        let output = client
+            .batch_write_item()
+            .request_items(table, requests)
+            .send()
+            .await
+            .map_err(|e| store_error("BatchWriteItem", table, e))?;
+        requests = output
+            .unprocessed_items()
+            .and_then(|u| u.get(table))
+            .cloned()
+            .unwrap_or_default();
+        if !requests.is_empty() {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the attempt items (and dead letters) of delivery outcomes, 25 to a
+/// `BatchWriteItem`. Idempotent: an attempt's key is fixed by its event,
+/// subscription, number and kind.
+pub async fn put_attempts(client: &Client, tables: &Tables, outcomes: &[(Outcome, i64)]) -> Result<(), StoreError> {
+    let mut requests: Vec<WriteRequest> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (outcome, expires_at) in outcomes {
+        if let Some(item) = attempt_item(outcome, *expires_at) {
+            // One write per key in a batch (DynamoDB refuses duplicates).
+            if !seen.insert(get_s(&item, "sk").unwrap_or_default()) {
+                continue;
+            }
+            if let Ok(put) = PutRequest::builder().set_item(Some(item)).build() {
+                requests.push(WriteRequest::builder().put_request(put).build());
+            }
+        }
+    }
+    let writes = requests
+        .chunks(25)
+        .map(|chunk| batch_write(client, &tables.attempts, chunk.to_vec()));
+    for result in futures::future::join_all(writes).await {
+        result?;
+    }
+    for (outcome, expires_at) in outcomes {
+        if outcome.kind == OutcomeKind::DeadLettered {
+            crate::deadletter::put(client, tables, outcome, *expires_at).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies outcomes of one event to its progress in one read-modify-write.
+/// Monotonic: outcomes that change nothing write nothing.
+pub async fn apply_outcomes(
+    client: &Client,
+    tables: &Tables,
+    tenant: &TenantId,
+    event: &EventId,
+    outcomes: &[Outcome],
+    expires_at: i64,
+    track: Track<'_>,
+) -> Result<EventStatus, StoreError> {
+    let status = update_progress(
+        client,
+        tables,
+        tenant,
+        event,
+        How {
+            expires_at,
+            must_exist: false,
+            track,
+        },
+        |p| {
+            let mut changed = false;
+            for outcome in outcomes {
+                changed |= p.apply(outcome);
+            }
+            changed
+        },
+    )
+    .await?;
+    Ok(status.unwrap_or(EventStatus::Accepted))
+}
+
+/// Records an outcome: the event's progress, and for delivery outcomes the
+/// attempt. Idempotent and monotonic.
+pub async fn apply_outcome(
+    client: &Client,
+    tables: &Tables,
+    outcome: &Outcome,
+    expires_at: i64,
+) -> Result<EventStatus, StoreError> {
+    put_attempts(client, tables, &[(outcome.clone(), expires_at)]).await?;
+    apply_outcomes(
+        client,
+        tables,
+        &outcome.tenant,
+        &outcome.event_id,
+        std::slice::from_ref(outcome),
+        expires_at,
+        Track::default(),
+    )
+    .await
+}
+
+/// Acknowledges an event from the inbox (counted in `tally`); `false` when
+/// there is no such event.
+pub async fn acknowledge(
+    client: &Client,
+    tables: &Tables,
+    tenant: &TenantId,
+    id: &EventId,
+    tally: Option<&Tally>,
+) -> Result<bool, StoreError> {
+    let status = update_progress(
+        client,
+        tables,
+        tenant,
+        id,
+        How {
+            expires_at: 0,
+            must_exist: true,
+            track: Track { cache: None, tally },
+        },
+        |p| {
+            let changed = !p.acknowledged;
+            p.acknowledged = true;
+            changed
+        },
+    )
+    .await?;
+    Ok(status.is_some())
+}
+
+/// How long the tombstone of a deleted event is kept: longer than the
+/// events topic's retention plus the retry schedule, so no record still in
+/// Kafka can bring the event back or have it delivered.
+const TOMBSTONE_SECONDS: i64 = 10 * 86_400;
+
+/// Deletes an event, its chunks, its attempts and its dead letters; `false`
+/// if there was none. The event item becomes a tombstone (`deleted`, no
+/// body, in no index): deliveries still pending are skipped, and a record
+/// read again later does not bring the event back.
+pub async fn delete(client: &Client, tables: &Tables, tenant: &TenantId, id: &EventId) -> Result<bool, StoreError> {
+    let written = client
+        .put_item()
+        .table_name(&tables.events)
+        .item("pk", s(tenant.to_string()))
+        .item("sk", s(event_sk(id)))
+        .item("deleted", AttributeValue::Bool(true))
+        .item(TTL_ATTRIBUTE, n(now_ms() / 1000 + TOMBSTONE_SECONDS))
+        .condition_expression("attribute_exists(has_body)")
+        .send()
+        .await;
+    match written {
+        Ok(_) => {}
+        Err(e) if is_conditional(&e) => return Ok(false),
+        Err(e) => return Err(store_error("PutItem", &tables.events, e)),
+    }
+    delete_prefix(client, &tables.events, tenant, &format!("c#{id}#")).await?;
+    delete_prefix(client, &tables.attempts, tenant, &format!("{id}#")).await?;
+    delete_prefix(client, &tables.attempts, tenant, &crate::deadletter::event_prefix(id)).await?;
+    Ok(true)
+}
+
+/// Deletes every item of `tenant` in `table` whose sort key starts with
+/// `prefix` (everything with an empty prefix).
+pub async fn delete_prefix(client: &Client, table: &str, tenant: &TenantId, prefix: &str) -> Result<usize, StoreError> {
+    let mut deleted = 0;
+    loop {
+        let mut request = client
+            .query()
+            .table_name(table)
+            .expression_attribute_values(":t", s(tenant.to_string()))
+            .projection_expression("pk, sk")
+            .limit(100);
+        request = if prefix.is_empty() {
+            request.key_condition_expression("pk = :t")
+        } else {
+            request
+                .key_condition_expression("pk = :t AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":prefix", s(prefix))
+        };
+        let page = request.send().await.map_err(|e| store_error("Query", table, e))?;
+        if page.items().is_empty() {
+            return Ok(deleted);
+        }
+        let requests: Vec<WriteRequest> = page
+            .items()
+            .iter()
+            .filter_map(|item| {
+                let delete = DeleteRequest::builder()
+                    .key("pk", item.get("pk")?.clone())
+                    .key("sk", item.get("sk")?.clone())
+                    .build()
+                    .ok()?;
+                Some(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect();
+        deleted += requests.len();
+        for batch in requests.chunks(25) {
+            batch_write(client, table, batch.to_vec()).await?;
+        }
+    }
+}
