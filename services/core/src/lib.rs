@@ -18,7 +18,11 @@
 //!   the effect), and W3C trace context in record headers; [`msk_iam`]:
 //!   IAM tokens for Amazon MSK.
 //! - [`codec`]: Avro in Confluent wire format through a schema registry.
-//! - [`dynamo`]: the DynamoDB client and table definitions.
+//! - [`dynamo`]: the DynamoDB client and table definitions, and what every
+//!   store shares (typed, retriable-or-not [`dynamo::StoreError`]);
+//!   [`pager`]: listing pages with opaque cursors, and whole-range reads.
+//! - [`service`]: what router, persister and deliverer share at start-up
+//!   (settings, errors, clients, the operations server).
 //! - [`provision`]: idempotent creation of every topic and table.
 //! - [`telemetry`], [`ops`]: logs, traces, metrics, health endpoints.
 //! - [`eventstore`]: stored events and their delivery attempts (the events

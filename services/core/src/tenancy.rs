@@ -1,4 +1,7 @@
-//! Tenants and API keys in DynamoDB.
+//! Tenants and API keys in DynamoDB: the `<prefix>tenants` table (`pk` =
+//! tenant id) and the `<prefix>api_keys` table (`pk` = the key's SHA-256,
+//! index `by_tenant`); erasing a tenant also clears its records in
+//! `<prefix>idempotency`.
 //!
 //! An API key (`tk_…`) is shown once, when it is made; only its SHA-256 is
 //! stored, as the partition key of the key table, so a lookup by key never

@@ -22,6 +22,9 @@
 //! at once. Never a false 202, never a hang.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "testkit")]
+pub mod testing;
+
 pub mod analytics;
 pub mod api;
 pub mod auth;

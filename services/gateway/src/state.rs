@@ -1,4 +1,6 @@
-//! What the handlers share.
+//! What the handlers share: the authenticator, rate limits, the event sink
+//! (`<ns>.events`), idempotency records, DynamoDB and its table names, the
+//! subscription publisher (`<ns>.subscriptions`) and the analytics tally.
 
 use triggers_core::dynamo::Tables;
 

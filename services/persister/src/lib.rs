@@ -11,6 +11,9 @@
 //! Writes are batched and coalesced per event ([`writer`]).
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "testkit")]
+pub mod testing;
+
 pub mod writer;
 
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! Batched, coalesced writes to the event store.
+//! Batched, coalesced writes to the event store (the `<prefix>events` and
+//! `<prefix>attempts` tables, through [`eventstore`]).
 //!
 //! Records are gathered for up to `batch_wait` (or `max_batch` records),
 //! then written together: every attempt item of the batch in
@@ -134,15 +135,13 @@ struct Store {
     tally: Tally,
 }
 
-/// Starts the writes of a batch: its attempt items at once, and every
-/// event's write as a write slot frees up (no batch waits for another).
-fn write_batch(
-    store: &Arc<Store>,
-    batch: Vec<Pending>,
-    slots: &Arc<tokio::sync::Semaphore>,
-    shutdown: &CancellationToken,
-) {
-    metrics::histogram!("triggers_persister_batch_size").record(batch.len() as f64);
+/// The writes of a batch, one per event.
+type Groups = HashMap<(TenantId, EventId), Group>;
+
+/// A batch per event: its body (if in the batch), its outcomes in the
+/// order read, the latest expiry, and who waits for it; and every outcome
+/// for the attempt items, in order.
+fn coalesce(batch: Vec<Pending>) -> (Groups, Vec<(Outcome, i64)>) {
     let mut groups: HashMap<(TenantId, EventId), Group> = HashMap::new();
     let mut attempts = Vec::new();
     for Pending { record, done } in batch {
@@ -162,6 +161,19 @@ fn write_batch(
             }
         }
     }
+    (groups, attempts)
+}
+
+/// Starts the writes of a batch: its attempt items at once, and every
+/// event's write as a write slot frees up (no batch waits for another).
+fn write_batch(
+    store: &Arc<Store>,
+    batch: Vec<Pending>,
+    slots: &Arc<tokio::sync::Semaphore>,
+    shutdown: &CancellationToken,
+) {
+    metrics::histogram!("triggers_persister_batch_size").record(batch.len() as f64);
+    let (groups, attempts) = coalesce(batch);
     // The attempt items of the batch, shared by the groups that have outcomes.
     let attempts_written = {
         let (store, shutdown) = (store.clone(), shutdown.clone());
@@ -222,5 +234,79 @@ fn write_batch(
                 let _ = done.send(written.clone());
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use triggers_core::delivery::OutcomeKind;
+    use triggers_core::ids::SubscriptionId;
+
+    use super::*;
+
+    fn event(tenant: TenantId) -> Event {
+        Event {
+            id: EventId::new(),
+            tenant,
+            event_type: "order.created".to_owned(),
+            source: "test".to_owned(),
+            subject: None,
+            time: 1,
+            received_at: 1,
+            specversion: "1.0".to_owned(),
+            datacontenttype: "application/json".to_owned(),
+            data: serde_json::Value::Null,
+            partition_key: None,
+            extensions: Default::default(),
+        }
+    }
+
+    fn pending(record: Record) -> (Pending, oneshot::Receiver<Handled>) {
+        let (done, waiting) = oneshot::channel();
+        (Pending { record, done }, waiting)
+    }
+
+    #[test]
+    fn a_batch_becomes_one_write_per_event_with_its_outcomes_in_order() {
+        let tenant = TenantId::new();
+        let (first, second) = (event(tenant), event(tenant));
+        let routed = Outcome::routing(&first, vec![SubscriptionId::new()]);
+        let mut delivered = routed.clone();
+        delivered.kind = OutcomeKind::Delivered;
+        let batch = vec![
+            pending(Record::Outcome(Box::new(routed.clone()), 200)).0,
+            pending(Record::Event(Box::new(first.clone()), 100)).0,
+            pending(Record::Event(Box::new(second.clone()), 100)).0,
+            pending(Record::Outcome(Box::new(delivered.clone()), 150)).0,
+        ];
+        let (groups, attempts) = coalesce(batch);
+        assert_eq!(groups.len(), 2, "one group per event");
+        let group = &groups[&(tenant, first.id)];
+        assert_eq!(group.body.as_ref().map(|(e, _)| e.id), Some(first.id));
+        let kinds: Vec<OutcomeKind> = group.outcomes.iter().map(|o| o.kind).collect();
+        assert_eq!(
+            kinds,
+            [OutcomeKind::Routed, OutcomeKind::Delivered],
+            "in the order read"
+        );
+        assert_eq!(group.expires_at, 200, "the latest expiry of its records");
+        assert_eq!(group.done.len(), 3, "every record of the event waits for its write");
+        let alone = &groups[&(tenant, second.id)];
+        assert!(alone.outcomes.is_empty());
+        assert_eq!(alone.done.len(), 1);
+        assert_eq!(attempts.len(), 2, "every outcome is offered as an attempt item");
+    }
+
+    #[test]
+    fn a_write_ends_done_stopped_or_poison() {
+        assert_eq!(handled(Some(Ok(()))), Handled::Done);
+        assert_eq!(handled(None), Handled::Stopped);
+        let refused = StoreError::found(
+            "PutItem",
+            "t_events",
+            triggers_core::dynamo::StoreErrorKind::TooLarge,
+            "over 400 KB",
+        );
+        assert!(matches!(handled(Some(Err(refused))), Handled::Poison(p) if p.reason == "store_rejected"));
     }
 }

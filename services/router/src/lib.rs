@@ -14,6 +14,9 @@
 //! `<ns>.events.invalid` and never stop the router.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "testkit")]
+pub mod testing;
+
 pub mod pipeline;
 
 pub use triggers_core::subscription_table as table;

@@ -1,7 +1,12 @@
 //! Test support for the services' integration tests: one test's slice of
 //! the shared stack of its test binary — its own namespace (topics, tables,
-//! consumer groups), provisioned, with a schema registry of its own — and
-//! tenants with API keys.
+//! consumer groups), provisioned, with a schema registry of its own —,
+//! tenants with API keys, and [`Api`], a tenant's client of a gateway.
+//!
+//! Each service starts itself for tests on a slice (`triggers_gateway::testing`,
+//! `triggers_router::testing`, `triggers_persister::testing`, behind their
+//! `testkit` feature): this crate depends on no service but the registry,
+//! so no crate depends on itself through its tests.
 #![forbid(unsafe_code)]
 
 use triggers_core::CancellationToken;
@@ -97,5 +102,82 @@ impl Slice {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         (tenant.id, key.key)
+    }
+}
+
+/// A tenant's client of one gateway: JSON calls with its API key.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// `http://host:port` of the gateway.
+    pub base: String,
+    /// The tenant's API key.
+    pub key: String,
+    /// The HTTP client.
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    /// A client of the gateway at `addr` with `key`.
+    pub fn new(addr: std::net::SocketAddr, key: String) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            key,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Calls `method path` with `key` and an optional JSON body: the status
+    /// and the JSON answer (`null` when there is none).
+    ///
+    /// # Panics
+    /// When the gateway does not answer (a test failure).
+    pub async fn call_as(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// [`Api::call_as`] with this client's key.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        self.call_as(&self.key, method, path, body).await
+    }
+
+    /// Ingests `event`; its id.
+    ///
+    /// # Panics
+    /// Unless the gateway answers 202.
+    pub async fn ingest(&self, event: serde_json::Value) -> String {
+        let (status, accepted) = self.call(reqwest::Method::POST, "/v1/events", Some(event)).await;
+        assert_eq!(status, 202, "{accepted}");
+        accepted["id"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Creates a subscription from `body`; the created subscription (with
+    /// its secret).
+    ///
+    /// # Panics
+    /// Unless the gateway answers 201.
+    pub async fn subscribe(&self, body: serde_json::Value) -> serde_json::Value {
+        let (status, created) = self.call(reqwest::Method::POST, "/v1/subscriptions", Some(body)).await;
+        assert_eq!(status, 201, "{created}");
+        created
     }
 }

@@ -83,3 +83,19 @@ pub use query::{LISTING_PAGE_BYTES, ListQuery, attempts, deliveries_stopped, get
 pub use write::{
     acknowledge, apply_outcome, apply_outcomes, delete, delete_prefix, put_attempts, put_event, put_event_with,
 };
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn items_expire_their_retention_after_the_event_arrived() {
+        let received_at = 1_700_000_000_123;
+        assert_eq!(expiry(received_at, Duration::from_secs(86_400)), 1_700_000_000 + 86_400);
+        assert_eq!(expiry(received_at, Duration::ZERO), 1_700_000_000);
+        // A retention too long for seconds in an i64 does not wrap around.
+        assert!(expiry(received_at, Duration::from_secs(u64::MAX)) > received_at / 1000);
+    }
+}

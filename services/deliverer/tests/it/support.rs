@@ -13,6 +13,7 @@ use triggers_core::delivery::Outcome;
 use triggers_deliverer::DelivererConfig;
 use triggers_stack::TestStack;
 use triggers_stack::topics::read_topic;
+use triggers_testkit::Api;
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -146,11 +147,17 @@ pub struct Env {
     /// Stops the deliverer alone.
     pub deliverer_shutdown: CancellationToken,
     pub common: CommonConfig,
-    pub gateway: String,
-    pub key: String,
-    pub http: reqwest::Client,
+    pub api: Api,
     pub codec: AvroCodec,
     pub shutdown: CancellationToken,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl Drop for Env {
@@ -179,42 +186,11 @@ pub async fn env() -> Env {
 pub async fn env_with(tune: impl FnOnce(&mut DelivererConfig)) -> Env {
     let slice = triggers_testkit::slice(TestStack::shared()).await;
     let (_, key) = slice.tenant_with_key(None).await;
-    let (common, namespace, shutdown) = (slice.common.clone(), slice.namespace.clone(), slice.shutdown.clone());
-    let gateway = triggers_gateway::start(
-        &common,
-        &triggers_gateway::GatewayConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            workers: 1,
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .expect("gateway");
-    triggers_router::start(
-        &common,
-        &triggers_router::RouterConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            // Groups of their own: tests running at once must not rebalance each other.
-            group_id: format!("{namespace}-router"),
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .expect("router");
-    triggers_persister::start(
-        &common,
-        &triggers_persister::PersisterConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            group_id: format!("{namespace}-persister"),
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .expect("persister");
-    let mut deliverer = deliverer_config(&namespace);
+    let (common, shutdown) = (slice.common.clone(), slice.shutdown.clone());
+    let gateway = triggers_gateway::testing::start(&slice, shutdown.clone(), |_| {}).await;
+    triggers_router::testing::start(&slice, shutdown.clone(), |_| {}).await;
+    triggers_persister::testing::start(&slice, shutdown.clone(), |_| {}).await;
+    let mut deliverer = deliverer_config(&slice.namespace);
     tune(&mut deliverer);
     let deliverer_shutdown = shutdown.child_token();
     triggers_deliverer::start(&common, &deliverer, deliverer_shutdown.clone())
@@ -226,9 +202,7 @@ pub async fn env_with(tune: impl FnOnce(&mut DelivererConfig)) -> Env {
         deliverer,
         deliverer_shutdown,
         common,
-        gateway: format!("http://{}", gateway.addr),
-        key,
-        http: reqwest::Client::new(),
+        api: Api::new(gateway.addr, key),
         codec,
         shutdown,
     }
@@ -246,19 +220,6 @@ impl Env {
             .expect("deliverer");
     }
 
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.gateway))
-            .bearer_auth(&self.key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
     /// Creates a subscription of every event type to `url`; (id, secret).
     pub async fn subscribe(&self, url: &str) -> (String, String) {
         self.subscribe_with(json!({"target_url": url, "event_types": ["*"]}))
@@ -267,8 +228,7 @@ impl Env {
 
     /// Creates a subscription from `body`; (id, secret).
     pub async fn subscribe_with(&self, body: Value) -> (String, String) {
-        let (status, created) = self.call(reqwest::Method::POST, "/v1/subscriptions", Some(body)).await;
-        assert_eq!(status, 201, "{created}");
+        let created = self.api.subscribe(body).await;
         (
             created["id"].as_str().unwrap_or_default().to_owned(),
             created["secret"].as_str().unwrap_or_default().to_owned(),
@@ -291,12 +251,6 @@ impl Env {
             .iter()
             .map(|r| r["id"].as_str().unwrap_or_else(|| panic!("{r}")).to_owned())
             .collect()
-    }
-
-    pub async fn ingest(&self, event: Value) -> String {
-        let (status, accepted) = self.call(reqwest::Method::POST, "/v1/events", Some(event)).await;
-        assert_eq!(status, 202, "{accepted}");
-        accepted["id"].as_str().unwrap_or_default().to_owned()
     }
 
     /// Sends `event` until `receiver` got a request (a new subscription

@@ -57,7 +57,7 @@ fn hex(bytes: &[u8]) -> String {
 async fn ingest_traced(env: &Env, receiver: &Receiver, traceparent: &str, kind: &str) -> String {
     let response = env
         .http
-        .post(format!("{}/v1/events", env.gateway))
+        .post(format!("{}/v1/events", env.base))
         .bearer_auth(&env.key)
         .header("traceparent", traceparent)
         .json(&json!({"type": kind, "source": "s"}))

@@ -277,7 +277,7 @@ async fn inbox_acks_isolation_and_erasure() {
     // Erase the tenant: its data is gone from every API and from the store.
     let response = env
         .http
-        .delete(format!("{}/v1/admin/tenants/{}", env.gateway, env.tenant))
+        .delete(format!("{}/v1/admin/tenants/{}", env.base, env.tenant))
         .bearer_auth(ADMIN)
         .send()
         .await

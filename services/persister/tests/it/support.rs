@@ -10,26 +10,31 @@ use triggers_core::dynamo::Tables;
 use triggers_core::ids::TenantId;
 use triggers_core::kafka::KafkaProducer;
 use triggers_core::ops::RunningServer;
-use triggers_persister::PersisterConfig;
 use triggers_stack::TestStack;
+use triggers_testkit::Api;
 
 pub const ADMIN: &str = "persister-test-admin-token";
 
 pub struct Env {
     pub slice: triggers_testkit::Slice,
-    pub namespace: String,
     pub common: CommonConfig,
     pub tables: Tables,
     pub dynamo: aws_sdk_dynamodb::Client,
-    pub gateway: String,
-    pub key: String,
+    pub api: Api,
     pub tenant: TenantId,
-    pub http: reqwest::Client,
     pub codec: AvroCodec,
     pub producer: KafkaProducer,
     pub shutdown: CancellationToken,
     pub persister_shutdown: CancellationToken,
     pub persister: Option<RunningServer>,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl Drop for Env {
@@ -42,43 +47,23 @@ impl Drop for Env {
 pub async fn env() -> Env {
     let slice = triggers_testkit::slice(TestStack::shared()).await;
     let (tenant, key) = slice.tenant_with_key(Some(30)).await;
-    let (common, namespace, shutdown) = (slice.common.clone(), slice.namespace.clone(), slice.shutdown.clone());
+    let (common, shutdown) = (slice.common.clone(), slice.shutdown.clone());
     let (tables, dynamo) = (slice.tables.clone(), slice.dynamo.clone());
-    let gateway = triggers_gateway::start(
-        &common,
-        &triggers_gateway::GatewayConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            workers: 2,
-            admin_token: Some(ADMIN.to_owned()),
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .expect("gateway");
-    triggers_router::start(
-        &common,
-        &triggers_router::RouterConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            group_id: format!("{namespace}-router"),
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .expect("router");
+    let gateway = triggers_gateway::testing::start(&slice, shutdown.clone(), |gateway| {
+        gateway.workers = 2;
+        gateway.admin_token = Some(ADMIN.to_owned());
+    })
+    .await;
+    triggers_router::testing::start(&slice, shutdown.clone(), |_| {}).await;
     let codec = AvroCodec::new(&common.schema_registry).unwrap();
     let producer = triggers_core::kafka::producer(&common.kafka, "test").unwrap();
     let mut env = Env {
         slice,
-        namespace: namespace.clone(),
         common,
         tables,
         dynamo,
-        gateway: format!("http://{}", gateway.addr),
-        key,
+        api: Api::new(gateway.addr, key),
         tenant,
-        http: reqwest::Client::new(),
         codec,
         producer,
         shutdown,
@@ -92,18 +77,10 @@ pub async fn env() -> Env {
 impl Env {
     pub async fn start_persister(&mut self, grace: Duration) {
         self.persister_shutdown = CancellationToken::new();
-        let persister = triggers_persister::start(
-            &self.common,
-            &PersisterConfig {
-                listen: "127.0.0.1:0".to_owned(),
-                group_id: format!("{}-persister", self.namespace),
-                shutdown_grace: grace,
-                ..Default::default()
-            },
-            self.persister_shutdown.clone(),
-        )
-        .await
-        .expect("persister");
+        let persister = triggers_persister::testing::start(&self.slice, self.persister_shutdown.clone(), |persister| {
+            persister.shutdown_grace = grace;
+        })
+        .await;
         self.persister = Some(persister);
     }
 
@@ -113,29 +90,6 @@ impl Env {
             let stopped = tokio::time::timeout(Duration::from_secs(30), persister.task).await;
             assert!(matches!(stopped, Ok(Ok(Ok(())))), "persister did not stop: {stopped:?}");
         }
-    }
-
-    pub async fn call_as(&self, key: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.gateway))
-            .bearer_auth(key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.call_as(&self.key, method, path, body).await
-    }
-
-    pub async fn ingest(&self, event: Value) -> String {
-        let (status, accepted) = self.call(reqwest::Method::POST, "/v1/events", Some(event)).await;
-        assert_eq!(status, 202, "{accepted}");
-        accepted["id"].as_str().unwrap_or_default().to_owned()
     }
 
     /// Waits until `GET /v1/events/{id}` answers 200 with `check` true.

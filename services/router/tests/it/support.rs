@@ -15,20 +15,26 @@ use triggers_core::ops::RunningServer;
 use triggers_router::RouterConfig;
 use triggers_stack::TestStack;
 use triggers_stack::topics::read_topic;
+use triggers_testkit::Api;
 
 pub struct Env {
-    _slice: triggers_testkit::Slice,
-    pub namespace: String,
+    slice: triggers_testkit::Slice,
     pub common: CommonConfig,
-    pub gateway: String,
-    pub key: String,
+    pub api: Api,
     pub tenant: TenantId,
-    pub http: reqwest::Client,
     pub codec: AvroCodec,
     pub producer: KafkaProducer,
     pub shutdown: CancellationToken,
     pub router_shutdown: CancellationToken,
     pub router: Option<RunningServer>,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl Drop for Env {
@@ -41,28 +47,15 @@ impl Drop for Env {
 pub async fn env() -> Env {
     let slice = triggers_testkit::slice(TestStack::shared()).await;
     let (tenant, key) = slice.tenant_with_key(None).await;
-    let (common, namespace, shutdown) = (slice.common.clone(), slice.namespace.clone(), slice.shutdown.clone());
-    let gateway = triggers_gateway::start(
-        &common,
-        &triggers_gateway::GatewayConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            workers: 1,
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .expect("gateway");
+    let (common, shutdown) = (slice.common.clone(), slice.shutdown.clone());
+    let gateway = triggers_gateway::testing::start(&slice, shutdown.clone(), |_| {}).await;
     let codec = AvroCodec::new(&common.schema_registry).unwrap();
     let producer = triggers_core::kafka::producer(&common.kafka, "test").unwrap();
     let mut env = Env {
-        _slice: slice,
-        namespace: namespace.clone(),
+        slice,
         common,
-        gateway: format!("http://{}", gateway.addr),
-        key,
+        api: Api::new(gateway.addr, key),
         tenant,
-        http: reqwest::Client::new(),
         codec,
         producer,
         shutdown,
@@ -76,15 +69,16 @@ pub async fn env() -> Env {
 impl Env {
     pub async fn start_router(&mut self, config: RouterConfig) {
         self.router_shutdown = CancellationToken::new();
-        // A group of its own: tests running at once must not rebalance each other.
-        let config = RouterConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            group_id: format!("{}-router", self.namespace),
-            ..config
-        };
-        let router = triggers_router::start(&self.common, &config, self.router_shutdown.clone())
-            .await
-            .expect("router");
+        // The slice's own group (tests running at once must not rebalance
+        // each other) and an ephemeral port; the rest from `config`.
+        let router = triggers_router::testing::start(&self.slice, self.router_shutdown.clone(), |defaults| {
+            *defaults = RouterConfig {
+                listen: defaults.listen.clone(),
+                group_id: defaults.group_id.clone(),
+                ..config
+            };
+        })
+        .await;
         self.router = Some(router);
     }
 
@@ -98,30 +92,10 @@ impl Env {
         }
     }
 
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.gateway))
-            .bearer_auth(&self.key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
     pub async fn subscribe(&self, body: Value) -> String {
-        let (status, created) = self.call(reqwest::Method::POST, "/v1/subscriptions", Some(body)).await;
-        assert_eq!(status, 201, "{created}");
+        let created = self.api.subscribe(body).await;
         assert!(created["secret"].as_str().is_some_and(|s| s.starts_with("whsec_")));
         created["id"].as_str().unwrap_or_default().to_owned()
-    }
-
-    pub async fn ingest(&self, event: Value) -> String {
-        let (status, accepted) = self.call(reqwest::Method::POST, "/v1/events", Some(event)).await;
-        assert_eq!(status, 202, "{accepted}");
-        accepted["id"].as_str().unwrap_or_default().to_owned()
     }
 
     /// An event as a Kafka-native producer would write it.
