@@ -33,6 +33,13 @@ pub enum IdError {
         #[source]
         source: ulid::DecodeError,
     },
+    /// The ULID is over 128 bits (its first character is past `7`), which
+    /// would alias a smaller one.
+    #[error("`{got}` is not a valid id: a ULID starts with 0-7")]
+    Overflow {
+        /// The rejected input.
+        got: String,
+    },
 }
 
 macro_rules! prefixed_id {
@@ -92,6 +99,9 @@ macro_rules! prefixed_id {
                     expected: $prefix,
                     got: s.to_owned(),
                 })?;
+                if rest.len() == ulid::ULID_LEN && rest.as_bytes().first().is_some_and(|c| !(b'0'..=b'7').contains(c)) {
+                    return Err(IdError::Overflow { got: s.to_owned() });
+                }
                 Ulid::from_string(rest)
                     .map(Self)
                     .map_err(|source| IdError::Malformed { got: s.to_owned(), source })
@@ -203,6 +213,17 @@ mod tests {
             "evt_not-a-ulid".parse::<EventId>(),
             Err(IdError::Malformed { .. })
         ));
+        // Past 128 bits: `8…` would alias `0…`, so two ids would be one.
+        let id = EventId::new().to_string();
+        let aliased = format!("evt_8{}", &id[5..]);
+        assert!(matches!(aliased.parse::<EventId>(), Err(IdError::Overflow { .. })));
+        assert_eq!(
+            id.to_uppercase()
+                .replacen("EVT_", "evt_", 1)
+                .parse::<EventId>()
+                .map(|p| p.to_string()),
+            Ok(id)
+        );
     }
 
     #[test]

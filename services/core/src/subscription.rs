@@ -321,6 +321,27 @@ pub async fn get(
     }
 }
 
+/// Saves a change of a subscription read at revision `changed.revision`:
+/// the next revision and `updated_at` stamped, the item replaced only if
+/// nobody changed it meanwhile ([`SubscriptionStoreError::Conflict`]), then
+/// the new state published to the compacted topic. Every change after
+/// creation goes through here: the API's patch and secret rotation, the
+/// deliverer's disabling after 410.
+pub async fn save_change(
+    client: &Client,
+    tables: &Tables,
+    topic: (&KafkaProducer, &AvroCodec, &str),
+    mut changed: Subscription,
+) -> Result<Subscription, SubscriptionStoreError> {
+    let expected = changed.revision;
+    changed.revision = expected + 1;
+    changed.updated_at = crate::event::now_ms();
+    update(client, tables, &changed, expected).await?;
+    let (producer, codec, topic) = topic;
+    publish(producer, codec, topic, &changed).await?;
+    Ok(changed)
+}
+
 /// Publishes the subscription's state to the compacted topic (keyed by id),
 /// and waits for Kafka's acknowledgement.
 pub async fn publish(

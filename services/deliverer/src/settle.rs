@@ -11,7 +11,7 @@ use triggers_core::consume::Handled;
 use triggers_core::delivery::{Delivery, Outcome, OutcomeKind};
 use triggers_core::event::{now_ms, rfc3339};
 use triggers_core::quarantine::Poison;
-use triggers_core::subscription::{self, Subscription, SubscriptionStatus};
+use triggers_core::subscription::{self, Subscription, SubscriptionStatus, SubscriptionStoreError};
 
 use crate::attempt::AttemptResult;
 use crate::schedule::{MAX_JITTER, Verdict, next_attempt, status_class};
@@ -175,24 +175,32 @@ impl Deliverer {
                 return;
             }
         };
-        let mut disabled = current.clone();
+        let mut disabled = current;
         disabled.status = SubscriptionStatus::Disabled;
         disabled.disabled_reason = Some(format!(
             "{} answered 410 Gone at {}",
-            current.target_url,
+            disabled.target_url,
             rfc3339(now_ms())
         ));
-        disabled.revision = current.revision + 1;
-        disabled.updated_at = now_ms();
-        if let Err(e) = subscription::update(&self.dynamo, &self.tables, &disabled, current.revision).await {
-            tracing::warn!(error = %e, "cannot disable a subscription");
-            return;
-        }
-        if let Err(e) =
-            subscription::publish(&self.producer, &self.codec, &self.topics.subscriptions(), &disabled).await
-        {
-            tracing::warn!(error = %e, "cannot publish a disabled subscription");
-        }
+        let topic = self.topics.subscriptions();
+        let topic = (&self.producer, &self.codec, topic.as_str());
+        let disabled = match subscription::save_change(&self.dynamo, &self.tables, topic, disabled.clone()).await {
+            Ok(disabled) => disabled,
+            Err(e @ SubscriptionStoreError::Kafka { .. }) => {
+                // Stored but not published: this deliverer stops at least.
+                tracing::warn!(error = %e, "cannot publish a disabled subscription");
+                Subscription {
+                    revision: disabled.revision + 1,
+                    ..disabled
+                }
+            }
+            Err(e) => {
+                // A conflict means someone changed it first (deleted,
+                // paused, re-enabled): their change stands.
+                tracing::warn!(error = %e, "cannot disable a subscription");
+                return;
+            }
+        };
         // Apply it here at once, so the next deliveries skip.
         self.follower.table.write().upsert(disabled);
         tracing::info!(subscription = %seen.id, "disabled after 410 Gone");

@@ -28,6 +28,17 @@ const KNOWN: &[&str] = &[
 /// The most extension attributes per event.
 const MAX_EXTENSIONS: usize = 32;
 
+/// The longest attributes (characters), as `/openapi.json` states them
+/// ([`EventInput`]; a unit test keeps the two equal).
+const TYPE_MAX: usize = 256;
+const SOURCE_MAX: usize = 1024;
+const ID_MAX: usize = 64;
+const SUBJECT_MAX: usize = 1024;
+const TIME_MAX: usize = 64;
+const SPECVERSION_MAX: usize = 16;
+const CONTENT_TYPE_MAX: usize = 256;
+const PARTITION_KEY_MAX: usize = 256;
+
 fn text<'a>(
     object: &'a Map<String, Value>,
     name: &str,
@@ -64,13 +75,15 @@ pub fn event_from_json(value: Value, tenant: TenantId, received_at: i64, path: &
         };
         return Err(ApiError::field(what, "must be a JSON object"));
     };
-    if let Some(version) = text(&object, "specversion", path, 16, false)?
+    if let Some(version) = text(&object, "specversion", path, SPECVERSION_MAX, false)?
         && version != SPEC_VERSION
     {
         return Err(ApiError::field(format!("{path}specversion"), "must be \"1.0\""));
     }
-    let event_type = text(&object, "type", path, 256, true)?.unwrap_or_default().to_owned();
-    let source = text(&object, "source", path, 1024, true)?
+    let event_type = text(&object, "type", path, TYPE_MAX, true)?
+        .unwrap_or_default()
+        .to_owned();
+    let source = text(&object, "source", path, SOURCE_MAX, true)?
         .unwrap_or_default()
         .to_owned();
     if source.chars().any(char::is_whitespace) {
@@ -79,7 +92,7 @@ pub fn event_from_json(value: Value, tenant: TenantId, received_at: i64, path: &
             "must be a URI-reference (no whitespace)",
         ));
     }
-    let id = match text(&object, "id", path, 64, false)? {
+    let id = match text(&object, "id", path, ID_MAX, false)? {
         Some(id) => id.parse::<EventId>().map_err(|_| {
             ApiError::field(
                 format!("{path}id"),
@@ -88,17 +101,17 @@ pub fn event_from_json(value: Value, tenant: TenantId, received_at: i64, path: &
         })?,
         None => EventId::new(),
     };
-    let subject = text(&object, "subject", path, 1024, false)?.map(str::to_owned);
-    let time = match text(&object, "time", path, 64, false)? {
+    let subject = text(&object, "subject", path, SUBJECT_MAX, false)?.map(str::to_owned);
+    let time = match text(&object, "time", path, TIME_MAX, false)? {
         Some(time) => {
             parse_time(time).ok_or_else(|| ApiError::field(format!("{path}time"), "must be an RFC 3339 timestamp"))?
         }
         None => received_at,
     };
-    let datacontenttype = text(&object, "datacontenttype", path, 256, false)?
+    let datacontenttype = text(&object, "datacontenttype", path, CONTENT_TYPE_MAX, false)?
         .unwrap_or(JSON_CONTENT_TYPE)
         .to_owned();
-    let partition_key = text(&object, "partition_key", path, 256, false)?.map(str::to_owned);
+    let partition_key = text(&object, "partition_key", path, PARTITION_KEY_MAX, false)?.map(str::to_owned);
     if object.contains_key("data_base64") {
         return Err(ApiError::field(
             format!("{path}data_base64"),
@@ -206,10 +219,13 @@ pub fn batch_items(value: Value, max: usize) -> Result<Vec<Value>, ApiError> {
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[allow(dead_code)] // Documents the body; parsing is field by field above.
 pub struct EventInput {
-    /// What happened, e.g. `order.created` (1-256 characters).
+    /// What happened, e.g. `order.created` (1-256 characters, no control
+    /// characters).
     #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$")]
     pub event_type: String,
     /// Who says so, a URI-reference without whitespace (1-1024 characters).
+    #[schema(min_length = 1, max_length = 1024, pattern = "^\\S+$")]
     pub source: String,
     /// The payload: any JSON.
     #[schema(value_type = Object)]
@@ -218,16 +234,22 @@ pub struct EventInput {
     #[schema(value_type = Object)]
     pub payload: Option<serde_json::Value>,
     /// `evt_<ULID>`; assigned when absent.
+    #[schema(max_length = 64, pattern = "^evt_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub id: Option<String>,
     /// What it happened to.
+    #[schema(max_length = 1024)]
     pub subject: Option<String>,
     /// When it happened, RFC 3339; now when absent.
+    #[schema(format = DateTime, max_length = 64)]
     pub time: Option<String>,
     /// Kafka key override, for ordering finer than the tenant.
+    #[schema(max_length = 256)]
     pub partition_key: Option<String>,
     /// `1.0` when given.
+    #[schema(max_length = 16, pattern = "^1\\.0$")]
     pub specversion: Option<String>,
     /// Media type of `data`; `application/json` when absent.
+    #[schema(max_length = 256)]
     pub datacontenttype: Option<String>,
 }
 
@@ -334,6 +356,46 @@ mod tests {
             batch_items(json!({"evts": []}), 2),
             Err(ApiError::InvalidField { .. })
         ));
+    }
+
+    /// `/openapi.json` states the limits the parser enforces.
+    #[test]
+    fn the_document_states_the_limits_that_are_checked() {
+        use utoipa::OpenApi;
+        let document = serde_json::to_value(crate::openapi::ApiDoc::openapi()).unwrap();
+        let properties = &document["components"]["schemas"]["EventInput"]["properties"];
+        for (name, max) in [
+            ("type", TYPE_MAX),
+            ("source", SOURCE_MAX),
+            ("id", ID_MAX),
+            ("subject", SUBJECT_MAX),
+            ("time", TIME_MAX),
+            ("specversion", SPECVERSION_MAX),
+            ("datacontenttype", CONTENT_TYPE_MAX),
+            ("partition_key", PARTITION_KEY_MAX),
+        ] {
+            assert_eq!(properties[name]["maxLength"], max, "{name}");
+        }
+        // The patterns admit what the parser admits, and refuse what it refuses.
+        let id = EventId::new().to_string();
+        let pattern = properties["id"]["pattern"].as_str().unwrap();
+        assert!(
+            pattern.starts_with("^evt_[0-7]") && pattern.ends_with("{25}$"),
+            "{pattern}"
+        );
+        assert!(parse(json!({"type": "a", "source": "b", "id": id})).is_ok());
+        let upper = id.to_uppercase().replacen("EVT_", "evt_", 1);
+        assert!(
+            parse(json!({"type": "a", "source": "b", "id": upper})).is_ok(),
+            "either case is admitted"
+        );
+        let overflow = format!("evt_8{}", &id[5..]);
+        assert!(
+            parse(json!({"type": "a", "source": "b", "id": overflow})).is_err(),
+            "over 128 bits"
+        );
+        assert_eq!(properties["specversion"]["pattern"], "^1\\.0$");
+        assert_eq!(properties["source"]["pattern"], "^\\S+$");
     }
 
     #[test]

@@ -33,3 +33,66 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, Api
         ApiError::field(field, message)
     })
 }
+
+/// A field of a PATCH body: absent (left as it is), `null` (cleared) or a
+/// new value. Declare it `#[serde(default)]` so an absent field is
+/// [`Patch::Absent`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Patch<T> {
+    /// Not in the body: unchanged.
+    #[default]
+    Absent,
+    /// `null`: cleared.
+    Null,
+    /// The new value.
+    Value(T),
+}
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Patch<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Option::<T>::deserialize(deserializer).map(|value| value.map_or(Self::Null, Self::Value))
+    }
+}
+
+impl<T> Patch<T> {
+    /// Applies the change to `slot` (`None` when cleared), with the new value
+    /// checked and converted by `check` first.
+    pub fn apply<U, E>(self, slot: &mut Option<U>, check: impl FnOnce(T) -> Result<U, E>) -> Result<(), E> {
+        match self {
+            Self::Absent => {}
+            Self::Null => *slot = None,
+            Self::Value(value) => *slot = Some(check(value)?),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Body {
+        #[serde(default)]
+        note: Patch<String>,
+    }
+
+    #[test]
+    fn a_patch_field_tells_absent_null_and_value_apart() {
+        let parse = |value| serde_json::from_value::<Body>(value).unwrap().note;
+        assert_eq!(parse(json!({})), Patch::Absent);
+        assert_eq!(parse(json!({"note": null})), Patch::Null);
+        assert_eq!(parse(json!({"note": "x"})), Patch::Value("x".to_owned()));
+        let mut slot = Some(1);
+        Patch::<i32>::Absent.apply(&mut slot, Ok::<_, ()>).unwrap();
+        assert_eq!(slot, Some(1));
+        Patch::Value(2).apply(&mut slot, Ok::<_, ()>).unwrap();
+        assert_eq!(slot, Some(2));
+        assert_eq!(Patch::Value(-1).apply(&mut slot, |_| Err("negative")), Err("negative"));
+        assert_eq!(slot, Some(2), "a refused value changes nothing");
+        Patch::<i32>::Null.apply(&mut slot, Ok::<_, ()>).unwrap();
+        assert_eq!(slot, None);
+    }
+}

@@ -17,7 +17,7 @@ use crate::auth::Caller;
 use crate::body::{self, read_json};
 use crate::error::{ApiError, ErrorBody, subscription_store_error};
 use crate::ingest::{event_from_json, format_time};
-use crate::params::{page_limit, parse_body};
+use crate::params::{Patch, page_limit, parse_body};
 use crate::state::AppState;
 
 type State = web::Data<AppState>;
@@ -30,18 +30,33 @@ const ROTATION_OVERLAP_MS: i64 = 24 * 3_600 * 1_000;
 #[serde(deny_unknown_fields)]
 pub struct BatchInput {
     /// 1-1000 events per webhook.
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_events: i32,
     /// Send a partial batch after this many milliseconds (0-60000).
+    #[schema(minimum = 0, maximum = 60000)]
     pub max_wait_ms: i32,
 }
+
+/// The most events per batched webhook.
+const BATCH_EVENTS_MAX: i32 = 1000;
+/// The longest a partial batch waits (ms).
+const BATCH_WAIT_MAX: i32 = 60_000;
+/// The longest target URL.
+const URL_MAX: usize = 2048;
+/// The most event type patterns of a subscription.
+const TYPES_MAX: usize = 50;
+/// The longest description (characters).
+const DESCRIPTION_MAX: usize = 500;
 
 /// A new subscription.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionInput {
     /// Where webhooks go: an absolute http(s) URL.
+    #[schema(format = "uri", max_length = 2048)]
     pub target_url: String,
     /// 1-50 patterns: exact types, `prefix.*` or `*`.
+    #[schema(min_items = 1, max_items = 50)]
     pub event_types: Vec<String>,
     /// A content filter (see the filter language in the README).
     #[schema(value_type = Option<Object>)]
@@ -53,6 +68,7 @@ pub struct SubscriptionInput {
     #[serde(default)]
     pub ordered: bool,
     /// Free text, at most 500 characters.
+    #[schema(max_length = 500)]
     pub description: Option<String>,
 }
 
@@ -62,34 +78,28 @@ pub struct SubscriptionInput {
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionPatch {
     /// Where webhooks go.
+    #[schema(format = "uri", max_length = 2048)]
     pub target_url: Option<String>,
     /// Patterns.
+    #[schema(min_items = 1, max_items = 50)]
     pub event_types: Option<Vec<String>>,
     /// A content filter, or null to remove it.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    pub filter: Option<Option<Value>>,
+    pub filter: Patch<Value>,
     /// `active` or `paused` (`active` also re-enables a disabled one).
+    #[schema(pattern = "^(active|paused)$")]
     pub status: Option<String>,
     /// Batched delivery, or null.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default)]
     #[schema(value_type = Option<BatchInput>)]
-    pub batch: Option<Option<BatchInput>>,
+    pub batch: Patch<BatchInput>,
     /// FIFO delivery.
     pub ordered: Option<bool>,
     /// Free text, or null.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
-    pub description: Option<Option<String>>,
-}
-
-/// Distinguishes an absent field (`None`) from `null` (`Some(None)`).
-fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
+    #[serde(default)]
+    #[schema(value_type = Option<String>, max_length = 500)]
+    pub description: Patch<String>,
 }
 
 /// A subscription as the API shows it (never its secrets).
@@ -159,19 +169,24 @@ fn view(s: &Subscription) -> SubscriptionView {
 
 fn check_url(url: &str) -> Result<(), ApiError> {
     match url::Url::parse(url) {
-        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() && url.len() <= 2048 => {
+        Ok(parsed)
+            if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() && url.len() <= URL_MAX =>
+        {
             Ok(())
         }
         _ => Err(ApiError::field(
             "target_url",
-            "must be an absolute http(s) URL of at most 2048 characters",
+            format!("must be an absolute http(s) URL of at most {URL_MAX} characters"),
         )),
     }
 }
 
 fn check_types(types: &[String]) -> Result<(), ApiError> {
-    if types.is_empty() || types.len() > 50 {
-        return Err(ApiError::field("event_types", "must hold 1 to 50 patterns"));
+    if types.is_empty() || types.len() > TYPES_MAX {
+        return Err(ApiError::field(
+            "event_types",
+            format!("must hold 1 to {TYPES_MAX} patterns"),
+        ));
     }
     for (i, pattern) in types.iter().enumerate() {
         TypePattern::parse(pattern).map_err(|m| ApiError::field(format!("event_types[{i}]"), m))?;
@@ -186,11 +201,17 @@ fn check_filter(filter: &Value) -> Result<String, ApiError> {
 }
 
 fn check_batch(batch: BatchInput) -> Result<BatchSettings, ApiError> {
-    if !(1..=1000).contains(&batch.max_events) {
-        return Err(ApiError::field("batch.max_events", "must be between 1 and 1000"));
+    if !(1..=BATCH_EVENTS_MAX).contains(&batch.max_events) {
+        return Err(ApiError::field(
+            "batch.max_events",
+            format!("must be between 1 and {BATCH_EVENTS_MAX}"),
+        ));
     }
-    if !(0..=60_000).contains(&batch.max_wait_ms) {
-        return Err(ApiError::field("batch.max_wait_ms", "must be between 0 and 60000"));
+    if !(0..=BATCH_WAIT_MAX).contains(&batch.max_wait_ms) {
+        return Err(ApiError::field(
+            "batch.max_wait_ms",
+            format!("must be between 0 and {BATCH_WAIT_MAX}"),
+        ));
     }
     Ok(BatchSettings {
         max_events: batch.max_events,
@@ -210,8 +231,11 @@ fn check_ordering(ordered: bool, batch: Option<&BatchSettings>) -> Result<(), Ap
 }
 
 fn check_description(description: &str) -> Result<(), ApiError> {
-    if description.chars().count() > 500 {
-        return Err(ApiError::field("description", "must be at most 500 characters"));
+    if description.chars().count() > DESCRIPTION_MAX {
+        return Err(ApiError::field(
+            "description",
+            format!("must be at most {DESCRIPTION_MAX} characters"),
+        ));
     }
     Ok(())
 }
@@ -219,6 +243,15 @@ fn check_description(description: &str) -> Result<(), ApiError> {
 async fn publish(state: &AppState, subscription: &Subscription) -> Result<(), ApiError> {
     let publisher = &state.subscriptions;
     subscription::publish(&publisher.producer, &publisher.codec, &publisher.topic, subscription)
+        .await
+        .map_err(subscription_store_error)
+}
+
+/// Saves a change of `changed` (read at its revision) and publishes it.
+async fn save_change(state: &AppState, changed: Subscription) -> Result<Subscription, ApiError> {
+    let publisher = &state.subscriptions;
+    let topic = (&publisher.producer, &publisher.codec, publisher.topic.as_str());
+    subscription::save_change(&state.dynamo, &state.tables, topic, changed)
         .await
         .map_err(subscription_store_error)
 }
@@ -374,7 +407,6 @@ pub async fn patch(
     let (_, value) = read_json(&request, payload, 256 * 1024, body::JSON).await?;
     let change: SubscriptionPatch = parse_body(value)?;
     let mut current = state.subscription(&caller, &path).await?;
-    let expected = current.revision;
     if let Some(url) = change.target_url {
         check_url(&url)?;
         current.target_url = url;
@@ -383,18 +415,14 @@ pub async fn patch(
         check_types(&types)?;
         current.event_types = types;
     }
-    if let Some(filter) = change.filter {
-        current.filter = filter.as_ref().filter(|f| !f.is_null()).map(check_filter).transpose()?;
-    }
-    if let Some(batch) = change.batch {
-        current.batch = batch.map(check_batch).transpose()?;
-    }
-    if let Some(description) = change.description {
-        if let Some(text) = &description {
-            check_description(text)?;
-        }
-        current.description = description;
-    }
+    change
+        .filter
+        .apply(&mut current.filter, |filter| check_filter(&filter))?;
+    change.batch.apply(&mut current.batch, check_batch)?;
+    change.description.apply(&mut current.description, |text| {
+        check_description(&text)?;
+        Ok::<_, ApiError>(text)
+    })?;
     if let Some(ordered) = change.ordered {
         current.ordered = ordered;
     }
@@ -409,13 +437,8 @@ pub async fn patch(
             current.disabled_reason = None;
         }
     }
-    current.updated_at = now_ms();
-    current.revision = expected + 1;
-    subscription::update(&state.dynamo, &state.tables, &current, expected)
-        .await
-        .map_err(subscription_store_error)?;
-    publish(&state, &current).await?;
-    Ok(HttpResponse::Ok().json(view(&current)))
+    let saved = save_change(&state, current).await?;
+    Ok(HttpResponse::Ok().json(view(&saved)))
 }
 
 /// Delete a subscription; routing to it stops.
@@ -448,7 +471,6 @@ pub async fn delete(caller: Caller, path: web::Path<String>, state: State) -> Re
 )]
 pub async fn rotate_secret(caller: Caller, path: web::Path<String>, state: State) -> Result<HttpResponse, ApiError> {
     let mut current = state.subscription(&caller, &path).await?;
-    let expected = current.revision;
     let now = now_ms();
     let secret = subscription::generate_secret();
     // Keep the secrets that still sign, ending within the overlap window.
@@ -472,16 +494,11 @@ pub async fn rotate_secret(caller: Caller, path: web::Path<String>, state: State
         },
     );
     current.secrets = secrets;
-    current.updated_at = now;
-    current.revision = expected + 1;
-    subscription::update(&state.dynamo, &state.tables, &current, expected)
-        .await
-        .map_err(subscription_store_error)?;
-    publish(&state, &current).await?;
+    let saved = save_change(&state, current).await?;
     Ok(HttpResponse::Ok()
         .insert_header(("cache-control", "no-store"))
         .json(SubscriptionWithSecret {
-            subscription: view(&current),
+            subscription: view(&saved),
             secret,
         }))
 }
@@ -536,4 +553,39 @@ pub async fn test_match(
         filter_matched,
         status: status_name(found.status).to_owned(),
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+    use utoipa::OpenApi;
+
+    use super::*;
+
+    fn schema(name: &str) -> Value {
+        let document = serde_json::to_value(crate::openapi::ApiDoc::openapi()).unwrap();
+        document["components"]["schemas"][name].clone()
+    }
+
+    /// `/openapi.json` states the limits the handlers enforce: a client that
+    /// follows the document is never refused for a limit it could not see.
+    #[test]
+    fn the_document_states_the_limits_that_are_checked() {
+        let batch = schema("BatchInput");
+        assert_eq!(batch["properties"]["max_events"]["minimum"], 1);
+        assert_eq!(batch["properties"]["max_events"]["maximum"], BATCH_EVENTS_MAX);
+        assert_eq!(batch["properties"]["max_wait_ms"]["minimum"], 0);
+        assert_eq!(batch["properties"]["max_wait_ms"]["maximum"], BATCH_WAIT_MAX);
+        for name in ["SubscriptionInput", "SubscriptionPatch"] {
+            let properties = &schema(name)["properties"];
+            assert_eq!(properties["target_url"]["maxLength"], URL_MAX, "{name}");
+            assert_eq!(properties["event_types"]["minItems"], 1, "{name}");
+            assert_eq!(properties["event_types"]["maxItems"], TYPES_MAX, "{name}");
+            assert_eq!(properties["description"]["maxLength"], DESCRIPTION_MAX, "{name}");
+        }
+        assert_eq!(
+            schema("SubscriptionPatch")["properties"]["status"]["pattern"],
+            "^(active|paused)$"
+        );
+    }
 }

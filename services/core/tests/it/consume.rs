@@ -260,12 +260,22 @@ async fn a_failing_handler_is_retried_then_quarantined_and_the_partition_moves_o
     task.await.unwrap();
     attempts.lock().clear();
     done.lock().clear();
-    produce(&env.common.kafka, &topic, &["next"]).await;
+    // A barrier after it, on the same partition: anything read again would
+    // come before both, so once the barrier is done it would have shown.
+    produce(&env.common.kafka, &topic, &["next", "barrier"]).await;
     let shutdown = CancellationToken::new();
     let task = run(shutdown.clone());
-    wait_until("the next record", Duration::from_secs(20), || !done.lock().is_empty()).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(*done.lock(), ["next"], "records before the commit were read again");
+    wait_until("the barrier record", Duration::from_secs(20), || {
+        done.lock().iter().any(|p| p == "barrier")
+    })
+    .await;
+    let mut finished = done.lock().clone();
+    finished.sort();
+    assert_eq!(
+        finished,
+        ["barrier", "next"],
+        "records before the commit were read again"
+    );
     assert!(attempts.lock().get("bad").is_none(), "the quarantined record came back");
     shutdown.cancel();
     task.await.unwrap();

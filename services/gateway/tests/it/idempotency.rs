@@ -90,14 +90,24 @@ async fn a_client_that_hangs_up_mid_produce_does_not_leave_its_claim_pending() {
     // Once the produce has failed, the claim is released: a retry tries
     // again (503, Kafka is still down) instead of waiting on a claim nobody
     // holds (409 idempotency_in_progress until it goes stale).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Until the produce fails (its timeout), the claim is held: 409.
     let patient = reqwest::Client::new();
-    let (status, _, error) = answer(send(&patient).await.unwrap()).await;
-    assert_eq!(
-        (status, error["error"]["code"].as_str()),
-        (503, Some("unavailable")),
-        "{error}"
-    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _, error) = answer(send(&patient).await.unwrap()).await;
+        let code = error["error"]["code"].as_str().map(str::to_owned);
+        if status == 503 {
+            assert_eq!(code.as_deref(), Some("unavailable"), "{error}");
+            break;
+        }
+        assert_eq!(
+            (status, code.as_deref()),
+            (409, Some("idempotency_in_progress")),
+            "{error}"
+        );
+        assert!(Instant::now() < deadline, "the claim was never released");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     stack.start_kafka().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
