@@ -64,6 +64,55 @@ fn text<'a>(
 
 pub use triggers_core::event::{parse_rfc3339 as parse_time, rfc3339 as format_time};
 
+/// The extension attributes of an event: every attribute without a meaning
+/// of its own, named 1-20 lowercase letters or digits, with a string,
+/// number or boolean value (stored as text; `null` is left out).
+fn extensions(object: &Map<String, Value>, path: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut extensions = BTreeMap::new();
+    for (name, value) in object {
+        if KNOWN.contains(&name.as_str()) {
+            continue;
+        }
+        let field = format!("{path}{name}");
+        let valid_name =
+            !name.is_empty() && name.len() <= 20 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !valid_name {
+            return Err(ApiError::field(
+                field,
+                "is not a known attribute, and extension attribute names are 1-20 lowercase letters or digits",
+            ));
+        }
+        let value = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Null => continue,
+            _ => {
+                return Err(ApiError::field(
+                    field,
+                    "extension attributes must be strings, numbers or booleans",
+                ));
+            }
+        };
+        if value.len() > 1024 {
+            return Err(ApiError::field(field, "must be at most 1024 characters"));
+        }
+        extensions.insert(name.clone(), value);
+    }
+    if extensions.len() > MAX_EXTENSIONS {
+        return Err(ApiError::field(
+            if path.is_empty() {
+                "the body"
+            } else {
+                path.trim_end_matches('.')
+            }
+            .to_owned(),
+            format!("has more than {MAX_EXTENSIONS} extension attributes"),
+        ));
+    }
+    Ok(extensions)
+}
+
 /// Builds the event of one JSON object; `path` prefixes field names in
 /// errors (`events[3].`).
 pub fn event_from_json(value: Value, tenant: TenantId, received_at: i64, path: &str) -> Result<Event, ApiError> {
@@ -128,48 +177,7 @@ pub fn event_from_json(value: Value, tenant: TenantId, received_at: i64, path: &
         (Some(data), None) | (None, Some(data)) => data,
         (None, None) => Value::Null,
     };
-    let mut extensions = BTreeMap::new();
-    for (name, value) in &object {
-        if KNOWN.contains(&name.as_str()) {
-            continue;
-        }
-        let field = format!("{path}{name}");
-        let valid_name =
-            !name.is_empty() && name.len() <= 20 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        if !valid_name {
-            return Err(ApiError::field(
-                field,
-                "is not a known attribute, and extension attribute names are 1-20 lowercase letters or digits",
-            ));
-        }
-        let value = match value {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            Value::Null => continue,
-            _ => {
-                return Err(ApiError::field(
-                    field,
-                    "extension attributes must be strings, numbers or booleans",
-                ));
-            }
-        };
-        if value.len() > 1024 {
-            return Err(ApiError::field(field, "must be at most 1024 characters"));
-        }
-        extensions.insert(name.clone(), value);
-    }
-    if extensions.len() > MAX_EXTENSIONS {
-        return Err(ApiError::field(
-            if path.is_empty() {
-                "the body"
-            } else {
-                path.trim_end_matches('.')
-            }
-            .to_owned(),
-            format!("has more than {MAX_EXTENSIONS} extension attributes"),
-        ));
-    }
+    let extensions = extensions(&object, path)?;
     Ok(Event {
         id,
         tenant,

@@ -97,37 +97,7 @@ impl EventSink {
                 ApiError::Unavailable("the schema registry is unavailable".to_owned())
             })?;
         let key = event.kafka_key();
-        // The producer span (messaging conventions); its context goes into
-        // the record's headers. In a trace that is not sampled, no span: the
-        // request's own (unsampled) context goes, so nothing downstream
-        // builds spans either. Untraced, the client's traceparent goes as is.
-        let request = tracing::Span::current();
-        let (span, mut fields) = if triggers_core::kafka::trace_headers::is_sampled(&request) {
-            let span = tracing::debug_span!(
-                "publish",
-                otel.name = %format!("{} publish", inner.topic),
-                otel.kind = "producer",
-                messaging.system = "kafka",
-                messaging.operation.type = "publish",
-                messaging.destination.name = %inner.topic,
-                messaging.kafka.message.key = %key,
-                messaging.destination.partition.id = tracing::field::Empty,
-                messaging.kafka.offset = tracing::field::Empty,
-                triggers.service = "gateway",
-            );
-            let fields = triggers_core::kafka::trace_headers::fields_of(&span);
-            (span, fields)
-        } else {
-            (
-                tracing::Span::none(),
-                triggers_core::kafka::trace_headers::fields_of(&request),
-            )
-        };
-        if fields.is_empty()
-            && let Some(traceparent) = traceparent
-        {
-            fields.push(("traceparent".to_owned(), traceparent.to_owned()));
-        }
+        let (span, fields) = self.publish_span(&key, traceparent);
         let headers = fields.iter().fold(OwnedHeaders::new(), |headers, (key, value)| {
             headers.insert(rdkafka::message::Header {
                 key,
@@ -149,12 +119,7 @@ impl EventSink {
             e if triggers_core::kafka::permanent_produce_error(&e).is_some() => {
                 tracing::warn!(error = %e, "an event too large for Kafka");
                 reject("too_large");
-                ApiError::PayloadTooLarge {
-                    limit: inner
-                        .kafka
-                        .max_record_bytes
-                        .saturating_sub(triggers_core::config::RECORD_MARGIN),
-                }
+                self.too_large()
             }
             other => {
                 tracing::warn!(error = %other, "cannot enqueue an event");
@@ -184,12 +149,7 @@ impl EventSink {
             Ok(Ok(Err((e, _)))) if triggers_core::kafka::permanent_produce_error(&e).is_some() => {
                 tracing::warn!(error = %e, "Kafka refused an event as too large");
                 reject("too_large");
-                Err(ApiError::PayloadTooLarge {
-                    limit: inner
-                        .kafka
-                        .max_record_bytes
-                        .saturating_sub(triggers_core::config::RECORD_MARGIN),
-                })
+                Err(self.too_large())
             }
             Ok(Ok(Err((e, _)))) => {
                 tracing::warn!(error = %e, "Kafka did not take an event");
@@ -206,6 +166,54 @@ impl EventSink {
                     "Kafka did not acknowledge the event in time".to_owned(),
                 ))
             }
+        }
+    }
+
+    /// The producer span (messaging conventions) and the trace headers of
+    /// the record: the span's context. In a trace that is not sampled, no
+    /// span: the request's own (unsampled) context goes, so nothing
+    /// downstream builds spans either. Untraced, the client's traceparent
+    /// goes as is.
+    fn publish_span(&self, key: &str, traceparent: Option<&str>) -> (tracing::Span, Vec<(String, String)>) {
+        let topic = &self.inner.topic;
+        let request = tracing::Span::current();
+        let (span, mut fields) = if triggers_core::kafka::trace_headers::is_sampled(&request) {
+            let span = tracing::debug_span!(
+                "publish",
+                otel.name = %format!("{topic} publish"),
+                otel.kind = "producer",
+                messaging.system = "kafka",
+                messaging.operation.type = "publish",
+                messaging.destination.name = %topic,
+                messaging.kafka.message.key = %key,
+                messaging.destination.partition.id = tracing::field::Empty,
+                messaging.kafka.offset = tracing::field::Empty,
+                triggers.service = "gateway",
+            );
+            let fields = triggers_core::kafka::trace_headers::fields_of(&span);
+            (span, fields)
+        } else {
+            (
+                tracing::Span::none(),
+                triggers_core::kafka::trace_headers::fields_of(&request),
+            )
+        };
+        if fields.is_empty()
+            && let Some(traceparent) = traceparent
+        {
+            fields.push(("traceparent".to_owned(), traceparent.to_owned()));
+        }
+        (span, fields)
+    }
+
+    /// An event Kafka can never take: the largest the gateway accepts.
+    fn too_large(&self) -> ApiError {
+        ApiError::PayloadTooLarge {
+            limit: self
+                .inner
+                .kafka
+                .max_record_bytes
+                .saturating_sub(triggers_core::config::RECORD_MARGIN),
         }
     }
 

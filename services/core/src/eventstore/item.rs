@@ -6,6 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 
 use super::StoredEvent;
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::AttributeValue;
+
 use crate::delivery::{Outcome, OutcomeKind};
 use crate::dynamo::{TTL_ATTRIBUTE, get_n, get_s, n, s};
 use crate::event::Event;
@@ -63,6 +66,39 @@ pub(super) fn encode_payload(text: String, inline_limit: usize) -> Payload {
         return Payload::Deflated(deflated);
     }
     Payload::Chunked(deflated.chunks(CHUNK_SIZE).map(<[u8]>::to_vec).collect())
+}
+
+/// The attributes of an event's body (everything but its progress), with
+/// its payload stored as `payload` says.
+pub(super) fn body_attributes(
+    event: &Event,
+    extensions: String,
+    payload: Payload,
+    expires_at: i64,
+) -> Vec<(&'static str, AttributeValue)> {
+    let mut body: Vec<(&'static str, AttributeValue)> = vec![
+        ("event_type", s(&event.event_type)),
+        ("source", s(&event.source)),
+        ("time", n(event.time)),
+        ("received_at", n(event.received_at)),
+        ("specversion", s(&event.specversion)),
+        ("datacontenttype", s(&event.datacontenttype)),
+        ("extensions", s(extensions)),
+        ("has_body", AttributeValue::Bool(true)),
+        (TTL_ATTRIBUTE, n(expires_at)),
+    ];
+    if let Some(subject) = &event.subject {
+        body.push(("subject", s(subject)));
+    }
+    if let Some(key) = &event.partition_key {
+        body.push(("partition_key", s(key)));
+    }
+    match payload {
+        Payload::Inline(text) => body.push(("data", s(text))),
+        Payload::Deflated(bytes) => body.push(("data_z", AttributeValue::B(Blob::new(bytes)))),
+        Payload::Chunked(chunks) => body.push(("chunks", n(chunks.len()))),
+    }
+    body
 }
 
 /// The bytes an event item takes besides its payload and progress.

@@ -10,7 +10,8 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
 
 use super::item::{
-    ITEM_LIMIT, ITEM_RESERVE, Payload, attempt_item, attributes_size, chunk_sk, encode_payload, event_sk,
+    ITEM_LIMIT, ITEM_RESERVE, Payload, attempt_item, attributes_size, body_attributes, chunk_sk, encode_payload,
+    event_sk,
 };
 use super::progress::{How, Track, update_progress};
 use crate::analytics::Tally;
@@ -54,102 +55,16 @@ pub async fn put_event_with(
     }
     let payload = encode_payload(event.data.to_string(), room - attributes);
     if let Payload::Chunked(chunks) = &payload {
-        for (batch_index, batch) in chunks.chunks(25).enumerate() {
-            let requests: Vec<WriteRequest> = batch
-                .iter()
-                .enumerate()
-                .filter_map(|(i, bytes)| {
-                    let put = PutRequest::builder()
-                        .item("pk", s(event.tenant.to_string()))
-                        .item("sk", s(chunk_sk(&event.id, batch_index * 25 + i)))
-                        .item("bytes", AttributeValue::B(Blob::new(bytes.clone())))
-                        .item(TTL_ATTRIBUTE, n(expires_at))
-                        .build()
-                        .ok()?;
-                    Some(WriteRequest::builder().put_request(put).build())
-                })
-                .collect();
-            batch_write(client, table, requests).await?;
-        }
+        put_chunks(client, table, event, chunks, expires_at).await?;
     }
-    let mut body: Vec<(&str, AttributeValue)> = vec![
-        ("event_type", s(&event.event_type)),
-        ("source", s(&event.source)),
-        ("time", n(event.time)),
-        ("received_at", n(event.received_at)),
-        ("specversion", s(&event.specversion)),
-        ("datacontenttype", s(&event.datacontenttype)),
-        ("extensions", s(extensions)),
-        ("has_body", AttributeValue::Bool(true)),
-        (TTL_ATTRIBUTE, n(expires_at)),
-    ];
-    if let Some(subject) = &event.subject {
-        body.push(("subject", s(subject)));
-    }
-    if let Some(key) = &event.partition_key {
-        body.push(("partition_key", s(key)));
-    }
-    match payload {
-        Payload::Inline(text) => body.push(("data", s(text))),
-        Payload::Deflated(bytes) => body.push(("data_z", AttributeValue::B(Blob::new(bytes)))),
-        Payload::Chunked(chunks) => body.push(("chunks", n(chunks.len()))),
-    }
-    // A new item: body, and the initial progress.
-    let mut names = HashMap::new();
-    let mut values = HashMap::new();
-    let mut sets = Vec::new();
-    for (i, (name, value)) in body.iter().enumerate() {
-        names.insert(format!("#b{i}"), (*name).to_owned());
-        values.insert(format!(":b{i}"), value.clone());
-        sets.push(format!("#b{i} = :b{i}"));
-    }
-    let body_only = format!("SET {}", sets.join(", "));
+    let body = BodyUpdate::new(body_attributes(event, extensions, payload, expires_at));
     let mut progress = Progress::default();
     for outcome in outcomes {
         progress.apply(outcome);
     }
-    let status = progress.status();
     // A stub this writer made (an outcome came first): the create would fail.
     let known = cache.is_some_and(|c| c.get(&event.tenant, &event.id).is_some());
-    let created = if known {
-        false
-    } else {
-        let result = client
-        .update_item()
-        .table_name(table)
-        .key("pk", s(event.tenant.to_string()))
-        .key("sk", s(event_sk(&event.id)))
-        .update_expression(format!(
-            "{body_only}, progress = :progress, #status = :status, status_pk = :status_pk, version = :zero, updated_at = :now{}",
-            if status.in_inbox() { ", inbox_pk = :inbox" } else { "" }
-        ))
-        .condition_expression("attribute_not_exists(version) AND attribute_not_exists(deleted)")
-        .set_expression_attribute_names(Some({
-            let mut names = names.clone();
-            names.insert("#status".to_owned(), "status".to_owned());
-            names
-        }))
-        .set_expression_attribute_values(Some({
-            let mut values = values.clone();
-            values.insert(":progress".to_owned(), s(serde_json::to_string(&progress).unwrap_or_default()));
-            values.insert(":status".to_owned(), s(status.as_str()));
-            values.insert(":status_pk".to_owned(), s(format!("{}#{}", event.tenant, status.as_str())));
-            if status.in_inbox() {
-                values.insert(":inbox".to_owned(), s(event.tenant.to_string()));
-            }
-            values.insert(":zero".to_owned(), n(0));
-            values.insert(":now".to_owned(), n(now_ms()));
-            values
-        }))
-        .send()
-        .await;
-        match result {
-            Ok(_) => true,
-            Err(e) if is_conditional(&e) => false,
-            Err(e) => return Err(store_error("UpdateItem", table, e)),
-        }
-    };
-    if created {
+    if !known && create_item(client, table, event, &body, &progress).await? {
         if let Some(tally) = tally {
             tally.progressed(&event.tenant, &event.id, None, &progress);
         }
@@ -158,28 +73,136 @@ pub async fn put_event_with(
         }
         return Ok(());
     }
-    // The item exists (an outcome came first, or a replayed record):
-    // write the body only — unless the event was deleted.
+    // The item exists (an outcome came first, or a replayed record): write
+    // the body only, then the outcomes as a progress change.
+    if update_body(client, table, event, body).await? && !outcomes.is_empty() {
+        apply_outcomes(client, tables, &event.tenant, &event.id, outcomes, expires_at, track).await?;
+    }
+    Ok(())
+}
+
+/// The chunks of a payload too large for its item, written before it.
+async fn put_chunks(
+    client: &Client,
+    table: &str,
+    event: &Event,
+    chunks: &[Vec<u8>],
+    expires_at: i64,
+) -> Result<(), StoreError> {
+    for (batch_index, batch) in chunks.chunks(25).enumerate() {
+        let requests: Vec<WriteRequest> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, bytes)| {
+                let put = PutRequest::builder()
+                    .item("pk", s(event.tenant.to_string()))
+                    .item("sk", s(chunk_sk(&event.id, batch_index * 25 + i)))
+                    .item("bytes", AttributeValue::B(Blob::new(bytes.clone())))
+                    .item(TTL_ATTRIBUTE, n(expires_at))
+                    .build()
+                    .ok()?;
+                Some(WriteRequest::builder().put_request(put).build())
+            })
+            .collect();
+        batch_write(client, table, requests).await?;
+    }
+    Ok(())
+}
+
+/// The body attributes as an update: `SET #b0 = :b0, …` with its names
+/// and values. Never touches progress.
+struct BodyUpdate {
+    set: String,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+impl BodyUpdate {
+    fn new(body: Vec<(&'static str, AttributeValue)>) -> Self {
+        let mut names = HashMap::new();
+        let mut values = HashMap::new();
+        let mut sets = Vec::new();
+        for (i, (name, value)) in body.into_iter().enumerate() {
+            names.insert(format!("#b{i}"), name.to_owned());
+            values.insert(format!(":b{i}"), value);
+            sets.push(format!("#b{i} = :b{i}"));
+        }
+        Self {
+            set: format!("SET {}", sets.join(", ")),
+            names,
+            values,
+        }
+    }
+}
+
+/// Creates the event's item with its body and first `progress`; `false`
+/// when an item exists already (or a tombstone).
+async fn create_item(
+    client: &Client,
+    table: &str,
+    event: &Event,
+    body: &BodyUpdate,
+    progress: &Progress,
+) -> Result<bool, StoreError> {
+    let status = progress.status();
+    let mut names = body.names.clone();
+    names.insert("#status".to_owned(), "status".to_owned());
+    let mut values = body.values.clone();
+    values.insert(
+        ":progress".to_owned(),
+        s(serde_json::to_string(progress).unwrap_or_default()),
+    );
+    values.insert(":status".to_owned(), s(status.as_str()));
+    values.insert(
+        ":status_pk".to_owned(),
+        s(format!("{}#{}", event.tenant, status.as_str())),
+    );
+    if status.in_inbox() {
+        values.insert(":inbox".to_owned(), s(event.tenant.to_string()));
+    }
+    values.insert(":zero".to_owned(), n(0));
+    values.insert(":now".to_owned(), n(now_ms()));
+    let inbox = if status.in_inbox() { ", inbox_pk = :inbox" } else { "" };
+    let result = client
+        .update_item()
+        .table_name(table)
+        .key("pk", s(event.tenant.to_string()))
+        .key("sk", s(event_sk(&event.id)))
+        .update_expression(format!(
+            "{}, progress = :progress, #status = :status, status_pk = :status_pk, version = :zero, updated_at = :now{inbox}",
+            body.set
+        ))
+        .condition_expression("attribute_not_exists(version) AND attribute_not_exists(deleted)")
+        .set_expression_attribute_names(Some(names))
+        .set_expression_attribute_values(Some(values))
+        .send()
+        .await;
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if is_conditional(&e) => Ok(false),
+        Err(e) => Err(store_error("UpdateItem", table, e)),
+    }
+}
+
+/// Writes the body into an existing item; `false` when the event was
+/// deleted (its tombstone stays).
+async fn update_body(client: &Client, table: &str, event: &Event, body: BodyUpdate) -> Result<bool, StoreError> {
     let updated = client
         .update_item()
         .table_name(table)
         .key("pk", s(event.tenant.to_string()))
         .key("sk", s(event_sk(&event.id)))
-        .update_expression(body_only)
+        .update_expression(body.set)
         .condition_expression("attribute_not_exists(deleted)")
-        .set_expression_attribute_names(Some(names))
-        .set_expression_attribute_values(Some(values))
+        .set_expression_attribute_names(Some(body.names))
+        .set_expression_attribute_values(Some(body.values))
         .send()
         .await;
     match updated {
-        Ok(_) => {}
-        Err(e) if is_conditional(&e) => return Ok(()),
-        Err(e) => return Err(store_error("UpdateItem", table, e)),
+        Ok(_) => Ok(true),
+        Err(e) if is_conditional(&e) => Ok(false),
+        Err(e) => Err(store_error("UpdateItem", table, e)),
     }
-    if !outcomes.is_empty() {
-        apply_outcomes(client, tables, &event.tenant, &event.id, outcomes, expires_at, track).await?;
-    }
-    Ok(())
 }
 
 async fn batch_write(client: &Client, table: &str, mut requests: Vec<WriteRequest>) -> Result<(), StoreError> {

@@ -1,0 +1,82 @@
+//! The `[dynamodb]` section: how to reach DynamoDB and name its tables.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigIssue, Validate, check_range, join};
+
+/// How to reach DynamoDB and name its tables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DynamoConfig {
+    /// Endpoint override (DynamoDB Local); unset means the AWS endpoint of `region`.
+    pub endpoint: Option<String>,
+    /// AWS region.
+    pub region: String,
+    /// Prefix of every table name, per deployment.
+    pub table_prefix: String,
+    /// Static credentials (DynamoDB Local); unset means the default AWS chain
+    /// (IRSA on EKS).
+    pub access_key_id: Option<String>,
+    /// Goes with `access_key_id`.
+    pub secret_access_key: Option<String>,
+    /// Default time to live of stored items.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for DynamoConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: "us-east-1".to_owned(),
+            table_prefix: "triggers_".to_owned(),
+            access_key_id: None,
+            secret_access_key: None,
+            retention: Duration::from_secs(90 * 86_400),
+        }
+    }
+}
+
+impl Validate for DynamoConfig {
+    fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
+        if let Some(endpoint) = &self.endpoint {
+            match url::Url::parse(endpoint) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+                _ => issues.push(ConfigIssue::new(
+                    join(prefix, "endpoint"),
+                    format!("`{endpoint}` is not an http(s) URL"),
+                )),
+            }
+        }
+        if self.region.trim().is_empty() {
+            issues.push(ConfigIssue::new(join(prefix, "region"), "must not be empty"));
+        }
+        let valid_prefix = self.table_prefix.len() <= 200
+            && self
+                .table_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !valid_prefix {
+            issues.push(ConfigIssue::new(
+                join(prefix, "table_prefix"),
+                "must be at most 200 characters of [A-Za-z0-9._-]",
+            ));
+        }
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            issues.push(ConfigIssue::new(
+                join(prefix, "secret_access_key"),
+                "access_key_id and secret_access_key must be set together",
+            ));
+        }
+        check_range(
+            issues,
+            prefix,
+            "retention",
+            self.retention,
+            Duration::from_secs(3_600),
+            Duration::from_secs(3_650 * 86_400),
+        );
+    }
+}
