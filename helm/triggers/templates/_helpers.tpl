@@ -139,6 +139,9 @@ only return text, and text would turn the numbers back into floats).
 - name: TRIGGERS_GATEWAY__JWT_SECRET
   valueFrom:
     secretKeyRef: {name: {{ include "triggers.secretName" . }}, key: jwt-secret, optional: true}
+- name: TRIGGERS_GATEWAY__JWT_PREVIOUS_SECRETS
+  valueFrom:
+    secretKeyRef: {name: {{ include "triggers.secretName" . }}, key: jwt-previous-secrets, optional: true}
 {{- if eq .Values.kafka.auth.mode "scram" }}
 - name: TRIGGERS_KAFKA__EXTRA__sasl.password
   valueFrom:

@@ -27,13 +27,23 @@ pub enum SubscriptionStatus {
     Disabled,
 }
 
-/// A signing secret; several during a rotation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A signing secret; several during a rotation. Its `Debug` never shows
+/// the secret, so no log line (`?subscription`) can leak it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SigningSecret {
     /// `whsec_<base64>`.
     pub secret: String,
     /// When a rotated-out secret stops signing (ms since the epoch).
     pub expires_at: Option<i64>,
+}
+
+impl std::fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningSecret")
+            .field("secret", &"whsec_…(redacted)")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// Batched delivery settings.
@@ -364,4 +374,37 @@ pub async fn publish(
             source,
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscription_in_a_log_line_shows_no_secret() {
+        let secret = generate_secret();
+        let subscription = Subscription {
+            id: SubscriptionId::new(),
+            tenant: TenantId::new(),
+            target_url: "https://example.com/hook".to_owned(),
+            event_types: vec!["*".to_owned()],
+            filter: None,
+            status: SubscriptionStatus::Active,
+            disabled_reason: None,
+            secrets: vec![SigningSecret {
+                secret: secret.clone(),
+                expires_at: None,
+            }],
+            batch: None,
+            ordered: false,
+            description: None,
+            created_at: 0,
+            updated_at: 0,
+            revision: 1,
+        };
+        let logged = format!("{subscription:?}");
+        let encoded = secret.trim_start_matches("whsec_");
+        assert!(!logged.contains(encoded), "{logged}");
+        assert!(logged.contains("redacted"));
+    }
 }

@@ -63,14 +63,33 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return is_public_v4(v4);
     }
-    let first = ip.segments()[0];
+    let segments = ip.segments();
+    let [first, second, ..] = segments;
+    // IPv4-compatible (`::a.b.c.d`, deprecated): the host is an IPv4 one.
+    if segments[..6].iter().all(|s| *s == 0) {
+        return !(ip.is_loopback() || ip.is_unspecified()) && is_public_v4(Ipv4Addr::from(ip.to_bits() as u32));
+    }
     !(ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
+        // Unique local (fc00::/7, AWS's metadata fd00:ec2::254 among them)
+        // and link-local (fe80::/10).
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
-        || (first == 0x2001 && ip.segments()[1] == 0x0db8)
-        || (first == 0x0064 && ip.segments()[1] == 0xff9b))
+        // Documentation (2001:db8::/32, 3fff::/20).
+        || (first == 0x2001 && second == 0x0db8)
+        || (first & 0xfff0) == 0x3ff0
+        // NAT64 (64:ff9b::/96 and the local-use 64:ff9b:1::/48): they reach
+        // IPv4 addresses through a translator, private ones included.
+        || (first == 0x0064 && second == 0xff9b)
+        // 6to4 (2002::/16) and Teredo (2001::/32) tunnel to IPv4 addresses.
+        || first == 0x2002
+        || (first == 0x2001 && second == 0)
+        // Other IETF special purpose: benchmarking 2001:2::/48, ORCHID
+        // 2001:10::/28 and 2001:20::/28, discard-only 100::/64.
+        || (first == 0x2001 && second == 0x0002 && segments[2] == 0)
+        || (first == 0x2001 && (0x0010..0x0030).contains(&second))
+        || (first == 0x0100 && segments[1..4].iter().all(|s| *s == 0)))
 }
 
 /// Whether an address is on the public internet.
@@ -154,12 +173,35 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::",
+            "0.0.0.0",
+            "0.1.2.3",
+            "64:ff9b::a00:1",
+            "64:ff9b::8.8.8.8",
+            "64:ff9b:1::a00:1",
+            "2002:a00:1::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fd00:ec2::254",
+            "2001:db8::1",
+            "3fff::1",
+            "100::1",
+            "2001:2::1",
+            "2001:10::1",
             "198.18.0.1",
         ] {
             let ip: IpAddr = blocked.parse().unwrap_or_else(|e| panic!("{blocked}: {e}"));
             assert!(!none.permits(ip), "{blocked} permitted");
         }
-        for public in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+        for public in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "::ffff:1.1.1.1",
+            "2a00:1450:4001:80b::200e",
+        ] {
             let ip: IpAddr = public.parse().unwrap_or_else(|e| panic!("{public}: {e}"));
             assert!(none.permits(ip), "{public} refused");
         }
@@ -173,5 +215,23 @@ mod tests {
         assert!(!allow.permits("10.0.0.1".parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))));
         assert!(AllowList::parse(&["10.0.0.0/33".to_owned()]).is_err());
         assert!(AllowList::parse(&["nonsense".to_owned()]).is_err());
+    }
+
+    /// The guard is the HTTP client's resolver: the client connects only to
+    /// the addresses it returns, the ones it checked (no second lookup that
+    /// a rebinding DNS server could answer differently).
+    #[tokio::test]
+    async fn the_resolver_hands_the_client_only_checked_addresses() {
+        let name = || "localhost".parse::<Name>().unwrap();
+        let open = GuardedResolver::new(AllowList::parse(&["127.0.0.0/8".to_owned()]).unwrap());
+        let addresses: Vec<SocketAddr> = open.resolve(name()).await.unwrap().collect();
+        assert!(!addresses.is_empty());
+        assert!(addresses.iter().all(|a| a.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST)), "{addresses:?}");
+        let closed = GuardedResolver::new(AllowList::default());
+        let refused = match closed.resolve(name()).await {
+            Ok(addresses) => panic!("resolved to {:?}", addresses.collect::<Vec<_>>()),
+            Err(e) => e.to_string(),
+        };
+        assert!(refused.contains("blocked by the SSRF guard"), "{refused}");
     }
 }

@@ -29,7 +29,7 @@ use triggers_core::ids::TenantId;
 use triggers_core::tenancy;
 
 use crate::error::ApiError;
-use crate::jwt::{Claims, JwtKeys};
+use crate::jwt::JwtKeys;
 
 /// The most known keys cached (least recently used go first).
 const CACHE_LIMIT: u64 = 100_000;
@@ -143,11 +143,12 @@ impl Authenticator {
         if token.split('.').count() == 3 {
             let claims = self
                 .jwt
-                .verify(token, triggers_core::event::now_ms() / 1000)
+                .verify(token)
                 .map_err(|e| {
                     metrics::counter!("triggers_gateway_auth_failures_total", "reason" => "jwt").increment(1);
                     ApiError::Unauthorized(match e {
                         crate::jwt::JwtError::Expired => "the token has expired; get a new one from POST /token",
+                        crate::jwt::JwtError::NotYetValid => "the token is not valid yet (check the clock)",
                         _ => "the token is not valid",
                     })
                 })?;
@@ -328,12 +329,12 @@ impl Authenticator {
     /// Issues a token for an authenticated caller.
     pub fn issue(&self, caller: &Caller, ttl: Duration) -> Result<String, ApiError> {
         let now = triggers_core::event::now_ms() / 1000;
-        let claims = Claims {
-            sub: caller.tenant.to_string(),
-            kh: caller.key_hash.clone(),
-            iat: now,
-            exp: now + i64::try_from(ttl.as_secs()).unwrap_or(86_400),
-        };
+        let claims = self.jwt.claims(
+            caller.tenant.to_string(),
+            caller.key_hash.clone(),
+            now,
+            i64::try_from(ttl.as_secs()).unwrap_or(86_400),
+        );
         self.jwt
             .sign(&claims)
             .map_err(|_| ApiError::Unavailable("cannot sign tokens".to_owned()))

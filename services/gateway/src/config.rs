@@ -19,6 +19,14 @@ pub struct GatewayConfig {
     /// same one; unset makes a random key per process (tokens then only work
     /// on the replica that issued them).
     pub jwt_secret: Option<String>,
+    /// Secrets rotated out of `jwt_secret`: their tokens keep verifying (new
+    /// ones are signed with `jwt_secret`). Rotate by moving the old secret
+    /// here and setting a new one; drop it after `token_ttl`.
+    pub jwt_previous_secrets: Vec<String>,
+    /// The `iss` of the tokens, checked on every token.
+    pub jwt_issuer: String,
+    /// The `aud` of the tokens, checked on every token.
+    pub jwt_audience: String,
     /// How long a JWT from `POST /token` is valid.
     #[serde(with = "humantime_serde")]
     pub token_ttl: Duration,
@@ -58,6 +66,9 @@ impl Default for GatewayConfig {
             workers: 0,
             admin_token: None,
             jwt_secret: None,
+            jwt_previous_secrets: Vec::new(),
+            jwt_issuer: "triggers".to_owned(),
+            jwt_audience: "triggers-api".to_owned(),
             token_ttl: Duration::from_secs(24 * 3_600),
             max_body_bytes: 1024 * 1024,
             max_batch_events: 500,
@@ -90,6 +101,23 @@ impl Validate for GatewayConfig {
         }
         if self.jwt_secret.as_ref().is_some_and(|t| t.len() < 32) {
             issues.push(ConfigIssue::new(field("jwt_secret"), "must be at least 32 characters"));
+        }
+        if self.jwt_previous_secrets.iter().any(|t| t.len() < 32) {
+            issues.push(ConfigIssue::new(
+                field("jwt_previous_secrets"),
+                "each must be at least 32 characters",
+            ));
+        }
+        if !self.jwt_previous_secrets.is_empty() && self.jwt_secret.is_none() {
+            issues.push(ConfigIssue::new(
+                field("jwt_previous_secrets"),
+                "needs jwt_secret: previous secrets only verify",
+            ));
+        }
+        for (name, value) in [("jwt_issuer", &self.jwt_issuer), ("jwt_audience", &self.jwt_audience)] {
+            if value.trim().is_empty() || value.len() > 256 {
+                issues.push(ConfigIssue::new(field(name), "must be 1-256 characters"));
+            }
         }
         if self.token_ttl < Duration::from_secs(60) || self.token_ttl > Duration::from_secs(7 * 86_400) {
             issues.push(ConfigIssue::new(field("token_ttl"), "must be between 1m and 7days"));

@@ -1,13 +1,18 @@
-//! HS256 JSON Web Tokens for `POST /token` (RFC 7519), verified in constant
-//! time. Only what the gateway issues is accepted: `alg` must be `HS256`.
+//! HS256 JSON Web Tokens for `POST /token` (RFC 7519), through the
+//! maintained `jsonwebtoken` crate: the algorithm is pinned to HS256, `exp`,
+//! `nbf`, `iss`, `aud` and `sub` are required and checked, and the signing
+//! key rotates with an overlap — tokens name their key (`kid`), and the
+//! previous secrets keep verifying while new tokens are signed with the
+//! current one.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
-type HmacSha256 = Hmac<Sha256>;
+/// How far the clocks of two replicas may disagree (seconds): a token issued
+/// on one is valid at once on another.
+const LEEWAY_SECS: u64 = 30;
 
 /// The claims of a gateway token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,145 +24,243 @@ pub struct Claims {
     pub kh: String,
     /// Issued at (seconds since the epoch).
     pub iat: i64,
+    /// Not valid before (seconds since the epoch).
+    pub nbf: i64,
     /// Expires at (seconds since the epoch).
     pub exp: i64,
+    /// Who issued it (`gateway.jwt_issuer`).
+    pub iss: String,
+    /// Whom it is for (`gateway.jwt_audience`).
+    pub aud: String,
 }
 
 /// Why a token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
-    /// Not three base64url parts of JSON.
+    /// Not a JWT (three base64url parts of JSON with the claims above).
     #[error("malformed token")]
     Malformed,
-    /// Another algorithm than HS256.
+    /// Another algorithm than HS256 (`none` included).
     #[error("unsupported algorithm")]
     Algorithm,
-    /// The signature does not verify.
+    /// Signed by no key this gateway knows, or the signature does not
+    /// verify.
     #[error("bad signature")]
     Signature,
     /// Past `exp`.
     #[error("expired")]
     Expired,
+    /// Before `nbf`.
+    #[error("not valid yet")]
+    NotYetValid,
+    /// Another issuer or audience, or a required claim missing.
+    #[error("not issued for this API")]
+    Claims,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Header {
-    alg: String,
-    typ: Option<String>,
+impl From<jsonwebtoken::errors::Error> for JwtError {
+    fn from(e: jsonwebtoken::errors::Error) -> Self {
+        match e.kind() {
+            ErrorKind::ExpiredSignature => Self::Expired,
+            ErrorKind::ImmatureSignature => Self::NotYetValid,
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => Self::Algorithm,
+            ErrorKind::InvalidSignature => Self::Signature,
+            ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience | ErrorKind::MissingRequiredClaim(_) => {
+                Self::Claims
+            }
+            _ => Self::Malformed,
+        }
+    }
+}
+
+/// One secret: its id and keys.
+struct Key {
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl Key {
+    fn new(secret: &[u8]) -> Self {
+        // The id names the key without revealing it: 64 bits of its hash.
+        let kid = hex::encode(&Sha256::digest(secret)[..8]);
+        Self {
+            kid,
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+        }
+    }
 }
 
 /// Signs and verifies gateway tokens.
-#[derive(Clone)]
 pub struct JwtKeys {
-    key: Vec<u8>,
+    /// Signs new tokens (and verifies them).
+    current: Key,
+    /// Verify only: the secrets rotated out, until their tokens expire.
+    previous: Vec<Key>,
+    validation: Validation,
+    issuer: String,
+    audience: String,
 }
 
 impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JwtKeys(..)")
+        f.debug_struct("JwtKeys")
+            .field("current", &self.current.kid)
+            .field("previous", &self.previous.iter().map(|k| &k.kid).collect::<Vec<_>>())
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
     }
 }
 
 impl JwtKeys {
-    /// Keys from a shared secret.
-    pub fn new(secret: &[u8]) -> Self {
-        Self { key: secret.to_vec() }
-    }
-
-    fn mac(&self) -> Result<HmacSha256, JwtError> {
-        // HMAC accepts keys of any length; the error cannot happen.
-        HmacSha256::new_from_slice(&self.key).map_err(|_| JwtError::Signature)
-    }
-
-    /// A signed token for `claims`.
-    pub fn sign(&self, claims: &Claims) -> Result<String, JwtError> {
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).map_err(|_| JwtError::Malformed)?);
-        let signing_input = format!("{header}.{payload}");
-        let mut mac = self.mac()?;
-        mac.update(signing_input.as_bytes());
-        let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        Ok(format!("{signing_input}.{signature}"))
-    }
-
-    /// The claims of a valid, unexpired token.
-    pub fn verify(&self, token: &str, now_secs: i64) -> Result<Claims, JwtError> {
-        let (signing_input, signature) = token.rsplit_once('.').ok_or(JwtError::Malformed)?;
-        let (header, payload) = signing_input.split_once('.').ok_or(JwtError::Malformed)?;
-        if payload.contains('.') {
-            return Err(JwtError::Malformed);
+    /// Keys signing with `current` and still accepting tokens of `previous`
+    /// secrets, for tokens of `issuer` meant for `audience`.
+    pub fn new(current: &[u8], previous: &[&[u8]], issuer: &str, audience: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        Self {
+            current: Key::new(current),
+            previous: previous.iter().map(|secret| Key::new(secret)).collect(),
+            validation,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
         }
-        let header: Header = URL_SAFE_NO_PAD
-            .decode(header)
-            .ok()
-            .and_then(|h| serde_json::from_slice(&h).ok())
-            .ok_or(JwtError::Malformed)?;
-        if header.alg != "HS256" {
+    }
+
+    /// The claims of a token for tenant `sub` and key hash `kh`, valid from
+    /// `now` for `ttl_secs`.
+    pub fn claims(&self, sub: String, kh: String, now: i64, ttl_secs: i64) -> Claims {
+        Claims {
+            sub,
+            kh,
+            iat: now,
+            nbf: now,
+            exp: now.saturating_add(ttl_secs),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        }
+    }
+
+    /// A token for `claims`, signed with the current secret.
+    pub fn sign(&self, claims: &Claims) -> Result<String, JwtError> {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.current.kid.clone());
+        Ok(jsonwebtoken::encode(&header, claims, &self.current.encoding)?)
+    }
+
+    /// The claims of a valid token: HS256, signed by a known secret, within
+    /// `nbf`..`exp` (give or take the leeway), of this issuer and audience.
+    pub fn verify(&self, token: &str) -> Result<Claims, JwtError> {
+        let header = jsonwebtoken::decode_header(token)?;
+        if header.alg != Algorithm::HS256 {
             return Err(JwtError::Algorithm);
         }
-        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| JwtError::Malformed)?;
-        let mut mac = self.mac()?;
-        mac.update(signing_input.as_bytes());
-        // Constant-time comparison.
-        mac.verify_slice(&signature).map_err(|_| JwtError::Signature)?;
-        let claims: Claims = URL_SAFE_NO_PAD
-            .decode(payload)
-            .ok()
-            .and_then(|p| serde_json::from_slice(&p).ok())
-            .ok_or(JwtError::Malformed)?;
-        if claims.exp <= now_secs {
-            return Err(JwtError::Expired);
-        }
-        Ok(claims)
+        let key = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|key| header.kid.as_deref() == Some(key.kid.as_str()))
+            .ok_or(JwtError::Signature)?;
+        Ok(jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation)?.claims)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use super::*;
 
-    fn claims(exp: i64) -> Claims {
-        Claims {
-            sub: "ten_x".to_owned(),
-            kh: "abc".to_owned(),
-            iat: 1,
-            exp,
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const OLD: &[u8] = b"an-older-secret-an-older-secret-";
+
+    fn now() -> i64 {
+        triggers_core::event::now_ms() / 1000
+    }
+
+    fn keys() -> JwtKeys {
+        JwtKeys::new(SECRET, &[], "triggers", "triggers-api")
+    }
+
+    fn token(keys: &JwtKeys, from: i64, ttl: i64) -> String {
+        keys.sign(&keys.claims("ten_x".to_owned(), "abc".to_owned(), from, ttl))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_signed_token_verifies_between_nbf_and_exp() {
+        let keys = keys();
+        let claims = keys.verify(&token(&keys, now(), 3600)).unwrap();
+        assert_eq!((claims.sub.as_str(), claims.kh.as_str()), ("ten_x", "abc"));
+        assert_eq!(keys.verify(&token(&keys, now() - 7200, 3600)), Err(JwtError::Expired));
+        assert_eq!(keys.verify(&token(&keys, now() + 600, 3600)), Err(JwtError::NotYetValid));
+    }
+
+    #[test]
+    fn tampering_other_keys_and_other_algorithms_are_refused() {
+        let keys = keys();
+        let good = token(&keys, now(), 3600);
+        let other = JwtKeys::new(b"another-secret-another-secret-xx", &[], "triggers", "triggers-api");
+        assert_eq!(other.verify(&good), Err(JwtError::Signature), "unknown kid");
+        // The same kid with a forged payload.
+        let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+        let mut forged = keys.claims("ten_other".to_owned(), "abc".to_owned(), now(), 3600);
+        forged.exp += 10_000;
+        parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
+        assert_eq!(keys.verify(&parts.join(".")), Err(JwtError::Signature));
+        // `alg: none` and an asymmetric algorithm (key confusion) are refused.
+        for alg in ["none", "RS256", "HS512"] {
+            let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","kid":"{}"}}"#, keys.current.kid));
+            let unsigned = format!("{header}.{}.", parts[1]);
+            assert!(
+                matches!(keys.verify(&unsigned), Err(JwtError::Algorithm | JwtError::Malformed)),
+                "{alg}"
+            );
         }
+        assert_eq!(keys.verify("a.b"), Err(JwtError::Malformed));
     }
 
     #[test]
-    fn a_signed_token_verifies_until_it_expires() {
-        let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef");
-        let token = keys.sign(&claims(100)).unwrap_or_default();
-        assert_eq!(keys.verify(&token, 99), Ok(claims(100)));
-        assert_eq!(keys.verify(&token, 100), Err(JwtError::Expired));
+    fn issuer_and_audience_are_checked() {
+        let keys = keys();
+        let elsewhere = JwtKeys::new(SECRET, &[], "someone-else", "triggers-api");
+        assert_eq!(keys.verify(&token(&elsewhere, now(), 3600)), Err(JwtError::Claims));
+        let for_another_api = JwtKeys::new(SECRET, &[], "triggers", "another-api");
+        assert_eq!(keys.verify(&token(&for_another_api, now(), 3600)), Err(JwtError::Claims));
     }
 
     #[test]
-    fn tampering_and_other_keys_are_refused() {
-        let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef");
-        let other = JwtKeys::new(b"another-secret-another-secret-xx");
-        let token = keys.sign(&claims(100)).unwrap_or_default();
-        assert_eq!(other.verify(&token, 1), Err(JwtError::Signature));
-        let mut parts: Vec<&str> = token.split('.').collect();
-        let forged = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(10_000)).unwrap_or_default());
-        parts[1] = &forged;
-        assert_eq!(keys.verify(&parts.join("."), 1), Err(JwtError::Signature));
-        let none_alg = format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#), parts[1]);
-        assert_eq!(keys.verify(&none_alg, 1), Err(JwtError::Algorithm));
-        assert_eq!(keys.verify("a.b", 1), Err(JwtError::Malformed));
+    fn the_signing_secret_rotates_with_an_overlap() {
+        let before = JwtKeys::new(OLD, &[], "triggers", "triggers-api");
+        let issued_before = token(&before, now(), 3600);
+        // Rotated: the new secret signs, the old one still verifies.
+        let rotated = JwtKeys::new(SECRET, &[OLD], "triggers", "triggers-api");
+        assert!(rotated.verify(&issued_before).is_ok());
+        let issued_after = token(&rotated, now(), 3600);
+        assert_eq!(jsonwebtoken::decode_header(&issued_after).unwrap().kid, Some(rotated.current.kid.clone()));
+        assert!(keys().verify(&issued_after).is_ok(), "signed with the current secret");
+        // Once the old secret is dropped, its tokens stop working.
+        assert_eq!(keys().verify(&issued_before), Err(JwtError::Signature));
     }
 
     #[test]
-    fn matches_an_independent_hs256_vector() {
-        // RFC 7515 appendix A.1 uses an HS256 JWS; here the well-known
-        // jwt.io example: secret "your-256-bit-secret".
-        let token = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
-        let keys = JwtKeys::new(b"your-256-bit-secret");
-        // The claims are not ours (no exp), so parsing fails after the
-        // signature has been verified: proof the HMAC matches.
-        assert_eq!(keys.verify(token, 1), Err(JwtError::Malformed));
-        let wrong = JwtKeys::new(b"not-the-secret");
-        assert_eq!(wrong.verify(token, 1), Err(JwtError::Signature));
+    fn matches_an_independent_hs256_implementation() {
+        // Signed here with the RustCrypto HMAC, verified by jsonwebtoken.
+        use hmac::{Hmac, Mac};
+        let keys = keys();
+        let claims = keys.claims("ten_x".to_owned(), "abc".to_owned(), now(), 3600);
+        let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"HS256","typ":"JWT","kid":"{}"}}"#, keys.current.kid));
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET).unwrap();
+        mac.update(format!("{header}.{payload}").as_bytes());
+        let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        assert_eq!(keys.verify(&format!("{header}.{payload}.{signature}")), Ok(claims));
     }
 }

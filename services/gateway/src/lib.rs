@@ -152,7 +152,16 @@ pub async fn start(
         dynamo.clone(),
         tables.clone(),
         config.auth_cache_ttl,
-        jwt::JwtKeys::new(&jwt_secret),
+        jwt::JwtKeys::new(
+            &jwt_secret,
+            &config
+                .jwt_previous_secrets
+                .iter()
+                .map(String::as_bytes)
+                .collect::<Vec<_>>(),
+            &config.jwt_issuer,
+            &config.jwt_audience,
+        ),
         config.admin_token.as_deref(),
     );
     let idempotency = idempotency::IdempotencyStore::new(

@@ -70,3 +70,38 @@ async fn child_posts_with_proxy_variables_set() {
     let response = client.post(&target).body("{}").send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
 }
+
+/// A webhook endpoint answering a redirect does not send the request on:
+/// the redirect's target (here a private address the allow-list opens, in
+/// production anything) never hears from the deliverer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed() {
+    let elsewhere = Receiver::default();
+    let elsewhere_url = elsewhere.start();
+    let redirecting = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirecting_url = format!("http://{}/hook", redirecting.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = redirecting.accept().await {
+            let location = elsewhere_url.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut request = vec![0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let answer = format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let config = triggers_deliverer::DelivererConfig {
+        allow_networks: vec!["127.0.0.0/8".to_owned()],
+        ..Default::default()
+    };
+    let allow = triggers_deliverer::ssrf::AllowList::parse(&config.allow_networks).unwrap();
+    let client = triggers_deliverer::webhook_client(&config, &allow).unwrap();
+    let response = client.post(&redirecting_url).body("{}").send().await.unwrap();
+    // Followed, the answer would be the other endpoint's.
+    assert_eq!(response.status().as_u16(), 307, "the redirect is the answer");
+    assert_eq!(elsewhere.count(), 0, "the redirect was followed");
+}

@@ -350,3 +350,32 @@ async fn a_tenant_has_at_most_its_share_of_subscriptions() {
     let (status, _, third) = create().await;
     assert_eq!(status, 201, "{third}");
 }
+
+/// API keys are stored only as their SHA-256: the key table never holds a
+/// key, so a copy of it (a backup, a leaked export) authenticates nobody.
+#[tokio::test]
+async fn api_keys_are_stored_only_as_hashes() {
+    let gateway = start(TestStack::shared(), |_, _| {}).await;
+    let (status, _, created) = answer(
+        gateway
+            .http
+            .post(format!("{}/v1/admin/tenants/{}/keys", gateway.url, gateway.tenant))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let new_key = created["key"].as_str().unwrap().to_owned();
+    let dynamo = triggers_core::dynamo::client(&gateway.common.dynamodb).await;
+    let tables = triggers_core::dynamo::Tables::new(&gateway.common.dynamodb.table_prefix);
+    let stored = format!(
+        "{:?}",
+        dynamo.scan().table_name(&tables.api_keys).send().await.unwrap().items()
+    );
+    for key in [&gateway.key, &new_key] {
+        assert!(!stored.contains(key.as_str()), "a key is stored as it is");
+        assert!(stored.contains(&triggers_core::tenancy::hash_api_key(key)), "its hash is not stored");
+    }
+}

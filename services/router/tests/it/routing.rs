@@ -159,6 +159,9 @@ async fn the_subscriptions_api_validates_lists_and_tests_matches() {
     assert_eq!(status, 200);
     assert!(rotated["secret"].as_str().is_some_and(|s| s.starts_with("whsec_")));
     assert_eq!(rotated["id"], id.as_str());
+    let (_, read) = env.call(reqwest::Method::GET, &format!("/v1/subscriptions/{id}"), None).await;
+    let secret = rotated["secret"].as_str().unwrap();
+    assert!(!read.to_string().contains(secret), "GET shows the secret: {read}");
 
     // Listing pages with a cursor, without duplicates or gaps; GET never shows secrets.
     let mut created = vec![id.clone()];
@@ -177,6 +180,8 @@ async fn the_subscriptions_api_validates_lists_and_tests_matches() {
         };
         let (status, page) = env.call(reqwest::Method::GET, &path, None).await;
         assert_eq!(status, 200, "{page}");
+        let secret = rotated["secret"].as_str().unwrap();
+        assert!(!page.to_string().contains(secret), "a listing shows a secret: {page}");
         for item in page["data"].as_array().cloned().unwrap_or_default() {
             assert!(item.get("secret").is_none());
             seen.push(item["id"].as_str().unwrap_or_default().to_owned());
