@@ -35,6 +35,10 @@ pub struct DelivererConfig {
     /// Networks webhooks may reach although private or loopback
     /// (`127.0.0.0/8` locally). Empty in production.
     pub allow_networks: Vec<String>,
+    /// Webhooks reach only `allow_networks`, public addresses included:
+    /// for test, fuzzing and local environments that must send no traffic
+    /// off the machine.
+    pub only_allowed_networks: bool,
     /// How long shutdown waits for attempts in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -51,6 +55,7 @@ impl Default for DelivererConfig {
             park_delay: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
             allow_networks: Vec::new(),
+            only_allowed_networks: false,
             shutdown_grace: Duration::from_secs(20),
         }
     }

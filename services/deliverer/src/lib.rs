@@ -88,7 +88,9 @@ pub async fn start(
     config: &DelivererConfig,
     shutdown: CancellationToken,
 ) -> Result<RunningServer, DelivererError> {
-    let allow = ssrf::AllowList::parse(&config.allow_networks).map_err(DelivererError::AllowList)?;
+    let allow = ssrf::AllowList::parse(&config.allow_networks)
+        .map_err(DelivererError::AllowList)?
+        .restricted(config.only_allowed_networks);
     let http = webhook_client(config, &allow)?;
     let service = ConsumerService::connect(common, config.consumer()).await?;
     let follower = service.follow_subscriptions(&shutdown, FOLLOWER_CATCH_UP).await?;

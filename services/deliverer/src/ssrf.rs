@@ -15,6 +15,8 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 #[derive(Debug, Clone, Default)]
 pub struct AllowList {
     networks: Vec<IpNet>,
+    /// Only the listed networks: public addresses are refused too.
+    restricted: bool,
 }
 
 impl AllowList {
@@ -30,7 +32,17 @@ impl AllowList {
                     .map_err(|_| format!("`{network}` is not a network (a.b.c.d/n or x::/n)"))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { networks })
+        Ok(Self {
+            networks,
+            restricted: false,
+        })
+    }
+
+    /// Restricted to the listed networks (`deliverer.only_allowed_networks`):
+    /// webhooks reach nothing else, public addresses included. For test
+    /// and fuzzing environments that must not send traffic off the machine.
+    pub fn restricted(self, restricted: bool) -> Self {
+        Self { restricted, ..self }
     }
 
     fn contains(&self, ip: IpAddr) -> bool {
@@ -39,7 +51,7 @@ impl AllowList {
 
     /// Whether a webhook may go to `ip`.
     pub fn permits(&self, ip: IpAddr) -> bool {
-        self.contains(ip) || is_public(ip)
+        self.contains(ip) || (!self.restricted && is_public(ip))
     }
 }
 
@@ -214,6 +226,15 @@ mod tests {
         assert!(allow.permits("::1".parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))));
         assert!(!allow.permits("10.0.0.1".parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))));
         assert!(AllowList::parse(&["10.0.0.0/33".to_owned()]).is_err());
+        // Restricted: the listed networks only, public addresses refused.
+        let only = AllowList::parse(&["127.0.0.0/8".to_owned()]).unwrap().restricted(true);
+        assert!(only.permits(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert!(!only.permits("1.1.1.1".parse().unwrap()));
+        assert!(!only.permits("2606:4700:4700::1111".parse().unwrap()));
+        assert!(
+            allow.permits("1.1.1.1".parse().unwrap()),
+            "unrestricted lists add to the public internet"
+        );
         assert!(AllowList::parse(&["nonsense".to_owned()]).is_err());
     }
 
@@ -226,7 +247,10 @@ mod tests {
         let open = GuardedResolver::new(AllowList::parse(&["127.0.0.0/8".to_owned()]).unwrap());
         let addresses: Vec<SocketAddr> = open.resolve(name()).await.unwrap().collect();
         assert!(!addresses.is_empty());
-        assert!(addresses.iter().all(|a| a.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST)), "{addresses:?}");
+        assert!(
+            addresses.iter().all(|a| a.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{addresses:?}"
+        );
         let closed = GuardedResolver::new(AllowList::default());
         let refused = match closed.resolve(name()).await {
             Ok(addresses) => panic!("resolved to {:?}", addresses.collect::<Vec<_>>()),

@@ -141,17 +141,14 @@ impl Authenticator {
             return self.by_api_key(token, client).await;
         }
         if token.split('.').count() == 3 {
-            let claims = self
-                .jwt
-                .verify(token)
-                .map_err(|e| {
-                    metrics::counter!("triggers_gateway_auth_failures_total", "reason" => "jwt").increment(1);
-                    ApiError::Unauthorized(match e {
-                        crate::jwt::JwtError::Expired => "the token has expired; get a new one from POST /token",
-                        crate::jwt::JwtError::NotYetValid => "the token is not valid yet (check the clock)",
-                        _ => "the token is not valid",
-                    })
-                })?;
+            let claims = self.jwt.verify(token).map_err(|e| {
+                metrics::counter!("triggers_gateway_auth_failures_total", "reason" => "jwt").increment(1);
+                ApiError::Unauthorized(match e {
+                    crate::jwt::JwtError::Expired => "the token has expired; get a new one from POST /token",
+                    crate::jwt::JwtError::NotYetValid => "the token is not valid yet (check the clock)",
+                    _ => "the token is not valid",
+                })
+            })?;
             let caller = self.by_key_hash(&claims.kh, client).await?;
             if caller.tenant.to_string() != claims.sub {
                 return Err(ApiError::Unauthorized("the token is not valid"));

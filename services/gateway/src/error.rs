@@ -38,6 +38,16 @@ pub enum ApiError {
         /// The request path.
         path: String,
     },
+    /// 405: the path exists, the method does not.
+    #[error("{method} is not allowed on {path}; use {allow}")]
+    MethodNotAllowed {
+        /// The request method.
+        method: String,
+        /// The request path.
+        path: String,
+        /// The methods the path answers, for the `Allow` header.
+        allow: String,
+    },
     /// 409: the idempotency key was used with another body.
     #[error("Idempotency-Key `{0}` was already used with a different request body")]
     IdempotencyConflict(String),
@@ -120,6 +130,7 @@ pub const CODES: &[&str] = &[
     "unauthorized",
     "forbidden",
     "not_found",
+    "method_not_allowed",
     "idempotency_key_reused",
     "idempotency_in_progress",
     "limit_exceeded",
@@ -140,6 +151,7 @@ impl ApiError {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) | Self::NoRoute { .. } => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::IdempotencyConflict(_) => "idempotency_key_reused",
             Self::LimitExceeded(_) => "limit_exceeded",
             Self::IdempotencyInProgress(_) => "idempotency_in_progress",
@@ -190,6 +202,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::IdempotencyConflict(_) | Self::IdempotencyInProgress(_) | Self::LimitExceeded(_) => {
                 StatusCode::CONFLICT
             }
@@ -208,6 +221,9 @@ impl ResponseError for ApiError {
         }
         if matches!(self, Self::Unauthorized(_)) {
             response.insert_header(("www-authenticate", "Bearer"));
+        }
+        if let Self::MethodNotAllowed { allow, .. } = self {
+            response.insert_header(("allow", allow.as_str()));
         }
         if let Self::RateLimited { limit, reset, .. } = self {
             response

@@ -65,9 +65,7 @@ impl From<jsonwebtoken::errors::Error> for JwtError {
             ErrorKind::ImmatureSignature => Self::NotYetValid,
             ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => Self::Algorithm,
             ErrorKind::InvalidSignature => Self::Signature,
-            ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience | ErrorKind::MissingRequiredClaim(_) => {
-                Self::Claims
-            }
+            ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience | ErrorKind::MissingRequiredClaim(_) => Self::Claims,
             _ => Self::Malformed,
         }
     }
@@ -200,7 +198,10 @@ mod tests {
         let claims = keys.verify(&token(&keys, now(), 3600)).unwrap();
         assert_eq!((claims.sub.as_str(), claims.kh.as_str()), ("ten_x", "abc"));
         assert_eq!(keys.verify(&token(&keys, now() - 7200, 3600)), Err(JwtError::Expired));
-        assert_eq!(keys.verify(&token(&keys, now() + 600, 3600)), Err(JwtError::NotYetValid));
+        assert_eq!(
+            keys.verify(&token(&keys, now() + 600, 3600)),
+            Err(JwtError::NotYetValid)
+        );
     }
 
     #[test]
@@ -233,7 +234,10 @@ mod tests {
         let elsewhere = JwtKeys::new(SECRET, &[], "someone-else", "triggers-api");
         assert_eq!(keys.verify(&token(&elsewhere, now(), 3600)), Err(JwtError::Claims));
         let for_another_api = JwtKeys::new(SECRET, &[], "triggers", "another-api");
-        assert_eq!(keys.verify(&token(&for_another_api, now(), 3600)), Err(JwtError::Claims));
+        assert_eq!(
+            keys.verify(&token(&for_another_api, now(), 3600)),
+            Err(JwtError::Claims)
+        );
     }
 
     #[test]
@@ -244,7 +248,10 @@ mod tests {
         let rotated = JwtKeys::new(SECRET, &[OLD], "triggers", "triggers-api");
         assert!(rotated.verify(&issued_before).is_ok());
         let issued_after = token(&rotated, now(), 3600);
-        assert_eq!(jsonwebtoken::decode_header(&issued_after).unwrap().kid, Some(rotated.current.kid.clone()));
+        assert_eq!(
+            jsonwebtoken::decode_header(&issued_after).unwrap().kid,
+            Some(rotated.current.kid.clone())
+        );
         assert!(keys().verify(&issued_after).is_ok(), "signed with the current secret");
         // Once the old secret is dropped, its tokens stop working.
         assert_eq!(keys().verify(&issued_before), Err(JwtError::Signature));

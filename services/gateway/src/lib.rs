@@ -101,10 +101,44 @@ pub fn check_record_size(common: &CommonConfig, config: &GatewayConfig) -> Resul
     Ok(())
 }
 
+/// Routes served besides the API's ([`api::ROUTES`]): operations, the
+/// document, the console.
+const OTHER_ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("get", "/docs"),
+    ("get", "/docs/errors"),
+    ("get", "/console"),
+    ("get", "/console/{file:.*}"),
+];
+
+/// The methods `path` answers (upper case, sorted), from the route tables.
+fn allowed_methods(path: &str) -> Vec<String> {
+    let mut methods: Vec<String> = api::ROUTES
+        .iter()
+        .chain(OTHER_ROUTES)
+        .filter(|(_, pattern)| actix_web::dev::ResourceDef::new(*pattern).is_match(path))
+        .map(|(method, _)| method.to_ascii_uppercase())
+        .collect();
+    methods.sort();
+    methods.dedup();
+    methods
+}
+
+/// What no route answers: 405 with `Allow` when the path exists with other
+/// methods, else 404.
 async fn not_found(request: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::NoRoute {
-        method: request.method().to_string(),
-        path: request.path().to_owned(),
+    let (method, path) = (request.method().to_string(), request.path().to_owned());
+    let allowed = allowed_methods(&path);
+    if allowed.is_empty() {
+        return Err(ApiError::NoRoute { method, path });
+    }
+    Err(ApiError::MethodNotAllowed {
+        method,
+        path,
+        allow: allowed.join(", "),
     })
 }
 
@@ -247,6 +281,16 @@ fn spawn_queue_gauge(sink: sink::EventSink, shutdown: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_with_other_methods_answers_405_with_allow() {
+        assert_eq!(allowed_methods("/v1/events"), ["GET", "POST"]);
+        assert_eq!(allowed_methods("/v1/subscriptions/sub_x"), ["DELETE", "GET", "PATCH"]);
+        assert_eq!(allowed_methods("/health"), ["GET"]);
+        assert_eq!(allowed_methods("/console/app.js"), ["GET"]);
+        assert!(allowed_methods("/v1/nothing").is_empty());
+        assert!(allowed_methods("/v1/events/evt_x/nothing").is_empty());
+    }
 
     #[test]
     fn the_body_limit_must_leave_room_for_every_derived_record() {

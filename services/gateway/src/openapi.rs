@@ -33,6 +33,86 @@ impl Modify for Security {
     }
 }
 
+/// The answers every operation of a kind can give, added where its own
+/// annotation does not list them: 401/429/503 for authenticated routes (no
+/// or bad credentials, throttled failed authentication, a store or broker
+/// down), 403 for admin routes (no admin token configured), 400/413/415/422
+/// for routes with a body, 404 for routes with an id in the path.
+struct StandardAnswers;
+
+impl Modify for StandardAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in &mut openapi.paths.paths {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                add_standard_answers(path, operation);
+            }
+        }
+    }
+}
+
+fn add_standard_answers(path: &str, operation: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let mut add = |status: &str, description: &str| {
+        operation
+            .responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| {
+                RefOr::T(
+                    ResponseBuilder::new()
+                        .description(description)
+                        .content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                .build(),
+                        )
+                        .build(),
+                )
+            });
+    };
+    let authenticated = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+    if authenticated {
+        add(
+            "401",
+            "No credentials, or an unknown, revoked or expired one (`unauthorized`)",
+        );
+        add(
+            "429",
+            "Too many failed authentications from this address (`rate_limited`)",
+        );
+        add(
+            "503",
+            "A dependency (Kafka, DynamoDB) is unavailable; retry (`unavailable`)",
+        );
+    }
+    if path.starts_with("/v1/admin") {
+        add(
+            "403",
+            "Admin routes are disabled: no admin token is configured (`forbidden`)",
+        );
+    }
+    if operation.request_body.is_some() {
+        add(
+            "400",
+            "The body is not JSON or not UTF-8 (`invalid_json`, `invalid_utf8`)",
+        );
+        add("413", "The body is over the limit (`payload_too_large`)");
+        add("415", "The content type is not accepted (`unsupported_media_type`)");
+        add("422", "A field is missing or malformed (`invalid_field`)");
+    }
+    if path.contains('{') {
+        add("404", "No such resource for this tenant (`not_found`)");
+    }
+}
+
 /// The API description.
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -51,7 +131,7 @@ impl Modify for Security {
         redelivery::replay, redelivery::list, redelivery::redrive,
         analytics::report, live::stream,
     ),
-    modifiers(&Security),
+    modifiers(&Security, &StandardAnswers),
     tags(
         (name = "events", description = "Ingest"),
         (name = "subscriptions", description = "Where events go"),
@@ -172,4 +252,50 @@ pub async fn docs() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(docs_html())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statuses(document: &serde_json::Value, method: &str, path: &str) -> Vec<String> {
+        document["paths"][path][method]["responses"]
+            .as_object()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn every_operation_documents_the_answers_of_its_kind() {
+        let document = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let create = statuses(&document, "post", "/v1/subscriptions");
+        for status in ["201", "400", "401", "413", "415", "422", "429", "503"] {
+            assert!(
+                create.iter().any(|s| s == status),
+                "POST /v1/subscriptions lacks {status}: {create:?}"
+            );
+        }
+        let read = statuses(&document, "get", "/v1/events/{id}");
+        for status in ["200", "401", "404"] {
+            assert!(
+                read.iter().any(|s| s == status),
+                "GET /v1/events/{{id}} lacks {status}: {read:?}"
+            );
+        }
+        assert!(
+            statuses(&document, "post", "/v1/admin/tenants")
+                .iter()
+                .any(|s| s == "403")
+        );
+        assert!(
+            !statuses(&document, "get", "/health").iter().any(|s| s == "401"),
+            "/health is open"
+        );
+        // Every added answer has the error body.
+        let added = &document["paths"]["/v1/events/{id}"]["get"]["responses"]["401"];
+        assert_eq!(
+            added["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ErrorBody"
+        );
+    }
 }

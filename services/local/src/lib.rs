@@ -182,8 +182,11 @@ secret_access_key = "local"
 url = "http://127.0.0.1:{registry}"
 
 [deliverer]
-# The demo receiver is on loopback: allow it past the SSRF guard.
+# The demo receiver is on loopback: allow it past the SSRF guard, and
+# nothing else: a local stack sends no webhook off this machine (set
+# TRIGGERS_DELIVERER__ONLY_ALLOWED_NETWORKS=false to reach public URLs).
 allow_networks = ["127.0.0.0/8", "::1/128"]
+only_allowed_networks = true
 
 [telemetry]
 log_format = "pretty"

@@ -172,6 +172,7 @@ fn deliverer_config(namespace: &str) -> DelivererConfig {
         listen: "127.0.0.1:0".to_owned(),
         group_id: format!("{namespace}-deliverer"),
         allow_networks: vec!["127.0.0.0/8".to_owned()],
+        only_allowed_networks: true,
         request_timeout: Duration::from_secs(2),
         ..Default::default()
     }

@@ -112,6 +112,21 @@ async fn every_error_status_is_structured() {
         send(gateway.http.get(format!("{}/v1/nothing", gateway.url))).await,
     )
     .await;
+    // A path that exists with other methods: 405 and the ones it has.
+    let wrong_method = send(gateway.http.put(format!("{}/v1/events", gateway.url))).await;
+    assert_eq!(
+        wrong_method.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET, POST")
+    );
+    check(405, "method_not_allowed", wrong_method).await;
+    let trace = send(
+        gateway
+            .http
+            .request(reqwest::Method::TRACE, format!("{}/health", gateway.url)),
+    )
+    .await;
+    assert_eq!(trace.headers().get("allow").and_then(|v| v.to_str().ok()), Some("GET"));
+    check(405, "method_not_allowed", trace).await;
     check(
         400,
         "bad_request",

@@ -376,6 +376,9 @@ async fn api_keys_are_stored_only_as_hashes() {
     );
     for key in [&gateway.key, &new_key] {
         assert!(!stored.contains(key.as_str()), "a key is stored as it is");
-        assert!(stored.contains(&triggers_core::tenancy::hash_api_key(key)), "its hash is not stored");
+        assert!(
+            stored.contains(&triggers_core::tenancy::hash_api_key(key)),
+            "its hash is not stored"
+        );
     }
 }

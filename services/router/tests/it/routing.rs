@@ -159,7 +159,9 @@ async fn the_subscriptions_api_validates_lists_and_tests_matches() {
     assert_eq!(status, 200);
     assert!(rotated["secret"].as_str().is_some_and(|s| s.starts_with("whsec_")));
     assert_eq!(rotated["id"], id.as_str());
-    let (_, read) = env.call(reqwest::Method::GET, &format!("/v1/subscriptions/{id}"), None).await;
+    let (_, read) = env
+        .call(reqwest::Method::GET, &format!("/v1/subscriptions/{id}"), None)
+        .await;
     let secret = rotated["secret"].as_str().unwrap();
     assert!(!read.to_string().contains(secret), "GET shows the secret: {read}");
 
