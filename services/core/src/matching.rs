@@ -65,7 +65,9 @@ impl TypePattern {
     /// Parses `order.created`, `order.*` or `*`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let valid = |s: &str| {
-            !s.is_empty() && s.len() <= 256 && s.chars().all(|c| !c.is_control() && !c.is_whitespace() && c != '*')
+            !s.is_empty()
+                && s.chars().count() <= 256
+                && s.chars().all(|c| !c.is_control() && !c.is_whitespace() && c != '*')
         };
         if text == "*" {
             Ok(Self::Any)

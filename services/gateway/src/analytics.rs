@@ -22,20 +22,29 @@ const MAX_MINUTE_SPAN_MS: i64 = 86_400_000;
 pub struct AnalyticsQuery {
     /// `1h`, `24h` or `7d`, ending now (default `24h`); ignored when
     /// `since` is given.
+    #[param(pattern = "^(1h|24h|7d)$")]
     pub range: Option<String>,
     /// Start (RFC 3339); rounded down to a whole bucket.
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// End (RFC 3339, default now); rounded up to a whole bucket.
+    #[param(format = DateTime)]
     pub until: Option<String>,
     /// `minute` (ranges up to 24 h) or `hour`; by default minutes up to
     /// 6 h, hours beyond.
     pub granularity: Option<Granularity>,
 }
 
+/// A query parameter that does not make a range: 400, like every query
+/// problem, naming the parameter.
+fn query_error(name: &str, message: &str) -> ApiError {
+    ApiError::BadRequest(format!("{name} {message}"))
+}
+
 /// Resolves the query to `[since, until)` and a granularity.
 fn window(query: &AnalyticsQuery, now: i64) -> Result<(i64, i64, Granularity), ApiError> {
     let time =
-        |name: &str, text: &str| parse_rfc3339(text).ok_or_else(|| ApiError::field(name, "must be an RFC 3339 time"));
+        |name: &str, text: &str| parse_rfc3339(text).ok_or_else(|| query_error(name, "must be an RFC 3339 time"));
     let until = match &query.until {
         Some(text) => time("until", text)?,
         None => now,
@@ -45,14 +54,17 @@ fn window(query: &AnalyticsQuery, now: i64) -> Result<(i64, i64, Granularity), A
         (None, None | Some("24h")) => until - 86_400_000,
         (None, Some("1h")) => until - 3_600_000,
         (None, Some("7d")) => until - 7 * 86_400_000,
-        (None, Some(_)) => return Err(ApiError::field("range", "must be 1h, 24h or 7d")),
+        (None, Some(_)) => return Err(query_error("range", "must be 1h, 24h or 7d")),
     };
     if since >= until {
-        return Err(ApiError::field("since", "must be before until"));
+        return Err(query_error("since", "must be before until"));
     }
     let span = until - since;
     if span > MAX_SPAN_MS {
-        return Err(ApiError::field("since", "the range may span at most 35 days"));
+        return Err(query_error("since", "the range may span at most 35 days"));
+    }
+    if since < 0 {
+        return Err(query_error("since", "must be after 1970-01-01"));
     }
     let granularity = query.granularity.unwrap_or(if span <= 6 * 3_600_000 {
         Granularity::Minute
@@ -60,7 +72,7 @@ fn window(query: &AnalyticsQuery, now: i64) -> Result<(i64, i64, Granularity), A
         Granularity::Hour
     });
     if granularity == Granularity::Minute && span > MAX_MINUTE_SPAN_MS {
-        return Err(ApiError::field(
+        return Err(query_error(
             "granularity",
             "minute is available for ranges up to 24 hours",
         ));
@@ -79,7 +91,7 @@ fn window(query: &AnalyticsQuery, now: i64) -> Result<(i64, i64, Granularity), A
     responses(
         (status = 200, body = analytics::Report),
         (status = 401, body = ErrorBody),
-        (status = 422, body = ErrorBody),
+        (status = 400, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -146,7 +158,7 @@ mod tests {
             let Err(e) = window(&bad, now) else {
                 panic!("{bad:?} was accepted");
             };
-            assert_eq!(e.status_code().as_u16(), 422, "{bad:?}");
+            assert_eq!(e.status_code().as_u16(), 400, "{bad:?}");
         }
         Ok(())
     }

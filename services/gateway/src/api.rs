@@ -83,8 +83,10 @@ pub struct Accepted {
 /// A batch of events.
 #[derive(Debug, Deserialize, ToSchema)]
 #[allow(dead_code)] // Documents the body.
-pub struct BatchInput {
-    /// Up to 500 events (a bare JSON array is accepted too).
+pub struct EventBatch {
+    /// 1 to 500 events (`gateway.max_batch_events`; a bare JSON array is
+    /// accepted too).
+    #[schema(min_items = 1, max_items = 500)]
     pub events: Vec<EventInput>,
 }
 
@@ -308,11 +310,13 @@ pub async fn ingest_compat(
 /// Ingest up to 500 events; one result per input, in order.
 #[utoipa::path(
     post, path = "/v1/events/batch", tag = "events",
-    request_body(content = BatchInput, content_type = "application/json"),
+    request_body(content = EventBatch, content_type = "application/json"),
     params(("Idempotency-Key" = Option<String>, Header, description = "Covers the whole batch")),
     responses(
         (status = 202, description = "Per-event results", body = BatchAccepted),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, description = "The Idempotency-Key was used with another batch, or that batch is in flight", body = ErrorBody),
+        (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
@@ -475,11 +479,17 @@ pub async fn health() -> HttpResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantInput {
-    /// Display name (1-200 characters).
+    /// Display name (1-200 characters, not only white space; stored
+    /// trimmed).
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
-    /// Events per second, instead of the deployment's default.
+    /// Events per second (1-1000000), instead of the deployment's default.
+    #[schema(minimum = 1, maximum = 1000000)]
+    #[serde(default, deserialize_with = "crate::params::optional_integer")]
     pub rate_limit: Option<u32>,
-    /// Days events are kept, instead of the deployment's default.
+    /// Days events are kept (1-3650), instead of the deployment's default.
+    #[schema(minimum = 1, maximum = 3650)]
+    #[serde(default, deserialize_with = "crate::params::optional_integer")]
     pub retention_days: Option<u32>,
 }
 
@@ -531,11 +541,11 @@ pub async fn create_tenant(
     let (_, value) = read_json(&request, payload, 64 * 1024, body::JSON).await?;
     let input: TenantInput = serde_json::from_value(value).map_err(|e| ApiError::field("the body", e.to_string()))?;
     let name = input.name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
+    if name.is_empty() || input.name.chars().count() > 200 {
         return Err(ApiError::field("name", "must be 1-200 characters"));
     }
-    if input.rate_limit == Some(0) {
-        return Err(ApiError::field("rate_limit", "must be at least 1"));
+    if input.rate_limit.is_some_and(|r| !(1..=1_000_000).contains(&r)) {
+        return Err(ApiError::field("rate_limit", "must be between 1 and 1000000"));
     }
     if input.retention_days.is_some_and(|d| !(1..=3650).contains(&d)) {
         return Err(ApiError::field("retention_days", "must be between 1 and 3650"));

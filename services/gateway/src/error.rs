@@ -86,6 +86,9 @@ pub enum ApiError {
         /// When enough capacity is back.
         retry_after: Duration,
     },
+    /// 409: the resource kept changing concurrently.
+    #[error("{0}")]
+    Conflict(String),
     /// 409: a per-tenant limit is reached.
     #[error("{0}")]
     LimitExceeded(String),
@@ -134,6 +137,7 @@ pub const CODES: &[&str] = &[
     "idempotency_key_reused",
     "idempotency_in_progress",
     "limit_exceeded",
+    "conflict",
     "payload_too_large",
     "unsupported_media_type",
     "invalid_field",
@@ -154,6 +158,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::IdempotencyConflict(_) => "idempotency_key_reused",
             Self::LimitExceeded(_) => "limit_exceeded",
+            Self::Conflict(_) => "conflict",
             Self::IdempotencyInProgress(_) => "idempotency_in_progress",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType { .. } => "unsupported_media_type",
@@ -189,7 +194,7 @@ impl ApiError {
             Self::RateLimited { retry_after, .. } | Self::AuthThrottled { retry_after } => {
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
-            Self::Unavailable(_) | Self::IdempotencyInProgress(_) => Some(1),
+            Self::Unavailable(_) | Self::IdempotencyInProgress(_) | Self::Conflict(_) => Some(1),
             _ => None,
         }
     }
@@ -203,9 +208,10 @@ impl ResponseError for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::IdempotencyConflict(_) | Self::IdempotencyInProgress(_) | Self::LimitExceeded(_) => {
-                StatusCode::CONFLICT
-            }
+            Self::IdempotencyConflict(_)
+            | Self::IdempotencyInProgress(_)
+            | Self::LimitExceeded(_)
+            | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -260,7 +266,7 @@ pub fn subscription_store_error(e: triggers_core::subscription::SubscriptionStor
     match e {
         SubscriptionStoreError::BadCursor => ApiError::BadRequest("invalid cursor".to_owned()),
         SubscriptionStoreError::Conflict(id) => {
-            ApiError::Unavailable(format!("subscription {id} was changed concurrently"))
+            ApiError::Conflict(format!("subscription {id} was changed concurrently; retry"))
         }
         other => {
             tracing::warn!(error = %other, "subscription store failed");

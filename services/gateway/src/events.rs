@@ -7,6 +7,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use triggers_core::eventstore::{self, ListQuery, StoredEvent};
+use triggers_core::ids::{EventId, SubscriptionId};
+use triggers_core::matching::TypePattern;
 use triggers_core::status::EventStatus;
 use utoipa::ToSchema;
 
@@ -24,17 +26,25 @@ type State = web::Data<AppState>;
 pub struct EventsQuery {
     /// An exact type or `prefix.*`.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = "^(\\*|[^\\s*\\u0000-\\u001f\\u007f-\\u009f]{1,256}(\\.\\*)?)$"
+    )]
     pub event_type: Option<String>,
     /// `accepted`, `routed`, `retrying`, `dead_lettered`, `unmatched`, `delivered`, `acknowledged`.
+    #[param(pattern = "^(accepted|routed|retrying|dead_lettered|unmatched|delivered|acknowledged)$")]
     pub status: Option<String>,
     /// Received at or after (RFC 3339).
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// Received before (RFC 3339).
+    #[param(format = DateTime)]
     pub until: Option<String>,
     /// Routed to this subscription.
+    #[param(pattern = "^sub_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub subscription_id: Option<String>,
     /// Page size, 1-1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -112,12 +122,27 @@ fn parse_query(query: &EventsQuery) -> Result<ListQuery, ApiError> {
         .as_deref()
         .map(|s| EventStatus::parse(s).ok_or_else(|| ApiError::BadRequest(format!("unknown status `{s}`"))))
         .transpose()?;
+    // The same patterns as subscriptions take; `*` is no filter at all.
+    let event_type = match query.event_type.as_deref().map(TypePattern::parse) {
+        None | Some(Ok(TypePattern::Any)) => None,
+        Some(Ok(_)) => query.event_type.clone(),
+        Some(Err(message)) => return Err(ApiError::BadRequest(format!("type: {message}"))),
+    };
+    let subscription_id = query
+        .subscription_id
+        .as_deref()
+        .map(|s| {
+            s.parse::<SubscriptionId>()
+                .map(|id| id.to_string())
+                .map_err(|_| ApiError::BadRequest(format!("subscription_id `{s}` is not a subscription id (sub_…)")))
+        })
+        .transpose()?;
     Ok(ListQuery {
-        event_type: query.event_type.clone(),
+        event_type,
         status,
         since: time("since", &query.since)?,
         until: time("until", &query.until)?,
-        subscription_id: query.subscription_id.clone(),
+        subscription_id,
         limit,
         cursor: query.cursor.clone(),
     })
@@ -245,6 +270,7 @@ pub async fn ack(caller: Caller, path: web::Path<String>, state: State) -> Resul
 #[serde(deny_unknown_fields)]
 pub struct AckMany {
     /// 1-1000 event ids.
+    #[schema(min_items = 1, max_items = 1000)]
     pub ids: Vec<String>,
 }
 
@@ -265,6 +291,18 @@ pub async fn ack_many(
     let input: AckMany = serde_json::from_value(value).map_err(|e| ApiError::field("ids", e.to_string()))?;
     if input.ids.is_empty() || input.ids.len() > 1000 {
         return Err(ApiError::field("ids", "must hold 1 to 1000 ids"));
+    }
+    // A malformed id is the request's mistake, not a missing event.
+    if let Some((i, id)) = input
+        .ids
+        .iter()
+        .enumerate()
+        .find(|(_, id)| id.parse::<EventId>().is_err())
+    {
+        return Err(ApiError::field(
+            format!("ids[{i}]"),
+            format!("`{id}` is not an event id (evt_…)"),
+        ));
     }
     let results = futures::future::join_all(input.ids.iter().map(|id| {
         let (state, caller) = (&state, &caller);

@@ -115,11 +115,19 @@ const OTHER_ROUTES: &[(&str, &str)] = &[
 ];
 
 /// The methods `path` answers (upper case, sorted), from the route tables.
+/// A path a static route names (`/v1/events/batch`) answers only that
+/// route's methods, though a pattern (`/v1/events/{id}`) would match too.
 fn allowed_methods(path: &str) -> Vec<String> {
-    let mut methods: Vec<String> = api::ROUTES
-        .iter()
-        .chain(OTHER_ROUTES)
-        .filter(|(_, pattern)| actix_web::dev::ResourceDef::new(*pattern).is_match(path))
+    let routes = || api::ROUTES.iter().chain(OTHER_ROUTES);
+    let exact = routes().any(|(_, pattern)| *pattern == path);
+    let mut methods: Vec<String> = routes()
+        .filter(|(_, pattern)| {
+            if exact {
+                *pattern == path
+            } else {
+                actix_web::dev::ResourceDef::new(*pattern).is_match(path)
+            }
+        })
         .map(|(method, _)| method.to_ascii_uppercase())
         .collect();
     methods.sort();
@@ -224,6 +232,13 @@ pub async fn start(
             .app_data(state.clone())
             .app_data(live.clone())
             .wrap(actix_web::middleware::from_fn(middleware::request_context))
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|e, _| ApiError::BadRequest(format!("query string: {e}")).into()),
+            )
+            .app_data(
+                web::PathConfig::default().error_handler(|e, _| ApiError::BadRequest(format!("path: {e}")).into()),
+            )
             .configure(ops::configure(readiness.clone()))
             .configure(api::configure)
             .route("/openapi.json", web::get().to(openapi::openapi_json))
@@ -287,6 +302,7 @@ mod tests {
         assert_eq!(allowed_methods("/v1/events"), ["GET", "POST"]);
         assert_eq!(allowed_methods("/v1/subscriptions/sub_x"), ["DELETE", "GET", "PATCH"]);
         assert_eq!(allowed_methods("/health"), ["GET"]);
+        assert_eq!(allowed_methods("/v1/events/batch"), ["POST"], "not /v1/events/{{id}}'s");
         assert_eq!(allowed_methods("/console/app.js"), ["GET"]);
         assert!(allowed_methods("/v1/nothing").is_empty());
         assert!(allowed_methods("/v1/events/evt_x/nothing").is_empty());

@@ -99,6 +99,14 @@ fn add_standard_answers(path: &str, operation: &mut utoipa::openapi::path::Opera
             "Admin routes are disabled: no admin token is configured (`forbidden`)",
         );
     }
+    let has_query = operation.parameters.as_ref().is_some_and(|parameters| {
+        parameters
+            .iter()
+            .any(|p| matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query))
+    });
+    if has_query {
+        add("400", "A query parameter is malformed or out of range (`bad_request`)");
+    }
     if operation.request_body.is_some() {
         add(
             "400",
@@ -145,9 +153,109 @@ fn add_standard_answers(path: &str, operation: &mut utoipa::openapi::path::Opera
 )]
 pub struct ApiDoc;
 
+/// An event type pattern: `*`, an exact type or `prefix.*` (no whitespace,
+/// control characters or other `*`), as `TypePattern::parse` takes it.
+const TYPE_PATTERN: &str = "^(\\*|[^\\s*\\u0000-\\u001f\\u007f-\\u009f]{1,256}(\\.\\*)?)$";
+
+/// The name of an extension attribute: 1-20 lowercase letters or digits,
+/// other than the attributes with a meaning of their own.
+const EXTENSION_NAME: &str = "^(?!(id|type|source|subject|time|specversion|datacontenttype|dataschema|data|payload|partition_key)$)[a-z0-9]{1,20}$";
+
+/// The document served at `/openapi.json`: the generated one, plus the
+/// rules the generator cannot state — a redrive names a subscription or ids
+/// (not both), `data` and its alias `payload` are any JSON and exclusive,
+/// and the live stream's events.
+pub fn document() -> serde_json::Value {
+    let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let schemas = &mut document["components"]["schemas"];
+    if let Some(redrive) = schemas.get_mut("RedriveInput").and_then(|e| e.as_object_mut()) {
+        redrive.insert(
+            "not".to_owned(),
+            serde_json::json!({"anyOf": [
+                {"required": ["subscription_id", "ids"],
+                 "properties": {"subscription_id": {"type": "string"}, "ids": {"type": "array"}}},
+                {"properties": {"subscription_id": {"type": "null"}, "ids": {"type": "null"}}},
+            ]}),
+        );
+    }
+    // Items of id and pattern lists, which the generator cannot annotate.
+    let items = [
+        ("SubscriptionInput", "event_types", TYPE_PATTERN),
+        ("SubscriptionPatch", "event_types", TYPE_PATTERN),
+        ("RedriveInput", "ids", "^dlv_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"),
+        ("AckMany", "ids", "^evt_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"),
+    ];
+    for (schema, property, pattern) in items {
+        if let Some(items) = document["components"]["schemas"][schema]["properties"][property]
+            .get_mut("items")
+            .and_then(|i| i.as_object_mut())
+        {
+            items.insert("pattern".to_owned(), serde_json::json!(pattern));
+        }
+    }
+    // Payloads are any JSON; `data` and its alias `payload` are exclusive.
+    for (schema, property) in [("EventInput", "data"), ("EventInput", "payload"), ("EventView", "data")] {
+        if let Some(properties) = document["components"]["schemas"][schema]["properties"].as_object_mut()
+            && let Some(description) = properties.get(property).and_then(|p| p.get("description")).cloned()
+        {
+            properties.insert(property.to_owned(), serde_json::json!({"description": description}));
+        }
+    }
+    if let Some(event) = document["components"]["schemas"]["EventInput"].as_object_mut() {
+        event.insert("not".to_owned(), serde_json::json!({"required": ["data", "payload"]}));
+        // Extension attributes: any other name of 1-20 lowercase letters or
+        // digits, with a scalar value (`dataschema` is taken and ignored).
+        event.insert(
+            "patternProperties".to_owned(),
+            serde_json::json!({EXTENSION_NAME: {
+                "type": ["string", "number", "boolean", "null"],
+                "maxLength": 1024,
+            }}),
+        );
+        event.insert("additionalProperties".to_owned(), serde_json::json!(false));
+        if let Some(properties) = event.get_mut("properties").and_then(|p| p.as_object_mut()) {
+            properties.insert(
+                "dataschema".to_owned(),
+                serde_json::json!({
+                    "type": ["string", "null"],
+                    "maxLength": 1024,
+                    "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+                    "description": "Accepted and not used.",
+                }),
+            );
+        }
+    }
+    // Server-sent events, as OpenAPI 3.2 describes them: each event has a
+    // name and a JSON `data` — an update, `{}` on open, `{"missed": n}`
+    // when the stream fell behind.
+    let stream = &mut document["paths"]["/v1/stream"]["get"]["responses"]["200"]["content"]["text/event-stream"];
+    if let Some(content) = stream.as_object_mut() {
+        content.insert(
+            "schema".to_owned(),
+            serde_json::json!({
+                "type": "object",
+                "required": ["event", "data"],
+                "properties": {
+                    "event": {"type": "string", "enum": ["open", "update", "lagged"]},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {"anyOf": [
+                            {"$ref": "#/components/schemas/Update"},
+                            {"type": "object", "required": ["missed"], "properties": {"missed": {"type": "integer", "minimum": 0}}},
+                            {"type": "object", "maxProperties": 0},
+                        ]},
+                    },
+                },
+            }),
+        );
+    }
+    document
+}
+
 /// `GET /openapi.json`.
 pub async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+    HttpResponse::Ok().json(document())
 }
 
 /// The anchor of an operation on `/docs`: `post-v1-events-id-replay`.
@@ -267,7 +375,7 @@ mod tests {
 
     #[test]
     fn every_operation_documents_the_answers_of_its_kind() {
-        let document = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let document = document();
         let create = statuses(&document, "post", "/v1/subscriptions");
         for status in ["201", "400", "401", "413", "415", "422", "429", "503"] {
             assert!(
@@ -291,6 +399,8 @@ mod tests {
             !statuses(&document, "get", "/health").iter().any(|s| s == "401"),
             "/health is open"
         );
+        let types = &document["components"]["schemas"]["SubscriptionInput"]["properties"]["event_types"];
+        assert_eq!(types["items"]["pattern"], TYPE_PATTERN);
         // Every added answer has the error body.
         let added = &document["paths"]["/v1/events/{id}"]["get"]["responses"]["401"];
         assert_eq!(

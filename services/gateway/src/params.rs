@@ -34,6 +34,44 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, Api
     })
 }
 
+/// An integer field that also takes a JSON number written with a fraction
+/// of zero (`353.0`): JSON Schema counts it as an integer, and so do
+/// clients that write every number as a float.
+pub fn integer<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::Deserialize;
+    let number = serde_json::Number::deserialize(deserializer)?;
+    let integral = match number.as_i64() {
+        Some(n) => Some(n),
+        // 2^53: past it a float no longer holds every integer.
+        None => number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0)
+            .map(|f| f as i64),
+    };
+    integral
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| serde::de::Error::custom(format!("{number} is not an integer in range")))
+}
+
+/// [`integer`] for an optional field (`null` or absent: `None`).
+pub fn optional_integer<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::Deserialize;
+    match Option::<serde_json::Number>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(number) => integer(serde_json::Value::Number(number))
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
 /// A field of a PATCH body: absent (left as it is), `null` (cleared) or a
 /// new value. Declare it `#[serde(default)]` so an absent field is
 /// [`Patch::Absent`].
@@ -77,6 +115,22 @@ mod tests {
     struct Body {
         #[serde(default)]
         note: Patch<String>,
+    }
+
+    #[test]
+    fn integers_may_be_written_as_integral_floats() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Count {
+            #[serde(deserialize_with = "integer")]
+            n: i32,
+        }
+        let parse = |value| serde_json::from_value::<Count>(value).map(|c| c.n);
+        assert_eq!(parse(json!({"n": 353})).unwrap(), 353);
+        assert_eq!(parse(json!({"n": 353.0})).unwrap(), 353);
+        assert_eq!(parse(json!({"n": -1.0})).unwrap(), -1);
+        assert!(parse(json!({"n": 1.5})).is_err());
+        assert!(parse(json!({"n": 3e10})).is_err());
+        assert!(parse(json!({"n": "1"})).is_err());
     }
 
     #[test]

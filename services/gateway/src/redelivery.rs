@@ -43,6 +43,7 @@ const REDRIVE_LIMIT: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct ReplayInput {
     /// Only this subscription (`sub_…`); all matching active ones if absent.
+    #[schema(pattern = "^sub_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub subscription_id: Option<String>,
 }
 
@@ -100,8 +101,10 @@ pub struct DeadLetterPage {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct DeadLetterParams {
     /// Only this subscription's.
+    #[param(pattern = "^sub_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub subscription_id: Option<String>,
     /// Page size, 1-1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -112,8 +115,10 @@ pub struct DeadLetterParams {
 #[serde(deny_unknown_fields)]
 pub struct RedriveInput {
     /// Every dead letter of this subscription (up to 1,000 per request).
+    #[schema(pattern = "^sub_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub subscription_id: Option<String>,
     /// These dead letters (`dlv_…` ids from `GET /v1/dlq`), up to 100.
+    #[schema(min_items = 1, max_items = 100)]
     pub ids: Option<Vec<String>>,
 }
 
@@ -235,10 +240,11 @@ pub async fn replay(
     let id = parse_id(&path)?;
     body::check_media_type(&request, body::JSON)?;
     let raw = read_limited(&request, payload, 64 * 1024).await?;
+    // No body, or `null`, replays to every matching subscription.
     let input: ReplayInput = if raw.iter().all(u8::is_ascii_whitespace) {
         ReplayInput::default()
     } else {
-        parse_body(body::parse_json(&raw)?)?
+        parse_body::<Option<ReplayInput>>(body::parse_json(&raw)?)?.unwrap_or_default()
     };
     let event = stored_event(&state, &caller, &id)
         .await?

@@ -31,9 +31,11 @@ const ROTATION_OVERLAP_MS: i64 = 24 * 3_600 * 1_000;
 pub struct BatchInput {
     /// 1-1000 events per webhook.
     #[schema(minimum = 1, maximum = 1000)]
+    #[serde(deserialize_with = "crate::params::integer")]
     pub max_events: i32,
     /// Send a partial batch after this many milliseconds (0-60000).
     #[schema(minimum = 0, maximum = 60000)]
+    #[serde(deserialize_with = "crate::params::integer")]
     pub max_wait_ms: i32,
 }
 
@@ -74,7 +76,7 @@ pub struct SubscriptionInput {
 
 /// A change to a subscription; absent fields stay as they are, `null`
 /// clears `filter`, `batch` and `description`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionPatch {
     /// Where webhooks go.
@@ -247,13 +249,34 @@ async fn publish(state: &AppState, subscription: &Subscription) -> Result<(), Ap
         .map_err(subscription_store_error)
 }
 
-/// Saves a change of `changed` (read at its revision) and publishes it.
-async fn save_change(state: &AppState, changed: Subscription) -> Result<Subscription, ApiError> {
+/// How often a change is applied again to a subscription that another
+/// request changed meanwhile, before the caller is told to retry.
+const CHANGE_ATTEMPTS: usize = 3;
+
+/// Reads the caller's subscription `id`, applies `edit`, saves and
+/// publishes it. When another change landed in between (the revision
+/// moved), the subscription is read again and `edit` applied to the new
+/// state; after [`CHANGE_ATTEMPTS`] such races, 409 `conflict`.
+async fn change_subscription(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    mut edit: impl FnMut(&mut Subscription) -> Result<(), ApiError>,
+) -> Result<Subscription, ApiError> {
     let publisher = &state.subscriptions;
     let topic = (&publisher.producer, &publisher.codec, publisher.topic.as_str());
-    subscription::save_change(&state.dynamo, &state.tables, topic, changed)
-        .await
-        .map_err(subscription_store_error)
+    for _ in 0..CHANGE_ATTEMPTS {
+        let mut current = state.subscription(caller, id).await?;
+        edit(&mut current)?;
+        match subscription::save_change(&state.dynamo, &state.tables, topic, current).await {
+            Ok(saved) => return Ok(saved),
+            Err(subscription::SubscriptionStoreError::Conflict(_)) => continue,
+            Err(e) => return Err(subscription_store_error(e)),
+        }
+    }
+    Err(ApiError::Conflict(format!(
+        "subscription {id} kept changing while this change was applied; retry"
+    )))
 }
 
 fn parse_id(text: &str) -> Result<SubscriptionId, ApiError> {
@@ -338,6 +361,7 @@ pub async fn create(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
     /// Page size, 1-1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -406,7 +430,13 @@ pub async fn patch(
 ) -> Result<HttpResponse, ApiError> {
     let (_, value) = read_json(&request, payload, 256 * 1024, body::JSON).await?;
     let change: SubscriptionPatch = parse_body(value)?;
-    let mut current = state.subscription(&caller, &path).await?;
+    let saved = change_subscription(&state, &caller, &path, |current| apply_patch(&change, current)).await?;
+    Ok(HttpResponse::Ok().json(view(&saved)))
+}
+
+/// Applies a PATCH body to `current`, checking each new value.
+fn apply_patch(change: &SubscriptionPatch, current: &mut Subscription) -> Result<(), ApiError> {
+    let change = change.clone();
     if let Some(url) = change.target_url {
         check_url(&url)?;
         current.target_url = url;
@@ -437,8 +467,7 @@ pub async fn patch(
             current.disabled_reason = None;
         }
     }
-    let saved = save_change(&state, current).await?;
-    Ok(HttpResponse::Ok().json(view(&saved)))
+    Ok(())
 }
 
 /// Delete a subscription; routing to it stops.
@@ -470,31 +499,33 @@ pub async fn delete(caller: Caller, path: web::Path<String>, state: State) -> Re
     security(("api_key" = []))
 )]
 pub async fn rotate_secret(caller: Caller, path: web::Path<String>, state: State) -> Result<HttpResponse, ApiError> {
-    let mut current = state.subscription(&caller, &path).await?;
-    let now = now_ms();
     let secret = subscription::generate_secret();
-    // Keep the secrets that still sign, ending within the overlap window.
-    let mut secrets: Vec<SigningSecret> = current
-        .secrets
-        .iter()
-        .filter(|s| s.expires_at.is_none_or(|at| at > now))
-        .map(|s| SigningSecret {
-            secret: s.secret.clone(),
-            expires_at: Some(
-                s.expires_at
-                    .map_or(now + ROTATION_OVERLAP_MS, |at| at.min(now + ROTATION_OVERLAP_MS)),
-            ),
-        })
-        .collect();
-    secrets.insert(
-        0,
-        SigningSecret {
-            secret: secret.clone(),
-            expires_at: None,
-        },
-    );
-    current.secrets = secrets;
-    let saved = save_change(&state, current).await?;
+    let saved = change_subscription(&state, &caller, &path, |current| {
+        let now = now_ms();
+        // Keep the secrets that still sign, ending within the overlap window.
+        let mut secrets: Vec<SigningSecret> = current
+            .secrets
+            .iter()
+            .filter(|s| s.expires_at.is_none_or(|at| at > now))
+            .map(|s| SigningSecret {
+                secret: s.secret.clone(),
+                expires_at: Some(
+                    s.expires_at
+                        .map_or(now + ROTATION_OVERLAP_MS, |at| at.min(now + ROTATION_OVERLAP_MS)),
+                ),
+            })
+            .collect();
+        secrets.insert(
+            0,
+            SigningSecret {
+                secret: secret.clone(),
+                expires_at: None,
+            },
+        );
+        current.secrets = secrets;
+        Ok(())
+    })
+    .await?;
     Ok(HttpResponse::Ok()
         .insert_header(("cache-control", "no-store"))
         .json(SubscriptionWithSecret {

@@ -190,6 +190,10 @@ pub async fn list(
     };
     let low = bound(query.since.unwrap_or(0), false);
     let high = bound(query.until.map_or(i64::MAX, |u| u - 1), true);
+    if low > high {
+        // An empty window (`since` at or after `until`): nothing to read.
+        return Ok((Vec::new(), None));
+    }
     let mut filters = vec!["attribute_exists(has_body)".to_owned()];
     let mut names: HashMap<String, String> = HashMap::new();
     let mut values: HashMap<String, AttributeValue> = HashMap::new();

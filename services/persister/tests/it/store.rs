@@ -252,12 +252,22 @@ async fn inbox_acks_isolation_and_erasure() {
         .call(
             reqwest::Method::POST,
             "/v1/inbox/ack",
-            Some(json!({"ids": [second, "evt_nope"]})),
+            Some(json!({"ids": [second, triggers_core::ids::EventId::new().to_string()]})),
         )
         .await;
     assert_eq!(status, 200);
     assert_eq!(results["results"][0]["status"], "acknowledged");
     assert_eq!(results["results"][1]["error"]["code"], "not_found");
+    // A malformed id is the request's mistake: 422 naming it, nothing acknowledged.
+    let (status, refused) = env
+        .call(
+            reqwest::Method::POST,
+            "/v1/inbox/ack",
+            Some(json!({"ids": [third, "evt_nope"]})),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"]["field"], "ids[1]");
     assert_eq!(env.all_ids("/v1/inbox").await, vec![third.clone()]);
     let (_, acked) = env
         .call(reqwest::Method::GET, &format!("/v1/events/{first}"), None)
