@@ -222,19 +222,45 @@ fn write_batch(
                             track,
                         )
                         .await
-                        .map(|_| ()),
+                        .map(|status| status.is_some()),
                     }
                 })
                 .await;
-            let mut written = handled(written);
+            // Whether the event still exists (`false`: deleted, a tombstone).
+            let alive = !matches!(written, Some(Ok(false)));
+            let mut written = handled(written.map(|w| w.map(|_| ())));
             if written == Handled::Done && !group.outcomes.is_empty() {
                 written = attempts_written.await;
+                if written == Handled::Done && !alive {
+                    written = remove_orphans(&store, &tenant, &id, &shutdown).await;
+                }
             }
             for done in group.done {
                 let _ = done.send(written.clone());
             }
         });
     }
+}
+
+/// Removes the attempt items and dead letters the batch wrote for an event
+/// that was deleted meanwhile (late outcomes of a deleted event): a deleted
+/// event leaves nothing behind but its tombstone.
+async fn remove_orphans(store: &Store, tenant: &TenantId, id: &EventId, shutdown: &CancellationToken) -> Handled {
+    let prefixes = [format!("{id}#"), triggers_core::deadletter::event_prefix(id)];
+    for prefix in &prefixes {
+        let removed =
+            triggers_core::consume::retry_transient("remove orphans", shutdown, StoreError::is_retriable, || {
+                eventstore::delete_prefix(&store.dynamo, &store.tables.attempts, tenant, prefix)
+            })
+            .await;
+        match removed {
+            Some(Ok(count)) => {
+                metrics::counter!("triggers_persister_orphans_removed_total").increment(count as u64);
+            }
+            other => return handled(other.map(|r| r.map(|_| ()))),
+        }
+    }
+    Handled::Done
 }
 
 #[cfg(test)]

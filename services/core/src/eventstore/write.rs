@@ -23,13 +23,17 @@ use crate::status::{EventStatus, Progress};
 
 /// Stores an event's body (idempotent; never changes its progress).
 pub async fn put_event(client: &Client, tables: &Tables, event: &Event, expires_at: i64) -> Result<(), StoreError> {
-    put_event_with(client, tables, event, expires_at, &[], Track::default()).await
+    put_event_with(client, tables, event, expires_at, &[], Track::default())
+        .await
+        .map(|_| ())
 }
 
 /// Stores an event's body together with `outcomes` of it that arrived at the
 /// same time: one write when the event is new (its first progress already
 /// has them), else the body and then a monotonic progress change.
 /// Idempotent. Attempt items are not written here ([`put_attempts`]).
+/// `false` when the event was deleted (its tombstone stays): nothing of
+/// it was written.
 pub async fn put_event_with(
     client: &Client,
     tables: &Tables,
@@ -37,7 +41,7 @@ pub async fn put_event_with(
     expires_at: i64,
     outcomes: &[Outcome],
     track: Track<'_>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let Track { cache, tally } = track;
     let table = &tables.events;
     let extensions = serde_json::to_string(&event.extensions).unwrap_or_default();
@@ -71,14 +75,18 @@ pub async fn put_event_with(
         if let Some(cache) = cache {
             cache.put(&event.tenant, &event.id, 0, progress);
         }
-        return Ok(());
+        return Ok(true);
     }
     // The item exists (an outcome came first, or a replayed record): write
     // the body only, then the outcomes as a progress change.
-    if update_body(client, table, event, body).await? && !outcomes.is_empty() {
-        apply_outcomes(client, tables, &event.tenant, &event.id, outcomes, expires_at, track).await?;
+    if !update_body(client, table, event, body).await? {
+        return Ok(false);
     }
-    Ok(())
+    if outcomes.is_empty() {
+        return Ok(true);
+    }
+    let status = apply_outcomes(client, tables, &event.tenant, &event.id, outcomes, expires_at, track).await?;
+    Ok(status.is_some())
 }
 
 /// The chunks of a payload too large for its item, written before it.
@@ -259,7 +267,8 @@ pub async fn put_attempts(client: &Client, tables: &Tables, outcomes: &[(Outcome
 }
 
 /// Applies outcomes of one event to its progress in one read-modify-write.
-/// Monotonic: outcomes that change nothing write nothing.
+/// Monotonic: outcomes that change nothing write nothing. The new status,
+/// or `None` when the event was deleted (nothing is written).
 pub async fn apply_outcomes(
     client: &Client,
     tables: &Tables,
@@ -268,8 +277,8 @@ pub async fn apply_outcomes(
     outcomes: &[Outcome],
     expires_at: i64,
     track: Track<'_>,
-) -> Result<EventStatus, StoreError> {
-    let status = update_progress(
+) -> Result<Option<EventStatus>, StoreError> {
+    update_progress(
         client,
         tables,
         tenant,
@@ -287,18 +296,17 @@ pub async fn apply_outcomes(
             changed
         },
     )
-    .await?;
-    Ok(status.unwrap_or(EventStatus::Accepted))
+    .await
 }
 
 /// Records an outcome: the event's progress, and for delivery outcomes the
-/// attempt. Idempotent and monotonic.
+/// attempt. Idempotent and monotonic. `None` when the event was deleted.
 pub async fn apply_outcome(
     client: &Client,
     tables: &Tables,
     outcome: &Outcome,
     expires_at: i64,
-) -> Result<EventStatus, StoreError> {
+) -> Result<Option<EventStatus>, StoreError> {
     put_attempts(client, tables, &[(outcome.clone(), expires_at)]).await?;
     apply_outcomes(
         client,

@@ -343,3 +343,62 @@ async fn a_persister_killed_mid_burst_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Outcomes that arrive after their event was deleted (a retry in flight, a
+/// slow deliverer) leave no attempt item or dead letter behind: a deleted
+/// event keeps nothing but its tombstone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_outcomes_of_a_deleted_event_leave_nothing_behind() {
+    let mut env = env().await;
+    // One record at a time: once a later record of the partition shows, the
+    // earlier one is done, cleanup included.
+    env.stop_persister().await;
+    env.start_persister_with(|persister| persister.max_in_flight = 1).await;
+    let (status, created) = env
+        .call(
+            reqwest::Method::POST,
+            "/v1/subscriptions",
+            Some(json!({"target_url": "http://h.test/", "event_types": ["*"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let sub: SubscriptionId = created["id"].as_str().unwrap_or_default().parse().unwrap();
+    let doomed = env.ingest(json!({"type": "order.created", "source": "s"})).await;
+    let live = env.ingest(json!({"type": "order.created", "source": "s"})).await;
+    env.wait_event(&doomed, |e| e["status"] == "routed").await;
+    env.wait_event(&live, |e| e["status"] == "routed").await;
+    let (status, _) = env
+        .call(reqwest::Method::DELETE, &format!("/v1/events/{doomed}"), None)
+        .await;
+    assert_eq!(status, 204);
+
+    // A late failure and dead letter for the deleted event, then an outcome
+    // of a live event behind them on the same partition.
+    let doomed_id: EventId = doomed.parse().unwrap();
+    env.produce_outcome_to(
+        &outcome(doomed_id, &env, sub, OutcomeKind::DeadLettered, 1, Some(500)),
+        Some(0),
+    )
+    .await;
+    env.produce_outcome_to(
+        &outcome(live.parse().unwrap(), &env, sub, OutcomeKind::Delivered, 1, Some(200)),
+        Some(0),
+    )
+    .await;
+    env.wait_event(&live, |e| e["status"] == "delivered").await;
+
+    let attempts = triggers_core::eventstore::attempts(&env.dynamo, &env.tables, &env.tenant, &doomed_id)
+        .await
+        .unwrap();
+    assert!(attempts.is_empty(), "orphan attempt items: {attempts:?}");
+    let (status, letters) = env.call(reqwest::Method::GET, "/v1/dlq", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        !letters.to_string().contains(&doomed),
+        "an orphan dead letter: {letters}"
+    );
+    let (status, _) = env
+        .call(reqwest::Method::GET, &format!("/v1/events/{doomed}"), None)
+        .await;
+    assert_eq!(status, 404, "the deleted event came back");
+}

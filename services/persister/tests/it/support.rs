@@ -76,11 +76,14 @@ pub async fn env() -> Env {
 
 impl Env {
     pub async fn start_persister(&mut self, grace: Duration) {
+        self.start_persister_with(|persister| persister.shutdown_grace = grace)
+            .await;
+    }
+
+    /// Starts a persister with its settings changed by `adjust`.
+    pub async fn start_persister_with(&mut self, adjust: impl FnOnce(&mut triggers_persister::PersisterConfig)) {
         self.persister_shutdown = CancellationToken::new();
-        let persister = triggers_persister::testing::start(&self.slice, self.persister_shutdown.clone(), |persister| {
-            persister.shutdown_grace = grace;
-        })
-        .await;
+        let persister = triggers_persister::testing::start(&self.slice, self.persister_shutdown.clone(), adjust).await;
         self.persister = Some(persister);
     }
 
@@ -131,15 +134,21 @@ impl Env {
     }
 
     pub async fn produce_outcome(&self, outcome: &Outcome) {
+        self.produce_outcome_to(outcome, None).await;
+    }
+
+    /// Produces `outcome`, to `partition` when given (records of one
+    /// partition are read in order).
+    pub async fn produce_outcome_to(&self, outcome: &Outcome, partition: Option<i32>) {
         let topic = self.common.topics.outcomes();
         let payload = self.codec.encode(&topic, Contract::Outcome, outcome).await.unwrap();
+        let key = outcome.event_id.to_string();
+        let mut record = FutureRecord::to(&topic).key(&key).payload(&payload);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
         self.producer
-            .send(
-                FutureRecord::to(&topic)
-                    .key(&outcome.event_id.to_string())
-                    .payload(&payload),
-                Duration::from_secs(10),
-            )
+            .send(record, Duration::from_secs(10))
             .await
             .unwrap_or_else(|(e, _)| panic!("{e}"));
     }
