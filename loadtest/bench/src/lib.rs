@@ -4,13 +4,11 @@ use std::path::Path;
 
 use triggers_core::config::ConfigSource;
 use triggers_local::{LocalOptions, LocalStack};
-use triggers_stack::free_port;
 
 /// The whole local pipeline on free ports with its data in `dir`: quiet
 /// logs, no practical rate limit, and any `TRIGGERS_<SECTION>__<FIELD>`
 /// setting of this process on top (e.g. `TRIGGERS_KAFKA__FETCH_WAIT_MAX`).
 pub fn local_options(dir: &Path) -> anyhow::Result<LocalOptions> {
-    let port = || free_port().map_err(anyhow::Error::from);
     let defaults = [
         ("TRIGGERS_TELEMETRY__LOG_LEVEL", "error"),
         ("TRIGGERS_GATEWAY__DEFAULT_RATE_LIMIT", "100000000"),
@@ -18,16 +16,8 @@ pub fn local_options(dir: &Path) -> anyhow::Result<LocalOptions> {
     .map(|(name, value)| (name.to_owned(), value.to_owned()));
     let settings = std::env::vars().filter(|(name, _)| name.starts_with("TRIGGERS_") && name.contains("__"));
     Ok(LocalOptions {
-        kafka_port: port()?,
-        dynamodb_port: port()?,
-        registry_port: port()?,
-        gateway_port: port()?,
-        router_port: port()?,
-        persister_port: port()?,
-        deliverer_port: port()?,
-        receiver_port: port()?,
         env: defaults.into_iter().chain(settings).collect(),
-        ..LocalOptions::new(dir)
+        ..LocalOptions::on_free_ports(dir)?
     })
 }
 

@@ -14,7 +14,4 @@ pub enum DelivererError {
     /// The webhook HTTP client could not be built.
     #[error("webhook HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
-    /// The producer could not be built.
-    #[error(transparent)]
-    Client(#[from] triggers_core::kafka::ClientError),
 }

@@ -64,7 +64,7 @@ use triggers_core::CancellationToken;
 use triggers_core::config::CommonConfig;
 use triggers_core::ops::RunningServer;
 use triggers_core::quarantine::Quarantine;
-use triggers_core::service::ConsumerService;
+use triggers_core::service::{ConsumerService, ServiceError};
 
 use crate::batch::Batcher;
 use crate::lanes::{Lanes, Slots};
@@ -98,7 +98,7 @@ pub async fn start(
         http,
         allow,
         follower,
-        producer: triggers_core::kafka::producer(&common.kafka, "deliverer")?,
+        producer: triggers_core::kafka::producer(&common.kafka, "deliverer").map_err(ServiceError::from)?,
         codec: service.codec.clone(),
         topics: common.topics.clone(),
         retry_topics: common.topics.retries(),

@@ -253,9 +253,10 @@ pub fn document() -> serde_json::Value {
     document
 }
 
-/// `GET /openapi.json`.
+/// `GET /openapi.json`: the document, built once.
 pub async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().json(document())
+    static DOCUMENT: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(document);
+    HttpResponse::Ok().json(&*DOCUMENT)
 }
 
 /// The anchor of an operation on `/docs`: `post-v1-events-id-replay`.

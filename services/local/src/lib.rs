@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use triggers_core::CancellationToken;
 use triggers_core::config::{CommonConfig, ConfigError, ConfigSource};
 use triggers_core::dynamo::Tables;
-use triggers_stack::{ChildProcess, StackError, Tools};
+use triggers_stack::{ChildProcess, StackError, Tools, free_port};
 
 pub use seed::Demo;
 
@@ -69,6 +69,48 @@ impl LocalOptions {
             receiver_port: 9000,
             prometheus_port: None,
             env: Vec::new(),
+        }
+    }
+
+    /// Free ports for every component (no Prometheus), data in `data_dir`,
+    /// no environment settings: a stack beside others (tests, benchmarks).
+    pub fn on_free_ports(data_dir: impl Into<PathBuf>) -> Result<Self, StackError> {
+        Ok(Self {
+            kafka_port: free_port()?,
+            dynamodb_port: free_port()?,
+            registry_port: free_port()?,
+            gateway_port: free_port()?,
+            router_port: free_port()?,
+            persister_port: free_port()?,
+            deliverer_port: free_port()?,
+            receiver_port: free_port()?,
+            ..Self::new(data_dir)
+        })
+    }
+}
+
+/// How often [`start_on_free_ports`] tries new ports after losing one.
+const PORT_RACE_TRIES: usize = 3;
+
+/// Starts a stack on free ports, `options(attempt)` making each try's
+/// options (usually [`LocalOptions::on_free_ports`]). Ports are picked free
+/// and bound a moment later; an outgoing connection of the starting stack
+/// can take one in between (the ephemeral range), so a start that loses
+/// that race is tried again on new ports.
+pub async fn start_on_free_ports(
+    mut options: impl FnMut(usize) -> Result<LocalOptions, LocalError>,
+) -> Result<LocalStack, LocalError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let options = options(attempt)?;
+        let source = load_config(&options)?;
+        match start(&options, &source).await {
+            Ok(stack) => return Ok(stack),
+            Err(e) if attempt < PORT_RACE_TRIES && e.to_string().contains("Address already in use") => {
+                tracing::warn!(error = %e, "the start lost a port race; trying new ports");
+            }
+            Err(e) => return Err(e),
         }
     }
 }

@@ -8,50 +8,15 @@ use std::process::Command;
 use triggers_local::LocalOptions;
 use triggers_stack::{free_port, repo_root};
 
-/// A folder under the current directory, by a relative path, removed on drop.
-struct RelativeDir(std::path::PathBuf);
-
-impl Drop for RelativeDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_works_in_a_browser_against_the_real_stack() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = RelativeDir(std::path::PathBuf::from(format!(
-        ".tmp-console-{}",
-        triggers_core::ids::RequestId::new()
-    )));
-    std::fs::create_dir_all(&dir.0)?;
-    // Ports are picked free and bound a moment later; an outgoing connection
-    // of the starting stack can take one in between (ephemeral range), so a
-    // start that loses that race is tried again on new ports.
-    let mut attempt = 0;
-    let stack = loop {
-        attempt += 1;
-        let options = LocalOptions {
-            kafka_port: free_port()?,
-            dynamodb_port: free_port()?,
-            registry_port: free_port()?,
-            gateway_port: free_port()?,
-            router_port: free_port()?,
-            persister_port: free_port()?,
-            deliverer_port: free_port()?,
-            receiver_port: free_port()?,
-            prometheus_port: None,
-            env: Vec::new(),
-            ..LocalOptions::new(dir.0.join(format!("run-{attempt}")))
-        };
-        let source = triggers_local::load_config(&options)?;
-        match triggers_local::start(&options, &source).await {
-            Ok(stack) => break stack,
-            Err(e) if attempt < 3 && e.to_string().contains("Address already in use") => {
-                eprintln!("start lost a port race ({e}); trying new ports");
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let dir = common::RelativeDir::new("console")?;
+    let stack = triggers_local::start_on_free_ports(|attempt| {
+        Ok(LocalOptions::on_free_ports(dir.path().join(format!("run-{attempt}")))?)
+    })
+    .await?;
     let gateway = stack.endpoints.gateway_url.clone();
 
     // A second tenant, to show the console keeps tenants apart.

@@ -13,16 +13,9 @@
 use std::process::Command;
 
 use triggers_local::LocalOptions;
-use triggers_stack::{free_port, repo_root};
+use triggers_stack::repo_root;
 
-/// A folder under the current directory, by a relative path, removed on drop.
-struct RelativeDir(std::path::PathBuf);
-
-impl Drop for RelativeDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
 
 /// The seed of the repeatable run.
 const SEED: &str = "335699917143107835883679707161948202569";
@@ -36,38 +29,11 @@ async fn the_api_keeps_its_contract() -> Result<(), Box<dyn std::error::Error>> 
         "{} is missing: run scripts/bootstrap",
         schemathesis.display()
     );
-    let dir = RelativeDir(std::path::PathBuf::from(format!(
-        ".tmp-contract-{}",
-        triggers_core::ids::RequestId::new()
-    )));
-    std::fs::create_dir_all(&dir.0)?;
-    // Free ports can be taken between picking and binding: a start that
-    // loses that race is tried again on new ones.
-    let mut attempt = 0;
-    let stack = loop {
-        attempt += 1;
-        let options = LocalOptions {
-            kafka_port: free_port()?,
-            dynamodb_port: free_port()?,
-            registry_port: free_port()?,
-            gateway_port: free_port()?,
-            router_port: free_port()?,
-            persister_port: free_port()?,
-            deliverer_port: free_port()?,
-            receiver_port: free_port()?,
-            prometheus_port: None,
-            env: Vec::new(),
-            ..LocalOptions::new(dir.0.join(format!("run-{attempt}")))
-        };
-        let source = triggers_local::load_config(&options)?;
-        match triggers_local::start(&options, &source).await {
-            Ok(stack) => break stack,
-            Err(e) if attempt < 3 && e.to_string().contains("Address already in use") => {
-                eprintln!("start lost a port race ({e}); trying new ports");
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let dir = common::RelativeDir::new("contract")?;
+    let stack = triggers_local::start_on_free_ports(|attempt| {
+        Ok(LocalOptions::on_free_ports(dir.path().join(format!("run-{attempt}")))?)
+    })
+    .await?;
     let document = format!("{}/openapi.json", stack.endpoints.gateway_url);
     let config = root.join("loadtest/contract/schemathesis.toml");
     let runs = [

@@ -271,20 +271,7 @@ mod tests {
     use super::*;
 
     fn event(tenant: TenantId) -> Event {
-        Event {
-            id: EventId::new(),
-            tenant,
-            event_type: "order.created".to_owned(),
-            source: "test".to_owned(),
-            subject: None,
-            time: 1,
-            received_at: 1,
-            specversion: "1.0".to_owned(),
-            datacontenttype: "application/json".to_owned(),
-            data: serde_json::Value::Null,
-            partition_key: None,
-            extensions: Default::default(),
-        }
+        Event::new(tenant, "order.created", "test", serde_json::Value::Null)
     }
 
     fn pending(record: Record) -> (Pending, oneshot::Receiver<Handled>) {

@@ -37,19 +37,9 @@ impl Drop for RelativeDir {
 }
 
 fn options(data_dir: &std::path::Path) -> LocalOptions {
-    let port = || free_port().unwrap();
     LocalOptions {
-        kafka_port: port(),
-        dynamodb_port: port(),
-        registry_port: port(),
-        gateway_port: port(),
-        router_port: port(),
-        persister_port: port(),
-        deliverer_port: port(),
-        receiver_port: port(),
-        prometheus_port: Some(port()),
-        env: Vec::new(),
-        ..LocalOptions::new(data_dir)
+        prometheus_port: Some(free_port().unwrap()),
+        ..LocalOptions::on_free_ports(data_dir).unwrap()
     }
 }
 

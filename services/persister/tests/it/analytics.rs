@@ -32,14 +32,9 @@ fn attempt(env: &crate::support::Env, event: EventId, sub: SubscriptionId, kind:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analytics_count_every_status_transition_and_attempt_once() {
     let env = env().await;
-    let (status, created) = env
-        .call(
-            reqwest::Method::POST,
-            "/v1/subscriptions",
-            Some(json!({"target_url": "http://h.test/", "event_types": ["order.*"]})),
-        )
+    let created = env
+        .subscribe(json!({"target_url": "http://h.test/", "event_types": ["order.*"]}))
         .await;
-    assert_eq!(status, 201);
     let sub: SubscriptionId = created["id"].as_str().unwrap_or_default().parse().unwrap();
     let mut ids = Vec::new();
     for n in 0..3 {

@@ -103,14 +103,9 @@ fn outcome(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_status_and_out_of_order_outcomes() {
     let env = env().await;
-    let (status, created) = env
-        .call(
-            reqwest::Method::POST,
-            "/v1/subscriptions",
-            Some(json!({"target_url": "http://h.test/", "event_types": ["*"]})),
-        )
+    let created = env
+        .subscribe(json!({"target_url": "http://h.test/", "event_types": ["*"]}))
         .await;
-    assert_eq!(status, 201);
     let sub: SubscriptionId = created["id"].as_str().unwrap_or_default().parse().unwrap();
     let id = env
         .ingest(json!({"type": "order.created", "source": "s", "data": {"n": 1}}))
@@ -354,14 +349,9 @@ async fn late_outcomes_of_a_deleted_event_leave_nothing_behind() {
     // earlier one is done, cleanup included.
     env.stop_persister().await;
     env.start_persister_with(|persister| persister.max_in_flight = 1).await;
-    let (status, created) = env
-        .call(
-            reqwest::Method::POST,
-            "/v1/subscriptions",
-            Some(json!({"target_url": "http://h.test/", "event_types": ["*"]})),
-        )
+    let created = env
+        .subscribe(json!({"target_url": "http://h.test/", "event_types": ["*"]}))
         .await;
-    assert_eq!(status, 201, "{created}");
     let sub: SubscriptionId = created["id"].as_str().unwrap_or_default().parse().unwrap();
     let doomed = env.ingest(json!({"type": "order.created", "source": "s"})).await;
     let live = env.ingest(json!({"type": "order.created", "source": "s"})).await;
