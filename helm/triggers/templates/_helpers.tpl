@@ -78,7 +78,7 @@ sasl.username: {{ required "kafka.auth.scram.username is required for SCRAM" $au
 
 {{/* config.toml: derived from the values, then `config` over it. */}}
 {{- define "triggers.config" -}}
-{{- range $key := list "enable.idempotence" "acks" "enable.auto.offset.store" "enable.auto.commit" "group.id" "bootstrap.servers" "message.max.bytes" -}}
+{{- range $key := list "enable.idempotence" "acks" "enable.auto.offset.store" "enable.auto.commit" "group.id" "group.instance.id" "bootstrap.servers" "message.max.bytes" -}}
 {{- if hasKey $.Values.kafka.extra $key -}}
 {{- fail (printf "kafka.extra.%s is reserved: the services' delivery guarantees depend on it" $key) -}}
 {{- end -}}
@@ -142,6 +142,13 @@ only return text, and text would turn the numbers back into floats).
 - name: TRIGGERS_GATEWAY__JWT_PREVIOUS_SECRETS
   valueFrom:
     secretKeyRef: {name: {{ include "triggers.secretName" . }}, key: jwt-previous-secrets, optional: true}
+{{- if .Values.kafka.staticMembership }}
+# Static group membership: a crashed container restarts in the same pod, under
+# the same name, and takes its partitions back without a group rebalance.
+- name: TRIGGERS_KAFKA__GROUP_INSTANCE_ID
+  valueFrom:
+    fieldRef: {fieldPath: metadata.name}
+{{- end }}
 {{- if eq .Values.kafka.auth.mode "scram" }}
 - name: TRIGGERS_KAFKA__EXTRA__sasl.password
   valueFrom:

@@ -34,7 +34,12 @@ pub async fn client(config: &DynamoConfig) -> Client {
     if let Some(endpoint) = &config.endpoint {
         loader = loader.endpoint_url(endpoint);
     }
-    let shared = loader.load().await;
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .operation_attempt_timeout(config.attempt_timeout)
+        .operation_timeout(config.call_timeout)
+        .build();
+    let shared = loader.timeout_config(timeouts).load().await;
     let config = aws_sdk_dynamodb::config::Builder::from(&shared)
         .interceptor(CallMetrics)
         .build();

@@ -141,6 +141,9 @@ pub fn consumer_config(config: &KafkaConfig, service: &str, group: &str) -> Clie
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", millis(config.session_timeout))
         .set("fetch.wait.max.ms", millis(config.fetch_wait_max));
+    if let Some(name) = &config.group_instance_id {
+        client.set("group.instance.id", name);
+    }
     if !config.statistics_interval.is_zero() {
         client.set("statistics.interval.ms", millis(config.statistics_interval));
     }

@@ -10,6 +10,12 @@ use rand::RngCore;
 use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 
+pub mod outbox;
+
+use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
+
+pub use outbox::{Pending, Topic};
+
 use crate::codec::{AvroCodec, CodecError, Contract};
 use crate::dynamo::Tables;
 use crate::ids::{SubscriptionId, TenantId};
@@ -139,24 +145,6 @@ impl Subscription {
     }
 }
 
-fn item_condition_error<E, R>(
-    error: aws_sdk_dynamodb::error::SdkError<E, R>,
-    id: SubscriptionId,
-    table: &str,
-    operation: &'static str,
-) -> SubscriptionStoreError
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    if let aws_sdk_dynamodb::error::SdkError::ServiceError(e) = &error
-        && e.err().code() == Some("ConditionalCheckFailedException")
-    {
-        return SubscriptionStoreError::Conflict(id);
-    }
-    SubscriptionStoreError::Store(StoreError::new(operation, table, error))
-}
-
 /// The `PutItem` of a subscription's item (keys, revision, JSON document).
 fn put_request(
     client: &Client,
@@ -167,59 +155,124 @@ fn put_request(
     Ok(client
         .put_item()
         .table_name(&tables.subscriptions)
-        .item("pk", AttributeValue::S(subscription.tenant.to_string()))
-        .item("sk", AttributeValue::S(subscription.id.to_string()))
-        .item("revision", AttributeValue::N(subscription.revision.to_string()))
-        .item("doc", AttributeValue::S(document)))
+        .set_item(Some(item(subscription, document))))
 }
 
-/// Stores a new subscription (fails if the id exists).
+fn item(subscription: &Subscription, document: String) -> std::collections::HashMap<String, AttributeValue> {
+    std::collections::HashMap::from([
+        ("pk".to_owned(), AttributeValue::S(subscription.tenant.to_string())),
+        ("sk".to_owned(), AttributeValue::S(subscription.id.to_string())),
+        (
+            "revision".to_owned(),
+            AttributeValue::N(subscription.revision.to_string()),
+        ),
+        ("doc".to_owned(), AttributeValue::S(document)),
+    ])
+}
+
+/// A transaction item that could not be built (a field missing: a defect).
+fn invalid_request(table: &str, error: &aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError::found(
+        "TransactWriteItems",
+        table,
+        crate::dynamo::StoreErrorKind::Invalid,
+        error.to_string(),
+    )
+}
+
+/// Writes the subscription's item under `condition` (with `values`) and its
+/// outbox marker in one transaction.
+async fn put_with_marker(
+    client: &Client,
+    tables: &Tables,
+    subscription: &Subscription,
+    condition: &str,
+    values: &[(&str, AttributeValue)],
+) -> Result<Pending, SubscriptionStoreError> {
+    let table = &tables.subscriptions;
+    let document = serde_json::to_string(subscription)?;
+    let put = Put::builder()
+        .table_name(table)
+        .set_item(Some(item(subscription, document)))
+        .condition_expression(condition)
+        .set_expression_attribute_values(
+            (!values.is_empty()).then(|| values.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()),
+        )
+        .build()
+        .map_err(|e| invalid_request(table, &e))?;
+    let pending = Pending::new(subscription.tenant, subscription.id);
+    client
+        .transact_write_items()
+        .transact_items(TransactWriteItem::builder().put(put).build())
+        .transact_items(pending.put(tables)?)
+        .send()
+        .await
+        .map_err(|e| {
+            if outbox::first_condition_failed(&e) {
+                SubscriptionStoreError::Conflict(subscription.id)
+            } else {
+                StoreError::new("TransactWriteItems", table, e).into()
+            }
+        })?;
+    Ok(pending)
+}
+
+/// Stores a new subscription (fails if the id exists) with its outbox
+/// marker; [`outbox::announce`] publishes it.
 pub async fn create(
     client: &Client,
     tables: &Tables,
     subscription: &Subscription,
-) -> Result<(), SubscriptionStoreError> {
-    put_request(client, tables, subscription)?
-        .condition_expression("attribute_not_exists(pk)")
-        .send()
-        .await
-        .map_err(|e| item_condition_error(e, subscription.id, &tables.subscriptions, "PutItem"))?;
-    Ok(())
+) -> Result<Pending, SubscriptionStoreError> {
+    put_with_marker(client, tables, subscription, "attribute_not_exists(pk)", &[]).await
 }
 
-/// Replaces a subscription whose stored revision is `expected_revision`.
+/// Replaces a subscription whose stored revision is `expected_revision`,
+/// with its outbox marker.
 pub async fn update(
     client: &Client,
     tables: &Tables,
     subscription: &Subscription,
     expected_revision: i64,
-) -> Result<(), SubscriptionStoreError> {
-    put_request(client, tables, subscription)?
-        .condition_expression("revision = :expected")
-        .expression_attribute_values(":expected", AttributeValue::N(expected_revision.to_string()))
-        .send()
-        .await
-        .map_err(|e| item_condition_error(e, subscription.id, &tables.subscriptions, "PutItem"))?;
-    Ok(())
+) -> Result<Pending, SubscriptionStoreError> {
+    put_with_marker(
+        client,
+        tables,
+        subscription,
+        "revision = :expected",
+        &[(":expected", AttributeValue::N(expected_revision.to_string()))],
+    )
+    .await
 }
 
-/// Deletes a subscription of `tenant`; `false` if there was none.
+/// Deletes a subscription of `tenant` with an outbox marker (the tombstone
+/// to publish); `None` if there was none.
 pub async fn delete(
     client: &Client,
     tables: &Tables,
     tenant: &TenantId,
     id: &SubscriptionId,
-) -> Result<bool, SubscriptionStoreError> {
-    let output = client
-        .delete_item()
-        .table_name(&tables.subscriptions)
+) -> Result<Option<Pending>, SubscriptionStoreError> {
+    let table = &tables.subscriptions;
+    let delete = Delete::builder()
+        .table_name(table)
         .key("pk", AttributeValue::S(tenant.to_string()))
         .key("sk", AttributeValue::S(id.to_string()))
-        .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+        .condition_expression("attribute_exists(pk)")
+        .build()
+        .map_err(|e| invalid_request(table, &e))?;
+    let pending = Pending::new(*tenant, *id);
+    let deleted = client
+        .transact_write_items()
+        .transact_items(TransactWriteItem::builder().delete(delete).build())
+        .transact_items(pending.put(tables)?)
         .send()
-        .await
-        .map_err(|e| StoreError::new("DeleteItem", &tables.subscriptions, e))?;
-    Ok(output.attributes().is_some())
+        .await;
+    match deleted {
+        Ok(_) => Ok(Some(pending)),
+        Err(e) if outbox::first_condition_failed(&e) => Ok(None),
+        Err(e) => Err(StoreError::new("TransactWriteItems", table, e).into()),
+    }
 }
 
 /// How many subscriptions `tenant` has, counting no further than `at_most`.
@@ -334,21 +387,21 @@ pub async fn get(
 /// Saves a change of a subscription read at revision `changed.revision`:
 /// the next revision and `updated_at` stamped, the item replaced only if
 /// nobody changed it meanwhile ([`SubscriptionStoreError::Conflict`]), then
-/// the new state published to the compacted topic. Every change after
-/// creation goes through here: the API's patch and secret rotation, the
-/// deliverer's disabling after 410.
+/// the new state published to the compacted topic (when Kafka fails, the
+/// outbox sweep publishes it later: the change is stored either way). Every
+/// change after creation goes through here: the API's patch and secret
+/// rotation, the deliverer's disabling after 410.
 pub async fn save_change(
     client: &Client,
     tables: &Tables,
-    topic: (&KafkaProducer, &AvroCodec, &str),
+    topic: Topic<'_>,
     mut changed: Subscription,
 ) -> Result<Subscription, SubscriptionStoreError> {
     let expected = changed.revision;
     changed.revision = expected + 1;
     changed.updated_at = crate::event::now_ms();
-    update(client, tables, &changed, expected).await?;
-    let (producer, codec, topic) = topic;
-    publish(producer, codec, topic, &changed).await?;
+    let pending = update(client, tables, &changed, expected).await?;
+    outbox::announce_or_defer(client, tables, topic, Some(&changed), &pending).await;
     Ok(changed)
 }
 

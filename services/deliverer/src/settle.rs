@@ -11,7 +11,7 @@ use triggers_core::consume::Handled;
 use triggers_core::delivery::{Delivery, Outcome, OutcomeKind};
 use triggers_core::event::{now_ms, rfc3339};
 use triggers_core::quarantine::Poison;
-use triggers_core::subscription::{self, Subscription, SubscriptionStatus, SubscriptionStoreError};
+use triggers_core::subscription::{self, Subscription, SubscriptionStatus};
 
 use crate::attempt::AttemptResult;
 use crate::schedule::{MAX_JITTER, Verdict, next_attempt, status_class};
@@ -184,16 +184,9 @@ impl Deliverer {
         ));
         let topic = self.topics.subscriptions();
         let topic = (&self.producer, &self.codec, topic.as_str());
-        let disabled = match subscription::save_change(&self.dynamo, &self.tables, topic, disabled.clone()).await {
+        // Stored (and published now, or by the gateway's outbox sweep).
+        let disabled = match subscription::save_change(&self.dynamo, &self.tables, topic, disabled).await {
             Ok(disabled) => disabled,
-            Err(e @ SubscriptionStoreError::Kafka { .. }) => {
-                // Stored but not published: this deliverer stops at least.
-                tracing::warn!(error = %e, "cannot publish a disabled subscription");
-                Subscription {
-                    revision: disabled.revision + 1,
-                    ..disabled
-                }
-            }
             Err(e) => {
                 // A conflict means someone changed it first (deleted,
                 // paused, re-enabled): their change stands.

@@ -698,16 +698,21 @@ pub async fn erase_tenant(_admin: Admin, path: web::Path<String>, state: State) 
                 .await
                 .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         for subscription in page {
-            triggers_core::subscription::delete(&state.dynamo, &state.tables, &tenant.id, &subscription.id)
-                .await
-                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-            triggers_core::subscription::publish_tombstone(
-                &state.subscriptions.producer,
-                &state.subscriptions.topic,
-                &subscription.id,
-            )
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            let deleted =
+                triggers_core::subscription::delete(&state.dynamo, &state.tables, &tenant.id, &subscription.id)
+                    .await
+                    .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            if let Some(pending) = deleted {
+                let topic = state.subscriptions.topic();
+                triggers_core::subscription::outbox::announce_or_defer(
+                    &state.dynamo,
+                    &state.tables,
+                    topic,
+                    None,
+                    &pending,
+                )
+                .await;
+            }
         }
         match next {
             Some(next) => cursor = Some(next),

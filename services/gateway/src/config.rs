@@ -57,6 +57,11 @@ pub struct GatewayConfig {
     /// acknowledgements) are added to their table.
     #[serde(with = "humantime_serde")]
     pub analytics_flush: Duration,
+    /// How often stored subscription changes that Kafka did not take are
+    /// published again (the outbox sweep); a change is left to its own
+    /// request for this long first.
+    #[serde(with = "humantime_serde")]
+    pub outbox_sweep_interval: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -79,6 +84,7 @@ impl Default for GatewayConfig {
             max_subscriptions_per_tenant: 100,
             trust_forwarded_for: false,
             analytics_flush: Duration::from_secs(5),
+            outbox_sweep_interval: Duration::from_secs(30),
         }
     }
 }
@@ -89,6 +95,12 @@ impl Validate for GatewayConfig {
         validate_listen(prefix, "listen", &self.listen, issues);
         if self.workers > 256 {
             issues.push(ConfigIssue::new(field("workers"), "must be at most 256"));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(3_600)).contains(&self.outbox_sweep_interval) {
+            issues.push(ConfigIssue::new(
+                field("outbox_sweep_interval"),
+                "must be between 100ms and 1h",
+            ));
         }
         if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&self.analytics_flush) {
             issues.push(ConfigIssue::new(

@@ -223,6 +223,13 @@ pub async fn start(
         subscriptions: publisher,
         tally: tally.clone(),
     });
+    spawn_outbox_sweep(
+        dynamo.clone(),
+        state.tables.clone(),
+        state.subscriptions.clone(),
+        config.outbox_sweep_interval,
+        shutdown.clone(),
+    );
     let readiness = Readiness::new()
         .with("kafka", ops::kafka_probe(&common.kafka))
         .with("dynamodb", ops::dynamo_probe(&dynamo));
@@ -288,6 +295,32 @@ fn spawn_queue_gauge(sink: sink::EventSink, shutdown: CancellationToken) {
                 _ = tick.tick() => {
                     metrics::gauge!("triggers_gateway_producer_queue_depth").set(f64::from(sink.queue_depth()));
                 }
+            }
+        }
+    });
+}
+
+/// Publishes, every `interval`, the subscription changes that were stored
+/// but not published (Kafka failed after DynamoDB took them) and are older
+/// than `interval` ([`triggers_core::subscription::outbox`]).
+fn spawn_outbox_sweep(
+    dynamo: aws_sdk_dynamodb::Client,
+    tables: triggers_core::dynamo::Tables,
+    publisher: publisher::SubscriptionPublisher,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let swept = triggers_core::subscription::outbox::sweep(&dynamo, &tables, publisher.topic(), interval).await;
+            if let Err(e) = swept {
+                tracing::warn!(error = %e, "the subscription outbox sweep failed; next try in {interval:?}");
             }
         }
     });

@@ -4,6 +4,7 @@
 
 use triggers_core::codec::AvroCodec;
 use triggers_core::kafka::KafkaProducer;
+use triggers_core::subscription::Topic;
 
 /// Publishes subscription changes to the compacted topic.
 #[derive(Clone)]
@@ -23,5 +24,12 @@ impl std::fmt::Debug for SubscriptionPublisher {
         f.debug_struct("SubscriptionPublisher")
             .field("topic", &self.topic)
             .finish_non_exhaustive()
+    }
+}
+
+impl SubscriptionPublisher {
+    /// Where subscription states go.
+    pub fn topic(&self) -> Topic<'_> {
+        (&self.producer, &self.codec, self.topic.as_str())
     }
 }

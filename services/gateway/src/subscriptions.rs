@@ -242,13 +242,6 @@ fn check_description(description: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn publish(state: &AppState, subscription: &Subscription) -> Result<(), ApiError> {
-    let publisher = &state.subscriptions;
-    subscription::publish(&publisher.producer, &publisher.codec, &publisher.topic, subscription)
-        .await
-        .map_err(subscription_store_error)
-}
-
 /// How often a change is applied again to a subscription that another
 /// request changed meanwhile, before the caller is told to retry.
 const CHANGE_ATTEMPTS: usize = 3;
@@ -263,8 +256,7 @@ async fn change_subscription(
     id: &str,
     mut edit: impl FnMut(&mut Subscription) -> Result<(), ApiError>,
 ) -> Result<Subscription, ApiError> {
-    let publisher = &state.subscriptions;
-    let topic = (&publisher.producer, &publisher.codec, publisher.topic.as_str());
+    let topic = state.subscriptions.topic();
     for _ in 0..CHANGE_ATTEMPTS {
         let mut current = state.subscription(caller, id).await?;
         edit(&mut current)?;
@@ -345,10 +337,12 @@ pub async fn create(
         updated_at: now,
         revision: 1,
     };
-    subscription::create(&state.dynamo, &state.tables, &created)
+    let pending = subscription::create(&state.dynamo, &state.tables, &created)
         .await
         .map_err(subscription_store_error)?;
-    publish(&state, &created).await?;
+    // Stored: it takes effect once on the topic (now, or by the outbox sweep).
+    let topic = state.subscriptions.topic();
+    subscription::outbox::announce_or_defer(&state.dynamo, &state.tables, topic, Some(&created), &pending).await;
     Ok(HttpResponse::Created()
         .insert_header(("cache-control", "no-store"))
         .json(SubscriptionWithSecret {
@@ -479,15 +473,14 @@ fn apply_patch(change: &SubscriptionPatch, current: &mut Subscription) -> Result
 )]
 pub async fn delete(caller: Caller, path: web::Path<String>, state: State) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    let deleted = subscription::delete(&state.dynamo, &state.tables, &caller.tenant, &id)
+    let Some(pending) = subscription::delete(&state.dynamo, &state.tables, &caller.tenant, &id)
         .await
-        .map_err(subscription_store_error)?;
-    if !deleted {
+        .map_err(subscription_store_error)?
+    else {
         return Err(ApiError::NotFound(format!("subscription {id}")));
-    }
-    subscription::publish_tombstone(&state.subscriptions.producer, &state.subscriptions.topic, &id)
-        .await
-        .map_err(subscription_store_error)?;
+    };
+    let topic = state.subscriptions.topic();
+    subscription::outbox::announce_or_defer(&state.dynamo, &state.tables, topic, None, &pending).await;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod receiver;
-mod seed;
+pub mod seed;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

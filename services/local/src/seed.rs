@@ -39,8 +39,10 @@ fn seed_error(e: impl std::fmt::Display) -> LocalError {
     LocalError::Seed(e.to_string())
 }
 
-/// Reuses the demo data of an earlier start, or makes it.
-pub(crate) async fn ensure(
+/// Reuses the demo data of an earlier start (`<data>/demo.json`), or makes
+/// it: a tenant, its API key, and a subscription of every event type to
+/// `target_url`, stored and published on the subscriptions topic.
+pub async fn ensure(
     data: &Path,
     common: &CommonConfig,
     dynamo: &aws_sdk_dynamodb::Client,

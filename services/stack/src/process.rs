@@ -110,6 +110,19 @@ pub struct ChildProcess {
 impl ChildProcess {
     /// Starts `program args…` in `dir`, its output appended to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[&str], dir: &Path, log: &Path) -> Result<Self, StackError> {
+        Self::spawn_with_env(name, program, args, &[], dir, log)
+    }
+
+    /// [`ChildProcess::spawn`] with `env` set on top of this process's
+    /// environment.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+        dir: &Path,
+        log: &Path,
+    ) -> Result<Self, StackError> {
         if let Some(parent) = log.parent() {
             std::fs::create_dir_all(parent).map_err(|e| StackError::io("create log dir", e))?;
         }
@@ -138,7 +151,8 @@ impl ChildProcess {
             .env_remove("STORAGE_ENGINE")
             .env_remove("CLUSTER_ID")
             .env_remove("SCHEMA_REGISTRY")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .envs(env.iter().map(|(name, value)| (name, value)));
         let mut watchdog = command
             .spawn()
             .map_err(|e| StackError::io(&format!("start {name} ({})", program.display()), e))?;
@@ -154,6 +168,11 @@ impl ChildProcess {
     /// The component's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its process group: the component and everything it started.
+    pub fn group(&self) -> u32 {
+        self.watchdog.id()
     }
 
     /// Whether the component is still running.
@@ -174,19 +193,13 @@ impl ChildProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", self.watchdog.id()))
-            .status();
+        kill_group(self.watchdog.id());
         let _ = self.watchdog.wait();
     }
 
     /// Kills the component at once with SIGKILL (a crash, for tests).
     pub fn kill(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", self.watchdog.id()))
-            .status();
+        kill_group(self.watchdog.id());
         let _ = self.watchdog.wait();
         self.pipe = None;
     }
@@ -194,6 +207,16 @@ impl ChildProcess {
     pub(crate) fn log(&self) -> &str {
         &self.log
     }
+}
+
+/// SIGKILL to the process group `group`. procps-ng's `kill` (4.0) reads
+/// `kill -KILL -<pgid>` as two options and signals nothing, successfully:
+/// the signal is named with `-s` and the group after `--`.
+fn kill_group(group: u32) {
+    let _ = Command::new("kill")
+        .args(["-s", "KILL", "--"])
+        .arg(format!("-{group}"))
+        .status();
 }
 
 impl Drop for ChildProcess {

@@ -24,6 +24,15 @@ pub struct DynamoConfig {
     /// Default time to live of stored items.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// The longest one attempt of a call may take before it is abandoned
+    /// and retried (the SDK's attempt timeout). Without it, a request whose
+    /// answer never comes (a store restarted under it) holds its caller
+    /// forever: the fault suite saw a persister's partitions stop so.
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
+    /// The longest a call may take, retries included.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
 }
 
 impl Default for DynamoConfig {
@@ -35,6 +44,8 @@ impl Default for DynamoConfig {
             access_key_id: None,
             secret_access_key: None,
             retention: Duration::from_secs(90 * 86_400),
+            attempt_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -68,6 +79,20 @@ impl Validate for DynamoConfig {
             issues.push(ConfigIssue::new(
                 join(prefix, "secret_access_key"),
                 "access_key_id and secret_access_key must be set together",
+            ));
+        }
+        check_range(
+            issues,
+            prefix,
+            "attempt_timeout",
+            self.attempt_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        );
+        if self.call_timeout < self.attempt_timeout || self.call_timeout > Duration::from_secs(900) {
+            issues.push(ConfigIssue::new(
+                join(prefix, "call_timeout"),
+                "must be at least attempt_timeout and at most 15m",
             ));
         }
         check_range(

@@ -43,6 +43,14 @@ pub struct KafkaConfig {
     /// Consumer group session timeout (`session.timeout.ms`).
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// Static group membership (`group.instance.id`): a name for this
+    /// process that survives its restarts (the pod's name on Kubernetes; the
+    /// chart sets it). A consumer that crashes and comes back under the same
+    /// name within `session_timeout` takes its partitions back without a
+    /// rebalance of the group. Instance names are per group: every consumer
+    /// group of one process uses the same one. Unset, each start is a new
+    /// member.
+    pub group_instance_id: Option<String>,
     /// How often stored offsets are committed (`auto.commit.interval.ms`).
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
@@ -72,6 +80,7 @@ pub const RESERVED_KAFKA_SETTINGS: &[&str] = &[
     "enable.auto.offset.store",
     "enable.auto.commit",
     "group.id",
+    "group.instance.id",
     "bootstrap.servers",
     "message.max.bytes",
 ];
@@ -93,6 +102,7 @@ impl Default for KafkaConfig {
             idle_fetch_interval: Duration::ZERO,
             idle_after: Duration::from_secs(1),
             session_timeout: Duration::from_secs(10),
+            group_instance_id: None,
             commit_interval: Duration::from_secs(1),
             max_record_bytes: 2 * 1024 * 1024,
             statistics_interval: Duration::from_secs(5),
@@ -104,6 +114,18 @@ impl Default for KafkaConfig {
 
 impl Validate for KafkaConfig {
     fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
+        if let Some(name) = &self.group_instance_id
+            && (name.is_empty()
+                || name.len() > 249
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            issues.push(ConfigIssue::new(
+                join(prefix, "group_instance_id"),
+                "must be 1–249 characters of A–Z, a–z, 0–9, '.', '_', '-'",
+            ));
+        }
         if !(1024 * 1024..=64 * 1024 * 1024).contains(&self.max_record_bytes) {
             issues.push(ConfigIssue::new(
                 join(prefix, "max_record_bytes"),

@@ -9,6 +9,7 @@ mod codec;
 mod consume;
 mod deadletter;
 mod follower;
+mod outbox;
 mod pacing;
 mod producer;
 mod provision;
