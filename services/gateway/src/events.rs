@@ -4,6 +4,7 @@
 //! event is reported as not found.
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use triggers_core::eventstore::{self, ListQuery, StoredEvent};
@@ -265,6 +266,9 @@ pub async fn ack(caller: Caller, path: web::Path<String>, state: State) -> Resul
     Ok(HttpResponse::Ok().json(json!({"id": path.as_str(), "status": "acknowledged"})))
 }
 
+/// Acknowledgements of one `POST /v1/inbox/ack` under way at once.
+const ACK_CONCURRENCY: usize = 16;
+
 /// Ids to acknowledge.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -304,7 +308,9 @@ pub async fn ack_many(
             format!("`{id}` is not an event id (evt_…)"),
         ));
     }
-    let results = futures::future::join_all(input.ids.iter().map(|id| {
+    // A few at a time: one request must not send a thousand calls to
+    // DynamoDB at once (it starved every other request of the store).
+    let results: Vec<Value> = futures::stream::iter(input.ids.iter().map(|id| {
         let (state, caller) = (&state, &caller);
         async move {
             match acknowledge(state, caller, id).await {
@@ -313,6 +319,8 @@ pub async fn ack_many(
             }
         }
     }))
+    .buffered(ACK_CONCURRENCY)
+    .collect()
     .await;
     Ok(HttpResponse::Ok().json(json!({"results": results})))
 }
