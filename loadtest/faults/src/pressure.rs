@@ -27,6 +27,9 @@ struct Answer {
     latency: Duration,
     /// Whether a 429 or 503 carried `Retry-After`.
     retry_after: bool,
+    /// Whether a 503 was the gateway shedding load (`overloaded`), not a
+    /// dependency failing (`unavailable`).
+    shed: bool,
 }
 
 /// An event of about 1 KB, without an `Idempotency-Key` (nothing but Kafka
@@ -49,21 +52,25 @@ async fn send(http: &reqwest::Client, url: &str, auth: &str, seq: u64, phase: In
         .json(&event(seq))
         .send()
         .await;
-    let (status, retry_after) = match answer {
+    let (status, retry_after, shed) = match answer {
         Ok(response) => {
             let status = response.status().as_u16();
             let retry_after = response.headers().contains_key("retry-after");
             // Read the body: the connection goes back to the pool.
-            let _ = response.bytes().await;
-            (status, retry_after)
+            let body = response.bytes().await.unwrap_or_default();
+            let shed = status == 503
+                && serde_json::from_slice::<serde_json::Value>(&body)
+                    .is_ok_and(|b| b["error"]["code"] == "overloaded");
+            (status, retry_after, shed)
         }
-        Err(_) => (0, false),
+        Err(_) => (0, false, false),
     };
     Answer {
         sent,
         status,
         latency: started.elapsed(),
         retry_after,
+        shed,
     }
 }
 
@@ -224,7 +231,8 @@ pub async fn overload(cluster: &Cluster, lasted: Duration, rss_limit: u64) -> an
     let count = |f: &dyn Fn(&Answer) -> bool| answers.iter().filter(|a| f(a)).count();
     let accepted = count(&|a| a.status == 202);
     let throttled = count(&|a| a.status == 429);
-    let shed = count(&|a| a.status == 503);
+    let unavailable = count(&|a| a.status == 503 && !a.shed);
+    let shed = count(&|a| a.shed);
     let without_retry_after = count(&|a| matches!(a.status, 429 | 503) && !a.retry_after);
     let no_answer = count(&|a| a.status == 0);
     let other = count(&|a| !matches!(a.status, 0 | 202 | 429 | 503));
@@ -295,10 +303,10 @@ pub async fn overload(cluster: &Cluster, lasted: Duration, rss_limit: u64) -> an
     let mib = |b: u64| format!("{:.0} MiB", b as f64 / MIB);
     let report = format!(
         "### Overload (one gateway, default settings)\n\n\
-         | phase | offered | accepted/s | 202 p50 / p99 | refused 429 / 503 (with Retry-After) | no answer | other | gateway RSS |\n\
+         | phase | offered | accepted/s | 202 p50 / p99 | refused 429 / 503 `overloaded` / 503 `unavailable` (with Retry-After) | no answer | other | gateway RSS |\n\
          |---|---|---|---|---|---|---|---|\n\
          | capacity (64 clients, closed loop) | as fast as answered | {capacity:.0} | — / {cap_p99} | — | — | — | {idle} idle → {warm} |\n\
-         | overload, {secs} s | {offered:.0}/s (2×) | {acc_rate:.0} | {p50} / {p99} | {throttled} / {shed} ({with_ra}); refusal p99 {refusal_p99} | {no_answer} | {other} | peak **{peak}** |\n\
+         | overload, {secs} s | {offered:.0}/s (2×) | {acc_rate:.0} | {p50} / {p99} | {throttled} / {shed} / {unavailable} ({with_ra}); refusal p99 {refusal_p99} | {no_answer} | {other} | peak **{peak}** |\n\
          | load drops | {relief:.0}/s (½×) | {after_rate:.0} | — / {after_p99} (after 5 s) | {after_refused} refused in all | — | — | — |\n\n\
          Recovered (every request of each later second accepted) **{recovered}** after the load dropped; \
          client-side cap held back {not_sent} requests.\n",

@@ -32,6 +32,12 @@ pub struct GatewayConfig {
     pub token_ttl: Duration,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// API requests this replica handles at once; more are shed with 503
+    /// `overloaded` and `Retry-After` before their body is read. Bounds
+    /// memory (at most this many bodies of up to `max_body_bytes`) and keeps
+    /// latency for admitted requests when clients send more than the
+    /// replica and Kafka can take.
+    pub max_in_flight: usize,
     /// The most events in one batch.
     pub max_batch_events: usize,
     /// Events per second per tenant, unless the tenant has its own limit.
@@ -76,6 +82,7 @@ impl Default for GatewayConfig {
             jwt_audience: "triggers-api".to_owned(),
             token_ttl: Duration::from_secs(24 * 3_600),
             max_body_bytes: 1024 * 1024,
+            max_in_flight: 1_024,
             max_batch_events: 500,
             default_rate_limit: 1_000,
             rate_limit_replicas: 1,
@@ -93,6 +100,12 @@ impl Validate for GatewayConfig {
     fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {
         let field = |name: &str| format!("{prefix}.{name}");
         validate_listen(prefix, "listen", &self.listen, issues);
+        if !(1..=1_000_000).contains(&self.max_in_flight) {
+            issues.push(ConfigIssue::new(
+                field("max_in_flight"),
+                "must be between 1 and 1000000",
+            ));
+        }
         if self.workers > 256 {
             issues.push(ConfigIssue::new(field("workers"), "must be at most 256"));
         }

@@ -101,6 +101,10 @@ pub enum ApiError {
     /// 503: Kafka did not take the event in time, or a dependency is down.
     #[error("{0}; retry later")]
     Unavailable(String),
+    /// 503: this replica already handles `gateway.max_in_flight` requests;
+    /// it sheds more at once instead of queueing them.
+    #[error("the gateway is at capacity ({0} requests in flight); retry later")]
+    Overloaded(usize),
 }
 
 /// The JSON body of an error.
@@ -165,6 +169,7 @@ impl ApiError {
             Self::InvalidField { .. } => "invalid_field",
             Self::RateLimited { .. } | Self::AuthThrottled { .. } => "rate_limited",
             Self::Unavailable(_) => "unavailable",
+            Self::Overloaded(_) => "overloaded",
         }
     }
 
@@ -194,7 +199,7 @@ impl ApiError {
             Self::RateLimited { retry_after, .. } | Self::AuthThrottled { retry_after } => {
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
-            Self::Unavailable(_) | Self::IdempotencyInProgress(_) | Self::Conflict(_) => Some(1),
+            Self::Unavailable(_) | Self::Overloaded(_) | Self::IdempotencyInProgress(_) | Self::Conflict(_) => Some(1),
             _ => None,
         }
     }
@@ -216,7 +221,7 @@ impl ResponseError for ApiError {
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } | Self::AuthThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -237,7 +242,9 @@ impl ResponseError for ApiError {
                 .insert_header(("ratelimit-remaining", "0"))
                 .insert_header(("ratelimit-reset", reset.to_string()));
         }
-        if self.status_code().is_server_error() {
+        // Shed load is counted (`triggers_gateway_shed_total`), not logged:
+        // a log line per refusal would add to the overload.
+        if self.status_code().is_server_error() && !matches!(self, Self::Overloaded(_)) {
             tracing::warn!(error = %self, "request failed");
         }
         response.json(ErrorBody {

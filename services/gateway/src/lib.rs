@@ -234,10 +234,14 @@ pub async fn start(
         .with("kafka", ops::kafka_probe(&common.kafka))
         .with("dynamodb", ops::dynamo_probe(&dynamo));
 
+    let admission = web::Data::new(middleware::Admission::new(config.max_in_flight));
+    spawn_in_flight_gauge(admission.clone(), shutdown.clone());
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(live.clone())
+            .app_data(admission.clone())
+            .wrap(actix_web::middleware::from_fn(middleware::admission))
             .wrap(actix_web::middleware::from_fn(middleware::request_context))
             .app_data(
                 web::QueryConfig::default()
@@ -284,6 +288,20 @@ pub async fn start(
         addr: running.addr,
         task,
     })
+}
+
+fn spawn_in_flight_gauge(admission: web::Data<middleware::Admission>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    metrics::gauge!("triggers_gateway_requests_in_flight").set(admission.in_flight() as f64);
+                }
+            }
+        }
+    });
 }
 
 fn spawn_queue_gauge(sink: sink::EventSink, shutdown: CancellationToken) {

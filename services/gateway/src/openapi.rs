@@ -34,9 +34,10 @@ impl Modify for Security {
 }
 
 /// The answers every operation of a kind can give, added where its own
-/// annotation does not list them: 401/429/503 for authenticated routes (no
-/// or bad credentials, throttled failed authentication, a store or broker
-/// down), 403 for admin routes (no admin token configured), 400/413/415/422
+/// annotation does not list them: 401/429 for authenticated routes (no
+/// or bad credentials, throttled failed authentication), 503 for every
+/// route but `/health` (a store or broker down, or the replica shedding
+/// load), 403 for admin routes (no admin token configured), 400/413/415/422
 /// for routes with a body, 404 for routes with an id in the path.
 struct StandardAnswers;
 
@@ -88,9 +89,11 @@ fn add_standard_answers(path: &str, operation: &mut utoipa::openapi::path::Opera
             "429",
             "Too many failed authentications from this address (`rate_limited`)",
         );
+    }
+    if !crate::middleware::is_operations(path) {
         add(
             "503",
-            "A dependency (Kafka, DynamoDB) is unavailable; retry (`unavailable`)",
+            "A dependency (Kafka, DynamoDB) is unavailable (`unavailable`), or this replica is at capacity (`overloaded`); retry after `Retry-After`",
         );
     }
     if path.starts_with("/v1/admin") {
@@ -400,6 +403,9 @@ mod tests {
             !statuses(&document, "get", "/health").iter().any(|s| s == "401"),
             "/health is open"
         );
+        // Shedding: every route but the health check may answer 503.
+        assert!(!statuses(&document, "get", "/health").iter().any(|s| s == "503"));
+        assert!(statuses(&document, "post", "/token").iter().any(|s| s == "503"));
         let types = &document["components"]["schemas"]["SubscriptionInput"]["properties"]["event_types"];
         assert_eq!(types["items"]["pattern"], TYPE_PATTERN);
         // Every added answer has the error body.
