@@ -147,6 +147,7 @@ pub const CODES: &[&str] = &[
     "invalid_field",
     "rate_limited",
     "unavailable",
+    "overloaded",
 ];
 
 impl ApiError {
