@@ -59,8 +59,7 @@ async fn send(http: &reqwest::Client, url: &str, auth: &str, seq: u64, phase: In
             // Read the body: the connection goes back to the pool.
             let body = response.bytes().await.unwrap_or_default();
             let shed = status == 503
-                && serde_json::from_slice::<serde_json::Value>(&body)
-                    .is_ok_and(|b| b["error"]["code"] == "overloaded");
+                && serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|b| b["error"]["code"] == "overloaded");
             (status, retry_after, shed)
         }
         Err(_) => (0, false, false),
