@@ -449,25 +449,11 @@ async fn main() -> anyhow::Result<()> {
         totals.gave_up,
     );
     let text = report(&args, &rows, &summary);
-    println!("{text}");
-    for failure in &failures {
-        eprintln!("[faults] FAILED: {failure}");
-    }
-    if let Some(path) = &args.report {
-        std::fs::write(path, &text).with_context(|| path.display().to_string())?;
-    }
+    publish(&args, &text, &failures)?;
     receiver.down().await;
     proxy_shutdown.cancel();
     cluster.stop().await;
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        let kept = temp.keep();
-        if args.data_dir.is_none() {
-            eprintln!("[faults] data and logs kept in {}", kept.display());
-        }
-        anyhow::bail!("{} check(s) failed", failures.len())
-    }
+    conclude(&args, &failures, temp)
 }
 
 /// `--overload` or `--soak`: the pipeline without faults, under pressure.
@@ -517,22 +503,33 @@ async fn pressure_run(
     if !crashed.is_empty() {
         failures.push(format!("{} exited by itself", crashed.join(", ")));
     }
+    publish(args, &text, &failures)?;
+    receiver.down().await;
+    cluster.stop().await;
+    conclude(args, &failures, temp)
+}
+
+/// Prints the report and the failures, and writes the report to `--report`.
+fn publish(args: &Args, text: &str, failures: &[String]) -> anyhow::Result<()> {
     println!("{text}");
-    for failure in &failures {
+    for failure in failures {
         eprintln!("[faults] FAILED: {failure}");
     }
     if let Some(path) = &args.report {
-        std::fs::write(path, &text).with_context(|| path.display().to_string())?;
+        std::fs::write(path, text).with_context(|| path.display().to_string())?;
     }
-    receiver.down().await;
-    cluster.stop().await;
+    Ok(())
+}
+
+/// Success, or the failures counted (and the data kept when it was in a
+/// temporary folder).
+fn conclude(args: &Args, failures: &[String], temp: tempfile::TempDir) -> anyhow::Result<()> {
     if failures.is_empty() {
-        Ok(())
-    } else {
-        let kept = temp.keep();
-        if args.data_dir.is_none() {
-            eprintln!("[faults] data and logs kept in {}", kept.display());
-        }
-        anyhow::bail!("{} check(s) failed", failures.len())
+        return Ok(());
     }
+    let kept = temp.keep();
+    if args.data_dir.is_none() {
+        eprintln!("[faults] data and logs kept in {}", kept.display());
+    }
+    anyhow::bail!("{} check(s) failed", failures.len())
 }

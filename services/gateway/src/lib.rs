@@ -235,7 +235,7 @@ pub async fn start(
         .with("dynamodb", ops::dynamo_probe(&dynamo));
 
     let admission = web::Data::new(middleware::Admission::new(config.max_in_flight));
-    spawn_in_flight_gauge(admission.clone(), shutdown.clone());
+    let gauged = admission.clone();
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -269,7 +269,7 @@ pub async fn start(
     let running = ops::spawn_until(server, shutdown.clone());
     tracing::info!(addr = %running.addr, "gateway listening");
 
-    spawn_queue_gauge(sink.clone(), shutdown);
+    spawn_gauges(sink.clone(), gauged, shutdown);
     let server_task = running.task;
     let task: JoinHandle<std::io::Result<()>> = tokio::spawn(async move {
         let result = server_task.await;
@@ -290,21 +290,8 @@ pub async fn start(
     })
 }
 
-fn spawn_in_flight_gauge(admission: web::Data<middleware::Admission>, shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {
-                    metrics::gauge!("triggers_gateway_requests_in_flight").set(admission.in_flight() as f64);
-                }
-            }
-        }
-    });
-}
-
-fn spawn_queue_gauge(sink: sink::EventSink, shutdown: CancellationToken) {
+/// Samples the producer queue and the requests in flight every second.
+fn spawn_gauges(sink: sink::EventSink, admission: web::Data<middleware::Admission>, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -312,6 +299,7 @@ fn spawn_queue_gauge(sink: sink::EventSink, shutdown: CancellationToken) {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {
                     metrics::gauge!("triggers_gateway_producer_queue_depth").set(f64::from(sink.queue_depth()));
+                    metrics::gauge!("triggers_gateway_requests_in_flight").set(admission.in_flight() as f64);
                 }
             }
         }
