@@ -46,6 +46,10 @@ async fn the_api_keeps_its_contract() -> Result<(), Box<dyn std::error::Error>> 
         // contract) and for its own errors (a generator that could not
         // draw a case, Hypothesis' "inconsistent results"). A run with
         // errors only is tried up to twice more; failures are never retried.
+        // One worker: with two threads, CPython 3.11's AST constructor
+        // (Hypothesis parses source to describe strategies) races and
+        // raises "AST constructor recursion depth mismatch" (cpython
+        // gh-106905), which failed whole runs as schemathesis Runtime Errors.
         let mut tries = 0;
         loop {
             tries += 1;
@@ -59,7 +63,7 @@ async fn the_api_keeps_its_contract() -> Result<(), Box<dyn std::error::Error>> 
                         .args(["--no-color", "run", &document])
                         .args(["--header", &format!("Authorization: Bearer {token}")])
                         .args([tag_filter, "admin"])
-                        .args(["--max-examples", "20", "--workers", "2", "--seed", SEED])
+                        .args(["--max-examples", "20", "--workers", "1", "--seed", SEED])
                         .output()
                 }
             })
