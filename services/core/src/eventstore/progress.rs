@@ -27,8 +27,11 @@ pub struct Track<'a> {
 /// progress), so its next change of the same event can skip the read, and a
 /// body written after its stub can skip the create that would fail. Only an
 /// optimisation: every write stays conditional on the version, and a
-/// conflict drops the entry and reads. Bounded: the least recently used
-/// entries go first.
+/// conflict drops the entry and reads. Bounded in count (the least
+/// recently used go first) and in age: an entry unused for
+/// [`PROGRESS_CACHE_IDLE`] is dropped, so a steady rate keeps a steady
+/// size (rate × idle time) instead of filling to the count bound over
+/// hours, and memory stops growing minutes after start.
 #[derive(Debug)]
 pub struct ProgressCache {
     entries: moka::sync::Cache<(TenantId, EventId), (i64, Progress)>,
@@ -37,10 +40,18 @@ pub struct ProgressCache {
 /// Entries a [`ProgressCache`] holds at most.
 pub(super) const PROGRESS_CACHE_SIZE: u64 = 100_000;
 
+/// How long an entry is kept unused. An event's changes mostly come within
+/// seconds (routed, delivered); this also covers retries up to the 2-minute
+/// step. A later change reads once, as without the cache.
+pub(super) const PROGRESS_CACHE_IDLE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
 impl Default for ProgressCache {
     fn default() -> Self {
         Self {
-            entries: moka::sync::Cache::new(PROGRESS_CACHE_SIZE),
+            entries: moka::sync::Cache::builder()
+                .max_capacity(PROGRESS_CACHE_SIZE)
+                .time_to_idle(PROGRESS_CACHE_IDLE)
+                .build(),
         }
     }
 }
