@@ -15,6 +15,10 @@
 //!   would read its records again, and again).
 //! - **Offsets.** Each offset is stored only as part of its partition's
 //!   contiguous done prefix.
+//! - **Rebalances.** A partition taken away goes over drained
+//!   ([`crate::handover`]): its waiting records stop, its running ones
+//!   finish (within the grace period), its done prefix is committed, and
+//!   what was read from it but not started is dropped.
 //! - **Failures.** A handler that panics is run again with backoff; after
 //!   [`HANDLER_ATTEMPTS`] tries, or when it reports a record it can never
 //!   process ([`Handled::Poison`]), the record goes to the quarantine topic
@@ -38,7 +42,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::offsets::OffsetTracker;
+use crate::handover::Handover;
+use crate::kafka::ConsumerLog;
 use crate::pacing::Pacer;
 use crate::quarantine::{Poison, Quarantine};
 pub use crate::retry::{retry, retry_transient};
@@ -124,9 +129,29 @@ fn size(message: &OwnedMessage) -> usize {
     message.payload().map_or(0, <[u8]>::len) + message.key().map_or(0, <[u8]>::len)
 }
 
+/// A consumer context that may share a [`Handover`] with its consume loop.
+pub trait WithHandover: ConsumerContext {
+    /// The handover its rebalance callback drains through, if any.
+    fn handover(&self) -> Option<&Arc<Handover>> {
+        None
+    }
+}
+
+impl WithHandover for ConsumerLog {
+    fn handover(&self) -> Option<&Arc<Handover>> {
+        ConsumerLog::handover(self)
+    }
+}
+
+/// Where a finished record leaves its partition: the offset to store,
+/// if its done prefix moved.
+type Finished = (String, i32, Option<i64>);
+
 /// Runs `handle` on every record until `shutdown`, with `pacer` pausing the
 /// consumer while it is idle or full. `handle` gets the record and its
-/// [`Slot`]; poison records go to `quarantine`.
+/// [`Slot`]; poison records go to `quarantine`. Partitions revoked go over
+/// drained through the consumer's [`Handover`] (one of its own when its
+/// context has none: then nothing is drained).
 pub async fn run<C, F, Fut>(
     consumer: &StreamConsumer<C>,
     mut pacer: Pacer,
@@ -135,7 +160,7 @@ pub async fn run<C, F, Fut>(
     shutdown: CancellationToken,
     handle: F,
 ) where
-    C: ConsumerContext + 'static,
+    C: WithHandover + 'static,
     F: Fn(OwnedMessage, Slot) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Handled> + Send + 'static,
 {
@@ -145,28 +170,41 @@ pub async fn run<C, F, Fut>(
     let wake = Arc::new(Notify::new());
     let max = limits.max_in_flight;
     let max_total = max.saturating_mul(WAITING_FACTOR + 1);
-    let mut tracker = OffsetTracker::new();
+    let handover = consumer.context().handover().cloned().unwrap_or_else(Handover::new);
+    handover.set_limit(limits.grace);
     let mut in_flight = FuturesUnordered::new();
     let mut backlog: VecDeque<Pending> = VecDeque::new();
     let mut bytes = 0usize;
-    let store = |tracker: &mut OffsetTracker, (topic, partition, offset, done): (String, i32, i64, bool)| {
-        if !done {
-            return;
+    let store = |finished: Result<Finished, tokio::task::JoinError>| match finished {
+        Ok((topic, partition, Some(watermark))) => {
+            if let Err(e) = consumer.store_offset(&topic, partition, watermark) {
+                tracing::debug!(error = %e, topic, partition, "cannot store offset (revoked?)");
+            }
         }
-        if let Some(watermark) = tracker.complete(&topic, partition, offset)
-            && let Err(e) = consumer.store_offset(&topic, partition, watermark)
-        {
-            tracing::debug!(error = %e, topic, partition, "cannot store offset (revoked?)");
-        }
+        Ok((_, _, None)) => {}
+        Err(e) => tracing::error!(error = %e, "a record's work ended abnormally; it will be read again"),
     };
     loop {
+        // Drop what was read from partitions taken away and not started.
+        let revoked = handover.take_revoked();
+        if !revoked.is_empty() {
+            backlog.retain(|pending| {
+                let (topic, partition) = (pending.message.topic(), pending.message.partition());
+                let kept = !revoked.iter().any(|(t, p)| t == topic && *p == partition);
+                if !kept {
+                    bytes = bytes.saturating_sub(pending.bytes);
+                }
+                kept
+            });
+        }
         // Start what the slots allow, oldest first.
         while in_flight.len().saturating_sub(waiting.load(Ordering::Acquire)) < max
             && in_flight.len() < max_total
             && let Some(next) = backlog.pop_front()
         {
+            let (topic, partition) = (next.message.topic(), next.message.partition());
             let slot = Slot {
-                shutdown: shutdown.clone(),
+                shutdown: handover.started(topic, partition, &shutdown),
                 freed: Arc::new(AtomicBool::new(false)),
                 waiting: waiting.clone(),
                 wake: wake.clone(),
@@ -176,7 +214,19 @@ pub async fn run<C, F, Fut>(
             let first = AbortOnDrop(tokio::spawn(
                 handle(next.message.clone(), slot.clone()).instrument(span.clone()),
             ));
-            in_flight.push(work(first, next, slot, handle.clone(), quarantine.clone(), span));
+            // Its own task: it goes on (and the handover sees it end) while
+            // this loop waits in a rebalance callback.
+            let record_bytes = next.bytes;
+            let task = AbortOnDrop(tokio::spawn(work(
+                first,
+                next,
+                slot,
+                handle.clone(),
+                quarantine.clone(),
+                span,
+                handover.clone(),
+            )));
+            in_flight.push(async move { (task.await, record_bytes) });
         }
         // Pause while the backlog or memory is full; resume once half of it drained.
         let full = backlog.len() >= max || in_flight.len() >= max_total || bytes >= limits.max_bytes;
@@ -188,9 +238,9 @@ pub async fn run<C, F, Fut>(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some((result, done_bytes)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((finished, done_bytes)) = in_flight.next(), if !in_flight.is_empty() => {
                 bytes = bytes.saturating_sub(done_bytes);
-                store(&mut tracker, result);
+                store(finished);
             }
             // A slot was freed: start what waits for one.
             () = wake.notified() => {}
@@ -213,7 +263,7 @@ pub async fn run<C, F, Fut>(
                         continue;
                     }
                 };
-                tracker.start(message.topic(), message.partition(), message.offset());
+                handover.read(message.topic(), message.partition(), message.offset());
                 let record_bytes = size(&message);
                 bytes += record_bytes;
                 backlog.push_back(Pending { message, bytes: record_bytes });
@@ -225,32 +275,35 @@ pub async fn run<C, F, Fut>(
         }
     }
     let drain = async {
-        while let Some((result, _)) = in_flight.next().await {
-            store(&mut tracker, result);
+        while let Some((finished, _)) = in_flight.next().await {
+            store(finished);
         }
     };
     if tokio::time::timeout(limits.grace, drain).await.is_err() {
         tracing::warn!("stopped with records in flight; they will be read again");
     }
+    // What is left was given up: the revoke of closing waits for nothing.
+    handover.set_limit(Duration::ZERO);
     final_commit(consumer);
 }
 
 /// One record's work: the handler (again, with backoff, if it panicked),
-/// then quarantine if it is poison. Resolves with its position, whether it
-/// is done, and its size.
+/// then quarantine if it is poison. Resolves with its partition and the
+/// offset to store, if its end moved the partition's done prefix.
 async fn work<F, Fut>(
-    first: AbortOnDrop,
+    first: AbortOnDrop<Handled>,
     pending: Pending,
     slot: Slot,
     handle: Arc<F>,
     quarantine: Arc<Quarantine>,
     span: tracing::Span,
-) -> ((String, i32, i64, bool), usize)
+    handover: Arc<Handover>,
+) -> Finished
 where
     F: Fn(OwnedMessage, Slot) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Handled> + Send + 'static,
 {
-    let Pending { message, bytes } = pending;
+    let Pending { message, .. } = pending;
     let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
     let shutdown = slot.shutdown.clone();
     let mut backoff = Duration::from_millis(200);
@@ -291,7 +344,8 @@ where
         Handled::Stopped => false,
         Handled::Poison(poison) => quarantine.put(&message, &poison, &shutdown).await,
     };
-    ((topic, partition, offset, done), bytes)
+    let watermark = handover.finished(&topic, partition, offset, done);
+    (topic, partition, watermark)
 }
 
 /// Commits the stored offsets before the consumer goes. Nothing stored since
@@ -309,12 +363,28 @@ pub fn final_commit<C: ConsumerContext + 'static>(consumer: &StreamConsumer<C>) 
     }
 }
 
-/// A spawned handler that is aborted when dropped (after the shutdown grace
+/// A spawned task that is aborted when dropped (after the shutdown grace
 /// period), like the future it replaces would have been.
-struct AbortOnDrop(tokio::task::JoinHandle<Handled>);
+#[derive(Debug)]
+pub struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T: Send + 'static> AbortOnDrop<T> {
+    /// Runs `work` as its own task.
+    pub fn spawn(work: impl Future<Output = T> + Send + 'static) -> Self {
+        Self(tokio::spawn(work))
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
     }
 }

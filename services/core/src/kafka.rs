@@ -14,11 +14,12 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::OAuthToken;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, OwnedHeaders};
 
 use crate::config::KafkaConfig;
+use crate::handover::Handover;
 
 /// A Kafka client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +145,13 @@ pub fn consumer_config(config: &KafkaConfig, service: &str, group: &str) -> Clie
     if let Some(name) = &config.group_instance_id {
         client.set("group.instance.id", name);
     }
+    // Incremental rebalances: a member joining or leaving moves only the
+    // partitions that must move, and the others keep being worked on. An
+    // extra setting may name another assignor (a rolling change from an
+    // eager one: docs/operations.md).
+    if !config.extra.contains_key("partition.assignment.strategy") {
+        client.set("partition.assignment.strategy", "cooperative-sticky");
+    }
     if !config.statistics_interval.is_zero() {
         client.set("statistics.interval.ms", millis(config.statistics_interval));
     }
@@ -166,25 +174,51 @@ pub fn paced(config: &KafkaConfig, client: &mut ClientConfig) {
 /// In a consumer group it also exports the group's lag per partition from
 /// librdkafka's statistics (`kafka.statistics_interval`):
 /// `triggers_consumer_lag_records{group,topic,partition}`.
+///
+/// A consumer with a [`Handover`] (every one made by [`ConsumerLog::in_group`],
+/// or given one with [`ConsumerLog::with_handover`]) hands revoked
+/// partitions over drained: before they go, their waiting work is stopped,
+/// their running work finished and the offsets of what is done stored and
+/// committed (see [`crate::handover`]).
 #[derive(Debug, Clone)]
 pub struct ConsumerLog {
     /// Who consumes (`router`, `deliverer`, …), for the log lines.
     pub role: &'static str,
     group: Option<std::sync::Arc<str>>,
+    handover: Option<std::sync::Arc<Handover>>,
 }
 
 impl ConsumerLog {
     /// The context of `role`'s consumers.
     pub fn new(role: &'static str) -> Self {
-        Self { role, group: None }
+        Self {
+            role,
+            group: None,
+            handover: None,
+        }
     }
 
-    /// The context of `role`'s consumer in `group`, which exports its lag.
+    /// The context of `role`'s consumer in `group`, which exports its lag
+    /// and hands its partitions over drained.
     pub fn in_group(role: &'static str, group: &str) -> Self {
         Self {
             role,
             group: Some(group.into()),
+            handover: Some(Handover::new()),
         }
+    }
+
+    /// The same, handing partitions over drained through `handover`.
+    pub fn with_handover(self, handover: std::sync::Arc<Handover>) -> Self {
+        Self {
+            handover: Some(handover),
+            ..self
+        }
+    }
+
+    /// What the consume loop shares with the rebalance callback, if any.
+    pub fn handover(&self) -> Option<&std::sync::Arc<Handover>> {
+        self.handover.as_ref()
     }
 }
 
@@ -252,8 +286,37 @@ impl rdkafka::ClientContext for ConsumerLog {
 }
 
 impl ConsumerContext for ConsumerLog {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         tracing::debug!(role = self.role, ?rebalance, "rebalance starting");
+        if let (Rebalance::Revoke(revoked), Some(handover)) = (rebalance, &self.handover) {
+            let partitions: Vec<(String, i32)> = revoked
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            let drained = handover.revoke(&partitions);
+            for d in &drained {
+                if let Err(e) = consumer.store_offset(&d.topic, d.partition, d.offset) {
+                    tracing::warn!(role = self.role, error = %e, topic = d.topic, partition = d.partition, "cannot store the offset of a revoked partition");
+                }
+            }
+            if !drained.is_empty() {
+                match consumer.commit_consumer_state(CommitMode::Sync) {
+                    Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                    Err(e) => tracing::warn!(
+                        role = self.role,
+                        error = %e,
+                        "cannot commit before partitions go; their new owner repeats some records"
+                    ),
+                }
+            }
+            tracing::info!(
+                role = self.role,
+                partitions = partitions.len(),
+                committed = drained.len(),
+                "revoked partitions drained"
+            );
+        }
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -11,7 +11,9 @@
 //!   full ones pause theirs while they keep polling.
 //! - [`consume`]: the at-least-once consume loop; [`quarantine`]: records
 //!   that can never be processed, set aside with the reason; [`retry`]:
-//!   retrying an effect until it succeeds, fails for good, or shutdown.
+//!   retrying an effect until it succeeds, fails for good, or shutdown;
+//!   [`handover`]: partitions taken away in a rebalance go over drained
+//!   (waiting work stopped, running work finished, offsets committed).
 //! - [`config`]: layered, validated configuration.
 //! - [`kafka`]: client builders that keep the delivery guarantees
 //!   (idempotent `acks=all` producer; consumers that store offsets only after
@@ -46,6 +48,7 @@ pub mod dynamo;
 pub mod event;
 pub mod eventstore;
 pub mod follower;
+pub mod handover;
 pub mod ids;
 pub mod kafka;
 pub mod matching;

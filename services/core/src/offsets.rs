@@ -59,6 +59,11 @@ impl OffsetTracker {
         self.partitions.values().map(|p| p.in_flight.len()).sum()
     }
 
+    /// The last offset returned for storing in a partition.
+    pub fn stored(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.partitions.get(&(topic.to_owned(), partition))?.stored
+    }
+
     /// Forgets a partition (it was revoked).
     pub fn forget(&mut self, topic: &str, partition: i32) {
         self.partitions.remove(&(topic.to_owned(), partition));

@@ -22,10 +22,11 @@ use rdkafka::producer::{FutureRecord, Producer};
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, CodecError, Contract};
 use triggers_core::config::TopicsConfig;
+use triggers_core::consume::AbortOnDrop;
 use triggers_core::delivery::{Delivery, Outcome};
 use triggers_core::event::Event;
+use triggers_core::handover::Handover;
 use triggers_core::kafka::KafkaProducer;
-use triggers_core::offsets::OffsetTracker;
 use triggers_core::tenancy::StoreError;
 
 use triggers_core::follower::Follower;
@@ -85,6 +86,13 @@ pub struct Pipeline {
 
 /// A source record's topic, partition and offset (-1: not done).
 type Position = (String, i32, i64);
+
+/// Where an event's end leaves its partition: the offset to store, if its
+/// done prefix moved.
+type Finished = (String, i32, Option<i64>);
+
+/// An event's task, ended.
+type Joined = Result<Finished, tokio::task::JoinError>;
 
 fn invalid(reason: &'static str, message: impl Into<String>) -> Invalid {
     Invalid {
@@ -149,22 +157,29 @@ impl From<StoreError> for Unrouted {
 impl Pipeline {
     /// Runs until `shutdown`, then finishes the work in flight (at most
     /// `grace`), stores and commits offsets and flushes the producer.
-    /// Offsets of work still in flight when a partition is revoked are not
-    /// stored: the next owner routes those events again, with the same
-    /// delivery ids.
+    /// A partition revoked goes over drained: the records of its events
+    /// still being produced are awaited (at most `grace`) and its offsets
+    /// committed first ([`triggers_core::handover`]); what could not finish
+    /// is routed again by the next owner, with the same delivery ids.
     pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
-        let mut tracker = OffsetTracker::new();
-        let mut in_flight: FuturesUnordered<futures::future::BoxFuture<'static, (Position, usize)>> =
+        let handover = self
+            .consumer
+            .context()
+            .handover()
+            .cloned()
+            .unwrap_or_else(Handover::new);
+        handover.set_limit(grace);
+        let mut in_flight: FuturesUnordered<futures::future::BoxFuture<'static, (Joined, usize)>> =
             FuturesUnordered::new();
         let mut bytes_in_flight = 0usize;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(((topic, partition, offset), bytes)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((finished, bytes)) = in_flight.next(), if !in_flight.is_empty() => {
                     bytes_in_flight -= bytes;
                     metrics::gauge!("triggers_router_in_flight_bytes").set(bytes_in_flight as f64);
-                    self.done(&mut tracker, &topic, partition, offset);
+                    self.done(finished);
                 }
                 () = self.pacer.due() => self.pacer.act(self.consumer.as_ref()),
                 message = self.consumer.recv(), if in_flight.len() < self.max_in_flight
@@ -186,24 +201,37 @@ impl Pipeline {
                     };
                     let span = triggers_core::kafka::trace_headers::process_span(&message, "router");
                     let Some(records) = self.route(&message, &shutdown).instrument(span).await else { break };
-                    tracker.start(message.topic(), message.partition(), message.offset());
+                    let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+                    handover.read(topic, partition, offset);
                     let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
                     bytes_in_flight += bytes;
                     metrics::gauge!("triggers_router_in_flight_bytes").set(bytes_in_flight as f64);
-                    let sent = self.send(records, message.topic().to_owned(), message.partition(), message.offset(), shutdown.clone());
-                    in_flight.push(Box::pin(async move { (sent.await, bytes) }));
+                    // Its partition's token: a revoke stops its retries.
+                    let stop = handover.started(topic, partition, &shutdown);
+                    let sent = self.send(records, topic.to_owned(), partition, offset, stop);
+                    // Its own task: it goes on (and the handover sees it
+                    // end) while this loop waits in a rebalance callback.
+                    let handover = handover.clone();
+                    let task = AbortOnDrop::spawn(async move {
+                        let (topic, partition, done) = sent.await;
+                        let watermark = handover.finished(&topic, partition, offset, done >= 0);
+                        (topic, partition, watermark)
+                    });
+                    in_flight.push(Box::pin(async move { (task.await, bytes) }));
                 }
             }
         }
         // Finish what was started, within the grace period.
         let drain = async {
-            while let Some(((topic, partition, offset), _)) = in_flight.next().await {
-                self.done(&mut tracker, &topic, partition, offset);
+            while let Some((finished, _)) = in_flight.next().await {
+                self.done(finished);
             }
         };
         if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::warn!("router stopped with work in flight; it will be routed again");
         }
+        // What is left was given up: the revoke of closing waits for nothing.
+        handover.set_limit(Duration::ZERO);
         triggers_core::consume::final_commit(&self.consumer);
         if let Err(e) = self.producer.flush(Duration::from_secs(10)) {
             tracing::warn!(error = %e, "router producer did not flush");
@@ -211,15 +239,17 @@ impl Pipeline {
         tracing::info!("router stopped");
     }
 
-    fn done(&self, tracker: &mut OffsetTracker, topic: &str, partition: i32, offset: i64) {
-        if offset < 0 {
-            return;
-        }
-        if let Some(watermark) = tracker.complete(topic, partition, offset)
-            && let Err(e) = self.consumer.store_offset(topic, partition, watermark)
-        {
-            // The partition was revoked meanwhile; its next owner re-routes.
-            tracing::debug!(error = %e, partition, watermark, "cannot store offset");
+    /// Stores the offset an event's end moved its partition's done prefix to.
+    fn done(&self, finished: Joined) {
+        match finished {
+            Ok((topic, partition, Some(watermark))) => {
+                if let Err(e) = self.consumer.store_offset(&topic, partition, watermark) {
+                    // The partition was revoked meanwhile; its next owner re-routes.
+                    tracing::debug!(error = %e, partition, watermark, "cannot store offset");
+                }
+            }
+            Ok((_, _, None)) => {}
+            Err(e) => tracing::error!(error = %e, "an event's produce ended abnormally; it will be routed again"),
         }
     }
 
@@ -350,7 +380,7 @@ impl Pipeline {
         partition: i32,
         offset: i64,
         shutdown: CancellationToken,
-    ) -> impl std::future::Future<Output = (String, i32, i64)> + Send + 'static + use<> {
+    ) -> impl std::future::Future<Output = Position> + Send + 'static + use<> {
         let producer = self.producer.clone();
         let first: Vec<_> = records.iter().map(|r| enqueue(&producer, r)).collect();
         async move {

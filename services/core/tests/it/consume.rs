@@ -1,7 +1,8 @@
 //! The consume loop against real Tansu: a full consumer keeps polling (and
-//! stays in its group), a handler that only waits frees its slot, and a
+//! stays in its group), a handler that only waits frees its slot, a
 //! handler that keeps failing is retried, then quarantined, and its
-//! partition moves on.
+//! partition moves on, and partitions taken away in a rebalance go over
+//! drained.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -279,4 +280,98 @@ async fn a_failing_handler_is_retried_then_quarantined_and_the_partition_moves_o
     assert!(attempts.lock().get("bad").is_none(), "the quarantined record came back");
     shutdown.cancel();
     task.await.unwrap();
+}
+
+/// A second consumer joins while the first works: the partitions that move
+/// go over drained (the first finishes what it started on them and commits
+/// it before they go), so no record is worked on by both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitions_taken_away_in_a_rebalance_go_over_drained() {
+    let env = TestEnv::new().await;
+    env.provision().await;
+    let topic = env.common.topics.events();
+    let partitions = env.common.topics.partitions;
+    assert!(partitions >= 2, "the test needs partitions to move ({partitions})");
+    let producer = triggers_core::kafka::producer(&env.common.kafka, "consume-test").unwrap();
+    let total = 40 * partitions;
+    for i in 0..total {
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .partition(i % partitions)
+                    .key("k")
+                    .payload(&format!("r{i}")),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("{e}"));
+    }
+    let group = format!("{}-handover", env.namespace);
+    // Who handled each record (by partition and offset), in order.
+    type Handlers = HashMap<(i32, i64), Vec<&'static str>>;
+    let handled: Arc<Mutex<Handlers>> = Arc::default();
+    let shutdown = CancellationToken::new();
+    let start = |name: &'static str| {
+        let consumer = triggers_core::kafka::consumer(
+            &env.common.kafka,
+            "consume-test",
+            &group,
+            triggers_core::kafka::ConsumerLog::in_group("test", &group),
+        )
+        .unwrap();
+        consumer.subscribe(&[&topic]).unwrap();
+        let (handled, shutdown, quarantine, kafka) = (
+            handled.clone(),
+            shutdown.clone(),
+            quarantine(&env),
+            env.common.kafka.clone(),
+        );
+        tokio::spawn(async move {
+            triggers_core::consume::run(
+                &consumer,
+                Pacer::new(&kafka),
+                Limits::new(8, Duration::from_secs(20)),
+                quarantine,
+                shutdown,
+                move |message, _| {
+                    let handled = handled.clone();
+                    async move {
+                        // Long enough for a rebalance to land mid-work.
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        handled
+                            .lock()
+                            .entry((message.partition(), message.offset()))
+                            .or_default()
+                            .push(name);
+                        Handled::Done
+                    }
+                },
+            )
+            .await;
+        })
+    };
+    let first = start("first");
+    wait_until("the first consumer at work", Duration::from_secs(30), || {
+        handled.lock().len() >= 4
+    })
+    .await;
+    let second = start("second");
+    let count = usize::try_from(total).unwrap();
+    wait_until("every record handled", Duration::from_secs(90), || {
+        handled.lock().len() == count
+    })
+    .await;
+    // Time for a record handed over undrained to be handled again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    shutdown.cancel();
+    first.await.unwrap();
+    second.await.unwrap();
+    let handled = handled.lock().clone();
+    let twice: Vec<_> = handled.iter().filter(|(_, by)| by.len() > 1).collect();
+    assert!(twice.is_empty(), "records handled more than once: {twice:?}");
+    let by_second = handled.values().filter(|by| by[0] == "second").count();
+    assert!(
+        by_second > 0 && by_second < count,
+        "the second consumer took over some partitions: {by_second} of {count}"
+    );
 }

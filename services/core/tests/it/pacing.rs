@@ -34,6 +34,7 @@ impl rdkafka::ClientContext for FetchCount {
 }
 
 impl ConsumerContext for FetchCount {}
+impl triggers_core::consume::WithHandover for FetchCount {}
 
 struct Reader {
     fetches: FetchCount,
