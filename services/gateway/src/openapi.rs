@@ -408,6 +408,26 @@ mod tests {
         assert!(statuses(&document, "post", "/token").iter().any(|s| s == "503"));
         let types = &document["components"]["schemas"]["SubscriptionInput"]["properties"]["event_types"];
         assert_eq!(types["items"]["pattern"], TYPE_PATTERN);
+        // The filter language is a recursive schema, not a free object.
+        let parsed = serde_json::from_value::<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>>(
+            crate::subscriptions::FilterSchema::json(),
+        );
+        assert!(parsed.is_ok(), "{:?}", parsed.err());
+        let filter = &document["components"]["schemas"]["Filter"];
+        let variants = filter["oneOf"].as_array().map_or(0, Vec::len);
+        assert_eq!(variants, 12, "and, or, not and nine operators: {filter}");
+        assert_eq!(
+            filter["oneOf"][2]["properties"]["not"]["$ref"],
+            "#/components/schemas/Filter"
+        );
+        let within = &filter["oneOf"][5]["properties"]["in"];
+        assert_eq!(
+            (&within["minItems"], &within["maxItems"]),
+            (&1.into(), &1000.into()),
+            "{within}"
+        );
+        let input = &document["components"]["schemas"]["SubscriptionInput"]["properties"]["filter"];
+        assert!(input.to_string().contains("#/components/schemas/Filter"), "{input}");
         // Every added answer has the error body.
         let added = &document["paths"]["/v1/events/{id}"]["get"]["responses"]["401"];
         assert_eq!(
