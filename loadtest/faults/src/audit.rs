@@ -76,29 +76,93 @@ impl Auditor {
         body.get("status").and_then(|s| s.as_str()).map(str::to_owned)
     }
 
+    /// Ids of the events stored as `delivered`, page by page (1,000 an
+    /// answer: far cheaper for DynamoDB Local than one read per event);
+    /// `None` when a page cannot be read.
+    async fn delivered(&self) -> Option<std::collections::HashSet<String>> {
+        let mut ids = std::collections::HashSet::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut request = self
+                .http
+                .get(format!("{}/v1/events", self.base))
+                .header("authorization", &self.auth)
+                .query(&[("status", "delivered"), ("limit", "1000")]);
+            if let Some(cursor) = &cursor {
+                request = request.query(&[("cursor", cursor)]);
+            }
+            let response = request.send().await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let page: serde_json::Value = response.json().await.ok()?;
+            for event in page.get("data")?.as_array()? {
+                if let Some(id) = event.get("id").and_then(|id| id.as_str()) {
+                    ids.insert(id.to_owned());
+                }
+            }
+            match page.get("next_cursor").and_then(|c| c.as_str()) {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return Some(ids),
+            }
+        }
+    }
+
     /// Waits until every entry is delivered and stored as `delivered`, or
-    /// `deadline`; what is left then.
+    /// `deadline`; what is left then. Statuses are read in chunks so a pass
+    /// over a large ledger stops at the deadline, and the endpoint's record
+    /// is looked at once more before giving up (an event delivered while a
+    /// long pass ran is not reported undelivered).
     pub async fn settle(&self, receiver: &Receiver, entries: &[Entry], deadline: Instant) -> Unsettled {
+        const CHUNK: usize = 512;
         let mut undelivered: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
         let mut unstored: Vec<(String, String)> = Vec::new();
         loop {
             let delivered: Vec<String>;
             (delivered, undelivered) = undelivered.into_iter().partition(|id| receiver.seen(id).is_some());
             unstored.extend(delivered.into_iter().map(|id| (id, String::from("unread"))));
-            let statuses: Vec<(String, Option<String>)> = futures::stream::iter(unstored.drain(..))
-                .map(|(id, _)| async move {
-                    let status = self.status(&id).await;
-                    (id, status)
-                })
-                .buffer_unordered(16)
-                .collect()
-                .await;
-            unstored = statuses
-                .into_iter()
-                .filter(|(_, status)| status.as_deref() != Some("delivered"))
-                .map(|(id, status)| (id, status.unwrap_or_else(|| "no answer".to_owned())))
-                .collect();
-            if (undelivered.is_empty() && unstored.is_empty()) || Instant::now() >= deadline {
+            let mut left = Vec::new();
+            let mut pending = std::mem::take(&mut unstored);
+            // Many to confirm: list what is stored as delivered first, then
+            // read the rest one by one.
+            if pending.len() > CHUNK
+                && let Some(stored) = self.delivered().await
+            {
+                pending.retain(|(id, _)| !stored.contains(id));
+            }
+            while !pending.is_empty() {
+                if Instant::now() >= deadline {
+                    // Not read this time: still unconfirmed.
+                    left.append(&mut pending);
+                    break;
+                }
+                let rest = pending.split_off(pending.len().min(CHUNK));
+                let statuses: Vec<(String, Option<String>)> = futures::stream::iter(pending)
+                    .map(|(id, _)| async move {
+                        let status = self.status(&id).await;
+                        (id, status)
+                    })
+                    .buffer_unordered(16)
+                    .collect()
+                    .await;
+                left.extend(
+                    statuses
+                        .into_iter()
+                        .filter(|(_, status)| status.as_deref() != Some("delivered"))
+                        .map(|(id, status)| (id, status.unwrap_or_else(|| "no answer".to_owned()))),
+                );
+                pending = rest;
+            }
+            unstored = left;
+            if undelivered.is_empty() && unstored.is_empty() {
+                return Unsettled { undelivered, unstored };
+            }
+            if Instant::now() >= deadline {
+                // A last look at the endpoint: delivered meanwhile counts as
+                // delivered (and, unread, as not yet stored).
+                let delivered: Vec<String>;
+                (delivered, undelivered) = undelivered.into_iter().partition(|id| receiver.seen(id).is_some());
+                unstored.extend(delivered.into_iter().map(|id| (id, String::from("unread"))));
                 return Unsettled { undelivered, unstored };
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
