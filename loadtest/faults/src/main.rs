@@ -79,8 +79,10 @@ struct Args {
     /// (docs/reliability.md, "Soak"), e.g. `30m`.
     #[arg(long, value_parser = humantime::parse_duration)]
     soak: Option<Duration>,
-    /// The soak's warm-up: memory is judged after it.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    /// The soak's warm-up: memory is judged after it. Longer than the
+    /// persister's progress cache keeps an idle entry (5 min), so the cache
+    /// is at its steady size when judging starts.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
     warm_up: Duration,
     /// How far (fraction) a service's memory may move after the warm-up.
     #[arg(long, default_value_t = 0.10)]
