@@ -90,7 +90,12 @@ async fn analytics_count_every_status_transition_and_attempt_once() {
     let report = loop {
         let (status, report) = env.call(reqwest::Method::GET, "/v1/analytics?range=1h", None).await;
         assert_eq!(status, 200, "{report}");
-        if report["totals"] == expected && report["status"] == expected_status {
+        // Per-subscription figures are flushed with their own items: wait
+        // for them too.
+        if report["totals"] == expected
+            && report["status"] == expected_status
+            && report["subscriptions"][0]["attempts"] == 5
+        {
             break report;
         }
         assert!(Instant::now() < deadline, "analytics never settled: {report}");
