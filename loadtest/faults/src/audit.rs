@@ -118,9 +118,7 @@ impl Auditor {
         let mut undelivered: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
         let mut unstored: Vec<(String, String)> = Vec::new();
         loop {
-            let delivered: Vec<String>;
-            (delivered, undelivered) = undelivered.into_iter().partition(|id| receiver.seen(id).is_some());
-            unstored.extend(delivered.into_iter().map(|id| (id, String::from("unread"))));
+            move_delivered(receiver, &mut undelivered, &mut unstored);
             let mut left = Vec::new();
             let mut pending = std::mem::take(&mut unstored);
             // Many to confirm: list what is stored as delivered first, then
@@ -160,12 +158,20 @@ impl Auditor {
             if Instant::now() >= deadline {
                 // A last look at the endpoint: delivered meanwhile counts as
                 // delivered (and, unread, as not yet stored).
-                let delivered: Vec<String>;
-                (delivered, undelivered) = undelivered.into_iter().partition(|id| receiver.seen(id).is_some());
-                unstored.extend(delivered.into_iter().map(|id| (id, String::from("unread"))));
+                move_delivered(receiver, &mut undelivered, &mut unstored);
                 return Unsettled { undelivered, unstored };
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// Moves the events the endpoint has received from `undelivered` to
+/// `unstored` (status not read yet).
+fn move_delivered(receiver: &Receiver, undelivered: &mut Vec<String>, unstored: &mut Vec<(String, String)>) {
+    let delivered: Vec<String>;
+    (delivered, *undelivered) = std::mem::take(undelivered)
+        .into_iter()
+        .partition(|id| receiver.seen(id).is_some());
+    unstored.extend(delivered.into_iter().map(|id| (id, String::from("unread"))));
 }

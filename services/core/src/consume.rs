@@ -145,7 +145,23 @@ impl WithHandover for ConsumerLog {
 
 /// Where a finished record leaves its partition: the offset to store,
 /// if its done prefix moved.
-type Finished = (String, i32, Option<i64>);
+pub type Finished = (String, i32, Option<i64>);
+
+/// A record's task, ended (an error: it panicked or was aborted).
+pub type Joined = Result<Finished, tokio::task::JoinError>;
+
+/// Stores the offset a record's end moved its partition's done prefix to.
+pub fn store_finished<C: ConsumerContext + 'static>(consumer: &StreamConsumer<C>, finished: Joined) {
+    match finished {
+        Ok((topic, partition, Some(watermark))) => {
+            if let Err(e) = consumer.store_offset(&topic, partition, watermark) {
+                tracing::debug!(error = %e, topic, partition, "cannot store offset (revoked?)");
+            }
+        }
+        Ok((_, _, None)) => {}
+        Err(e) => tracing::error!(error = %e, "a record's work ended abnormally; it will be read again"),
+    }
+}
 
 /// Runs `handle` on every record until `shutdown`, with `pacer` pausing the
 /// consumer while it is idle or full. `handle` gets the record and its
@@ -175,15 +191,6 @@ pub async fn run<C, F, Fut>(
     let mut in_flight = FuturesUnordered::new();
     let mut backlog: VecDeque<Pending> = VecDeque::new();
     let mut bytes = 0usize;
-    let store = |finished: Result<Finished, tokio::task::JoinError>| match finished {
-        Ok((topic, partition, Some(watermark))) => {
-            if let Err(e) = consumer.store_offset(&topic, partition, watermark) {
-                tracing::debug!(error = %e, topic, partition, "cannot store offset (revoked?)");
-            }
-        }
-        Ok((_, _, None)) => {}
-        Err(e) => tracing::error!(error = %e, "a record's work ended abnormally; it will be read again"),
-    };
     loop {
         // Drop what was read from partitions taken away and not started.
         let revoked = handover.take_revoked();
@@ -211,13 +218,11 @@ pub async fn run<C, F, Fut>(
             };
             // Started here, in read order (handlers may take turns as they start).
             let span = crate::kafka::trace_headers::process_span(&next.message, quarantine.service());
-            let first = AbortOnDrop(tokio::spawn(
-                handle(next.message.clone(), slot.clone()).instrument(span.clone()),
-            ));
+            let first = AbortOnDrop::spawn(handle(next.message.clone(), slot.clone()).instrument(span.clone()));
             // Its own task: it goes on (and the handover sees it end) while
             // this loop waits in a rebalance callback.
             let record_bytes = next.bytes;
-            let task = AbortOnDrop(tokio::spawn(work(
+            let task = AbortOnDrop::spawn(work(
                 first,
                 next,
                 slot,
@@ -225,7 +230,7 @@ pub async fn run<C, F, Fut>(
                 quarantine.clone(),
                 span,
                 handover.clone(),
-            )));
+            ));
             in_flight.push(async move { (task.await, record_bytes) });
         }
         // Pause while the backlog or memory is full; resume once half of it drained.
@@ -240,7 +245,7 @@ pub async fn run<C, F, Fut>(
             _ = shutdown.cancelled() => break,
             Some((finished, done_bytes)) = in_flight.next(), if !in_flight.is_empty() => {
                 bytes = bytes.saturating_sub(done_bytes);
-                store(finished);
+                store_finished(consumer, finished);
             }
             // A slot was freed: start what waits for one.
             () = wake.notified() => {}
@@ -276,7 +281,7 @@ pub async fn run<C, F, Fut>(
     }
     let drain = async {
         while let Some((finished, _)) = in_flight.next().await {
-            store(finished);
+            store_finished(consumer, finished);
         }
     };
     if tokio::time::timeout(limits.grace, drain).await.is_err() {

@@ -175,9 +175,8 @@ pub fn paced(config: &KafkaConfig, client: &mut ClientConfig) {
 /// librdkafka's statistics (`kafka.statistics_interval`):
 /// `triggers_consumer_lag_records{group,topic,partition}`.
 ///
-/// A consumer with a [`Handover`] (every one made by [`ConsumerLog::in_group`],
-/// or given one with [`ConsumerLog::with_handover`]) hands revoked
-/// partitions over drained: before they go, their waiting work is stopped,
+/// A consumer with a [`Handover`] (every one made by [`ConsumerLog::in_group`])
+/// hands revoked partitions over drained: before they go, their waiting work is stopped,
 /// their running work finished and the offsets of what is done stored and
 /// committed (see [`crate::handover`]).
 #[derive(Debug, Clone)]
@@ -205,14 +204,6 @@ impl ConsumerLog {
             role,
             group: Some(group.into()),
             handover: Some(Handover::new()),
-        }
-    }
-
-    /// The same, handing partitions over drained through `handover`.
-    pub fn with_handover(self, handover: std::sync::Arc<Handover>) -> Self {
-        Self {
-            handover: Some(handover),
-            ..self
         }
     }
 

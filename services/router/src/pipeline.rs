@@ -22,7 +22,7 @@ use rdkafka::producer::{FutureRecord, Producer};
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, CodecError, Contract};
 use triggers_core::config::TopicsConfig;
-use triggers_core::consume::AbortOnDrop;
+use triggers_core::consume::{AbortOnDrop, Joined, store_finished};
 use triggers_core::delivery::{Delivery, Outcome};
 use triggers_core::event::Event;
 use triggers_core::handover::Handover;
@@ -86,13 +86,6 @@ pub struct Pipeline {
 
 /// A source record's topic, partition and offset (-1: not done).
 type Position = (String, i32, i64);
-
-/// Where an event's end leaves its partition: the offset to store, if its
-/// done prefix moved.
-type Finished = (String, i32, Option<i64>);
-
-/// An event's task, ended.
-type Joined = Result<Finished, tokio::task::JoinError>;
 
 fn invalid(reason: &'static str, message: impl Into<String>) -> Invalid {
     Invalid {
@@ -179,7 +172,7 @@ impl Pipeline {
                 Some((finished, bytes)) = in_flight.next(), if !in_flight.is_empty() => {
                     bytes_in_flight -= bytes;
                     metrics::gauge!("triggers_router_in_flight_bytes").set(bytes_in_flight as f64);
-                    self.done(finished);
+                    store_finished(&self.consumer, finished);
                 }
                 () = self.pacer.due() => self.pacer.act(self.consumer.as_ref()),
                 message = self.consumer.recv(), if in_flight.len() < self.max_in_flight
@@ -224,7 +217,7 @@ impl Pipeline {
         // Finish what was started, within the grace period.
         let drain = async {
             while let Some((finished, _)) = in_flight.next().await {
-                self.done(finished);
+                store_finished(&self.consumer, finished);
             }
         };
         if tokio::time::timeout(grace, drain).await.is_err() {
@@ -237,20 +230,6 @@ impl Pipeline {
             tracing::warn!(error = %e, "router producer did not flush");
         }
         tracing::info!("router stopped");
-    }
-
-    /// Stores the offset an event's end moved its partition's done prefix to.
-    fn done(&self, finished: Joined) {
-        match finished {
-            Ok((topic, partition, Some(watermark))) => {
-                if let Err(e) = self.consumer.store_offset(&topic, partition, watermark) {
-                    // The partition was revoked meanwhile; its next owner re-routes.
-                    tracing::debug!(error = %e, partition, watermark, "cannot store offset");
-                }
-            }
-            Ok((_, _, None)) => {}
-            Err(e) => tracing::error!(error = %e, "an event's produce ended abnormally; it will be routed again"),
-        }
     }
 
     /// The records one event causes; `None` when shutting down first.
