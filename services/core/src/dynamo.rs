@@ -49,8 +49,89 @@ pub async fn client(config: &DynamoConfig) -> Client {
 /// Times every DynamoDB call: `triggers_dynamodb_request_duration_seconds`
 /// by operation and result (`ok`, `error`; retries included). Errors by
 /// code are counted where they are handled ([`StoreError`]).
+///
+/// Also asks every data-plane call for the capacity it consumed
+/// (`ReturnConsumedCapacity=TOTAL`, free of charge) and records it:
+/// `triggers_dynamodb_capacity_units` (per call and table; its `_sum` is the
+/// units consumed) by operation, table and `read`/`write` — the figures the capacity model (docs/capacity.md) is
+/// built from. A call that fails (a conditional check, say) reports no
+/// capacity; DynamoDB still charges it, at least one unit.
 #[derive(Debug)]
 struct CallMetrics;
+
+/// The data-plane operations: whether the output holds one
+/// `ConsumedCapacity` or a list, module, input, output, read or write.
+macro_rules! with_capacity {
+    ($apply:ident!($($args:tt)*)) => {
+        $apply!($($args)*;
+            one put_item PutItemInput PutItemOutput "write";
+            one update_item UpdateItemInput UpdateItemOutput "write";
+            one delete_item DeleteItemInput DeleteItemOutput "write";
+            one get_item GetItemInput GetItemOutput "read";
+            one query QueryInput QueryOutput "read";
+            one scan ScanInput ScanOutput "read";
+            many batch_write_item BatchWriteItemInput BatchWriteItemOutput "write";
+            many batch_get_item BatchGetItemInput BatchGetItemOutput "read";
+            many transact_write_items TransactWriteItemsInput TransactWriteItemsOutput "write";
+            many transact_get_items TransactGetItemsInput TransactGetItemsOutput "read"
+        )
+    };
+}
+
+/// Sets `ReturnConsumedCapacity=TOTAL` on a data-plane input (unless the
+/// caller chose otherwise).
+macro_rules! ask_capacity {
+    ($input:expr; $($shape:ident $module:ident $in:ident $out:ident $kind:literal);*) => {
+        $(
+            if let Some(input) = $input.downcast_mut::<aws_sdk_dynamodb::operation::$module::$in>() {
+                input.return_consumed_capacity.get_or_insert(ReturnConsumedCapacity::Total);
+                return;
+            }
+        )*
+    };
+}
+
+/// The capacity a data-plane output reports, as (table, units, kind).
+macro_rules! read_capacity {
+    ($output:expr; $($shape:ident $module:ident $in:ident $out:ident $kind:literal);*) => {
+        $(
+            if let Some(output) = $output.downcast_ref::<aws_sdk_dynamodb::operation::$module::$out>() {
+                return read_capacity!(@$shape output, $kind);
+            }
+        )*
+        return Vec::new()
+    };
+    (@one $output:ident, $kind:literal) => {
+        $output.consumed_capacity.iter().map(|c| units(c, $kind)).collect()
+    };
+    (@many $output:ident, $kind:literal) => {
+        $output.consumed_capacity.iter().flatten().map(|c| units(c, $kind)).collect()
+    };
+}
+
+/// (table, units, `read`/`write`) of one `ConsumedCapacity`.
+fn units(capacity: &aws_sdk_dynamodb::types::ConsumedCapacity, kind: &'static str) -> (String, f64, &'static str) {
+    let specific = match kind {
+        "read" => capacity.read_capacity_units,
+        _ => capacity.write_capacity_units,
+    };
+    (
+        capacity.table_name.clone().unwrap_or_default(),
+        specific.or(capacity.capacity_units).unwrap_or_default(),
+        kind,
+    )
+}
+
+fn ask_for_capacity(input: &mut aws_smithy_runtime_api::client::interceptors::context::Input) {
+    use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
+    with_capacity!(ask_capacity!(input));
+}
+
+fn consumed_capacity(
+    output: &aws_smithy_runtime_api::client::interceptors::context::Output,
+) -> Vec<(String, f64, &'static str)> {
+    with_capacity!(read_capacity!(output));
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Started(std::time::Instant);
@@ -73,6 +154,18 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for CallMetrics {
         Ok(())
     }
 
+    fn modify_before_serialization(
+        &self,
+        context: &mut aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextMut<
+            '_,
+        >,
+        _runtime_components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        ask_for_capacity(context.input_mut());
+        Ok(())
+    }
+
     fn read_after_execution(
         &self,
         context: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<'_>,
@@ -83,7 +176,18 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for CallMetrics {
             .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
             .map_or_else(|| "unknown".to_owned(), |m| m.name().to_owned());
         let result = match context.output_or_error() {
-            Some(Ok(_)) => "ok",
+            Some(Ok(output)) => {
+                for (table, units, kind) in consumed_capacity(output) {
+                    metrics::histogram!(
+                        "triggers_dynamodb_capacity_units",
+                        "operation" => operation.clone(),
+                        "table" => table,
+                        "capacity" => kind
+                    )
+                    .record(units);
+                }
+                "ok"
+            }
             _ => "error",
         };
         if let Some(Started(at)) = cfg.load::<Started>() {

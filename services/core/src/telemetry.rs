@@ -134,6 +134,14 @@ pub fn metrics() -> &'static PrometheusHandle {
                     &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0],
                 )
             })
+            // Capacity units one DynamoDB call consumed (½ = an eventually
+            // consistent read of up to 4 KB; 1 = a write of up to 1 KB).
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("triggers_dynamodb_capacity_units".to_owned()),
+                    &[0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0],
+                )
+            })
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();

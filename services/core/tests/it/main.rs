@@ -5,6 +5,7 @@
 // #[test] functions; this covers the helpers too).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod capacity;
 mod codec;
 mod consume;
 mod deadletter;

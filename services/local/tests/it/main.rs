@@ -193,6 +193,7 @@ async fn the_whole_stack_starts_answers_and_keeps_its_data_across_restarts() {
         "triggers_deliverer_responses_total",
         "triggers_records_handled_total",
         "triggers_dynamodb_request_duration_seconds",
+        "triggers_dynamodb_capacity_units",
         "triggers_consumer_lag_records",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
