@@ -120,8 +120,21 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Load {
-    /// Starts posting to `url` (`…/v1/events`) at `rate` events/s.
+    /// Starts posting to `url` (`…/v1/events`) at `rate` events/s, each
+    /// event with an `Idempotency-Key`.
     pub fn start(url: String, api_key: &str, rate: u32, ledger_file: &std::path::Path) -> anyhow::Result<Self> {
+        Self::start_with(url, api_key, rate, ledger_file, true)
+    }
+
+    /// [`Load::start`], with or without an `Idempotency-Key` on each event
+    /// (without: nothing but Kafka on the ingest path, the common case).
+    pub fn start_with(
+        url: String,
+        api_key: &str,
+        rate: u32,
+        ledger_file: &std::path::Path,
+        idempotency_keys: bool,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(40))
             .pool_idle_timeout(Duration::from_secs(5))
@@ -133,7 +146,16 @@ impl Load {
         let counters = Arc::new(Counters::default());
         let stop = CancellationToken::new();
         let auth = format!("Bearer {api_key}");
-        let run = Self::run(http, url, auth, rate, ledger.clone(), counters.clone(), stop.clone());
+        let run = Self::run(
+            http,
+            url,
+            auth,
+            rate,
+            idempotency_keys,
+            ledger.clone(),
+            counters.clone(),
+            stop.clone(),
+        );
         Ok(Self {
             rate,
             ledger,
@@ -143,11 +165,13 @@ impl Load {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         http: reqwest::Client,
         url: String,
         auth: String,
         rate: u32,
+        idempotency_keys: bool,
         ledger: Arc<Ledger>,
         counters: Arc<Counters>,
         stop: CancellationToken,
@@ -179,11 +203,10 @@ impl Load {
                 "partition_key": format!("key-{}", seq % 64),
                 "data": {"seq": seq, "pad": pad},
             });
-            let request = http
-                .post(&url)
-                .header("authorization", &auth)
-                .header("idempotency-key", format!("fs-{run_id}-{seq}"))
-                .json(&body);
+            let mut request = http.post(&url).header("authorization", &auth).json(&body);
+            if idempotency_keys {
+                request = request.header("idempotency-key", format!("fs-{run_id}-{seq}"));
+            }
             let (ledger, counters, in_flight) = (ledger.clone(), counters.clone(), in_flight.clone());
             tasks.spawn(async move {
                 if let Some(id) = post(request, &counters).await {

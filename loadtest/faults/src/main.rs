@@ -11,6 +11,7 @@
 
 mod audit;
 mod cluster;
+mod cost;
 mod load;
 mod pressure;
 mod proxy;
@@ -87,6 +88,17 @@ struct Args {
     /// How far (fraction) a service's memory may move after the warm-up.
     #[arg(long, default_value_t = 0.10)]
     tolerance: f64,
+    /// Instead of the faults: what an event costs — CPU time per service
+    /// and DynamoDB calls and capacity units per event — for
+    /// `--cost-events` events at `--rate` (docs/capacity.md).
+    #[arg(long)]
+    cost: bool,
+    /// Events the cost run sends.
+    #[arg(long, default_value_t = 20_000)]
+    cost_events: usize,
+    /// How long the cost run measures every process idle first.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    idle: Duration,
 }
 
 /// One line of the report.
@@ -318,7 +330,7 @@ async fn main() -> anyhow::Result<()> {
             .context("the program's folder")?
             .to_owned(),
     };
-    if args.overload || args.soak.is_some() {
+    if args.overload || args.soak.is_some() || args.cost {
         return pressure_run(&args, &dir, &bin_dir, temp, limit).await;
     }
     let faults: Vec<Fault> = Fault::all(args.short)
@@ -458,7 +470,8 @@ async fn main() -> anyhow::Result<()> {
     conclude(&args, &failures, temp)
 }
 
-/// `--overload` or `--soak`: the pipeline without faults, under pressure.
+/// `--overload`, `--soak` or `--cost`: the pipeline without faults, under
+/// pressure or measured.
 async fn pressure_run(
     args: &Args,
     dir: &std::path::Path,
@@ -470,7 +483,20 @@ async fn pressure_run(
     let env = std::env::vars().filter(|(name, _)| name.starts_with("TRIGGERS_") && name.contains("__"));
     let mut cluster = Cluster::start(dir, bin_dir, "", env.collect()).await?;
     let mut receiver = Receiver::start(cluster.ports.receiver)?;
-    let (text, failures) = if let Some(lasted) = args.soak {
+    let (text, failures) = if args.cost {
+        let auditor = Auditor::new(
+            format!("http://127.0.0.1:{}", cluster.ports.of(Part::GatewayA)),
+            &cluster.demo.api_key,
+        )?;
+        let plan = cost::Plan {
+            rate: args.rate,
+            events: args.cost_events,
+            idle: args.idle,
+            limit,
+        };
+        let cost = cost::cost(&cluster, &receiver, &auditor, dir, plan).await?;
+        (cost.report, cost.failures)
+    } else if let Some(lasted) = args.soak {
         let proxy_shutdown = CancellationToken::new();
         let gateways = vec![cluster.ports.of(Part::GatewayA), cluster.ports.of(Part::GatewayB)];
         proxy::start(cluster.ports.proxy, gateways, proxy_shutdown.clone()).await?;

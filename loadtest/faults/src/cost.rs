@@ -1,0 +1,444 @@
+//! What one event costs: CPU time per service and DynamoDB requests and
+//! capacity units per event, for ~1 KB events without an
+//! `Idempotency-Key`, each matching one subscription and delivered at the
+//! first attempt — the common case the capacity model (docs/capacity.md)
+//! is built on.
+//!
+//! Every service runs as its own process, so its CPU time is read from
+//! `/proc` apart from the load generator and receiver (this process), Tansu
+//! and DynamoDB Local. The DynamoDB figures are the services' own metrics
+//! (`triggers_dynamodb_request_duration_seconds_count`,
+//! `triggers_dynamodb_capacity_units_sum`), taken before the load and after
+//! the persister stored every event and outcome, and before the accounting
+//! reads anything back.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::audit::Auditor;
+use crate::cluster::{self, Cluster, Part};
+use crate::load::Load;
+use crate::receiver::Receiver;
+
+/// The services whose CPU time is the pipeline's cost.
+const SERVICES: [Part; 5] = [
+    Part::GatewayA,
+    Part::GatewayB,
+    Part::Router,
+    Part::Persister,
+    Part::Deliverer,
+];
+/// The processes reported beside them: the local stand-ins for MSK and
+/// DynamoDB, and the schema registry (idle after start-up).
+const OTHERS: [Part; 3] = [Part::Broker, Part::Dynamo, Part::Registry];
+
+/// One sample of a Prometheus counter or histogram series.
+#[derive(Debug, Clone, PartialEq)]
+struct Series {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// The series of a Prometheus text exposition (comments skipped).
+fn parse_exposition(text: &str) -> Vec<Series> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| {
+            let (head, value) = line.rsplit_once(' ')?;
+            let value = value.parse::<f64>().ok()?;
+            let (name, labels) = match head.split_once('{') {
+                Some((name, rest)) => (name, rest.strip_suffix('}')?),
+                None => (head, ""),
+            };
+            let labels = split_labels(labels)
+                .into_iter()
+                .filter_map(|pair| {
+                    let (key, quoted) = pair.split_once('=')?;
+                    let value = quoted.strip_prefix('"')?.strip_suffix('"')?;
+                    Some((key.to_owned(), value.replace("\\\"", "\"").replace("\\\\", "\\")))
+                })
+                .collect();
+            Some(Series {
+                name: name.to_owned(),
+                labels,
+                value,
+            })
+        })
+        .collect()
+}
+
+/// `a="x",b="y,z"` → [`a="x"`, `b="y,z"`]: commas inside quotes stay.
+fn split_labels(labels: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in labels.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&labels[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < labels.len() {
+        parts.push(&labels[start..]);
+    }
+    parts
+}
+
+/// DynamoDB figures of one service: per (operation, table or "", result or
+/// capacity kind) the calls or units so far.
+#[derive(Debug, Default, Clone)]
+struct Dynamo {
+    /// (operation, result) → calls.
+    calls: BTreeMap<(String, String), f64>,
+    /// (operation, table, read/write) → capacity units.
+    units: BTreeMap<(String, String, String), f64>,
+}
+
+impl Dynamo {
+    fn from_series(series: &[Series]) -> Self {
+        let mut dynamo = Self::default();
+        let label = |s: &Series, key: &str| s.labels.get(key).cloned().unwrap_or_default();
+        for s in series {
+            match s.name.as_str() {
+                "triggers_dynamodb_request_duration_seconds_count" => {
+                    *dynamo
+                        .calls
+                        .entry((label(s, "operation"), label(s, "result")))
+                        .or_default() += s.value;
+                }
+                "triggers_dynamodb_capacity_units_sum" => {
+                    *dynamo
+                        .units
+                        .entry((label(s, "operation"), label(s, "table"), label(s, "capacity")))
+                        .or_default() += s.value;
+                }
+                _ => {}
+            }
+        }
+        dynamo
+    }
+
+    /// What happened between `earlier` and `self`.
+    fn since(&self, earlier: &Self) -> Self {
+        let minus = |now: &f64, before: Option<&f64>| now - before.copied().unwrap_or_default();
+        Self {
+            calls: self
+                .calls
+                .iter()
+                .map(|(k, v)| (k.clone(), minus(v, earlier.calls.get(k))))
+                .filter(|(_, v)| *v > 0.0)
+                .collect(),
+            units: self
+                .units
+                .iter()
+                .map(|(k, v)| (k.clone(), minus(v, earlier.units.get(k))))
+                .filter(|(_, v)| *v > 0.0)
+                .collect(),
+        }
+    }
+}
+
+/// Whether a DynamoDB operation writes.
+fn writes(operation: &str) -> bool {
+    matches!(
+        operation,
+        "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem" | "TransactWriteItems"
+    )
+}
+
+/// Everything measured at one moment.
+#[derive(Debug, Clone)]
+struct Sample {
+    at: Instant,
+    cpu: BTreeMap<Part, Duration>,
+    own_cpu: Duration,
+    dynamo: BTreeMap<Part, Dynamo>,
+    counters: BTreeMap<Part, Vec<Series>>,
+}
+
+async fn sample(cluster: &Cluster, http: &reqwest::Client) -> Sample {
+    let mut cpu = BTreeMap::new();
+    for part in SERVICES.iter().chain(OTHERS.iter()) {
+        if let Some(group) = cluster.group(*part) {
+            cpu.insert(*part, cluster::cpu(group));
+        }
+    }
+    let mut dynamo = BTreeMap::new();
+    let mut counters = BTreeMap::new();
+    for part in SERVICES {
+        let url = format!("http://127.0.0.1:{}/metrics", cluster.ports.of(part));
+        let Ok(response) = http.get(url).send().await else {
+            continue;
+        };
+        let series = parse_exposition(&response.text().await.unwrap_or_default());
+        dynamo.insert(part, Dynamo::from_series(&series));
+        counters.insert(part, series);
+    }
+    Sample {
+        at: Instant::now(),
+        cpu,
+        own_cpu: cluster::own_cpu(),
+        dynamo,
+        counters,
+    }
+}
+
+/// The sum of the series named `name` of `part`.
+fn total(sample: &Sample, part: Part, name: &str) -> f64 {
+    sample
+        .counters
+        .get(&part)
+        .map(|series| series.iter().filter(|s| s.name == name).map(|s| s.value).sum())
+        .unwrap_or_default()
+}
+
+/// What the cost run measured and whether it passed.
+pub struct Cost {
+    pub report: String,
+    pub failures: Vec<String>,
+}
+
+/// Settings of a cost run.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Events per second.
+    pub rate: u32,
+    /// Events to send.
+    pub events: usize,
+    /// How long the idle CPU of every process is measured first.
+    pub idle: Duration,
+    /// How long the accounting may take.
+    pub limit: Duration,
+}
+
+/// Warms the pipeline up, measures every process idle, then sends
+/// `plan.events` at `plan.rate` to one gateway, waits until every event was
+/// delivered and the persister stored every event and outcome, and reports
+/// CPU time per 1,000 events (as used, and net of the idle rate) and
+/// DynamoDB calls and capacity units per event; then checks that every
+/// event is delivered and stored.
+pub async fn cost(
+    cluster: &Cluster,
+    receiver: &Receiver,
+    auditor: &Auditor,
+    dir: &std::path::Path,
+    plan: Plan,
+) -> anyhow::Result<Cost> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let url = format!("http://127.0.0.1:{}/v1/events", cluster.ports.of(Part::GatewayA));
+
+    eprintln!("[cost] warm-up: 10 s at {} events/s", plan.rate);
+    let mut warm = Load::start_with(
+        url.clone(),
+        &cluster.demo.api_key,
+        plan.rate,
+        &dir.join("warm-up.txt"),
+        false,
+    )?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    warm.stop().await?;
+    let warm_entries = warm.entries(0);
+    let left = auditor
+        .settle(receiver, &warm_entries, Instant::now() + plan.limit)
+        .await;
+    anyhow::ensure!(left.is_empty(), "the warm-up did not settle: {}", left.describe());
+
+    eprintln!("[cost] idle: {} s", plan.idle.as_secs());
+    let idle_start = sample(cluster, &http).await;
+    tokio::time::sleep(plan.idle).await;
+    let idle_end = sample(cluster, &http).await;
+    let idle_span = idle_end.at - idle_start.at;
+    let idle_rate = |part: Part| -> f64 {
+        let used = idle_end.cpu.get(&part).copied().unwrap_or_default()
+            - idle_start.cpu.get(&part).copied().unwrap_or_default();
+        used.as_secs_f64() / idle_span.as_secs_f64()
+    };
+
+    eprintln!("[cost] {} events at {} events/s", plan.events, plan.rate);
+    let before = sample(cluster, &http).await;
+    let mut load = Load::start_with(url, &cluster.demo.api_key, plan.rate, &dir.join("ledger.txt"), false)?;
+    while load.accepted() < plan.events {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    load.stop().await?;
+    let sent = load.counters();
+    let entries = load.entries(0);
+    let accepted = entries.len();
+
+    // Delivered (the receiver's view) and stored (the persister's counters):
+    // nothing here reads DynamoDB, so the figures are the pipeline's alone.
+    let deadline = Instant::now() + plan.limit;
+    loop {
+        let now = sample(cluster, &http).await;
+        let delivered = entries.iter().filter(|e| receiver.seen(&e.id).is_some()).count();
+        let stored = total(&now, Part::Persister, "triggers_persister_events_total")
+            - total(&before, Part::Persister, "triggers_persister_events_total");
+        let outcomes = total(&now, Part::Persister, "triggers_persister_outcomes_total")
+            - total(&before, Part::Persister, "triggers_persister_outcomes_total");
+        if delivered == accepted && stored >= accepted as f64 && outcomes >= accepted as f64 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "after {} s: {delivered} of {accepted} delivered, {stored} events and {outcomes} outcomes stored",
+            plan.limit.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The writes of the last batch are counted once they are answered.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = sample(cluster, &http).await;
+    let span = after.at - before.at;
+    let left = auditor.settle(receiver, &entries, Instant::now() + plan.limit).await;
+
+    let mut failures = Vec::new();
+    if !left.is_empty() {
+        failures.push(left.describe());
+    }
+    if sent.rejected + sent.server_errors + sent.gave_up > 0 {
+        failures.push(format!(
+            "{} refused, {} 5xx, {} given up",
+            sent.rejected, sent.server_errors, sent.gave_up
+        ));
+    }
+    let duplicates = entries
+        .iter()
+        .filter(|e| receiver.seen(&e.id).is_some_and(|s| s.count > 1))
+        .count();
+    let retries = total(&after, Part::Deliverer, "triggers_deliverer_attempts_total")
+        - total(&before, Part::Deliverer, "triggers_deliverer_attempts_total")
+        - accepted as f64;
+
+    let per_thousand = |d: Duration| d.as_secs_f64() * 1000.0 / accepted as f64 * 1000.0;
+    let mut cpu_rows = String::new();
+    let (mut services_gross, mut services_net) = (0.0, 0.0);
+    for part in SERVICES.iter().chain(OTHERS.iter()) {
+        let used = after.cpu.get(part).copied().unwrap_or_default() - before.cpu.get(part).copied().unwrap_or_default();
+        let idle = Duration::from_secs_f64(idle_rate(*part) * span.as_secs_f64());
+        let gross = per_thousand(used);
+        let net = per_thousand(used.saturating_sub(idle));
+        if SERVICES.contains(part) {
+            services_gross += gross;
+            services_net += net;
+        }
+        cpu_rows.push_str(&format!(
+            "| {} | {:.2} s | {:.1} % | {gross:.1} ms | {net:.1} ms |\n",
+            part.name(),
+            used.as_secs_f64(),
+            idle_rate(*part) * 100.0,
+        ));
+    }
+    let own = after.own_cpu - before.own_cpu;
+    cpu_rows.push_str(&format!(
+        "| the suite (load generator, webhook receiver) | {:.2} s | — | {:.1} ms | — |\n",
+        own.as_secs_f64(),
+        per_thousand(own)
+    ));
+
+    let mut dynamo_rows = String::new();
+    let (mut write_calls, mut read_calls, mut path_reads, mut wcu, mut rcu, mut failed) =
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let per_event = |v: f64| v / accepted as f64;
+    for part in SERVICES {
+        let (Some(now), Some(then)) = (after.dynamo.get(&part), before.dynamo.get(&part)) else {
+            continue;
+        };
+        let delta = now.since(then);
+        for ((operation, result), calls) in &delta.calls {
+            let units: Vec<String> = delta
+                .units
+                .iter()
+                .filter(|((op, _, _), _)| op == operation && result == "ok")
+                .map(|((_, table, kind), units)| format!("{table}: {:.3} {kind}", per_event(*units)))
+                .collect();
+            if result == "ok" {
+                if writes(operation) {
+                    write_calls += calls;
+                } else {
+                    read_calls += calls;
+                    if part != Part::Persister {
+                        path_reads += calls;
+                    }
+                }
+            } else {
+                failed += calls;
+            }
+            dynamo_rows.push_str(&format!(
+                "| {} | {operation} | {result} | {:.3} | {} |\n",
+                part.name(),
+                per_event(*calls),
+                if units.is_empty() {
+                    "—".to_owned()
+                } else {
+                    units.join("; ")
+                },
+            ));
+        }
+        for ((_, _, kind), units) in &delta.units {
+            match kind.as_str() {
+                "write" => wcu += units,
+                _ => rcu += units,
+            }
+        }
+    }
+
+    let report = format!(
+        "### Cost per event ({accepted} events at {rate} events/s, one matching subscription, no `Idempotency-Key`)\n\n\
+         Measured over {span:.0} s from the first event to the last outcome stored; idle CPU measured for {idle:.0} s \
+         before. Deliveries beyond one per event: {retries:.0} retries, {duplicates} duplicates at the receiver.\n\n\
+         | process | CPU used | idle CPU (of one core) | CPU per 1,000 events | net of idle |\n|---|---|---|---|---|\n\
+         {cpu_rows}| **services together** | | | **{services_gross:.1} ms** | **{services_net:.1} ms** |\n\n\
+         DynamoDB per event (the services' own metrics):\n\n\
+         | service | operation | result | calls per event | capacity units per event (table: units) |\n|---|---|---|---|---|\n\
+         {dynamo_rows}\n\
+         Per event: **{wr:.3} write calls**, **{wcu:.3} WCU**, {rd:.3} read calls ({path:.3} on the ingest-to-delivery \
+         path: gateway, router, deliverer), {rcu:.3} RCU; {failed:.3} failed calls (a failed conditional write is \
+         charged but reports no units).\n",
+        rate = plan.rate,
+        span = span.as_secs_f64(),
+        idle = idle_span.as_secs_f64(),
+        wr = per_event(write_calls),
+        wcu = per_event(wcu),
+        rd = per_event(read_calls),
+        path = per_event(path_reads),
+        rcu = per_event(rcu),
+        failed = per_event(failed),
+    );
+    Ok(Cost { report, failures })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_is_read_with_its_labels() {
+        let text = "# HELP x y\n\
+                    triggers_dynamodb_request_duration_seconds_count{operation=\"PutItem\",result=\"ok\"} 12\n\
+                    triggers_dynamodb_capacity_units_sum{capacity=\"write\",operation=\"PutItem\",table=\"a,b\"} 24.5\n\
+                    triggers_persister_events_total 7\n";
+        let series = parse_exposition(text);
+        assert_eq!(series.len(), 3);
+        assert_eq!(series[1].labels["table"], "a,b");
+        assert_eq!(series[2].value, 7.0);
+        let dynamo = Dynamo::from_series(&series);
+        assert_eq!(dynamo.calls[&("PutItem".to_owned(), "ok".to_owned())], 12.0);
+        assert_eq!(
+            dynamo.units[&("PutItem".to_owned(), "a,b".to_owned(), "write".to_owned())],
+            24.5
+        );
+        let later = Dynamo::from_series(&parse_exposition(
+            "triggers_dynamodb_request_duration_seconds_count{operation=\"PutItem\",result=\"ok\"} 20\n",
+        ));
+        assert_eq!(
+            later.since(&dynamo).calls[&("PutItem".to_owned(), "ok".to_owned())],
+            8.0
+        );
+    }
+}
