@@ -243,9 +243,7 @@ impl Tables {
     /// Every table with its keys and indexes.
     pub fn specs(&self) -> Vec<TableSpec> {
         vec![
-            TableSpec::new(&self.events, "pk", Some("sk"))
-                .index("inbox", "inbox_pk", Some("sk"))
-                .index("status", "status_pk", Some("sk")),
+            TableSpec::new(&self.events, "pk", Some("sk")).index("inbox", "inbox_pk", Some("sk")),
             TableSpec::new(&self.attempts, "pk", Some("sk")),
             TableSpec::new(&self.subscriptions, "pk", Some("sk")),
             TableSpec::new(&self.api_keys, "pk", None).index("by_tenant", "tenant", Some("key_id")),

@@ -115,7 +115,7 @@ pub(super) async fn update_progress(
         }
         let status = progress.status();
         let mut update = String::from(
-            "SET progress = :progress, #status = :status, status_pk = :status_pk, version = :next, updated_at = :now, #ttl = if_not_exists(#ttl, :ttl)",
+            "SET progress = :progress, #status = :status, version = :next, updated_at = :now, #ttl = if_not_exists(#ttl, :ttl)",
         );
         update.push_str(if status.in_inbox() {
             ", inbox_pk = :inbox"
@@ -132,7 +132,6 @@ pub(super) async fn update_progress(
             .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
             .expression_attribute_values(":progress", s(serde_json::to_string(&progress).unwrap_or_default()))
             .expression_attribute_values(":status", s(status.as_str()))
-            .expression_attribute_values(":status_pk", s(format!("{tenant}#{}", status.as_str())))
             .expression_attribute_values(":next", n(next))
             .expression_attribute_values(":now", n(now_ms()))
             .expression_attribute_values(":ttl", n(expires_at));

@@ -161,10 +161,6 @@ async fn create_item(
         s(serde_json::to_string(progress).unwrap_or_default()),
     );
     values.insert(":status".to_owned(), s(status.as_str()));
-    values.insert(
-        ":status_pk".to_owned(),
-        s(format!("{}#{}", event.tenant, status.as_str())),
-    );
     if status.in_inbox() {
         values.insert(":inbox".to_owned(), s(event.tenant.to_string()));
     }
@@ -177,7 +173,7 @@ async fn create_item(
         .key("pk", s(event.tenant.to_string()))
         .key("sk", s(event_sk(&event.id)))
         .update_expression(format!(
-            "{}, progress = :progress, #status = :status, status_pk = :status_pk, version = :zero, updated_at = :now{inbox}",
+            "{}, progress = :progress, #status = :status, version = :zero, updated_at = :now{inbox}",
             body.set
         ))
         .condition_expression("attribute_not_exists(version) AND attribute_not_exists(deleted)")
