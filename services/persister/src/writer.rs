@@ -13,7 +13,10 @@
 //! events ([`eventstore::ProgressCache`]): the next change of the same event
 //! skips its read, and a body written after its stub skips the create that
 //! would fail. Writes stay conditional on the version, so a stale entry only
-//! costs a retry.
+//! costs a retry. Writes of the same event take turns across batches
+//! ([`EventTurns`]): an event's body and its `routed` outcome often fall
+//! into consecutive batches, and written at once they raced, one of them
+//! into a failed conditional write and a read.
 //!
 //! A record's handler learns when its effect is in DynamoDB (then its offset
 //! may be stored); a write that fails is retried until shutdown, unless
@@ -93,6 +96,7 @@ impl Writer {
             tables,
             cache: eventstore::ProgressCache::default(),
             tally,
+            turns: EventTurns::new(TURN_STRIPES),
         });
         tokio::spawn(async move {
             let slots = Arc::new(tokio::sync::Semaphore::new(writes_in_flight.max(1)));
@@ -133,6 +137,35 @@ struct Store {
     tables: Tables,
     cache: eventstore::ProgressCache,
     tally: Tally,
+    turns: EventTurns,
+}
+
+/// Stripes of [`EventTurns`]: far more than writes in flight, so unrelated
+/// events seldom wait for each other.
+const TURN_STRIPES: usize = 4096;
+
+/// One event's writes one at a time: a lock per stripe of event keys. The
+/// later write then finds the earlier one's version in the progress cache
+/// and goes straight to its conditional update.
+struct EventTurns {
+    stripes: Box<[tokio::sync::Mutex<()>]>,
+    hasher: std::hash::RandomState,
+}
+
+impl EventTurns {
+    fn new(stripes: usize) -> Self {
+        Self {
+            stripes: (0..stripes.max(1)).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    /// The lock the writes of `key` take turns on.
+    fn of(&self, key: &(TenantId, EventId)) -> &tokio::sync::Mutex<()> {
+        use std::hash::BuildHasher;
+        let stripe = self.hasher.hash_one(key) as usize % self.stripes.len();
+        &self.stripes[stripe]
+    }
 }
 
 /// The writes of a batch, one per event.
@@ -200,6 +233,7 @@ fn write_batch(
         let (store, shutdown, slots) = (store.clone(), shutdown.clone(), slots.clone());
         let attempts_written = attempts_written.clone();
         tokio::spawn(async move {
+            let _turn = store.turns.of(&(tenant, id)).lock().await;
             let Ok(_slot) = slots.acquire_owned().await else { return };
             let (dynamo, tables) = (&store.dynamo, &store.tables);
             let track = eventstore::Track {
@@ -308,6 +342,36 @@ mod tests {
         assert!(alone.outcomes.is_empty());
         assert_eq!(alone.done.len(), 1);
         assert_eq!(attempts.len(), 2, "every outcome is offered as an attempt item");
+    }
+
+    #[tokio::test]
+    async fn writes_of_one_event_take_turns() {
+        let turns = EventTurns::new(64);
+        let tenant = TenantId::new();
+        let key = (tenant, EventId::new());
+        let first = turns.of(&key).lock().await;
+        assert!(
+            turns.of(&key).try_lock().is_err(),
+            "a second write of the event waits for the first"
+        );
+        drop(first);
+        assert!(turns.of(&key).try_lock().is_ok(), "and goes once the first is done");
+        // Unrelated events mostly have a stripe of their own.
+        let others: std::collections::HashSet<usize> = (0..32)
+            .map(|_| {
+                let other = turns.of(&(tenant, EventId::new()));
+                turns
+                    .stripes
+                    .iter()
+                    .position(|s| std::ptr::eq(s, other))
+                    .unwrap_or(usize::MAX)
+            })
+            .collect();
+        assert!(
+            others.len() > 12,
+            "32 events spread over {} of 64 stripes",
+            others.len()
+        );
     }
 
     #[test]
