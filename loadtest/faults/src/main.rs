@@ -323,6 +323,9 @@ async fn main() -> anyhow::Result<()> {
     let temp = tempfile::Builder::new().prefix("triggers-faults-").tempdir()?;
     let dir = args.data_dir.clone().unwrap_or_else(|| temp.path().to_owned());
     std::fs::create_dir_all(&dir)?;
+    // Absolute: the services run with their own working directory and read
+    // their configuration file from under it.
+    let dir = std::fs::canonicalize(&dir).with_context(|| format!("{}", dir.display()))?;
     let bin_dir = match &args.bin_dir {
         Some(dir) => dir.clone(),
         None => std::env::current_exe()?
