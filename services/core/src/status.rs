@@ -157,6 +157,19 @@ impl Progress {
         *self != before
     }
 
+    /// Whether nothing more is expected of the event's pipeline: routed,
+    /// and every delivery settled (delivered, dead-lettered, disabled,
+    /// skipped), or unmatched, or acknowledged. Only a replay or an
+    /// acknowledgement changes it later.
+    pub fn settled(&self) -> bool {
+        self.acknowledged
+            || (self.routed
+                && matches!(
+                    self.status(),
+                    EventStatus::Delivered | EventStatus::DeadLettered | EventStatus::Unmatched
+                ))
+    }
+
     /// The overall status.
     pub fn status(&self) -> EventStatus {
         if self.acknowledged {
@@ -263,6 +276,32 @@ mod tests {
         assert_eq!(q.status(), EventStatus::Delivered);
         assert_eq!(EventStatus::parse("dead_lettered"), Some(EventStatus::DeadLettered));
         assert!(EventStatus::Unmatched.in_inbox() && !EventStatus::Delivered.in_inbox());
+    }
+
+    #[test]
+    fn settled_only_once_routed_and_every_delivery_settled() {
+        let (a, b) = (SubscriptionId::new(), SubscriptionId::new());
+        let mut p = Progress::default();
+        assert!(!p.settled(), "accepted");
+        // A delivery outcome that overtook its routed outcome: the event
+        // may have more subscriptions than the one it names.
+        p.apply(&outcome(OutcomeKind::Delivered, Some(a), vec![]));
+        assert_eq!(p.status(), EventStatus::Delivered);
+        assert!(!p.settled(), "not routed yet");
+        p.apply(&outcome(OutcomeKind::Routed, None, vec![a, b]));
+        assert!(!p.settled(), "b pending");
+        p.apply(&outcome(OutcomeKind::Retrying, Some(b), vec![]));
+        assert!(!p.settled(), "b retrying");
+        p.apply(&outcome(OutcomeKind::DeadLettered, Some(b), vec![]));
+        assert!(p.settled(), "delivered and dead-lettered");
+        let mut unmatched = Progress::default();
+        unmatched.apply(&outcome(OutcomeKind::Unmatched, None, vec![]));
+        assert!(unmatched.settled());
+        let acknowledged = Progress {
+            acknowledged: true,
+            ..Progress::default()
+        };
+        assert!(acknowledged.settled());
     }
 
     proptest! {

@@ -53,6 +53,12 @@ pub struct PersisterConfig {
     pub batch_wait: Duration,
     /// DynamoDB writes in flight at once.
     pub write_concurrency: usize,
+    /// How long an event that is not settled (delivered, dead-lettered,
+    /// unmatched, acknowledged) waits for more of its records before it is
+    /// written, so that its body and outcomes become one write. Zero: every
+    /// batch is written at once.
+    #[serde(with = "humantime_serde")]
+    pub hold: Duration,
     /// How long shutdown waits for writes in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -70,6 +76,7 @@ impl Default for PersisterConfig {
             max_batch: 256,
             batch_wait: Duration::from_millis(10),
             write_concurrency: 64,
+            hold: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(20),
             analytics_flush: Duration::from_secs(5),
         }
@@ -104,6 +111,9 @@ impl Validate for PersisterConfig {
                 format!("{prefix}.write_concurrency"),
                 "must be between 1 and 1000",
             ));
+        }
+        if self.hold > Duration::from_secs(10) {
+            issues.push(ConfigIssue::new(format!("{prefix}.hold"), "must be at most 10s"));
         }
         if self.batch_wait > Duration::from_secs(1) {
             issues.push(ConfigIssue::new(format!("{prefix}.batch_wait"), "must be at most 1s"));
@@ -238,9 +248,15 @@ pub async fn start(
         service.dynamo.clone(),
         service.tables.clone(),
         tally.clone(),
-        config.max_batch,
-        config.batch_wait,
-        config.write_concurrency,
+        writer::Batching {
+            max_batch: config.max_batch,
+            batch_wait: config.batch_wait,
+            writes_in_flight: config.write_concurrency,
+            hold: config.hold,
+            // Held records are in flight for the consumer: half of its
+            // slots at most, so the outcomes that settle them still come in.
+            max_held: (config.max_in_flight / 2).max(1),
+        },
         shutdown.clone(),
     );
     let persister = Arc::new(Persister {

@@ -18,17 +18,28 @@
 //! into consecutive batches, and written at once they raced, one of them
 //! into a failed conditional write and a read.
 //!
+//! An event that is not settled yet (see [`Progress::settled`]) is held
+//! for up to `hold` from its first record, so that its body, its `routed`
+//! and its `delivered` outcomes, which come within a few hundred
+//! milliseconds in the common case, become one item write instead of a
+//! create and an update: half the write units, and the event never passes
+//! through the inbox index. A settled event is written at once; the held
+//! are bounded in number (beyond `max_held` the oldest is written), and
+//! shutdown or a closed queue writes them all. Holding only delays a
+//! record's offset: nothing is acknowledged before it is in DynamoDB.
+//!
 //! A record's handler learns when its effect is in DynamoDB (then its offset
 //! may be stored); a write that fails is retried until shutdown, unless
 //! DynamoDB can never take it (an item over 400 KB): then its records are
 //! poison, for the quarantine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use triggers_core::CancellationToken;
 use triggers_core::analytics::Tally;
 use triggers_core::consume::Handled;
@@ -38,6 +49,7 @@ use triggers_core::event::Event;
 use triggers_core::eventstore;
 use triggers_core::ids::{EventId, TenantId};
 use triggers_core::quarantine::Poison;
+use triggers_core::status::Progress;
 use triggers_core::tenancy::StoreError;
 
 /// One record's effect.
@@ -71,25 +83,213 @@ pub struct Writer {
     queue: mpsc::Sender<Pending>,
 }
 
+/// How the writer gathers records into writes.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Records per batch at most.
+    pub max_batch: usize,
+    /// How long a batch gathers records.
+    pub batch_wait: Duration,
+    /// Event writes in flight at once.
+    pub writes_in_flight: usize,
+    /// How long an event that is not settled waits for more of its records
+    /// (zero: written with its batch).
+    pub hold: Duration,
+    /// Events held at once at most.
+    pub max_held: usize,
+}
+
+/// One event's records of a batch (or of several, while held).
 #[derive(Default)]
 struct Group {
     body: Option<(Box<Event>, i64)>,
     outcomes: Vec<Outcome>,
+    /// Every outcome with its expiry, for the attempt items.
+    attempts: Vec<(Outcome, i64)>,
     expires_at: i64,
     done: Vec<oneshot::Sender<Handled>>,
 }
 
+impl Group {
+    /// Adds a later batch's records of the same event.
+    fn merge(&mut self, later: Group) {
+        if later.body.is_some() {
+            self.body = later.body;
+        }
+        self.outcomes.extend(later.outcomes);
+        self.attempts.extend(later.attempts);
+        self.expires_at = self.expires_at.max(later.expires_at);
+        self.done.extend(later.done);
+    }
+
+    /// Whether nothing more is expected of the event: its body is here or
+    /// stored (`known`: the progress this writer last wrote), and with the
+    /// outcomes here its progress is settled.
+    fn settled(&self, known: Option<Progress>) -> bool {
+        if self.body.is_none() && known.is_none() {
+            return false;
+        }
+        let mut progress = known.unwrap_or_default();
+        for outcome in &self.outcomes {
+            progress.apply(outcome);
+        }
+        progress.settled()
+    }
+}
+
+/// Why held records were written.
+#[derive(Debug, Clone, Copy)]
+enum Release {
+    /// Their event settled.
+    Settled,
+    /// Held for `hold`.
+    Due,
+    /// More than `max_held` events were held.
+    Full,
+    /// Shutdown, or the last `Writer` dropped.
+    Closing,
+}
+
+impl Release {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Settled => "settled",
+            Self::Due => "due",
+            Self::Full => "full",
+            Self::Closing => "closing",
+        }
+    }
+}
+
+type Key = (TenantId, EventId);
+
+/// The events held back, and when each is due (in the order held).
+struct Held {
+    hold: Duration,
+    max: usize,
+    groups: HashMap<Key, (Group, u64)>,
+    due: VecDeque<(Instant, Key, u64)>,
+    generation: u64,
+}
+
+impl Held {
+    fn new(hold: Duration, max: usize) -> Self {
+        Self {
+            hold,
+            max,
+            groups: HashMap::new(),
+            due: VecDeque::new(),
+            generation: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// When the first held event is due.
+    fn next_due(&self) -> Option<Instant> {
+        self.due.front().map(|(at, _, _)| *at)
+    }
+
+    /// Takes a batch's groups: each joins its event's held records; the
+    /// settled (all of them when `hold` is off) are returned to be written
+    /// now, with the oldest held beyond `max`.
+    fn add(
+        &mut self,
+        groups: Groups,
+        now: Instant,
+        hold: bool,
+        known: impl Fn(&Key) -> Option<Progress>,
+    ) -> Vec<(Key, Group, Release)> {
+        let mut ready = Vec::new();
+        for (key, group) in groups {
+            let group = match self.groups.remove(&key) {
+                Some((mut earlier, generation)) => {
+                    earlier.merge(group);
+                    if !hold || earlier.settled(known(&key)) {
+                        ready.push((key, earlier, Release::Settled));
+                    } else {
+                        self.groups.insert(key, (earlier, generation));
+                    }
+                    continue;
+                }
+                None => group,
+            };
+            if !hold || self.hold.is_zero() || group.settled(known(&key)) {
+                ready.push((key, group, Release::Settled));
+                continue;
+            }
+            self.generation += 1;
+            self.groups.insert(key, (group, self.generation));
+            self.due.push_back((now + self.hold, key, self.generation));
+        }
+        while self.groups.len() > self.max {
+            match self.pop_front() {
+                Some((key, group)) => ready.push((key, group, Release::Full)),
+                None => break,
+            }
+        }
+        ready
+    }
+
+    /// The held that are due at `now`.
+    fn take_due(&mut self, now: Instant) -> Vec<(Key, Group, Release)> {
+        let mut ready = Vec::new();
+        while self.next_due().is_some_and(|at| at <= now) {
+            if let Some((key, group)) = self.pop_front() {
+                ready.push((key, group, Release::Due));
+            }
+        }
+        ready
+    }
+
+    /// Every held event.
+    fn take_all(&mut self) -> Vec<(Key, Group, Release)> {
+        self.due.clear();
+        self.groups
+            .drain()
+            .map(|(key, (group, _))| (key, group, Release::Closing))
+            .collect()
+    }
+
+    /// The first in the due order that is still held under the same
+    /// generation (an event written early leaves a stale entry behind).
+    fn pop_front(&mut self) -> Option<(Key, Group)> {
+        while let Some((_, key, generation)) = self.due.pop_front() {
+            if self.groups.get(&key).is_some_and(|(_, g)| *g == generation) {
+                return self.groups.remove(&key).map(|(group, _)| (key, group));
+            }
+        }
+        None
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Writer {
-    /// Starts the batching task; it ends when every `Writer` is dropped.
+    /// Starts the batching task; it writes what it holds and ends when
+    /// every `Writer` is dropped.
     pub fn start(
         dynamo: aws_sdk_dynamodb::Client,
         tables: Tables,
         tally: Tally,
-        max_batch: usize,
-        batch_wait: Duration,
-        writes_in_flight: usize,
+        batching: Batching,
         shutdown: CancellationToken,
     ) -> Self {
+        let Batching {
+            max_batch,
+            batch_wait,
+            writes_in_flight,
+            hold,
+            max_held,
+        } = batching;
         let (queue, mut incoming) = mpsc::channel::<Pending>(max_batch.max(1) * 4);
         let store = Arc::new(Store {
             dynamo,
@@ -100,7 +300,21 @@ impl Writer {
         });
         tokio::spawn(async move {
             let slots = Arc::new(tokio::sync::Semaphore::new(writes_in_flight.max(1)));
-            while let Some(first) = incoming.recv().await {
+            let mut held = Held::new(hold, max_held.max(1));
+            loop {
+                let first = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled(), if held.len() > 0 => {
+                        write_groups(&store, held.take_all(), &slots, &shutdown);
+                        continue;
+                    }
+                    () = until(held.next_due()) => {
+                        write_groups(&store, held.take_due(Instant::now()), &slots, &shutdown);
+                        continue;
+                    }
+                    first = incoming.recv() => first,
+                };
+                let Some(first) = first else { break };
                 let mut batch = vec![first];
                 let deadline = tokio::time::sleep(batch_wait);
                 tokio::pin!(deadline);
@@ -114,8 +328,19 @@ impl Writer {
                         _ = &mut deadline => break,
                     }
                 }
-                write_batch(&store, batch, &slots, &shutdown);
+                metrics::histogram!("triggers_persister_batch_size").record(batch.len() as f64);
+                let ready = held.add(
+                    coalesce(batch),
+                    Instant::now(),
+                    !shutdown.is_cancelled(),
+                    |(tenant, id)| store.cache.progress(tenant, id),
+                );
+                write_groups(&store, ready, &slots, &shutdown);
+                metrics::gauge!("triggers_persister_held_events").set(held.len() as f64);
             }
+            // Nothing more comes: write what is held.
+            write_groups(&store, held.take_all(), &slots, &shutdown);
+            metrics::gauge!("triggers_persister_held_events").set(0.0);
         });
         Self { queue }
     }
@@ -173,14 +398,13 @@ impl EventTurns {
 }
 
 /// The writes of a batch, one per event.
-type Groups = HashMap<(TenantId, EventId), Group>;
+type Groups = HashMap<Key, Group>;
 
 /// A batch per event: its body (if in the batch), its outcomes in the
-/// order read, the latest expiry, and who waits for it; and every outcome
-/// for the attempt items, in order.
-fn coalesce(batch: Vec<Pending>) -> (Groups, Vec<(Outcome, i64)>) {
-    let mut groups: HashMap<(TenantId, EventId), Group> = HashMap::new();
-    let mut attempts = Vec::new();
+/// order read (each also for its attempt item), the latest expiry, and who
+/// waits for it.
+fn coalesce(batch: Vec<Pending>) -> Groups {
+    let mut groups: Groups = HashMap::new();
     for Pending { record, done } in batch {
         match record {
             Record::Event(event, expires_at) => {
@@ -192,26 +416,36 @@ fn coalesce(batch: Vec<Pending>) -> (Groups, Vec<(Outcome, i64)>) {
             Record::Outcome(outcome, expires_at) => {
                 let group = groups.entry((outcome.tenant, outcome.event_id)).or_default();
                 group.expires_at = group.expires_at.max(expires_at);
-                attempts.push(((*outcome).clone(), expires_at));
+                group.attempts.push(((*outcome).clone(), expires_at));
                 group.outcomes.push(*outcome);
                 group.done.push(done);
             }
         }
     }
-    (groups, attempts)
+    groups
 }
 
-/// Starts the writes of a batch: its attempt items at once, and every
-/// event's write as a write slot frees up (no batch waits for another).
-fn write_batch(
+/// Starts the writes of `groups`: their attempt items at once, and every
+/// event's write as a write slot frees up (no write waits for another).
+fn write_groups(
     store: &Arc<Store>,
-    batch: Vec<Pending>,
+    groups: Vec<(Key, Group, Release)>,
     slots: &Arc<tokio::sync::Semaphore>,
     shutdown: &CancellationToken,
 ) {
-    metrics::histogram!("triggers_persister_batch_size").record(batch.len() as f64);
-    let (groups, attempts) = coalesce(batch);
-    // The attempt items of the batch, shared by the groups that have outcomes.
+    if groups.is_empty() {
+        return;
+    }
+    let mut attempts = Vec::new();
+    let groups: Vec<(Key, Group)> = groups
+        .into_iter()
+        .map(|(key, mut group, release)| {
+            metrics::counter!("triggers_persister_event_writes_total", "release" => release.as_str()).increment(1);
+            attempts.append(&mut group.attempts);
+            (key, group)
+        })
+        .collect();
+    // The attempt items, shared by the groups that have outcomes.
     let attempts_written = {
         let (store, shutdown) = (store.clone(), shutdown.clone());
         let task = tokio::spawn(async move {
@@ -330,7 +564,7 @@ mod tests {
             pending(Record::Event(Box::new(second.clone()), 100)).0,
             pending(Record::Outcome(Box::new(delivered.clone()), 150)).0,
         ];
-        let (groups, attempts) = coalesce(batch);
+        let groups = coalesce(batch);
         assert_eq!(groups.len(), 2, "one group per event");
         let group = &groups[&(tenant, first.id)];
         assert_eq!(group.body.as_ref().map(|(e, _)| e.id), Some(first.id));
@@ -345,7 +579,122 @@ mod tests {
         let alone = &groups[&(tenant, second.id)];
         assert!(alone.outcomes.is_empty());
         assert_eq!(alone.done.len(), 1);
-        assert_eq!(attempts.len(), 2, "every outcome is offered as an attempt item");
+        assert_eq!(group.attempts.len(), 2, "every outcome is offered as an attempt item");
+        assert_eq!(group.attempts[1].1, 150, "with its own expiry");
+    }
+
+    /// One event's records arriving as they do in the common case.
+    fn records(tenant: TenantId) -> (Event, Outcome, Outcome) {
+        let event = event(tenant);
+        let routed = Outcome::routing(&event, vec![SubscriptionId::new()]);
+        let mut delivered = routed.clone();
+        delivered.kind = OutcomeKind::Delivered;
+        delivered.subscription_id = routed.subscriptions.first().copied();
+        (event, routed, delivered)
+    }
+
+    fn batch(records: Vec<Record>) -> (Groups, Vec<oneshot::Receiver<Handled>>) {
+        let (batch, waiting): (Vec<_>, Vec<_>) = records.into_iter().map(pending).unzip();
+        (coalesce(batch), waiting)
+    }
+
+    fn nothing_known(_: &Key) -> Option<Progress> {
+        None
+    }
+
+    #[test]
+    fn an_event_is_held_until_settled_then_written_once_with_all_its_records() {
+        let tenant = TenantId::new();
+        let (event, routed, delivered) = records(tenant);
+        let key = (tenant, event.id);
+        let mut held = Held::new(Duration::from_secs(1), 100);
+        let start = Instant::now();
+        let (first, _w1) = batch(vec![Record::Event(Box::new(event.clone()), 100)]);
+        assert!(held.add(first, start, true, nothing_known).is_empty(), "accepted: held");
+        let (second, _w2) = batch(vec![Record::Outcome(Box::new(routed), 100)]);
+        assert!(held.add(second, start, true, nothing_known).is_empty(), "routed: held");
+        assert_eq!(held.len(), 1);
+        let (third, _w3) = batch(vec![Record::Outcome(Box::new(delivered), 300)]);
+        let ready = held.add(third, start, true, nothing_known);
+        assert_eq!(ready.len(), 1, "delivered: settled, written");
+        let (written, group, release) = &ready[0];
+        assert_eq!(*written, key);
+        assert!(matches!(release, Release::Settled));
+        assert!(group.body.is_some(), "one write with the body");
+        assert_eq!(group.outcomes.len(), 2, "and both outcomes");
+        assert_eq!(group.attempts.len(), 2);
+        assert_eq!(group.done.len(), 3, "every record waits for that write");
+        assert_eq!(group.expires_at, 300);
+        assert_eq!(held.len(), 0);
+        assert!(
+            held.take_due(start + Duration::from_secs(5)).is_empty(),
+            "its due entry is stale"
+        );
+    }
+
+    #[test]
+    fn an_event_that_does_not_settle_is_written_when_due() {
+        let tenant = TenantId::new();
+        let (event, routed, _) = records(tenant);
+        let mut held = Held::new(Duration::from_secs(1), 100);
+        let start = Instant::now();
+        let (groups, _waiting) = batch(vec![
+            Record::Event(Box::new(event.clone()), 100),
+            Record::Outcome(Box::new(routed), 100),
+        ]);
+        assert!(held.add(groups, start, true, nothing_known).is_empty());
+        assert_eq!(held.next_due(), Some(start + Duration::from_secs(1)));
+        assert!(held.take_due(start + Duration::from_millis(999)).is_empty(), "not yet");
+        let due = held.take_due(start + Duration::from_secs(1));
+        assert_eq!(due.len(), 1);
+        assert!(matches!(due[0].2, Release::Due));
+        assert_eq!(due[0].1.outcomes.len(), 1);
+        assert_eq!(held.len(), 0);
+        assert_eq!(held.next_due(), None);
+    }
+
+    #[test]
+    fn holding_is_bounded_off_when_closing_and_late_outcomes_of_a_stored_event_go_at_once() {
+        let tenant = TenantId::new();
+        let start = Instant::now();
+        // Beyond the bound, the oldest goes.
+        let mut held = Held::new(Duration::from_secs(1), 2);
+        let events: Vec<Event> = (0..3).map(|_| event(tenant)).collect();
+        let mut ready = Vec::new();
+        let mut waiting = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let (groups, w) = batch(vec![Record::Event(Box::new(e.clone()), 100)]);
+            waiting.extend(w);
+            ready.extend(held.add(groups, start + Duration::from_millis(i as u64), true, nothing_known));
+        }
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].0, (tenant, events[0].id), "the oldest");
+        assert!(matches!(ready[0].2, Release::Full));
+        assert_eq!(held.len(), 2);
+        // Closing: everything.
+        let all = held.take_all();
+        assert_eq!(all.len(), 2);
+        assert!(all.iter().all(|(_, _, r)| matches!(r, Release::Closing)));
+        // Not holding (shutdown): a new event goes with its batch.
+        let (groups, _w) = batch(vec![Record::Event(Box::new(event(tenant)), 100)]);
+        assert_eq!(held.add(groups, start, false, nothing_known).len(), 1);
+        // A late outcome of an event this writer stored as routed settles it.
+        let (stored, routed, delivered) = records(tenant);
+        let mut known = Progress::default();
+        known.apply(&routed);
+        let (groups, _w) = batch(vec![Record::Outcome(Box::new(delivered.clone()), 100)]);
+        let ready = held.add(groups, start, true, |key: &Key| {
+            (key.1 == stored.id).then(|| known.clone())
+        });
+        assert_eq!(ready.len(), 1, "written at once");
+        // Unknown to this writer (body not seen): held, the routed outcome
+        // may name more subscriptions.
+        let (groups, _w) = batch(vec![Record::Outcome(Box::new(delivered), 100)]);
+        assert!(held.add(groups, start, true, nothing_known).is_empty());
+        // No hold at all: nothing waits.
+        let mut off = Held::new(Duration::ZERO, 100);
+        let (groups, _w) = batch(vec![Record::Event(Box::new(event(tenant)), 100)]);
+        assert_eq!(off.add(groups, start, true, nothing_known).len(), 1);
     }
 
     #[tokio::test]

@@ -57,6 +57,11 @@ impl Default for ProgressCache {
 }
 
 impl ProgressCache {
+    /// The progress this writer last wrote of an event, if it still knows it.
+    pub fn progress(&self, tenant: &TenantId, id: &EventId) -> Option<Progress> {
+        self.get(tenant, id).map(|(_, progress)| progress)
+    }
+
     pub(super) fn get(&self, tenant: &TenantId, id: &EventId) -> Option<(i64, Progress)> {
         self.entries.get(&(*tenant, *id))
     }
