@@ -4,7 +4,12 @@
 //! Starts the local stack (gateway, router, persister, DynamoDB Local, Tansu)
 //! on free ports, ingests at fixed rates, and for sampled events polls
 //! `GET /v1/events/{id}` from its 202 until it answers: the time to
-//! readability. Then lists 1,000 inbox events. Prints Markdown.
+//! readability, and how many events/s the persister stored. Before that it
+//! measures what DynamoDB Local itself takes in the same run: item creates
+//! like the persister's (a conditional UpdateItem of a ~1.5 KB item) from as
+//! many writers as the persister runs at once, so the persister's rate can
+//! be read as a share of the store's. Then lists 1,000 inbox events.
+//! Prints Markdown.
 
 // A benchmark program: its report is its output.
 #![allow(clippy::print_stdout)]
@@ -12,6 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 use triggers_bench::percentile;
@@ -31,13 +37,100 @@ struct Args {
     /// Milliseconds between polls of one sampled event.
     #[arg(long, default_value_t = 200)]
     poll_ms: u64,
+    /// Seconds of raw item writes to DynamoDB Local first (0: skip).
+    #[arg(long, default_value_t = 10)]
+    raw_seconds: u64,
+}
+
+/// Item creates per second DynamoDB Local takes from `writers` concurrent
+/// writers for `seconds`: the persister's common write (a conditional
+/// UpdateItem creating a ~1.5 KB item), into a table of its own.
+async fn raw_write_rate(
+    config: &triggers_core::config::DynamoConfig,
+    writers: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let client = triggers_core::dynamo::client(config).await;
+    let table = format!("rawbench_{}", ulid::Ulid::new().to_string().to_ascii_lowercase());
+    let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
+    let attribute = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+    };
+    client
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .key_schema(key("pk", KeyType::Hash)?)
+        .key_schema(key("sk", KeyType::Range)?)
+        .attribute_definitions(attribute("pk")?)
+        .attribute_definitions(attribute("sk")?)
+        .send()
+        .await?;
+    let data = "x".repeat(1_400);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let writes = (0..writers).map(|writer| {
+        let (client, table, data) = (client.clone(), table.clone(), data.clone());
+        async move {
+            let mut written = 0u64;
+            while Instant::now() < deadline {
+                let created = client
+                    .update_item()
+                    .table_name(&table)
+                    .key("pk", AttributeValue::S(format!("tenant{}", writer % 8)))
+                    .key("sk", AttributeValue::S(ulid::Ulid::new().to_string()))
+                    .update_expression("SET #d = :d, progress = :p, version = :zero")
+                    .condition_expression("attribute_not_exists(version)")
+                    .expression_attribute_names("#d", "data")
+                    .expression_attribute_values(":d", AttributeValue::S(data.clone()))
+                    .expression_attribute_values(":p", AttributeValue::S(r#"{"routed":true}"#.to_owned()))
+                    .expression_attribute_values(":zero", AttributeValue::N("0".to_owned()))
+                    .send()
+                    .await;
+                if created.is_ok() {
+                    written += 1;
+                }
+            }
+            written
+        }
+    });
+    let started = Instant::now();
+    let written: u64 = futures::future::join_all(writes).await.into_iter().sum();
+    let rate = written as f64 / started.elapsed().as_secs_f64();
+    client.delete_table().table_name(&table).send().await?;
+    Ok(rate)
+}
+
+/// The persister's `triggers_persister_events_total` (one process hosts
+/// every service locally: its operations port shows them all).
+async fn events_stored(client: &reqwest::Client, persister: &str) -> anyhow::Result<f64> {
+    let text = client.get(format!("{persister}/metrics")).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.strip_prefix("triggers_persister_events_total"))
+        .filter_map(|rest| rest.split_whitespace().last()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// How many DynamoDB writes the local persister runs at once.
+fn stack_writers(source: &triggers_core::config::ConfigSource) -> usize {
+    source
+        .section::<triggers_persister::PersisterConfig>("persister")
+        .map_or(64, |config| config.write_concurrency)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let triggers_bench::Local {
-        stack, guards: _guards, ..
+        stack,
+        source,
+        guards: _guards,
     } = triggers_bench::start_local(None).await?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let base = stack.endpoints.gateway_url.clone();
@@ -45,12 +138,22 @@ async fn main() -> anyhow::Result<()> {
 
     println!("# Persistence benchmark\n");
     println!(
-        "Gateway, router, persister, Tansu and DynamoDB Local on this machine; every {}th event polled every {} ms from its 202 until `GET /v1/events/{{id}}` answers.\n",
+        "Gateway, router, persister, deliverer, Tansu and DynamoDB Local on this machine; 1 KB events; every {}th event polled every {} ms from its 202 until `GET /v1/events/{{id}}` answers. Stored events/s: from the first event until the persister stored them all.\n",
         args.sample_every, args.poll_ms
     );
-    println!("| ingest events/s | 202s | sampled | readable p50 | p95 | p99 | max | unreadable after 30 s |");
-    println!("|---|---|---|---|---|---|---|---|");
+    let persister = stack
+        .endpoints
+        .ops_urls
+        .iter()
+        .find(|(name, _)| *name == "persister")
+        .map(|(_, url)| url.clone())
+        .context("the persister's operations address")?;
+    let writers = stack_writers(&source);
+    // Rows wait for DynamoDB Local's own rate, measured after them (warm).
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    let pad = "x".repeat(1_000);
     for &rate in &args.rates {
+        let stored_before = events_stored(&client, &persister).await?;
         let total = (rate * args.seconds) as usize;
         let interval = Duration::from_secs_f64(1.0 / rate as f64);
         let start = tokio::time::Instant::now();
@@ -58,12 +161,12 @@ async fn main() -> anyhow::Result<()> {
         let (sample_every, poll) = (args.sample_every, Duration::from_millis(args.poll_ms));
         for i in 0..total {
             tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
-            let (client, base, key) = (client.clone(), base.clone(), key.clone());
+            let (client, base, key, pad) = (client.clone(), base.clone(), key.clone(), pad.clone());
             tasks.push(tokio::spawn(async move {
                 let response = client
                     .post(format!("{base}/v1/events"))
                     .bearer_auth(key.as_str())
-                    .json(&json!({"type": "bench.persist", "source": "bench", "data": {"i": i}}))
+                    .json(&json!({"type": "bench.persist", "source": "bench", "data": {"i": i, "pad": pad}}))
                     .send()
                     .await
                     .ok()?;
@@ -103,16 +206,50 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        // Every accepted event stored (or a minute more): the persister's
+        // rate from the first event on.
+        let stored_by = Instant::now() + Duration::from_secs(60);
+        let stored = loop {
+            let stored = events_stored(&client, &persister).await? - stored_before;
+            if stored >= ok as f64 || Instant::now() > stored_by {
+                break stored;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let stored_rate = stored / start.elapsed().as_secs_f64();
         latencies.sort_unstable();
         let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+        rows.push((
+            format!(
+                "| {rate} | {ok}/{total} | {} | {} | {} | {} | {} | {lost} | {stored_rate:.0} |",
+                latencies.len() + lost,
+                ms(percentile(&latencies, 0.5)),
+                ms(percentile(&latencies, 0.95)),
+                ms(percentile(&latencies, 0.99)),
+                ms(latencies.last().copied().unwrap_or_default()),
+            ),
+            stored_rate,
+        ));
+    }
+    let raw = if args.raw_seconds > 0 {
+        // Two seconds to warm up DynamoDB Local's JIT on this write, then the count.
+        raw_write_rate(&stack.common.dynamodb, writers, 2).await?;
+        let raw = raw_write_rate(&stack.common.dynamodb, writers, args.raw_seconds).await?;
         println!(
-            "| {rate} | {ok}/{total} | {} | {} | {} | {} | {} | {lost} |",
-            latencies.len() + lost,
-            ms(percentile(&latencies, 0.5)),
-            ms(percentile(&latencies, 0.95)),
-            ms(percentile(&latencies, 0.99)),
-            ms(latencies.last().copied().unwrap_or_default()),
+            "DynamoDB Local alone, same run, after the rates: **{raw:.0} item creates/s** ({writers} writers, conditional UpdateItem of a ~1.5 KB item, {} s).\n",
+            args.raw_seconds
         );
+        Some(raw)
+    } else {
+        None
+    };
+    println!(
+        "| ingest events/s | 202s | sampled | readable p50 | p95 | p99 | max | unreadable after 30 s | stored events/s | of DynamoDB Local's rate |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (row, stored_rate) in rows {
+        let share = raw.map_or("—".to_owned(), |raw| format!("{:.0} %", 100.0 * stored_rate / raw));
+        println!("{row} {share} |");
     }
 
     println!("\n## Inbox listing\n");
