@@ -54,8 +54,9 @@ pub struct PersisterConfig {
     /// DynamoDB writes in flight at once.
     pub write_concurrency: usize,
     /// How long an event that is not settled (delivered, dead-lettered,
-    /// unmatched, acknowledged) waits for more of its records before it is
-    /// written, so that its body and outcomes become one write. Zero: every
+    /// unmatched, acknowledged), and none of whose deliveries failed, waits
+    /// for more of its records before it is written, so that its body and
+    /// outcomes become one write. Zero: every
     /// batch is written at once.
     #[serde(with = "humantime_serde")]
     pub hold: Duration,

@@ -18,8 +18,8 @@
 //! into consecutive batches, and written at once they raced, one of them
 //! into a failed conditional write and a read.
 //!
-//! An event that is not settled yet (see [`Progress::settled`]) is held
-//! for up to `hold` from its first record, so that its body, its `routed`
+//! An event that is not settled yet (see [`Progress::settled`]) and whose
+//! deliveries have not failed is held for up to `hold` from its first record, so that its body, its `routed`
 //! and its `delivered` outcomes, which come within a few hundred
 //! milliseconds in the common case, become one item write instead of a
 //! create and an update: half the write units, and the event never passes
@@ -49,7 +49,7 @@ use triggers_core::event::Event;
 use triggers_core::eventstore;
 use triggers_core::ids::{EventId, TenantId};
 use triggers_core::quarantine::Poison;
-use triggers_core::status::Progress;
+use triggers_core::status::{EventStatus, Progress};
 use triggers_core::tenancy::StoreError;
 
 /// One record's effect.
@@ -122,10 +122,12 @@ impl Group {
         self.done.extend(later.done);
     }
 
-    /// Whether nothing more is expected of the event: its body is here or
+    /// Whether holding the event longer saves nothing: its body is here or
     /// stored (`known`: the progress this writer last wrote), and with the
-    /// outcomes here its progress is settled.
-    fn settled(&self, known: Option<Progress>) -> bool {
+    /// outcomes here its progress is settled, or a delivery failed (its next
+    /// attempt is a retry tier away, seconds at least, and the event should
+    /// show as `retrying` now).
+    fn ready(&self, known: Option<Progress>) -> bool {
         if self.body.is_none() && known.is_none() {
             return false;
         }
@@ -133,14 +135,14 @@ impl Group {
         for outcome in &self.outcomes {
             progress.apply(outcome);
         }
-        progress.settled()
+        progress.settled() || progress.status() == EventStatus::Retrying
     }
 }
 
 /// Why held records were written.
 #[derive(Debug, Clone, Copy)]
 enum Release {
-    /// Their event settled.
+    /// Their event settled, or a delivery of it failed.
     Settled,
     /// Held for `hold`.
     Due,
@@ -207,7 +209,7 @@ impl Held {
             let group = match self.groups.remove(&key) {
                 Some((mut earlier, generation)) => {
                     earlier.merge(group);
-                    if !hold || earlier.settled(known(&key)) {
+                    if !hold || earlier.ready(known(&key)) {
                         ready.push((key, earlier, Release::Settled));
                     } else {
                         self.groups.insert(key, (earlier, generation));
@@ -216,7 +218,7 @@ impl Held {
                 }
                 None => group,
             };
-            if !hold || self.hold.is_zero() || group.settled(known(&key)) {
+            if !hold || self.hold.is_zero() || group.ready(known(&key)) {
                 ready.push((key, group, Release::Settled));
                 continue;
             }
@@ -654,7 +656,7 @@ mod tests {
     }
 
     #[test]
-    fn holding_is_bounded_off_when_closing_and_late_outcomes_of_a_stored_event_go_at_once() {
+    fn holding_is_bounded_off_when_closing_and_failures_and_late_outcomes_go_at_once() {
         let tenant = TenantId::new();
         let start = Instant::now();
         // Beyond the bound, the oldest goes.
@@ -687,6 +689,16 @@ mod tests {
             (key.1 == stored.id).then(|| known.clone())
         });
         assert_eq!(ready.len(), 1, "written at once");
+        // A failed first attempt: the retry is seconds away, written now.
+        let (failing, routed, mut retrying) = records(tenant);
+        retrying.kind = OutcomeKind::Retrying;
+        let (groups, _w) = batch(vec![
+            Record::Event(Box::new(failing), 100),
+            Record::Outcome(Box::new(routed), 100),
+            Record::Outcome(Box::new(retrying), 100),
+        ]);
+        let ready = held.add(groups, start, true, nothing_known);
+        assert_eq!(ready.len(), 1, "retrying: written at once");
         // Unknown to this writer (body not seen): held, the routed outcome
         // may name more subscriptions.
         let (groups, _w) = batch(vec![Record::Outcome(Box::new(delivered), 100)]);
