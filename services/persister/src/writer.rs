@@ -267,6 +267,16 @@ impl Held {
     }
 }
 
+/// What the batching task does next.
+enum Next {
+    /// Write these held groups (due, or shutdown).
+    Release(Vec<(Key, Group, Release)>),
+    /// A batch starts with this record.
+    First(Pending),
+    /// Every `Writer` is gone.
+    Closed,
+}
+
 /// Sleeps until `at`, or forever.
 async fn until(at: Option<Instant>) {
     match at {
@@ -306,43 +316,44 @@ impl Writer {
             loop {
                 let first = tokio::select! {
                     biased;
-                    () = shutdown.cancelled(), if held.len() > 0 => {
-                        write_groups(&store, held.take_all(), &slots, &shutdown);
-                        continue;
-                    }
-                    () = until(held.next_due()) => {
-                        write_groups(&store, held.take_due(Instant::now()), &slots, &shutdown);
-                        continue;
-                    }
-                    first = incoming.recv() => first,
+                    () = shutdown.cancelled(), if held.len() > 0 => Next::Release(held.take_all()),
+                    () = until(held.next_due()) => Next::Release(held.take_due(Instant::now())),
+                    first = incoming.recv() => first.map_or(Next::Closed, Next::First),
                 };
-                let Some(first) = first else { break };
-                let mut batch = vec![first];
-                let deadline = tokio::time::sleep(batch_wait);
-                tokio::pin!(deadline);
-                while batch.len() < max_batch {
-                    tokio::select! {
-                        biased;
-                        next = incoming.recv() => match next {
-                            Some(next) => batch.push(next),
-                            None => break,
-                        },
-                        _ = &mut deadline => break,
+                let (ready, closed) = match first {
+                    Next::Release(ready) => (ready, false),
+                    // Nothing more comes: write what is held.
+                    Next::Closed => (held.take_all(), true),
+                    Next::First(first) => {
+                        let mut batch = vec![first];
+                        let deadline = tokio::time::sleep(batch_wait);
+                        tokio::pin!(deadline);
+                        while batch.len() < max_batch {
+                            tokio::select! {
+                                biased;
+                                next = incoming.recv() => match next {
+                                    Some(next) => batch.push(next),
+                                    None => break,
+                                },
+                                _ = &mut deadline => break,
+                            }
+                        }
+                        metrics::histogram!("triggers_persister_batch_size").record(batch.len() as f64);
+                        let ready = held.add(
+                            coalesce(batch),
+                            Instant::now(),
+                            !shutdown.is_cancelled(),
+                            |(tenant, id)| store.cache.progress(tenant, id),
+                        );
+                        (ready, false)
                     }
-                }
-                metrics::histogram!("triggers_persister_batch_size").record(batch.len() as f64);
-                let ready = held.add(
-                    coalesce(batch),
-                    Instant::now(),
-                    !shutdown.is_cancelled(),
-                    |(tenant, id)| store.cache.progress(tenant, id),
-                );
+                };
                 write_groups(&store, ready, &slots, &shutdown);
                 metrics::gauge!("triggers_persister_held_events").set(held.len() as f64);
+                if closed {
+                    break;
+                }
             }
-            // Nothing more comes: write what is held.
-            write_groups(&store, held.take_all(), &slots, &shutdown);
-            metrics::gauge!("triggers_persister_held_events").set(0.0);
         });
         Self { queue }
     }
@@ -388,13 +399,13 @@ impl EventTurns {
     }
 
     /// The stripe of `key`.
-    fn stripe(&self, key: &(TenantId, EventId)) -> usize {
+    fn stripe(&self, key: &Key) -> usize {
         use std::hash::BuildHasher;
         self.hasher.hash_one(key) as usize % self.stripes.len()
     }
 
     /// The lock the writes of `key` take turns on.
-    fn of(&self, key: &(TenantId, EventId)) -> &tokio::sync::Mutex<()> {
+    fn of(&self, key: &Key) -> &tokio::sync::Mutex<()> {
         &self.stripes[self.stripe(key)]
     }
 }
