@@ -339,6 +339,34 @@ impl Cluster {
         }
     }
 
+    /// Freezes `part` (SIGSTOP to its process group) or lets it run on
+    /// (SIGCONT). A frozen consumer keeps its state and its position and
+    /// works through what it missed when it runs again: a backlog.
+    pub fn freeze(&self, part: Part, frozen: bool) -> anyhow::Result<()> {
+        let group = self
+            .group(part)
+            .with_context(|| format!("{} is not running", part.name()))?;
+        // procps-ng's `kill`: the signal with `-s`, the group after `--`
+        // (see `triggers_stack`'s `kill_group`).
+        let status = std::process::Command::new("kill")
+            .args(["-s", if frozen { "STOP" } else { "CONT" }, "--"])
+            .arg(format!("-{group}"))
+            .status()
+            .context("run kill")?;
+        anyhow::ensure!(status.success(), "kill -s STOP/CONT of {} failed", part.name());
+        Ok(())
+    }
+
+    /// Lets every frozen part run on (SIGCONT to all; a running part
+    /// ignores it).
+    pub fn thaw(&self) {
+        for part in self.processes.keys() {
+            if let Err(e) = self.freeze(*part, false) {
+                eprintln!("[faults] {e:#}");
+            }
+        }
+    }
+
     /// Whether Tansu's log shows its storage task panicking (it then
     /// answers nothing but errors while its process runs on).
     pub fn broker_panicked(&self) -> bool {

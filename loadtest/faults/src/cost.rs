@@ -28,6 +28,9 @@ const SERVICES: [Part; 5] = [
     Part::Persister,
     Part::Deliverer,
 ];
+/// Outcomes the persister applies per event in the common case: the
+/// router's `routed` and the deliverer's one attempt.
+const OUTCOMES_PER_EVENT: usize = 2;
 /// The processes reported beside them: the local stand-ins for MSK and
 /// DynamoDB, and the schema registry (idle after start-up).
 const OTHERS: [Part; 3] = [Part::Broker, Part::Dynamo, Part::Registry];
@@ -217,6 +220,61 @@ pub struct Plan {
     pub limit: Duration,
 }
 
+/// Every process's CPU when idle, as a fraction of one core.
+struct Idle {
+    rate: BTreeMap<Part, f64>,
+    span: Duration,
+}
+
+impl Idle {
+    fn of(&self, part: Part) -> f64 {
+        self.rate.get(&part).copied().unwrap_or_default()
+    }
+
+    /// The CPU `part` uses idle over `span`.
+    fn over(&self, part: Part, span: Duration) -> Duration {
+        Duration::from_secs_f64(self.of(part) * span.as_secs_f64())
+    }
+}
+
+/// Warms the pipeline up with 10 s at `plan.rate` (every event delivered
+/// and stored before going on), then measures every process idle for
+/// `plan.idle`.
+async fn warm_up_and_idle(
+    cluster: &Cluster,
+    receiver: &Receiver,
+    auditor: &Auditor,
+    http: &reqwest::Client,
+    dir: &std::path::Path,
+    plan: Plan,
+) -> anyhow::Result<Idle> {
+    let url = format!("http://127.0.0.1:{}/v1/events", cluster.ports.of(Part::GatewayA));
+    eprintln!("[cost] warm-up: 10 s at {} events/s", plan.rate);
+    let mut warm = Load::start_with(url, &cluster.demo.api_key, plan.rate, &dir.join("warm-up.txt"), false)?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    warm.stop().await?;
+    let warm_entries = warm.entries(0);
+    let left = auditor
+        .settle(receiver, &warm_entries, Instant::now() + plan.limit)
+        .await;
+    anyhow::ensure!(left.is_empty(), "the warm-up did not settle: {}", left.describe());
+
+    eprintln!("[cost] idle: {} s", plan.idle.as_secs());
+    let start = sample(cluster, http).await;
+    tokio::time::sleep(plan.idle).await;
+    let end = sample(cluster, http).await;
+    let span = end.at - start.at;
+    let rate = end
+        .cpu
+        .iter()
+        .map(|(part, used)| {
+            let before = start.cpu.get(part).copied().unwrap_or_default();
+            (*part, used.saturating_sub(before).as_secs_f64() / span.as_secs_f64())
+        })
+        .collect();
+    Ok(Idle { rate, span })
+}
+
 /// Warms the pipeline up, measures every process idle, then sends
 /// `plan.events` at `plan.rate` to one gateway, waits until every event was
 /// delivered and the persister stored every event and outcome, and reports
@@ -232,33 +290,7 @@ pub async fn cost(
 ) -> anyhow::Result<Cost> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let url = format!("http://127.0.0.1:{}/v1/events", cluster.ports.of(Part::GatewayA));
-
-    eprintln!("[cost] warm-up: 10 s at {} events/s", plan.rate);
-    let mut warm = Load::start_with(
-        url.clone(),
-        &cluster.demo.api_key,
-        plan.rate,
-        &dir.join("warm-up.txt"),
-        false,
-    )?;
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    warm.stop().await?;
-    let warm_entries = warm.entries(0);
-    let left = auditor
-        .settle(receiver, &warm_entries, Instant::now() + plan.limit)
-        .await;
-    anyhow::ensure!(left.is_empty(), "the warm-up did not settle: {}", left.describe());
-
-    eprintln!("[cost] idle: {} s", plan.idle.as_secs());
-    let idle_start = sample(cluster, &http).await;
-    tokio::time::sleep(plan.idle).await;
-    let idle_end = sample(cluster, &http).await;
-    let idle_span = idle_end.at - idle_start.at;
-    let idle_rate = |part: Part| -> f64 {
-        let used = idle_end.cpu.get(&part).copied().unwrap_or_default()
-            - idle_start.cpu.get(&part).copied().unwrap_or_default();
-        used.as_secs_f64() / idle_span.as_secs_f64()
-    };
+    let idle = warm_up_and_idle(cluster, receiver, auditor, &http, dir, plan).await?;
 
     eprintln!("[cost] {} events at {} events/s", plan.events, plan.rate);
     let before = sample(cluster, &http).await;
@@ -281,7 +313,7 @@ pub async fn cost(
             - total(&before, Part::Persister, "triggers_persister_events_total");
         let outcomes = total(&now, Part::Persister, "triggers_persister_outcomes_total")
             - total(&before, Part::Persister, "triggers_persister_outcomes_total");
-        if delivered == accepted && stored >= accepted as f64 && outcomes >= accepted as f64 {
+        if delivered == accepted && stored >= accepted as f64 && outcomes >= (accepted * OUTCOMES_PER_EVENT) as f64 {
             break;
         }
         anyhow::ensure!(
@@ -320,9 +352,9 @@ pub async fn cost(
     let (mut services_gross, mut services_net) = (0.0, 0.0);
     for part in SERVICES.iter().chain(OTHERS.iter()) {
         let used = after.cpu.get(part).copied().unwrap_or_default() - before.cpu.get(part).copied().unwrap_or_default();
-        let idle = Duration::from_secs_f64(idle_rate(*part) * span.as_secs_f64());
+        let idle_used = idle.over(*part, span);
         let gross = per_thousand(used);
-        let net = per_thousand(used.saturating_sub(idle));
+        let net = per_thousand(used.saturating_sub(idle_used));
         if SERVICES.contains(part) {
             services_gross += gross;
             services_net += net;
@@ -331,7 +363,7 @@ pub async fn cost(
             "| {} | {:.2} s | {:.1} % | {gross:.1} ms | {net:.1} ms |\n",
             part.name(),
             used.as_secs_f64(),
-            idle_rate(*part) * 100.0,
+            idle.of(*part) * 100.0,
         ));
     }
     let own = after.own_cpu - before.own_cpu;
@@ -402,13 +434,243 @@ pub async fn cost(
          charged but reports no units).\n",
         rate = plan.rate,
         span = span.as_secs_f64(),
-        idle = idle_span.as_secs_f64(),
+        idle = idle.span.as_secs_f64(),
         wr = per_event(write_calls),
         wcu = per_event(wcu),
         rd = per_event(read_calls),
         path = per_event(path_reads),
         rcu = per_event(rcu),
         failed = per_event(failed),
+    );
+    Ok(Cost { report, failures })
+}
+
+/// The metrics of one service now (empty when it does not answer).
+async fn scrape(cluster: &Cluster, http: &reqwest::Client, part: Part) -> Vec<Series> {
+    let url = format!("http://127.0.0.1:{}/metrics", cluster.ports.of(part));
+    match http.get(url).send().await {
+        Ok(response) => parse_exposition(&response.text().await.unwrap_or_default()),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The sum of the series named `name` in `series`.
+fn sum(series: &[Series], name: &str) -> f64 {
+    series.iter().filter(|s| s.name == name).map(|s| s.value).sum()
+}
+
+/// What one stage of a busy run measured.
+struct Stage {
+    part: Part,
+    /// From the first record the service handled to the last.
+    working: Duration,
+    /// Frozen until the stage began, then until it finished: CPU used
+    /// by every process over the stage.
+    used: BTreeMap<Part, Duration>,
+    /// The stage's length (for the idle CPU taken off).
+    span: Duration,
+}
+
+/// Every process's CPU time now.
+fn cpu_now(cluster: &Cluster) -> BTreeMap<Part, Duration> {
+    SERVICES
+        .iter()
+        .chain(OTHERS.iter())
+        .filter_map(|part| Some((*part, cluster::cpu(cluster.group(*part)?))))
+        .collect()
+}
+
+fn used_since(now: &BTreeMap<Part, Duration>, then: &BTreeMap<Part, Duration>) -> BTreeMap<Part, Duration> {
+    now.iter()
+        .map(|(part, used)| (*part, used.saturating_sub(then.get(part).copied().unwrap_or_default())))
+        .collect()
+}
+
+/// How far a consumer got through the backlog: events it handled since
+/// `baseline` (its metrics before it was frozen).
+async fn progress(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    receiver: &Receiver,
+    entries: &[crate::load::Entry],
+    baseline: &Sample,
+    part: Part,
+) -> usize {
+    let since = |series: &[Series], name: &str| (sum(series, name) - total(baseline, part, name)).max(0.0) as usize;
+    match part {
+        Part::Router => since(&scrape(cluster, http, part).await, "triggers_router_events_total"),
+        // Each event has two outcomes: routed, and its one delivery.
+        Part::Persister => {
+            let series = scrape(cluster, http, part).await;
+            since(&series, "triggers_persister_events_total")
+                .min(since(&series, "triggers_persister_outcomes_total") / OUTCOMES_PER_EVENT)
+        }
+        _ => entries.iter().filter(|e| receiver.seen(&e.id).is_some()).count(),
+    }
+}
+
+/// CPU per event of each service *busy*: with router, deliverer and
+/// persister frozen (SIGSTOP), one gateway takes `plan.events` at
+/// `rate` (the warm-up at `plan.rate`); then each consumer in turn runs alone through the backlog
+/// (router, deliverer, persister), with the others frozen or done. Each
+/// service's CPU is measured over its own stage, net of its idle rate:
+/// what a pod costs per event when it has work queued, which is how pods
+/// run at 10k events/s (docs/capacity.md), rather than woken for every
+/// record at 100 events/s as in [`cost`].
+pub async fn busy(
+    cluster: &Cluster,
+    receiver: &Receiver,
+    auditor: &Auditor,
+    dir: &std::path::Path,
+    plan: Plan,
+    rate: u32,
+) -> anyhow::Result<Cost> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let url = format!("http://127.0.0.1:{}/v1/events", cluster.ports.of(Part::GatewayA));
+    let idle = warm_up_and_idle(cluster, receiver, auditor, &http, dir, plan).await?;
+    let consumers = [Part::Router, Part::Deliverer, Part::Persister];
+    let baseline = sample(cluster, &http).await;
+    for part in consumers {
+        cluster.freeze(part, true)?;
+    }
+
+    eprintln!(
+        "[busy] gateway: {} events at {} events/s, the consumers frozen",
+        plan.events, rate
+    );
+    let mut stages = Vec::new();
+    let (start, cpu_start) = (Instant::now(), cpu_now(cluster));
+    let mut load = Load::start_with(url, &cluster.demo.api_key, rate, &dir.join("ledger.txt"), false)?;
+    while load.accepted() < plan.events && start.elapsed() < plan.limit {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    load.stop().await?;
+    let span = start.elapsed();
+    stages.push(Stage {
+        part: Part::GatewayA,
+        working: span,
+        used: used_since(&cpu_now(cluster), &cpu_start),
+        span,
+    });
+    let sent = load.counters();
+    let entries = load.entries(0);
+    let accepted = entries.len();
+
+    for part in consumers {
+        eprintln!("[busy] {}: {accepted} events of backlog, alone", part.name());
+        let (start, cpu_start) = (Instant::now(), cpu_now(cluster));
+        cluster.freeze(part, false)?;
+        let mut first = None;
+        loop {
+            let done = progress(cluster, &http, receiver, &entries, &baseline, part).await;
+            if done > 0 && first.is_none() {
+                first = Some(Instant::now());
+            }
+            if done >= accepted {
+                break;
+            }
+            anyhow::ensure!(
+                start.elapsed() < plan.limit,
+                "{} handled {done} of {accepted} events in {} s",
+                part.name(),
+                plan.limit.as_secs()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let span = start.elapsed();
+        stages.push(Stage {
+            part,
+            working: first.map_or(span, |first| first.elapsed()),
+            used: used_since(&cpu_now(cluster), &cpu_start),
+            span,
+        });
+    }
+    // The persister's last writes are counted once they are answered.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = sample(cluster, &http).await;
+    let left = auditor.settle(receiver, &entries, Instant::now() + plan.limit).await;
+
+    let mut failures = Vec::new();
+    if !left.is_empty() {
+        failures.push(left.describe());
+    }
+    if accepted < plan.events {
+        failures.push(format!("only {accepted} of {} events accepted", plan.events));
+    }
+    if sent.rejected + sent.server_errors + sent.gave_up > 0 {
+        failures.push(format!(
+            "{} refused, {} 5xx, {} given up",
+            sent.rejected, sent.server_errors, sent.gave_up
+        ));
+    }
+
+    let per_thousand = |d: Duration| d.as_secs_f64() * 1000.0 / accepted.max(1) as f64 * 1000.0;
+    let mut rows = String::new();
+    let mut together = 0.0;
+    for stage in &stages {
+        let used = |part: Part| stage.used.get(&part).copied().unwrap_or_default();
+        let own = used(stage.part);
+        let net = per_thousand(own.saturating_sub(idle.over(stage.part, stage.span)));
+        together += net;
+        let store = if stage.part == Part::Persister {
+            format!("{:.0} ms", per_thousand(used(Part::Dynamo)))
+        } else {
+            "—".to_owned()
+        };
+        rows.push_str(&format!(
+            "| {} | {:.1} s | {:.0} | {:.2} s | {:.0} ms | **{net:.0} ms** | {:.0} ms | {store} |\n",
+            stage.part.name(),
+            stage.working.as_secs_f64(),
+            accepted as f64 / stage.working.as_secs_f64().max(0.001),
+            own.as_secs_f64(),
+            per_thousand(own),
+            per_thousand(used(Part::Broker)),
+        ));
+    }
+    let dynamo_of = |part: Part| {
+        after
+            .dynamo
+            .get(&part)
+            .zip(baseline.dynamo.get(&part))
+            .map(|(now, then)| now.since(then))
+            .unwrap_or_default()
+    };
+    let persister = dynamo_of(Part::Persister);
+    let per_event = |v: f64| v / accepted.max(1) as f64;
+    let deliverer_reads: f64 = dynamo_of(Part::Deliverer)
+        .calls
+        .iter()
+        .filter(|((operation, _), _)| !writes(operation))
+        .map(|(_, calls)| calls)
+        .sum();
+    let write_calls: f64 = persister
+        .calls
+        .iter()
+        .filter(|((operation, result), _)| writes(operation) && result == "ok")
+        .map(|(_, calls)| calls)
+        .sum();
+    let wcu: f64 = persister
+        .units
+        .iter()
+        .filter(|((_, _, kind), _)| kind == "write")
+        .map(|(_, units)| units)
+        .sum();
+
+    let report = format!(
+        "### CPU per event, each service busy ({accepted} events, 1 KB, one matching subscription)\n\n\
+         The gateway took the events at {rate} events/s with router, deliverer and persister frozen; then each \
+         of them ran alone through the backlog. *Working* is from its first record to its last; CPU is over its \
+         whole stage, net of its idle rate ({idle:.0} s measured before).\n\n\
+         | service | working | events/s | CPU used | per 1,000 events | net of idle | Tansu per 1,000 | DynamoDB Local per 1,000 |\n\
+         |---|---|---|---|---|---|---|---|\n\
+         {rows}| **services together** | | | | | **{together:.0} ms** | | |\n\n\
+         Persister while busy: {wr:.3} write calls and {wcu:.3} WCU per event. Deliverer while busy: \
+         {dr:.3} DynamoDB reads per event (a delivery more than 5 s old is checked for an acknowledgement \
+         first; a fresh one is not).\n",
+        idle = idle.span.as_secs_f64(),
+        wr = per_event(write_calls),
+        wcu = per_event(wcu),
+        dr = per_event(deliverer_reads),
     );
     Ok(Cost { report, failures })
 }
