@@ -343,17 +343,11 @@ impl Cluster {
     /// (SIGCONT). A frozen consumer keeps its state and its position and
     /// works through what it missed when it runs again: a backlog.
     pub fn freeze(&self, part: Part, frozen: bool) -> anyhow::Result<()> {
-        let group = self
-            .group(part)
+        let process = self
+            .processes
+            .get(&part)
             .with_context(|| format!("{} is not running", part.name()))?;
-        // procps-ng's `kill`: the signal with `-s`, the group after `--`
-        // (see `triggers_stack`'s `kill_group`).
-        let status = std::process::Command::new("kill")
-            .args(["-s", if frozen { "STOP" } else { "CONT" }, "--"])
-            .arg(format!("-{group}"))
-            .status()
-            .context("run kill")?;
-        anyhow::ensure!(status.success(), "kill -s STOP/CONT of {} failed", part.name());
+        process.signal(if frozen { "STOP" } else { "CONT" })?;
         Ok(())
     }
 

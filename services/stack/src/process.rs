@@ -197,6 +197,21 @@ impl ChildProcess {
         let _ = self.watchdog.wait();
     }
 
+    /// Sends `signal` (by name: `STOP`, `CONT`, …) to the component's
+    /// process group.
+    pub fn signal(&self, signal: &str) -> Result<(), StackError> {
+        let what = format!("kill -s {signal} {}", self.name);
+        let status = signal_group(self.group(), signal).map_err(|e| StackError::io(&what, e))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(StackError::Failed {
+                what,
+                detail: status.to_string(),
+            })
+        }
+    }
+
     /// Kills the component at once with SIGKILL (a crash, for tests).
     pub fn kill(&mut self) {
         kill_group(self.watchdog.id());
@@ -209,14 +224,20 @@ impl ChildProcess {
     }
 }
 
-/// SIGKILL to the process group `group`. procps-ng's `kill` (4.0) reads
-/// `kill -KILL -<pgid>` as two options and signals nothing, successfully:
-/// the signal is named with `-s` and the group after `--`.
+/// SIGKILL to the process group `group`.
 fn kill_group(group: u32) {
-    let _ = Command::new("kill")
-        .args(["-s", "KILL", "--"])
+    let _ = signal_group(group, "KILL");
+}
+
+/// `signal` (by name: `KILL`, `STOP`, `CONT`) to the process group `group`.
+/// procps-ng's `kill` (4.0) reads `kill -KILL -<pgid>` as two options and
+/// signals nothing, successfully: the signal is named with `-s` and the
+/// group after `--`.
+fn signal_group(group: u32, signal: &str) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("kill")
+        .args(["-s", signal, "--"])
         .arg(format!("-{group}"))
-        .status();
+        .status()
 }
 
 impl Drop for ChildProcess {
