@@ -166,20 +166,13 @@ struct Sample {
 }
 
 async fn sample(cluster: &Cluster, http: &reqwest::Client) -> Sample {
-    let mut cpu = BTreeMap::new();
-    for part in SERVICES.iter().chain(OTHERS.iter()) {
-        if let Some(group) = cluster.group(*part) {
-            cpu.insert(*part, cluster::cpu(group));
-        }
-    }
+    let cpu = cpu_now(cluster);
     let mut dynamo = BTreeMap::new();
     let mut counters = BTreeMap::new();
     for part in SERVICES {
-        let url = format!("http://127.0.0.1:{}/metrics", cluster.ports.of(part));
-        let Ok(response) = http.get(url).send().await else {
+        let Some(series) = scrape(cluster, http, part).await else {
             continue;
         };
-        let series = parse_exposition(&response.text().await.unwrap_or_default());
         dynamo.insert(part, Dynamo::from_series(&series));
         counters.insert(part, series);
     }
@@ -197,7 +190,7 @@ fn total(sample: &Sample, part: Part, name: &str) -> f64 {
     sample
         .counters
         .get(&part)
-        .map(|series| series.iter().filter(|s| s.name == name).map(|s| s.value).sum())
+        .map(|series| sum(series, name))
         .unwrap_or_default()
 }
 
@@ -445,13 +438,11 @@ pub async fn cost(
     Ok(Cost { report, failures })
 }
 
-/// The metrics of one service now (empty when it does not answer).
-async fn scrape(cluster: &Cluster, http: &reqwest::Client, part: Part) -> Vec<Series> {
+/// The metrics of one service now; `None` when it does not answer.
+async fn scrape(cluster: &Cluster, http: &reqwest::Client, part: Part) -> Option<Vec<Series>> {
     let url = format!("http://127.0.0.1:{}/metrics", cluster.ports.of(part));
-    match http.get(url).send().await {
-        Ok(response) => parse_exposition(&response.text().await.unwrap_or_default()),
-        Err(_) => Vec::new(),
-    }
+    let response = http.get(url).send().await.ok()?;
+    Some(parse_exposition(&response.text().await.unwrap_or_default()))
 }
 
 /// The sum of the series named `name` in `series`.
@@ -462,7 +453,8 @@ fn sum(series: &[Series], name: &str) -> f64 {
 /// What one stage of a busy run measured.
 struct Stage {
     part: Part,
-    /// From the first record the service handled to the last.
+    /// From the last look that found no record handled to the look that
+    /// found all (at most 250 ms longer than the work).
     working: Duration,
     /// Frozen until the stage began, then until it finished: CPU used
     /// by every process over the stage.
@@ -498,10 +490,13 @@ async fn progress(
 ) -> usize {
     let since = |series: &[Series], name: &str| (sum(series, name) - total(baseline, part, name)).max(0.0) as usize;
     match part {
-        Part::Router => since(&scrape(cluster, http, part).await, "triggers_router_events_total"),
+        Part::Router => since(
+            &scrape(cluster, http, part).await.unwrap_or_default(),
+            "triggers_router_events_total",
+        ),
         // Each event has two outcomes: routed, and its one delivery.
         Part::Persister => {
-            let series = scrape(cluster, http, part).await;
+            let series = scrape(cluster, http, part).await.unwrap_or_default();
             since(&series, "triggers_persister_events_total")
                 .min(since(&series, "triggers_persister_outcomes_total") / OUTCOMES_PER_EVENT)
         }
@@ -560,11 +555,13 @@ pub async fn busy(
         eprintln!("[busy] {}: {accepted} events of backlog, alone", part.name());
         let (start, cpu_start) = (Instant::now(), cpu_now(cluster));
         cluster.freeze(part, false)?;
-        let mut first = None;
+        // The last look that found nothing handled yet: the stage's work
+        // began after it (so `working` is at most one look too long).
+        let mut before_first = start;
         loop {
             let done = progress(cluster, &http, receiver, &entries, &baseline, part).await;
-            if done > 0 && first.is_none() {
-                first = Some(Instant::now());
+            if done == 0 {
+                before_first = Instant::now();
             }
             if done >= accepted {
                 break;
@@ -580,7 +577,7 @@ pub async fn busy(
         let span = start.elapsed();
         stages.push(Stage {
             part,
-            working: first.map_or(span, |first| first.elapsed()),
+            working: before_first.elapsed(),
             used: used_since(&cpu_now(cluster), &cpu_start),
             span,
         });
@@ -659,8 +656,8 @@ pub async fn busy(
     let report = format!(
         "### CPU per event, each service busy ({accepted} events, 1 KB, one matching subscription)\n\n\
          The gateway took the events at {rate} events/s with router, deliverer and persister frozen; then each \
-         of them ran alone through the backlog. *Working* is from its first record to its last; CPU is over its \
-         whole stage, net of its idle rate ({idle:.0} s measured before).\n\n\
+         of them ran alone through the backlog. *Working* is from the last look (every 250 ms) that found no record \
+         handled to the first that found all; CPU is over its whole stage, net of its idle rate ({idle:.0} s measured before).\n\n\
          | service | working | events/s | CPU used | per 1,000 events | net of idle | Tansu per 1,000 | DynamoDB Local per 1,000 |\n\
          |---|---|---|---|---|---|---|---|\n\
          {rows}| **services together** | | | | | **{together:.0} ms** | | |\n\n\
