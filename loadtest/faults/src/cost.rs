@@ -450,6 +450,30 @@ fn sum(series: &[Series], name: &str) -> f64 {
     series.iter().filter(|s| s.name == name).map(|s| s.value).sum()
 }
 
+/// `name`'s change from `then` to `now` in `part`, by the value of its
+/// label `label`: `a 12, b 3`.
+fn by_label(now: &Sample, then: &Sample, part: Part, name: &str, label: &str) -> String {
+    let mut values: BTreeMap<&str, f64> = BTreeMap::new();
+    for (sign, sample) in [(1.0, now), (-1.0, then)] {
+        for series in sample.counters.get(&part).into_iter().flatten() {
+            if series.name == name {
+                let key = series.labels.get(label).map_or("", String::as_str);
+                *values.entry(key).or_default() += sign * series.value;
+            }
+        }
+    }
+    let values: Vec<String> = values
+        .into_iter()
+        .filter(|(_, value)| *value > 0.0)
+        .map(|(key, value)| format!("{key} {value:.0}"))
+        .collect();
+    if values.is_empty() {
+        "none".to_owned()
+    } else {
+        values.join(", ")
+    }
+}
+
 /// What one stage of a busy run measured.
 struct Stage {
     part: Part,
@@ -512,6 +536,10 @@ async fn progress(
 /// what a pod costs per event when it has work queued, which is how pods
 /// run at 10k events/s (docs/capacity.md), rather than woken for every
 /// record at 100 events/s as in [`cost`].
+///
+/// With `catch_up`, only the persister is frozen: router and deliverer
+/// work live, and the persister then catches up on events and outcomes
+/// written side by side, as after an outage of the persister alone.
 pub async fn busy(
     cluster: &Cluster,
     receiver: &Receiver,
@@ -519,19 +547,26 @@ pub async fn busy(
     dir: &std::path::Path,
     plan: Plan,
     rate: u32,
+    catch_up: bool,
 ) -> anyhow::Result<Cost> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let url = format!("http://127.0.0.1:{}/v1/events", cluster.ports.of(Part::GatewayA));
     let idle = warm_up_and_idle(cluster, receiver, auditor, &http, dir, plan).await?;
-    let consumers = [Part::Router, Part::Deliverer, Part::Persister];
+    let consumers: &[Part] = if catch_up {
+        &[Part::Persister]
+    } else {
+        &[Part::Router, Part::Deliverer, Part::Persister]
+    };
     let baseline = sample(cluster, &http).await;
-    for part in consumers {
+    for &part in consumers {
         cluster.freeze(part, true)?;
     }
 
     eprintln!(
-        "[busy] gateway: {} events at {} events/s, the consumers frozen",
-        plan.events, rate
+        "[busy] gateway: {} events at {} events/s, frozen: {}",
+        plan.events,
+        rate,
+        consumers.iter().map(|part| part.name()).collect::<Vec<_>>().join(", ")
     );
     let mut stages = Vec::new();
     let (start, cpu_start) = (Instant::now(), cpu_now(cluster));
@@ -550,8 +585,16 @@ pub async fn busy(
     let sent = load.counters();
     let entries = load.entries(0);
     let accepted = entries.len();
+    if catch_up {
+        // Router and deliverer finish live, before the persister starts.
+        let start = Instant::now();
+        while progress(cluster, &http, receiver, &entries, &baseline, Part::Deliverer).await < accepted {
+            anyhow::ensure!(start.elapsed() < plan.limit, "not every event was delivered");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
 
-    for part in consumers {
+    for &part in consumers {
         eprintln!("[busy] {}: {accepted} events of backlog, alone", part.name());
         let (start, cpu_start) = (Instant::now(), cpu_now(cluster));
         cluster.freeze(part, false)?;
@@ -653,17 +696,37 @@ pub async fn busy(
         .map(|(_, units)| units)
         .sum();
 
+    let how = if catch_up {
+        "with the persister frozen (router and deliverer live); then the persister caught up alone"
+    } else {
+        "with router, deliverer and persister frozen; then each of them ran alone through the backlog"
+    };
     let report = format!(
         "### CPU per event, each service busy ({accepted} events, 1 KB, one matching subscription)\n\n\
-         The gateway took the events at {rate} events/s with router, deliverer and persister frozen; then each \
-         of them ran alone through the backlog. *Working* is from the last look (every 250 ms) that found no record \
+         The gateway took the events at {rate} events/s {how}. *Working* is from the last look (every 250 ms) that found no record \
          handled to the first that found all; CPU is over its whole stage, net of its idle rate ({idle:.0} s measured before).\n\n\
          | service | working | events/s | CPU used | per 1,000 events | net of idle | Tansu per 1,000 | DynamoDB Local per 1,000 |\n\
          |---|---|---|---|---|---|---|---|\n\
          {rows}| **services together** | | | | | **{together:.0} ms** | | |\n\n\
          Persister while busy: {wr:.3} write calls and {wcu:.3} WCU per event. Deliverer while busy: \
          {dr:.3} DynamoDB reads per event (a delivery more than 5 s old is checked for an acknowledgement \
-         first; a fresh one is not).\n",
+         first; a fresh one is not).\n\n\
+         Persister event writes by why they were written: {releases}. Partitions that waited for the other \
+         topic, by how the wait ended: {waits}.\n",
+        releases = by_label(
+            &after,
+            &baseline,
+            Part::Persister,
+            "triggers_persister_event_writes_total",
+            "release"
+        ),
+        waits = by_label(
+            &after,
+            &baseline,
+            Part::Persister,
+            "triggers_consumer_align_waits_total",
+            "ended"
+        ),
         idle = idle.span.as_secs_f64(),
         wr = per_event(write_calls),
         wcu = per_event(wcu),

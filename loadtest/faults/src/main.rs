@@ -105,6 +105,11 @@ struct Args {
     /// The gateway's rate in the busy run (its warm-up runs at `--rate`).
     #[arg(long, default_value_t = 600)]
     busy_rate: u32,
+    /// With `--busy`: freeze only the persister, so it catches up on the
+    /// events and outcomes that router and deliverer wrote live meanwhile
+    /// (as after an outage of the persister alone).
+    #[arg(long, requires = "busy")]
+    catch_up: bool,
     /// How long the cost run measures every process idle first.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
     idle: Duration,
@@ -517,7 +522,7 @@ async fn pressure_run(
             limit,
         };
         let cost = if args.busy {
-            let busy = cost::busy(&cluster, &receiver, &auditor, dir, plan, args.busy_rate).await;
+            let busy = cost::busy(&cluster, &receiver, &auditor, dir, plan, args.busy_rate, args.catch_up).await;
             // A run that failed half-way may leave consumers frozen.
             cluster.thaw();
             busy?

@@ -19,6 +19,8 @@
 //!   ([`crate::handover`]): its waiting records stop, its running ones
 //!   finish (within the grace period), its done prefix is committed, and
 //!   what was read from it but not started is dropped.
+//! - **Alignment.** A consumer of two topics may keep one from being read
+//!   ahead of the other in record time ([`crate::align`]).
 //! - **Failures.** A handler that panics is run again with backoff; after
 //!   [`HANDLER_ATTEMPTS`] tries, or when it reports a record it can never
 //!   process ([`Handled::Poison`]), the record goes to the quarantine topic
@@ -42,6 +44,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::align::{Align, Aligner, Side};
 use crate::handover::Handover;
 use crate::kafka::ConsumerLog;
 use crate::pacing::Pacer;
@@ -65,7 +68,7 @@ pub enum Handled {
 }
 
 /// The bounds of one consume loop.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Records worked on at once.
     pub max_in_flight: usize,
@@ -75,6 +78,8 @@ pub struct Limits {
     pub max_bytes: usize,
     /// How long shutdown waits for the records in flight.
     pub grace: Duration,
+    /// Two topics read side by side in record time.
+    pub align: Option<Align>,
 }
 
 impl Limits {
@@ -84,6 +89,15 @@ impl Limits {
             max_in_flight: max_in_flight.max(1),
             max_bytes: 256 << 20,
             grace,
+            align: None,
+        }
+    }
+
+    /// The same, with `align`'s two topics read side by side.
+    pub fn aligned(self, align: Align) -> Self {
+        Self {
+            align: Some(align),
+            ..self
         }
     }
 }
@@ -188,6 +202,10 @@ pub async fn run<C, F, Fut>(
     let max_total = max.saturating_mul(WAITING_FACTOR + 1);
     let handover = consumer.context().handover().cloned().unwrap_or_else(Handover::new);
     handover.set_limit(limits.grace);
+    let mut aligner = limits
+        .align
+        .clone()
+        .map(|align| Aligner::new(align, tokio::time::Instant::now()));
     let mut in_flight = FuturesUnordered::new();
     let mut backlog: VecDeque<Pending> = VecDeque::new();
     let mut bytes = 0usize;
@@ -203,6 +221,11 @@ pub async fn run<C, F, Fut>(
                 }
                 kept
             });
+            if let Some(aligner) = &mut aligner {
+                for (topic, partition) in &revoked {
+                    aligner.revoked(topic, *partition);
+                }
+            }
         }
         // Start what the slots allow, oldest first.
         while in_flight.len().saturating_sub(waiting.load(Ordering::Acquire)) < max
@@ -239,7 +262,10 @@ pub async fn run<C, F, Fut>(
             pacer.hold(consumer);
         } else if pacer.is_held() && !full && backlog.len() <= max / 2 && bytes <= limits.max_bytes / 2 {
             pacer.release(consumer);
+            // The release resumed every partition: those waiting go on waiting.
+            pause_waiting(consumer, aligner.as_ref());
         }
+        let align_due = aligner.as_ref().and_then(Aligner::next_due);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -249,7 +275,17 @@ pub async fn run<C, F, Fut>(
             }
             // A slot was freed: start what waits for one.
             () = wake.notified() => {}
-            () = pacer.due() => pacer.act(consumer),
+            () = pacer.due() => {
+                pacer.act(consumer);
+                if !pacer.is_paused() {
+                    pause_waiting(consumer, aligner.as_ref());
+                }
+            }
+            () = sleep_until(align_due), if align_due.is_some() => {
+                if let Some(aligner) = &mut aligner {
+                    resume_ready(consumer, aligner, &pacer, quarantine.service());
+                }
+            }
             // Always polled, even when full (the partitions are paused then):
             // polling keeps the consumer in its group.
             message = consumer.recv() => {
@@ -269,6 +305,14 @@ pub async fn run<C, F, Fut>(
                     }
                 };
                 handover.read(message.topic(), message.partition(), message.offset());
+                if let Some(aligner) = &mut aligner {
+                    let now = tokio::time::Instant::now();
+                    let at = message.timestamp().to_millis();
+                    if let Some(side) = aligner.saw(message.topic(), message.partition(), at, now) {
+                        pause(consumer, aligner, side);
+                    }
+                    resume_ready(consumer, aligner, &pacer, quarantine.service());
+                }
                 let record_bytes = size(&message);
                 bytes += record_bytes;
                 backlog.push_back(Pending { message, bytes: record_bytes });
@@ -290,6 +334,63 @@ pub async fn run<C, F, Fut>(
     // What is left was given up: the revoke of closing waits for nothing.
     handover.set_limit(Duration::ZERO);
     final_commit(consumer);
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn partition_list(topic: &str, partition: i32) -> rdkafka::TopicPartitionList {
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    list
+}
+
+/// Pauses a partition that runs ahead of the other topic.
+fn pause<C: ConsumerContext + 'static>(consumer: &StreamConsumer<C>, aligner: &Aligner, (index, partition): Side) {
+    let topic = aligner.topic(index);
+    if let Err(e) = consumer.pause(&partition_list(topic, partition)) {
+        tracing::debug!(error = %e, topic, partition, "cannot pause a partition ahead of the other topic (revoked?)");
+    }
+}
+
+/// Pauses again the partitions waiting for the other topic (after
+/// something resumed every partition).
+fn pause_waiting<C: ConsumerContext + 'static>(consumer: &StreamConsumer<C>, aligner: Option<&Aligner>) {
+    if let Some(aligner) = aligner {
+        for side in aligner.waiting() {
+            pause(consumer, aligner, side);
+        }
+    }
+}
+
+/// Resumes the partitions whose wait is over, unless the pacer has every
+/// partition paused (its resume covers them).
+fn resume_ready<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    aligner: &mut Aligner,
+    pacer: &Pacer,
+    service: &'static str,
+) {
+    for ((index, partition), ended) in aligner.ready(tokio::time::Instant::now()) {
+        let topic = aligner.topic(index);
+        metrics::counter!(
+            "triggers_consumer_align_waits_total",
+            "service" => service,
+            "topic" => topic.to_owned(),
+            "ended" => ended.as_str()
+        )
+        .increment(1);
+        if pacer.is_paused() {
+            continue;
+        }
+        if let Err(e) = consumer.resume(&partition_list(topic, partition)) {
+            tracing::debug!(error = %e, topic, partition, "cannot resume a partition that waited for the other topic");
+        }
+    }
 }
 
 /// One record's work: the handler (again, with backoff, if it panicked),

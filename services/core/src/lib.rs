@@ -38,6 +38,7 @@
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 #![forbid(unsafe_code)]
 
+pub mod align;
 pub mod analytics;
 pub mod codec;
 pub mod config;

@@ -177,6 +177,11 @@ impl Pacer {
         self.held
     }
 
+    /// Whether the pacer has every partition paused (held, or idle).
+    pub fn is_paused(&self) -> bool {
+        self.held || matches!(self.state, State::Paused { .. })
+    }
+
     /// Notes a record: the consumer is busy, so it stays at full speed.
     pub fn saw_record(&mut self) {
         if self.settings.is_none() {

@@ -60,6 +60,17 @@ pub struct PersisterConfig {
     /// batch is written at once.
     #[serde(with = "humantime_serde")]
     pub hold: Duration,
+    /// How far ahead (record time) of each other the `events` and
+    /// `outcomes` topics are read when the persister is behind, so that an
+    /// event's body and outcomes come while it is held
+    /// ([`triggers_core::align`]).
+    #[serde(with = "humantime_serde")]
+    pub align_slack: Duration,
+    /// The longest a partition of either topic waits for the other to
+    /// catch up (a router far behind). Zero: the topics are read as they
+    /// come.
+    #[serde(with = "humantime_serde")]
+    pub align_max_wait: Duration,
     /// How long shutdown waits for writes in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -78,6 +89,8 @@ impl Default for PersisterConfig {
             batch_wait: Duration::from_millis(10),
             write_concurrency: 64,
             hold: Duration::from_secs(1),
+            align_slack: Duration::from_millis(500),
+            align_max_wait: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(20),
             analytics_flush: Duration::from_secs(5),
         }
@@ -115,6 +128,15 @@ impl Validate for PersisterConfig {
         }
         if self.hold > Duration::from_secs(10) {
             issues.push(ConfigIssue::new(format!("{prefix}.hold"), "must be at most 10s"));
+        }
+        if self.align_slack > Duration::from_secs(60) {
+            issues.push(ConfigIssue::new(format!("{prefix}.align_slack"), "must be at most 1m"));
+        }
+        if self.align_max_wait > Duration::from_secs(300) {
+            issues.push(ConfigIssue::new(
+                format!("{prefix}.align_max_wait"),
+                "must be at most 5m",
+            ));
         }
         if self.batch_wait > Duration::from_secs(1) {
             issues.push(ConfigIssue::new(format!("{prefix}.batch_wait"), "must be at most 1s"));
@@ -268,7 +290,16 @@ pub async fn start(
         default_retention: common.dynamodb.retention,
     });
     let consumer = service.group_consumer(&[&common.topics.events(), &common.topics.outcomes()])?;
-    let limits = config.consumer().limits();
+    let mut limits = config.consumer().limits();
+    if !config.align_max_wait.is_zero() {
+        limits = limits.aligned(triggers_core::align::Align {
+            topics: [common.topics.events(), common.topics.outcomes()],
+            slack: config.align_slack,
+            // A topic quiet this long is at its end (or stopped).
+            quiet: Duration::from_secs(1),
+            max_wait: config.align_max_wait,
+        });
+    }
     let pacer = triggers_core::pacing::Pacer::new(&common.kafka);
     let quarantine = Quarantine::lazy(&common.kafka, common.topics.quarantine(), "persister");
     let work = async move {

@@ -19,11 +19,19 @@
 //! into a failed conditional write and a read.
 //!
 //! An event that is not settled yet (see [`Progress::settled`]) and whose
-//! deliveries have not failed is held for up to `hold` from its first record, so that its body, its `routed`
-//! and its `delivered` outcomes, which come within a few hundred
+//! deliveries have not failed is held for `hold`, so that its body, its
+//! `routed` and its `delivered` outcomes, which come within a few hundred
 //! milliseconds in the common case, become one item write instead of a
 //! create and an update: half the write units, and the event never passes
-//! through the inbox index. A settled event is written at once; the held
+//! through the inbox index. `hold` is counted in *record time*, like a
+//! stream processor's windows: an event is due once the writer took a
+//! record `hold` newer than the event's first (records carry the time
+//! they were made), or, when no record came for [`QUIET`], `hold` after it
+//! was held (at most ten times `hold` in any case). Live, the two are the
+//! same; a persister catching up after an outage takes its records far
+//! faster or slower than they were made, and on the wall clock its held
+//! events came due before their outcomes had been read (each event then
+//! cost three writes instead of one). A settled event is written at once; the held
 //! are bounded in number (beyond `max_held` the oldest is written), and
 //! shutdown or a closed queue writes them all. Holding only delays a
 //! record's offset: nothing is acknowledged before it is in DynamoDB.
@@ -107,10 +115,17 @@ struct Group {
     /// Every outcome with its expiry, for the attempt items.
     attempts: Vec<(Outcome, i64)>,
     expires_at: i64,
+    /// The time its earliest record was made (ms since the epoch).
+    at: Option<i64>,
     done: Vec<oneshot::Sender<Handled>>,
 }
 
 impl Group {
+    /// Notes a record made at `at`.
+    fn made(&mut self, at: i64) {
+        self.at = Some(self.at.map_or(at, |earliest| earliest.min(at)));
+    }
+
     /// Adds a later batch's records of the same event.
     fn merge(&mut self, later: Group) {
         if later.body.is_some() {
@@ -119,6 +134,9 @@ impl Group {
         self.outcomes.extend(later.outcomes);
         self.attempts.extend(later.attempts);
         self.expires_at = self.expires_at.max(later.expires_at);
+        if let Some(at) = later.at {
+            self.made(at);
+        }
         self.done.extend(later.done);
     }
 
@@ -165,13 +183,36 @@ impl Release {
 
 type Key = (TenantId, EventId);
 
+/// A held event that is quiet for this long (no record taken) is due
+/// `hold` after it was held: nothing more is coming to move record time.
+pub const QUIET: Duration = Duration::from_millis(250);
+
+/// A held event is due after this many times `hold` on the wall clock,
+/// whatever record time says.
+const BACKSTOP: u32 = 10;
+
+/// A held event in the order held.
+struct Entry {
+    /// When it was held.
+    since: Instant,
+    /// The time its earliest record was made.
+    at: Option<i64>,
+    key: Key,
+    generation: u64,
+}
+
 /// The events held back, and when each is due (in the order held).
 struct Held {
     hold: Duration,
     max: usize,
     groups: HashMap<Key, (Group, u64)>,
-    due: VecDeque<(Instant, Key, u64)>,
+    due: VecDeque<Entry>,
     generation: u64,
+    /// The latest time a record taken was made (ms): how far the writer
+    /// has read, in record time.
+    read_to: Option<i64>,
+    /// When records were last taken.
+    last_taken: Option<Instant>,
 }
 
 impl Held {
@@ -182,6 +223,8 @@ impl Held {
             groups: HashMap::new(),
             due: VecDeque::new(),
             generation: 0,
+            read_to: None,
+            last_taken: None,
         }
     }
 
@@ -189,9 +232,38 @@ impl Held {
         self.groups.len()
     }
 
-    /// When the first held event is due.
+    fn is_current(&self, entry: &Entry) -> bool {
+        self.groups
+            .get(&entry.key)
+            .is_some_and(|(_, generation)| *generation == entry.generation)
+    }
+
+    /// Whether `entry` is due at `now`: records `hold` newer than its
+    /// first were taken, or it was held `hold` and nothing came for
+    /// [`QUIET`], or it was held `BACKSTOP` times `hold`.
+    fn is_due(&self, entry: &Entry, now: Instant) -> bool {
+        let hold_ms = i64::try_from(self.hold.as_millis()).unwrap_or(i64::MAX);
+        let read_past = entry
+            .at
+            .zip(self.read_to)
+            .is_some_and(|(at, read_to)| read_to >= at.saturating_add(hold_ms));
+        let quiet = self
+            .last_taken
+            .is_none_or(|taken| now.saturating_duration_since(taken) >= QUIET);
+        let waited = now.saturating_duration_since(entry.since);
+        read_past || (quiet && waited >= self.hold) || waited >= self.hold * BACKSTOP
+    }
+
+    /// When the first held event is due on the wall clock (record time
+    /// moves only when records are taken: [`Held::add`] looks then).
     fn next_due(&self) -> Option<Instant> {
-        self.due.front().map(|(at, _, _)| *at)
+        let first = self.due.iter().find(|entry| self.is_current(entry))?;
+        let quiet_from = self.last_taken.map_or(first.since, |taken| taken + QUIET);
+        Some(
+            (first.since + self.hold)
+                .max(quiet_from)
+                .min(first.since + self.hold * BACKSTOP),
+        )
     }
 
     /// Takes a batch's groups: each joins its event's held records; the
@@ -205,6 +277,10 @@ impl Held {
         known: impl Fn(&Key) -> Option<Progress>,
     ) -> Vec<(Key, Group, Release)> {
         let mut ready = Vec::new();
+        if let Some(latest) = groups.values().filter_map(|group| group.at).max() {
+            self.read_to = Some(self.read_to.map_or(latest, |read_to| read_to.max(latest)));
+        }
+        self.last_taken = Some(now);
         for (key, group) in groups {
             let group = match self.groups.remove(&key) {
                 Some((mut earlier, generation)) => {
@@ -223,8 +299,13 @@ impl Held {
                 continue;
             }
             self.generation += 1;
+            self.due.push_back(Entry {
+                since: now,
+                at: group.at,
+                key,
+                generation: self.generation,
+            });
             self.groups.insert(key, (group, self.generation));
-            self.due.push_back((now + self.hold, key, self.generation));
         }
         while self.groups.len() > self.max {
             match self.pop_front() {
@@ -232,15 +313,24 @@ impl Held {
                 None => break,
             }
         }
+        // Record time moved: the held it passed are due.
+        ready.extend(self.take_due(now));
         ready
     }
 
-    /// The held that are due at `now`.
+    /// The held that are due at `now`, in the order held (one not due yet
+    /// keeps those behind it).
     fn take_due(&mut self, now: Instant) -> Vec<(Key, Group, Release)> {
         let mut ready = Vec::new();
-        while self.next_due().is_some_and(|at| at <= now) {
-            if let Some((key, group)) = self.pop_front() {
-                ready.push((key, group, Release::Due));
+        while let Some(first) = self.due.front() {
+            if !self.is_current(first) {
+                self.due.pop_front();
+            } else if self.is_due(first, now) {
+                if let Some((key, group)) = self.pop_front() {
+                    ready.push((key, group, Release::Due));
+                }
+            } else {
+                break;
             }
         }
         ready
@@ -258,9 +348,9 @@ impl Held {
     /// The first in the due order that is still held under the same
     /// generation (an event written early leaves a stale entry behind).
     fn pop_front(&mut self) -> Option<(Key, Group)> {
-        while let Some((_, key, generation)) = self.due.pop_front() {
-            if self.groups.get(&key).is_some_and(|(_, g)| *g == generation) {
-                return self.groups.remove(&key).map(|(group, _)| (key, group));
+        while let Some(entry) = self.due.pop_front() {
+            if self.is_current(&entry) {
+                return self.groups.remove(&entry.key).map(|(group, _)| (entry.key, group));
             }
         }
         None
@@ -423,12 +513,14 @@ fn coalesce(batch: Vec<Pending>) -> Groups {
             Record::Event(event, expires_at) => {
                 let group = groups.entry((event.tenant, event.id)).or_default();
                 group.expires_at = group.expires_at.max(expires_at);
+                group.made(event.received_at);
                 group.body = Some((event, expires_at));
                 group.done.push(done);
             }
             Record::Outcome(outcome, expires_at) => {
                 let group = groups.entry((outcome.tenant, outcome.event_id)).or_default();
                 group.expires_at = group.expires_at.max(expires_at);
+                group.made(outcome.at);
                 group.attempts.push(((*outcome).clone(), expires_at));
                 group.outcomes.push(*outcome);
                 group.done.push(done);
@@ -664,6 +756,56 @@ mod tests {
         assert_eq!(due[0].1.outcomes.len(), 1);
         assert_eq!(held.len(), 0);
         assert_eq!(held.next_due(), None);
+    }
+
+    #[test]
+    fn hold_is_counted_in_record_time_while_records_come() {
+        let tenant = TenantId::new();
+        let start = Instant::now();
+        let mut held = Held::new(Duration::from_secs(1), 100);
+        // Catching up: an event made long ago, then records keep coming,
+        // all made less than `hold` after it.
+        let (old, routed, _) = records(tenant);
+        let made = old.received_at;
+        let (groups, _w) = batch(vec![Record::Event(Box::new(old.clone()), 100)]);
+        assert!(held.add(groups, start, true, nothing_known).is_empty());
+        let mut now = start;
+        for step in 1..=8 {
+            now = start + Duration::from_millis(250 * step);
+            let mut other = event(tenant);
+            other.received_at = made + 100 * i64::try_from(step).unwrap_or_default();
+            let (groups, _w) = batch(vec![Record::Event(Box::new(other), 100)]);
+            let ready = held.add(groups, now, true, nothing_known);
+            assert!(
+                ready.iter().all(|(key, _, _)| key.1 != old.id),
+                "due after {} ms of wall clock but only {} ms of record time",
+                250 * step,
+                100 * step
+            );
+        }
+        // Its outcome comes two seconds late on the wall clock, in time.
+        let (groups, _w) = batch(vec![Record::Outcome(Box::new(routed), 100)]);
+        assert!(held.add(groups, now, true, nothing_known).is_empty());
+        // A record made `hold` after it: due, with its outcome.
+        let mut later = event(tenant);
+        later.received_at = made + 1_000;
+        let (groups, _w) = batch(vec![Record::Event(Box::new(later), 100)]);
+        let ready = held.add(groups, now, true, nothing_known);
+        let (_, group, release) = ready
+            .iter()
+            .find(|(key, _, _)| key.1 == old.id)
+            .unwrap_or_else(|| panic!("not due after a record made `hold` later"));
+        assert!(matches!(release, Release::Due));
+        assert_eq!(group.outcomes.len(), 1);
+        // Nothing comes any more: each of the rest is due once it is quiet
+        // and `hold` after it was held.
+        assert_eq!(held.next_due(), Some(now + QUIET));
+        let rest = held.take_due(now + QUIET);
+        assert_eq!(rest.len(), 5, "the five held at least `hold` before");
+        assert!(rest.iter().all(|(_, _, release)| matches!(release, Release::Due)));
+        assert_eq!(held.next_due(), Some(start + Duration::from_millis(2_500)));
+        assert_eq!(held.take_due(now + Duration::from_secs(1)).len(), 4);
+        assert_eq!(held.len(), 0);
     }
 
     #[test]
