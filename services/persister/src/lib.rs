@@ -89,7 +89,7 @@ impl Default for PersisterConfig {
             batch_wait: Duration::from_millis(10),
             write_concurrency: 64,
             hold: Duration::from_secs(1),
-            align_slack: Duration::from_millis(500),
+            align_slack: Duration::from_millis(100),
             align_max_wait: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(20),
             analytics_flush: Duration::from_secs(5),
