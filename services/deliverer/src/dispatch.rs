@@ -183,13 +183,7 @@ impl Deliverer {
     /// outage must not stop webhooks. That choice is counted
     /// (`triggers_deliverer_unchecked_total`) and logged.
     async fn stopped(&self, delivery: &Delivery) -> bool {
-        let checked = triggers_core::eventstore::deliveries_stopped(
-            &self.dynamo,
-            &self.tables,
-            &delivery.tenant,
-            &delivery.event.id,
-        )
-        .await;
+        let checked = self.checks.stopped(delivery.tenant, delivery.event.id).await;
         match checked {
             Ok(stopped) => stopped,
             Err(e) => {

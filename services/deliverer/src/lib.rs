@@ -47,6 +47,7 @@
 
 pub mod attempt;
 pub mod batch;
+mod checks;
 pub mod config;
 mod dispatch;
 pub mod error;
@@ -104,6 +105,7 @@ pub async fn start(
         retry_topics: common.topics.retries(),
         dynamo: service.dynamo.clone(),
         tables: service.tables.clone(),
+        checks: checks::Checks::start(service.dynamo.clone(), service.tables.clone()),
         max_response_bytes: 4096,
         lanes: Lanes::default(),
         slots: Slots::new(config.max_in_flight_per_subscription),

@@ -12,6 +12,7 @@ use triggers_core::follower::Follower;
 use triggers_core::kafka::KafkaProducer;
 
 use crate::batch::Batcher;
+use crate::checks::Checks;
 use crate::lanes::{Lanes, Slots};
 use crate::ssrf;
 
@@ -27,6 +28,8 @@ pub(crate) struct Deliverer {
     pub(crate) retry_topics: Vec<String>,
     pub(crate) dynamo: aws_sdk_dynamodb::Client,
     pub(crate) tables: Tables,
+    /// Acknowledgement checks, gathered into few calls.
+    pub(crate) checks: Checks,
     pub(crate) max_response_bytes: usize,
     pub(crate) lanes: Lanes,
     pub(crate) slots: Slots,

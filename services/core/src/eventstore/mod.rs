@@ -79,7 +79,9 @@ pub fn expiry(received_at: i64, retention: std::time::Duration) -> i64 {
 pub use crate::dynamo::ListError;
 pub use item::{ITEM_LIMIT, LISTING_DATA_MAX};
 pub use progress::{ProgressCache, Track};
-pub use query::{LISTING_PAGE_BYTES, ListQuery, attempts, deliveries_stopped, get, list};
+pub use query::{
+    BATCH_GET_KEYS, LISTING_PAGE_BYTES, ListQuery, attempts, deliveries_stopped, deliveries_stopped_many, get, list,
+};
 pub use write::{
     acknowledge, apply_outcome, apply_outcomes, delete, delete_prefix, put_attempts, put_event, put_event_with,
 };

@@ -9,6 +9,7 @@ mod capacity;
 mod codec;
 mod consume;
 mod deadletter;
+mod eventstore;
 mod follower;
 mod outbox;
 mod pacing;
