@@ -683,6 +683,12 @@ pub async fn busy(
         .filter(|((operation, _), _)| !writes(operation))
         .map(|(_, calls)| calls)
         .sum();
+    let deliverer_rcu: f64 = dynamo_of(Part::Deliverer)
+        .units
+        .iter()
+        .filter(|((_, _, kind), _)| kind == "read")
+        // Folded from +0.0: an empty f64 sum is -0.0, printed "-0.000".
+        .fold(0.0, |sum, (_, units)| sum + units);
     let write_calls: f64 = persister
         .calls
         .iter()
@@ -709,8 +715,8 @@ pub async fn busy(
          |---|---|---|---|---|---|---|---|\n\
          {rows}| **services together** | | | | | **{together:.0} ms** | | |\n\n\
          Persister while busy: {wr:.3} write calls and {wcu:.3} WCU per event. Deliverer while busy: \
-         {dr:.3} DynamoDB reads per event (a delivery more than 5 s old is checked for an acknowledgement \
-         first; a fresh one is not).\n\n\
+         {dr:.3} DynamoDB read calls and {drcu:.3} RCU per event (a delivery more than 5 s old is checked for an \
+         acknowledgement first, in `BatchGetItem`s shared by concurrent deliveries; a fresh one is not).\n\n\
          Persister event writes by why they were written: {releases}. Partitions that waited for the other \
          topic, by how the wait ended: {waits}.\n",
         releases = by_label(
@@ -731,6 +737,7 @@ pub async fn busy(
         wr = per_event(write_calls),
         wcu = per_event(wcu),
         dr = per_event(deliverer_reads),
+        drcu = per_event(deliverer_rcu),
     );
     Ok(Cost { report, failures })
 }

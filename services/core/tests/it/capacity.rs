@@ -72,9 +72,25 @@ async fn every_call_records_the_capacity_dynamodb_charged() {
         .send()
         .await
         .unwrap();
+    // Two items read in one batch, eventually consistent: half a unit each
+    // (per 4 KB).
+    env.dynamo
+        .batch_get_item()
+        .request_items(
+            &table,
+            aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                .keys(key("e#big"))
+                .keys(key("e#a"))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
 
     let text = metrics.render();
     assert_eq!(units(&text, "PutItem", &table, "write"), Some(3.0), "{text}");
     assert_eq!(units(&text, "GetItem", &table, "read"), Some(1.0), "{text}");
     assert_eq!(units(&text, "BatchWriteItem", &table, "write"), Some(2.0), "{text}");
+    assert_eq!(units(&text, "BatchGetItem", &table, "read"), Some(1.0), "{text}");
 }
