@@ -35,7 +35,9 @@
 //! - [`tenancy`], [`subscription`]: tenants, API keys and subscriptions;
 //!   [`subscription_table`]: the in-memory table routers and deliverers
 //!   match against, kept by [`follower`] from the subscriptions topic.
-//! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
+//! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token; [`gather`]:
+//!   work taken from a channel in groups (the first item and what comes
+//!   soon after).
 #![forbid(unsafe_code)]
 
 pub mod align;
@@ -49,6 +51,7 @@ pub mod dynamo;
 pub mod event;
 pub mod eventstore;
 pub mod follower;
+pub mod gather;
 pub mod handover;
 pub mod ids;
 pub mod kafka;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use triggers_core::dynamo::{StoreError, StoreErrorKind, Tables};
 use triggers_core::eventstore::{self, BATCH_GET_KEYS};
+use triggers_core::gather;
 use triggers_core::ids::{EventId, TenantId};
 
 /// How long a check waits for others to share its call.
@@ -75,19 +76,7 @@ impl Checks {
 async fn gather(mut incoming: mpsc::Receiver<Check>, dynamo: aws_sdk_dynamodb::Client, tables: Arc<Tables>) {
     let calls = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
     while let Some(first) = incoming.recv().await {
-        let mut group = vec![first];
-        let deadline = tokio::time::sleep(WINDOW);
-        tokio::pin!(deadline);
-        while group.len() < BATCH_GET_KEYS {
-            tokio::select! {
-                biased;
-                next = incoming.recv() => match next {
-                    Some(next) => group.push(next),
-                    None => break,
-                },
-                () = &mut deadline => break,
-            }
-        }
+        let group = gather::group(&mut incoming, first, WINDOW, BATCH_GET_KEYS).await;
         // The semaphore is never closed.
         let Ok(call) = calls.clone().acquire_owned().await else {
             break;

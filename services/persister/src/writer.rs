@@ -415,19 +415,7 @@ impl Writer {
                     // Nothing more comes: write what is held.
                     Next::Closed => (held.take_all(), true),
                     Next::First(first) => {
-                        let mut batch = vec![first];
-                        let deadline = tokio::time::sleep(batch_wait);
-                        tokio::pin!(deadline);
-                        while batch.len() < max_batch {
-                            tokio::select! {
-                                biased;
-                                next = incoming.recv() => match next {
-                                    Some(next) => batch.push(next),
-                                    None => break,
-                                },
-                                _ = &mut deadline => break,
-                            }
-                        }
+                        let batch = triggers_core::gather::group(&mut incoming, first, batch_wait, max_batch).await;
                         metrics::histogram!("triggers_persister_batch_size").record(batch.len() as f64);
                         let ready = held.add(
                             coalesce(batch),
