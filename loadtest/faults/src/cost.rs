@@ -19,6 +19,7 @@ use crate::audit::Auditor;
 use crate::cluster::{self, Cluster, Part};
 use crate::load::Load;
 use crate::receiver::Receiver;
+use crate::traffic;
 
 /// The services whose CPU time is the pipeline's cost.
 const SERVICES: [Part; 5] = [
@@ -286,6 +287,12 @@ pub async fn cost(
     let idle = warm_up_and_idle(cluster, receiver, auditor, &http, dir, plan).await?;
 
     eprintln!("[cost] {} events at {} events/s", plan.events, plan.rate);
+    let bootstrap = cluster.common.kafka.bootstrap_servers.clone();
+    let topics = traffic::pipeline_topics(&cluster.common.topics);
+    let marks = {
+        let bootstrap = bootstrap.clone();
+        tokio::task::spawn_blocking(move || traffic::marks(&bootstrap, &topics)).await??
+    };
     let before = sample(cluster, &http).await;
     let mut load = Load::start_with(url, &cluster.demo.api_key, plan.rate, &dir.join("ledger.txt"), false)?;
     while load.accepted() < plan.events {
@@ -320,6 +327,7 @@ pub async fn cost(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = sample(cluster, &http).await;
     let span = after.at - before.at;
+    let written = tokio::task::spawn_blocking(move || traffic::since(&bootstrap, &marks)).await??;
     let left = auditor.settle(receiver, &entries, Instant::now() + plan.limit).await;
 
     let mut failures = Vec::new();
@@ -424,7 +432,8 @@ pub async fn cost(
          {dynamo_rows}\n\
          Per event: **{wr:.3} write calls**, **{wcu:.3} WCU**, {rd:.3} read calls ({path:.3} on the ingest-to-delivery \
          path: gateway, router, deliverer), {rcu:.3} RCU; {failed:.3} failed calls (a failed conditional write is \
-         charged but reports no units).\n",
+         charged but reports no units).\n\n{kafka}",
+        kafka = traffic::report(&written, &cluster.common.topics, accepted),
         rate = plan.rate,
         span = span.as_secs_f64(),
         idle = idle.span.as_secs_f64(),

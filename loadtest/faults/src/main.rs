@@ -17,6 +17,7 @@ mod pressure;
 mod proxy;
 mod receiver;
 mod scenario;
+mod traffic;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
