@@ -240,7 +240,10 @@ mod tests {
         // 29,000 B written by 10 events; events read twice, the rest once.
         assert!(text.contains("**2900 B written**"), "{text}");
         assert!(text.contains("**4000 B read**"), "{text}");
-        assert!(text.contains("| `triggers.outcomes` | 2.000 | 300 B | 600 B | 1 |"), "{text}");
+        assert!(
+            text.contains("| `triggers.outcomes` | 2.000 | 300 B | 600 B | 1 |"),
+            "{text}"
+        );
         assert!(!text.contains("dlq"), "{text}");
     }
 }
