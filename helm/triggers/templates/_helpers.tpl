@@ -99,7 +99,8 @@ sasl.username: {{ required "kafka.auth.scram.username is required for SCRAM" $au
 {{- $router := dict "listen" (printf "0.0.0.0:%v" .Values.router.port) "shutdown_grace" .Values.router.shutdownGrace -}}
 {{- $persister := dict "listen" (printf "0.0.0.0:%v" .Values.persister.port) "shutdown_grace" .Values.persister.shutdownGrace -}}
 {{- $deliverer := dict "listen" (printf "0.0.0.0:%v" .Values.deliverer.port) "shutdown_grace" .Values.deliverer.shutdownGrace -}}
-{{- $config := dict "kafka" $kafka "topics" $topics "dynamodb" $dynamodb "schema_registry" $registry "telemetry" $telemetry "gateway" $gateway "router" $router "persister" $persister "deliverer" $deliverer -}}
+{{- $runtime := dict "worker_threads" (int .Values.runtime.workerThreads) -}}
+{{- $config := dict "kafka" $kafka "topics" $topics "dynamodb" $dynamodb "schema_registry" $registry "telemetry" $telemetry "runtime" $runtime "gateway" $gateway "router" $router "persister" $persister "deliverer" $deliverer -}}
 {{- if .Values.registry.enabled -}}
 {{- $_ := set $config "registry_server" (dict "listen" (printf "0.0.0.0:%v" .Values.registry.port)) -}}
 {{- end -}}

@@ -15,6 +15,7 @@
 mod dynamo;
 mod kafka;
 mod registry;
+mod runtime;
 mod source;
 mod telemetry;
 mod topics;
@@ -22,6 +23,7 @@ mod topics;
 pub use dynamo::DynamoConfig;
 pub use kafka::{KafkaConfig, MskIamConfig, RECORD_MARGIN, RESERVED_KAFKA_SETTINGS};
 pub use registry::SchemaRegistryConfig;
+pub use runtime::RuntimeConfig;
 pub use source::ConfigSource;
 pub use telemetry::{LogFormat, TelemetryConfig};
 pub use topics::{TopicsConfig, tier_name};
@@ -166,6 +168,8 @@ pub struct CommonConfig {
     pub schema_registry: SchemaRegistryConfig,
     /// Logs, traces and metrics.
     pub telemetry: TelemetryConfig,
+    /// The threads a service process runs its tasks on.
+    pub runtime: RuntimeConfig,
     /// Read by the gateway.
     #[serde(skip_serializing)]
     pub gateway: Option<IgnoredAny>,
@@ -193,6 +197,7 @@ impl Validate for CommonConfig {
         self.dynamodb.validate("dynamodb", issues);
         self.schema_registry.validate("schema_registry", issues);
         self.telemetry.validate("telemetry", issues);
+        self.runtime.validate("runtime", issues);
     }
 }
 

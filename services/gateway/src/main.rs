@@ -4,15 +4,16 @@ use std::path::PathBuf;
 
 use triggers_core::config::ConfigSource;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let file = std::env::var_os("TRIGGERS_CONFIG").map(PathBuf::from);
     let source = ConfigSource::load(file.as_deref())?;
     let common = source.common()?;
     let config: triggers_gateway::GatewayConfig = source.section("gateway")?;
-    let _telemetry = triggers_core::telemetry::init(&common.telemetry, "triggers-gateway")?;
-    let shutdown = triggers_core::shutdown::signal_token();
-    let running = triggers_gateway::start(&common, &config, shutdown).await?;
-    running.task.await??;
-    Ok(())
+    common.runtime.build()?.block_on(async {
+        let _telemetry = triggers_core::telemetry::init(&common.telemetry, "triggers-gateway")?;
+        let shutdown = triggers_core::shutdown::signal_token();
+        let running = triggers_gateway::start(&common, &config, shutdown).await?;
+        running.task.await??;
+        Ok(())
+    })
 }

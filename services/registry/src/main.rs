@@ -5,17 +5,18 @@ use std::path::PathBuf;
 use anyhow::Context;
 use triggers_core::config::ConfigSource;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let file = std::env::var_os("TRIGGERS_CONFIG").map(PathBuf::from);
     let source = ConfigSource::load(file.as_deref())?;
     let common = source.common()?;
     let config: triggers_registry::RegistryServerConfig = source.section("registry_server")?;
-    let _telemetry = triggers_core::telemetry::init(&common.telemetry, "triggers-registry")?;
-    let shutdown = triggers_core::shutdown::signal_token();
-    let running = triggers_registry::start(&common.kafka, &config, shutdown)
-        .await
-        .context("starting the schema registry")?;
-    running.task.await.context("registry task")??;
-    Ok(())
+    common.runtime.build()?.block_on(async {
+        let _telemetry = triggers_core::telemetry::init(&common.telemetry, "triggers-registry")?;
+        let shutdown = triggers_core::shutdown::signal_token();
+        let running = triggers_registry::start(&common.kafka, &config, shutdown)
+            .await
+            .context("starting the schema registry")?;
+        running.task.await.context("registry task")??;
+        Ok(())
+    })
 }

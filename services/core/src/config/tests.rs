@@ -42,6 +42,7 @@ fn environment_overrides_file_overrides_defaults() {
         env(&[
             ("TRIGGERS_KAFKA__BOOTSTRAP_SERVERS", "env:2"),
             ("TRIGGERS_TOPICS__RETRY_TIERS", "[\"1s\", \"2s\"]"),
+            ("TRIGGERS_RUNTIME__WORKER_THREADS", "1"),
             // Not configuration: single underscore, as in var/local.env.
             ("TRIGGERS_GATEWAY_URL", "http://x"),
             ("OTHER__THING", "1"),
@@ -57,6 +58,24 @@ fn environment_overrides_file_overrides_defaults() {
         [Duration::from_secs(1), Duration::from_secs(2)]
     );
     assert_eq!(config.dynamodb.table_prefix, "triggers_");
+    assert_eq!(config.runtime.worker_threads, 1);
+}
+
+#[test]
+fn the_runtime_has_the_worker_threads_asked_for() {
+    let runtime = |threads| {
+        RuntimeConfig {
+            worker_threads: threads,
+        }
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(runtime(1).metrics().num_workers(), 1);
+    assert_eq!(runtime(3).metrics().num_workers(), 3);
+    // A rebalance waits for running work in block_in_place, which only a
+    // multi-threaded runtime allows: it must work with a single worker too.
+    let waited = runtime(1).block_on(async { tokio::task::block_in_place(|| 7) });
+    assert_eq!(waited, 7);
 }
 
 /// Every setting, given a value of the wrong type or one that breaks a rule,
@@ -136,6 +155,8 @@ fn every_invalid_setting_is_named() {
             "collector",
             "telemetry.otlp_endpoint",
         ),
+        ("TRIGGERS_RUNTIME__WORKER_THREADS", "257", "runtime.worker_threads"),
+        ("TRIGGERS_RUNTIME__WORKER_THREADS", "-1", "runtime.worker_threads"),
         ("TRIGGERS_NOPE__X", "1", "nope"),
     ];
     for (var, value, setting) in cases {

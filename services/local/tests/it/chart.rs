@@ -75,9 +75,12 @@ fn every_service_accepts_the_configuration_the_chart_renders() -> TestResult {
         )];
         let source = ConfigSource::from_parts(Some(&path), env).map_err(|e| format!("{name}: {e}"))?;
         let common = source.common().map_err(|e| format!("{name}: common sections: {e}"))?;
-        source
+        let gateway = source
             .section::<triggers_gateway::GatewayConfig>("gateway")
             .map_err(|e| format!("{name}: {e}"))?;
+        // Pods of about 1 vCPU: one worker thread each (docs/capacity.md),
+        // not one per core of the node.
+        assert_eq!((common.runtime.worker_threads, gateway.workers), (1, 1), "{name}");
         source
             .section::<triggers_router::RouterConfig>("router")
             .map_err(|e| format!("{name}: {e}"))?;
