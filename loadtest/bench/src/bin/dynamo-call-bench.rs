@@ -17,9 +17,6 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::StalledStreamProtectionConfig;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -62,20 +59,7 @@ async fn write_for(client: &Client, table: &str, writers: usize, seconds: u64) -
         async move {
             let mut written = 0u64;
             while Instant::now() < deadline {
-                let created = client
-                    .update_item()
-                    .table_name(table)
-                    .key("pk", AttributeValue::S(format!("tenant{}", writer % 8)))
-                    .key("sk", AttributeValue::S(ulid::Ulid::new().to_string()))
-                    .update_expression("SET #d = :d, progress = :p, version = :zero")
-                    .condition_expression("attribute_not_exists(version)")
-                    .expression_attribute_names("#d", "data")
-                    .expression_attribute_values(":d", AttributeValue::S(data.clone()))
-                    .expression_attribute_values(":p", AttributeValue::S(r#"{"routed":true}"#.to_owned()))
-                    .expression_attribute_values(":zero", AttributeValue::N("0".to_owned()))
-                    .send()
-                    .await;
-                if created.is_ok() {
+                if triggers_bench::create_item(&client, table, writer, &data).await {
                     written += 1;
                 }
             }
@@ -128,24 +112,7 @@ async fn main() -> anyhow::Result<()> {
         ("the SDK's default client, no metrics interceptor", &plain),
     ];
 
-    let table = format!("callbench_{}", ulid::Ulid::new().to_string().to_ascii_lowercase());
-    let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
-    let attribute = |name: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-    };
-    services
-        .create_table()
-        .table_name(&table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .key_schema(key("pk", KeyType::Hash)?)
-        .key_schema(key("sk", KeyType::Range)?)
-        .attribute_definitions(attribute("pk")?)
-        .attribute_definitions(attribute("sk")?)
-        .send()
-        .await?;
+    let table = triggers_bench::create_item_table(&services, "callbench").await?;
     // DynamoDB Local's JIT and every client's connections warm.
     for (_, client) in variants {
         write_for(client, &table, args.writers, 2).await;

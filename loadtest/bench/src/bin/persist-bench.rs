@@ -50,28 +50,8 @@ async fn raw_write_rate(
     writers: usize,
     seconds: u64,
 ) -> anyhow::Result<f64> {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
     let client = triggers_core::dynamo::client(config).await;
-    let table = format!("rawbench_{}", ulid::Ulid::new().to_string().to_ascii_lowercase());
-    let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
-    let attribute = |name: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-    };
-    client
-        .create_table()
-        .table_name(&table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .key_schema(key("pk", KeyType::Hash)?)
-        .key_schema(key("sk", KeyType::Range)?)
-        .attribute_definitions(attribute("pk")?)
-        .attribute_definitions(attribute("sk")?)
-        .send()
-        .await?;
+    let table = triggers_bench::create_item_table(&client, "rawbench").await?;
     let data = "x".repeat(1_400);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let writes = (0..writers).map(|writer| {
@@ -79,20 +59,7 @@ async fn raw_write_rate(
         async move {
             let mut written = 0u64;
             while Instant::now() < deadline {
-                let created = client
-                    .update_item()
-                    .table_name(&table)
-                    .key("pk", AttributeValue::S(format!("tenant{}", writer % 8)))
-                    .key("sk", AttributeValue::S(ulid::Ulid::new().to_string()))
-                    .update_expression("SET #d = :d, progress = :p, version = :zero")
-                    .condition_expression("attribute_not_exists(version)")
-                    .expression_attribute_names("#d", "data")
-                    .expression_attribute_values(":d", AttributeValue::S(data.clone()))
-                    .expression_attribute_values(":p", AttributeValue::S(r#"{"routed":true}"#.to_owned()))
-                    .expression_attribute_values(":zero", AttributeValue::N("0".to_owned()))
-                    .send()
-                    .await;
-                if created.is_ok() {
+                if triggers_bench::create_item(&client, &table, writer, &data).await {
                     written += 1;
                 }
             }
