@@ -249,11 +249,17 @@ async fn a_restart_keeps_schemas_and_instances_agree() {
     assert_eq!(ids.len(), schemas.len(), "distinct schemas got distinct ids");
     assert!(!ids.contains(&v1.id) && !ids.contains(&other.id));
     for (i, schema) in schemas.iter().enumerate() {
-        let from_a = get_schema_by_subject_and_version(&sa, &format!("t{i}-value"), None).await;
-        let from_b = get_schema_by_subject_and_version(&sb, &format!("t{i}-value"), None).await;
-        let (from_a, from_b) = match (from_a, from_b) {
-            (Ok(a), Ok(b)) => (a, b),
-            other => panic!("t{i}: {other:?}"),
+        // Each instance sees the other's registration once it has read it
+        // from the log: both converge, within a few seconds.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let (from_a, from_b) = loop {
+            let from_a = get_schema_by_subject_and_version(&sa, &format!("t{i}-value"), None).await;
+            let from_b = get_schema_by_subject_and_version(&sb, &format!("t{i}-value"), None).await;
+            match (from_a, from_b) {
+                (Ok(a), Ok(b)) => break (a, b),
+                other if tokio::time::Instant::now() >= deadline => panic!("t{i}: {other:?}"),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
         };
         assert_eq!(from_a.id, from_b.id, "t{i}");
         assert_eq!(&from_a.schema, schema);
