@@ -457,12 +457,7 @@ pub fn cpu(group: u32) -> Duration {
 /// The CPU time this process (the suite: its load, receiver and proxy) has
 /// used so far.
 pub fn own_cpu() -> Duration {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| Some(u64::from(stat_field(&stat, 14)?) + u64::from(stat_field(&stat, 15)?)))
-        .map_or(Duration::ZERO, |ticks| {
-            Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND)
-        })
+    triggers_core::telemetry::process_cpu_time().unwrap_or_default()
 }
 
 #[cfg(test)]

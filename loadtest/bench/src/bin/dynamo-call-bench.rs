@@ -33,20 +33,9 @@ struct Args {
     rounds: usize,
 }
 
-/// Clock ticks per second of `/proc/self/stat` (`sysconf(_SC_CLK_TCK)`,
-/// 100 on Linux).
-const TICKS_PER_SECOND: u64 = 100;
-
 /// This process's CPU time so far (user and system, every thread).
 fn own_cpu() -> Duration {
-    let ticks = std::fs::read_to_string("/proc/self/stat").ok().and_then(|stat| {
-        // The fields after the command name, which may hold spaces.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 (1-based) of the whole line.
-        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-    });
-    Duration::from_millis(ticks.unwrap_or_default() * 1000 / TICKS_PER_SECOND)
+    triggers_core::telemetry::process_cpu_time().unwrap_or_default()
 }
 
 /// Item creates from `writers` concurrent writers for `seconds`: (calls
