@@ -30,9 +30,8 @@ pub struct KafkaConfig {
     /// partition from filling while the broker is slow, when librdkafka's
     /// broker thread polls in a busy loop until one is answered. 10 ms took
     /// about half the CPU per event of 2 ms in gateway, router and
-    /// deliverer at 300 events/s (loadtest/RESULTS.md); the default stays 2
-    /// ms until the dev registry's cross-instance read-after-write (its
-    /// test) is settled under it.
+    /// deliverer at 300 events/s, and its end-to-end p95 was lower
+    /// (loadtest/RESULTS.md).
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
     /// The longest a fetch waits for data (`fetch.wait.max.ms`). Tansu answers
@@ -106,7 +105,7 @@ impl Default for KafkaConfig {
             client_id: "triggers".to_owned(),
             produce_timeout: Duration::from_secs(5),
             producer_queue_max_messages: 100_000,
-            linger: Duration::from_millis(2),
+            linger: Duration::from_millis(10),
             fetch_wait_max: Duration::from_millis(100),
             idle_fetch_interval: Duration::ZERO,
             idle_after: Duration::from_secs(1),
