@@ -402,75 +402,8 @@ impl Cluster {
     }
 }
 
-/// The processes of the process group `group`.
-fn members(group: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| stat_field(&stat, 5) == Some(group))
-        })
-        .collect()
-}
-
-/// Field `n` (1-based, as in proc(5)) of a `/proc/<pid>/stat` line, from
-/// the state (field 3) on: `pid (comm) state ppid pgrp …`, and comm may
-/// hold spaces and parentheses.
-fn stat_field(stat: &str, n: usize) -> Option<u32> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
-}
-
-/// The resident memory in bytes of the process group `group`'s largest
-/// process (the component, not its watchdog shell); `None` when it is gone.
-pub fn rss(group: u32) -> Option<u64> {
-    members(group)
-        .into_iter()
-        .filter_map(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
-            Some(kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok()? * 1024)
-        })
-        .max()
-}
-
-/// Clock ticks per second of `/proc/<pid>/stat`'s CPU times (`USER_HZ`,
-/// 100 on every Linux architecture this runs on).
-const TICKS_PER_SECOND: u64 = 100;
-
-/// The CPU time (user + system) the process group `group` has used so far,
-/// all its processes and threads.
-pub fn cpu(group: u32) -> Duration {
-    let ticks: u64 = members(group)
-        .into_iter()
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            Some(u64::from(stat_field(&stat, 14)?) + u64::from(stat_field(&stat, 15)?))
-        })
-        .sum();
-    Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND)
-}
-
 /// The CPU time this process (the suite: its load, receiver and proxy) has
 /// used so far.
 pub fn own_cpu() -> Duration {
     triggers_core::telemetry::process_cpu_time().unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::stat_field;
-
-    #[test]
-    fn stat_fields_are_read_after_the_command_name() {
-        let stat = "4242 (tokio (rt) x) S 1 4240 4240 0 -1 4194560 100 0 0 0 1234 567 0 0 20 0 9 0 1 2 3";
-        assert_eq!(stat_field(stat, 4), Some(1));
-        assert_eq!(stat_field(stat, 5), Some(4240));
-        assert_eq!(stat_field(stat, 14), Some(1234));
-        assert_eq!(stat_field(stat, 15), Some(567));
-        assert_eq!(stat_field(stat, 2), None);
-    }
 }

@@ -501,7 +501,7 @@ fn cpu_now(cluster: &Cluster) -> BTreeMap<Part, Duration> {
     SERVICES
         .iter()
         .chain(OTHERS.iter())
-        .filter_map(|part| Some((*part, cluster::cpu(cluster.group(*part)?))))
+        .filter_map(|part| Some((*part, triggers_stack::group_cpu(cluster.group(*part)?))))
         .collect()
 }
 

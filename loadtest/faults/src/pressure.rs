@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use triggers_core::CancellationToken;
 
 use crate::audit::Auditor;
-use crate::cluster::{self, Cluster, Part};
+use crate::cluster::{Cluster, Part};
 use crate::load::{Entry, Load};
 use crate::receiver::Receiver;
 
@@ -165,7 +165,7 @@ impl RssWatch {
         let (seen, stopping) = (largest.clone(), stop.clone());
         tokio::task::spawn_blocking(move || {
             while !stopping.is_cancelled() {
-                if let Some(rss) = cluster::rss(group) {
+                if let Some(rss) = triggers_stack::group_rss(group) {
                     seen.fetch_max(rss, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(250));
@@ -201,7 +201,7 @@ pub async fn overload(cluster: &Cluster, lasted: Duration, rss_limit: u64) -> an
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(4_096)
         .build()?;
-    let rss_idle = cluster::rss(group).unwrap_or_default();
+    let rss_idle = triggers_stack::group_rss(group).unwrap_or_default();
 
     eprintln!("[overload] capacity: 64 clients back to back for 20 s");
     let answers = closed_loop(&http, &url, &auth, 64, Duration::from_secs(20)).await;
@@ -217,7 +217,7 @@ pub async fn overload(cluster: &Cluster, lasted: Duration, rss_limit: u64) -> an
         capacity >= 10.0,
         "the gateway took {capacity:.0} events/s: too little to test"
     );
-    let rss_warm = cluster::rss(group).unwrap_or_default();
+    let rss_warm = triggers_stack::group_rss(group).unwrap_or_default();
 
     let offered = capacity * 2.0;
     eprintln!(
@@ -379,7 +379,7 @@ pub async fn soak(
         tick.tick().await;
         let at = started.elapsed();
         for (part, group) in &groups {
-            if let Some(rss) = cluster::rss(*group) {
+            if let Some(rss) = triggers_stack::group_rss(*group) {
                 memory.entry(*part).or_default().samples.push((at, rss));
             }
         }

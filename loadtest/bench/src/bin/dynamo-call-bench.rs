@@ -7,8 +7,10 @@
 //! few concurrent writers through each client variant in turn, twice,
 //! alternating: the services' client (`triggers_core::dynamo::client`), the
 //! same without stalled-stream protection, and the plain SDK client without
-//! the services' metrics interceptor. CPU is this process's (`/proc/self/stat`);
-//! DynamoDB Local runs in its own. Prints Markdown.
+//! the services' metrics interceptor; `--writers 8,64` repeats each for
+//! several counts of concurrent writers. CPU is this process's
+//! (`/proc/self/stat`) and, apart, DynamoDB Local's (its own process
+//! group). Prints Markdown.
 
 // A benchmark program: its report is its output.
 #![allow(clippy::print_stdout)]
@@ -25,9 +27,16 @@ struct Args {
     /// Seconds per variant and round.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Concurrent writers.
-    #[arg(long, default_value_t = 8)]
-    writers: usize,
+    /// Concurrent writers, one count or several (`8,64`).
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    writers: Vec<usize>,
+    /// Only the services' client (no variants).
+    #[arg(long)]
+    services_only: bool,
+    /// Also write to a table shaped like the events table (its `inbox`
+    /// global index, which the written items do not enter).
+    #[arg(long)]
+    events_shape: bool,
     /// Rounds (each runs every variant once).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -38,9 +47,26 @@ fn own_cpu() -> Duration {
     triggers_core::telemetry::process_cpu_time().unwrap_or_default()
 }
 
-/// Item creates from `writers` concurrent writers for `seconds`: (calls
-/// that succeeded, the CPU this process used, the wall time).
-async fn write_for(client: &Client, table: &str, writers: usize, seconds: u64) -> (u64, Duration, Duration) {
+/// What one variant's writes took.
+struct Took {
+    /// Calls that succeeded.
+    calls: u64,
+    /// This process's CPU.
+    client_cpu: Duration,
+    /// DynamoDB Local's CPU.
+    server_cpu: Duration,
+    /// Wall time.
+    wall: Duration,
+}
+
+/// Item creates from `writers` concurrent writers for `seconds`.
+async fn write_for(
+    client: &Client,
+    dynamo: &triggers_stack::ChildProcess,
+    table: &str,
+    writers: usize,
+    seconds: u64,
+) -> Took {
     let data = "x".repeat(1_400);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let writes = (0..writers).map(|writer| {
@@ -55,9 +81,14 @@ async fn write_for(client: &Client, table: &str, writers: usize, seconds: u64) -
             written
         }
     });
-    let (started, cpu) = (Instant::now(), own_cpu());
-    let written = futures::future::join_all(writes).await.into_iter().sum();
-    (written, own_cpu().saturating_sub(cpu), started.elapsed())
+    let (started, client_cpu, server_cpu) = (Instant::now(), own_cpu(), dynamo.cpu());
+    let calls = futures::future::join_all(writes).await.into_iter().sum();
+    Took {
+        calls,
+        client_cpu: own_cpu().saturating_sub(client_cpu),
+        server_cpu: dynamo.cpu().saturating_sub(server_cpu),
+        wall: started.elapsed(),
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -66,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
     let tools = triggers_stack::Tools::locate()?;
     let dir = tempfile::tempdir()?;
     let port = triggers_stack::free_port()?;
-    let _dynamo = {
+    let dynamo = {
         let (dir, log) = (dir.path().join("dynamodb"), dir.path().join("dynamodb.log"));
         tokio::task::spawn_blocking(move || triggers_stack::start_dynamodb_local(&tools, &dir, port, &log)).await??
     };
@@ -95,35 +126,70 @@ async fn main() -> anyhow::Result<()> {
             .await;
         Client::new(&shared)
     };
-    let variants = [
+    let mut variants = vec![
         ("the services' client (`triggers_core::dynamo::client`)", &services),
         ("the same, stalled-stream protection off", &unprotected),
         ("the SDK's default client, no metrics interceptor", &plain),
     ];
+    if args.services_only {
+        variants.truncate(1);
+    }
+    anyhow::ensure!(
+        !args.writers.is_empty() && !args.writers.contains(&0),
+        "--writers takes counts of at least 1"
+    );
+    let most = args.writers.iter().copied().max().unwrap_or(1);
 
-    let table = triggers_bench::create_item_table(&services, "callbench").await?;
+    let mut tables = vec![("bare", triggers_bench::create_item_table(&services, "callbench").await?)];
+    if args.events_shape {
+        let shaped = triggers_core::dynamo::Tables::new(&format!(
+            "callbench_{}_",
+            ulid::Ulid::new().to_string().to_ascii_lowercase()
+        ));
+        shaped
+            .specs()
+            .into_iter()
+            .find(|spec| spec.name == shaped.events)
+            .ok_or_else(|| anyhow::anyhow!("no events table spec"))?
+            .create_request(&services)?
+            .send()
+            .await?;
+        tables.push(("events (`inbox` index)", shaped.events));
+    }
     // DynamoDB Local's JIT and every client's connections warm.
-    for (_, client) in variants {
-        write_for(client, &table, args.writers, 2).await;
+    for (_, client) in &variants {
+        for (_, table) in &tables {
+            write_for(client, &dynamo, table, most, 2).await;
+        }
     }
 
     println!("# CPU per DynamoDB call\n");
     println!(
-        "Conditional `UpdateItem` creating a ~1.5 KB item, {} writers on one thread, {} s per variant and round, DynamoDB Local in its own process; CPU of this process only.\n",
-        args.writers, args.seconds
+        "Conditional `UpdateItem` creating a ~1.5 KB item, the writers on one thread, {} s per variant and round; DynamoDB Local in its own process, its CPU counted apart.\n",
+        args.seconds
     );
-    println!("| round | client | calls/s | client CPU per call |\n|---|---|---|---|");
+    println!(
+        "| round | table | client | writers | calls/s | client CPU per call | DynamoDB Local CPU per call |\n|---|---|---|---|---|---|---|"
+    );
     for round in 1..=args.rounds {
-        for (name, client) in variants {
-            let (calls, cpu, wall) = write_for(client, &table, args.writers, args.seconds).await;
-            anyhow::ensure!(calls > 0, "{name}: no call succeeded");
-            println!(
-                "| {round} | {name} | {:.0} | {:.0} µs |",
-                calls as f64 / wall.as_secs_f64(),
-                cpu.as_secs_f64() * 1e6 / calls as f64
-            );
+        for writers in &args.writers {
+            for (name, client) in &variants {
+                for (shape, table) in &tables {
+                    let took = write_for(client, &dynamo, table, *writers, args.seconds).await;
+                    anyhow::ensure!(took.calls > 0, "{name}: no call succeeded");
+                    let per_call = |cpu: Duration| cpu.as_secs_f64() * 1e6 / took.calls as f64;
+                    println!(
+                        "| {round} | {shape} | {name} | {writers} | {:.0} | {:.0} µs | {:.0} µs |",
+                        took.calls as f64 / took.wall.as_secs_f64(),
+                        per_call(took.client_cpu),
+                        per_call(took.server_cpu)
+                    );
+                }
+            }
         }
     }
-    services.delete_table().table_name(&table).send().await?;
+    for (_, table) in &tables {
+        services.delete_table().table_name(table).send().await?;
+    }
     Ok(())
 }
