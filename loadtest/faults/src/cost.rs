@@ -432,7 +432,22 @@ pub async fn cost(
          {dynamo_rows}\n\
          Per event: **{wr:.3} write calls**, **{wcu:.3} WCU**, {rd:.3} read calls ({path:.3} on the ingest-to-delivery \
          path: gateway, router, deliverer), {rcu:.3} RCU; {failed:.3} failed calls (a failed conditional write is \
-         charged but reports no units).\n\n{kafka}",
+         charged but reports no units). Persister event writes by why they were written: {releases}; partitions \
+         that waited for the other topic, by how the wait ended: {waits}.\n\n{kafka}",
+        releases = by_label(
+            &after,
+            &before,
+            Part::Persister,
+            "triggers_persister_event_writes_total",
+            "release"
+        ),
+        waits = by_label(
+            &after,
+            &before,
+            Part::Persister,
+            "triggers_consumer_align_waits_total",
+            "ended"
+        ),
         kafka = traffic::report(&written, &cluster.common.topics, accepted),
         rate = plan.rate,
         span = span.as_secs_f64(),
