@@ -254,13 +254,61 @@ impl Drop for ChildProcess {
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, and not handed out
+/// before by this process.
+///
+/// Picked below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`,
+/// 32768–60999 by default), not by binding port 0: the kernel takes a
+/// port-0 listener's port from that range, the same one it takes the local
+/// end of every outgoing connection from, so between this check and the
+/// child binding the port, one of the many connections the stack opens
+/// (to Tansu, DynamoDB Local, the services) could take it, and the child
+/// then failed with "Address already in use" (seen once, a fault-suite
+/// persister). Falls back to port 0 when the range leaves no room below.
 pub fn free_port() -> Result<u16, StackError> {
+    let (low, high) = (LISTEN_FROM, ephemeral_start().unwrap_or(DEFAULT_EPHEMERAL_START));
+    if high > low {
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let span = u64::from(high - low);
+        for attempt in 0..256u64 {
+            let port = low + u16::try_from(random(attempt) % span).unwrap_or(0);
+            if handed_out.contains(&port) {
+                continue;
+            }
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                handed_out.insert(port);
+                return Ok(port);
+            }
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| StackError::io("find a free port", e))?;
     listener
         .local_addr()
         .map(|addr| addr.port())
         .map_err(|e| StackError::io("find a free port", e))
+}
+
+/// The lowest port [`free_port`] picks.
+const LISTEN_FROM: u16 = 10_000;
+
+/// Linux's default first ephemeral port.
+const DEFAULT_EPHEMERAL_START: u16 = 32_768;
+
+/// Ports [`free_port`] handed out in this process (tests start many stacks
+/// at once, each bind check releases its port).
+static HANDED_OUT: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<u16>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The first port of the kernel's ephemeral range, when it says.
+fn ephemeral_start() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
+}
+
+/// A pseudo-random number, different per call and per process.
+fn random(attempt: u64) -> u64 {
+    use std::hash::BuildHasher;
+    std::hash::RandomState::new().hash_one((std::process::id(), attempt, Instant::now()))
 }
 
 /// Waits until 127.0.0.1:`port` accepts connections, or the child exits.
@@ -375,5 +423,30 @@ mod tests {
         assert_eq!(stat_field(stat, 14), Some(1234));
         assert_eq!(stat_field(stat, 15), Some(567));
         assert_eq!(stat_field(stat, 2), None);
+    }
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let below = super::ephemeral_start().unwrap_or(super::DEFAULT_EPHEMERAL_START);
+        let ports: Vec<u16> = (0..200)
+            .map(|_| super::free_port().unwrap_or_else(|e| panic!("no free port: {e}")))
+            .collect();
+        let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        if below > super::LISTEN_FROM {
+            assert!(
+                ports.iter().all(|p| (super::LISTEN_FROM..below).contains(p)),
+                "outside {}..{below}: {ports:?}",
+                super::LISTEN_FROM
+            );
+        }
+        // Held at once, as a stack holds them once its processes listen.
+        let listeners: Vec<std::net::TcpListener> = ports
+            .iter()
+            .map(|port| {
+                std::net::TcpListener::bind(("127.0.0.1", *port)).unwrap_or_else(|e| panic!("port {port}: {e}"))
+            })
+            .collect();
+        assert_eq!(listeners.len(), 200);
     }
 }
