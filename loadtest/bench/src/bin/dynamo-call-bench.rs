@@ -37,6 +37,10 @@ struct Args {
     /// global index, which the written items do not enter).
     #[arg(long)]
     events_shape: bool,
+    /// Also the same write by hand, without the SDK (what a lean client
+    /// could cost).
+    #[arg(long)]
+    lean: bool,
     /// Rounds (each runs every variant once).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -59,9 +63,108 @@ struct Took {
     wall: Duration,
 }
 
+/// The persister's write without the SDK's orchestrator: the request's
+/// JSON written directly, signed with `aws-sigv4`, sent over reqwest's
+/// pooled HTTP/1.1 connections. What a lean client could cost per call;
+/// not a client the services use (no retries, no credential refresh).
+struct Lean {
+    http: reqwest::Client,
+    url: String,
+    host: String,
+    region: String,
+    identity: aws_smithy_runtime_api::client::identity::Identity,
+}
+
+impl Lean {
+    fn new(port: u16, region: &str) -> anyhow::Result<Self> {
+        let credentials = aws_credential_types::Credentials::new("local", "local", None, None, "bench");
+        Ok(Self {
+            http: reqwest::Client::builder().build()?,
+            url: format!("http://127.0.0.1:{port}/"),
+            host: format!("127.0.0.1:{port}"),
+            region: region.to_owned(),
+            identity: credentials.into(),
+        })
+    }
+
+    /// [`triggers_bench::create_item`]'s request, by hand.
+    async fn create_item(&self, table: &str, writer: usize, data: &str) -> bool {
+        use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+        let body = serde_json::json!({
+            "TableName": table,
+            "Key": {
+                "pk": {"S": format!("tenant{}", writer % 8)},
+                "sk": {"S": ulid::Ulid::new().to_string()},
+            },
+            "UpdateExpression": "SET #d = :d, progress = :p, version = :zero",
+            "ConditionExpression": "attribute_not_exists(version)",
+            "ExpressionAttributeNames": {"#d": "data"},
+            "ExpressionAttributeValues": {
+                ":d": {"S": data},
+                ":p": {"S": r#"{"routed":true}"#},
+                ":zero": {"N": "0"},
+            },
+        })
+        .to_string();
+        let headers = [
+            ("host", self.host.as_str()),
+            ("content-type", "application/x-amz-json-1.0"),
+            ("x-amz-target", "DynamoDB_20120810.UpdateItem"),
+        ];
+        let Ok(params) = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&self.identity)
+            .region(&self.region)
+            .name("dynamodb")
+            .time(std::time::SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+        else {
+            return false;
+        };
+        let params = params.into();
+        let Ok(signable) = SignableRequest::new(
+            "POST",
+            &self.url,
+            headers.iter().copied(),
+            SignableBody::Bytes(body.as_bytes()),
+        ) else {
+            return false;
+        };
+        let Ok(signed) = sign(signable, &params) else {
+            return false;
+        };
+        let (instructions, _) = signed.into_parts();
+        let mut request = self.http.post(&self.url);
+        for (name, value) in headers.iter().skip(1).copied().chain(instructions.headers()) {
+            request = request.header(name, value);
+        }
+        request
+            .body(body)
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success())
+    }
+}
+
+/// A client under measurement.
+#[derive(Clone, Copy)]
+enum Variant<'a> {
+    Sdk(&'a Client),
+    Lean(&'a Lean),
+}
+
+impl Variant<'_> {
+    async fn create_item(self, table: &str, writer: usize, data: &str) -> bool {
+        match self {
+            Self::Sdk(client) => triggers_bench::create_item(client, table, writer, data).await,
+            Self::Lean(lean) => lean.create_item(table, writer, data).await,
+        }
+    }
+}
+
 /// Item creates from `writers` concurrent writers for `seconds`.
 async fn write_for(
-    client: &Client,
+    client: Variant<'_>,
     dynamo: &triggers_stack::ChildProcess,
     table: &str,
     writers: usize,
@@ -70,11 +173,11 @@ async fn write_for(
     let data = "x".repeat(1_400);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let writes = (0..writers).map(|writer| {
-        let (client, data) = (client.clone(), data.clone());
+        let data = data.clone();
         async move {
             let mut written = 0u64;
             while Instant::now() < deadline {
-                if triggers_bench::create_item(&client, table, writer, &data).await {
+                if client.create_item(table, writer, &data).await {
                     written += 1;
                 }
             }
@@ -126,13 +229,20 @@ async fn main() -> anyhow::Result<()> {
             .await;
         Client::new(&shared)
     };
+    let lean = Lean::new(port, &config.region)?;
     let mut variants = vec![
-        ("the services' client (`triggers_core::dynamo::client`)", &services),
-        ("the same, stalled-stream protection off", &unprotected),
-        ("the SDK's default client, no metrics interceptor", &plain),
+        (
+            "the services' client (`triggers_core::dynamo::client`)",
+            Variant::Sdk(&services),
+        ),
+        ("the same, stalled-stream protection off", Variant::Sdk(&unprotected)),
+        ("the SDK's default client, no metrics interceptor", Variant::Sdk(&plain)),
     ];
     if args.services_only {
         variants.truncate(1);
+    }
+    if args.lean {
+        variants.push(("by hand: JSON, `aws-sigv4`, reqwest (no SDK)", Variant::Lean(&lean)));
     }
     anyhow::ensure!(
         !args.writers.is_empty() && !args.writers.contains(&0),
@@ -159,7 +269,7 @@ async fn main() -> anyhow::Result<()> {
     // DynamoDB Local's JIT and every client's connections warm.
     for (_, client) in &variants {
         for (_, table) in &tables {
-            write_for(client, &dynamo, table, most, 2).await;
+            write_for(*client, &dynamo, table, most, 2).await;
         }
     }
 
@@ -175,7 +285,7 @@ async fn main() -> anyhow::Result<()> {
         for writers in &args.writers {
             for (name, client) in &variants {
                 for (shape, table) in &tables {
-                    let took = write_for(client, &dynamo, table, *writers, args.seconds).await;
+                    let took = write_for(*client, &dynamo, table, *writers, args.seconds).await;
                     anyhow::ensure!(took.calls > 0, "{name}: no call succeeded");
                     let per_call = |cpu: Duration| cpu.as_secs_f64() * 1e6 / took.calls as f64;
                     println!(
