@@ -7,8 +7,10 @@
 //! few concurrent writers through each client variant in turn, twice,
 //! alternating: the services' client (`triggers_core::dynamo::client`), the
 //! same without stalled-stream protection, and the plain SDK client without
-//! the services' metrics interceptor; `--writers 8,64` repeats each for
-//! several counts of concurrent writers. CPU is this process's
+//! the services' metrics interceptor; `--lean` adds the same write made by
+//! hand (JSON written directly, signed with `aws-sigv4`, sent with reqwest:
+//! what a client without the SDK's orchestrator could cost). `--writers
+//! 8,64` repeats each for several counts of concurrent writers. CPU is this process's
 //! (`/proc/self/stat`) and, apart, DynamoDB Local's (its own process
 //! group). Prints Markdown.
 
