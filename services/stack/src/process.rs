@@ -266,7 +266,7 @@ impl Drop for ChildProcess {
 /// then failed with "Address already in use" (seen once, a fault-suite
 /// persister). Falls back to port 0 when the range leaves no room below.
 pub fn free_port() -> Result<u16, StackError> {
-    let (low, high) = (LISTEN_FROM, ephemeral_start().unwrap_or(DEFAULT_EPHEMERAL_START));
+    let (low, high) = (LISTEN_FROM, *EPHEMERAL_START);
     if high > low {
         let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let span = u64::from(high - low);
@@ -298,6 +298,10 @@ const DEFAULT_EPHEMERAL_START: u16 = 32_768;
 /// at once, each bind check releases its port).
 static HANDED_OUT: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<u16>>> =
     std::sync::LazyLock::new(Default::default);
+
+/// The first port of the kernel's ephemeral range (read once).
+static EPHEMERAL_START: std::sync::LazyLock<u16> =
+    std::sync::LazyLock::new(|| ephemeral_start().unwrap_or(DEFAULT_EPHEMERAL_START));
 
 /// The first port of the kernel's ephemeral range, when it says.
 fn ephemeral_start() -> Option<u16> {
@@ -427,7 +431,7 @@ mod tests {
 
     #[test]
     fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
-        let below = super::ephemeral_start().unwrap_or(super::DEFAULT_EPHEMERAL_START);
+        let below = *super::EPHEMERAL_START;
         let ports: Vec<u16> = (0..200)
             .map(|_| super::free_port().unwrap_or_else(|e| panic!("no free port: {e}")))
             .collect();

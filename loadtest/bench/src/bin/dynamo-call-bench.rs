@@ -10,9 +10,9 @@
 //! the services' metrics interceptor; `--lean` adds the same write made by
 //! hand (JSON written directly, signed with `aws-sigv4`, sent with reqwest:
 //! what a client without the SDK's orchestrator could cost). `--writers
-//! 8,64` repeats each for several counts of concurrent writers. CPU is this process's
-//! (`/proc/self/stat`) and, apart, DynamoDB Local's (its own process
-//! group). Prints Markdown.
+//! 8,64` repeats each for several counts of concurrent writers. CPU is
+//! this process's (`/proc/self/stat`) and, apart, DynamoDB Local's (its own
+//! process group). Prints Markdown.
 
 // A benchmark program: its report is its output.
 #![allow(clippy::print_stdout)]
@@ -137,6 +137,7 @@ impl Lean {
         };
         let (instructions, _) = signed.into_parts();
         let mut request = self.http.post(&self.url);
+        // Every signed header but `host` (the first), which reqwest sets.
         for (name, value) in headers.iter().skip(1).copied().chain(instructions.headers()) {
             request = request.header(name, value);
         }
