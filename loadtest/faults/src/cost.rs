@@ -434,20 +434,8 @@ pub async fn cost(
          path: gateway, router, deliverer), {rcu:.3} RCU; {failed:.3} failed calls (a failed conditional write is \
          charged but reports no units). Persister event writes by why they were written: {releases}; partitions \
          that waited for the other topic, by how the wait ended: {waits}.\n\n{kafka}",
-        releases = by_label(
-            &after,
-            &before,
-            Part::Persister,
-            "triggers_persister_event_writes_total",
-            "release"
-        ),
-        waits = by_label(
-            &after,
-            &before,
-            Part::Persister,
-            "triggers_consumer_align_waits_total",
-            "ended"
-        ),
+        releases = releases(&after, &before),
+        waits = align_waits(&after, &before),
         kafka = traffic::report(&written, &cluster.common.topics, accepted),
         rate = plan.rate,
         span = span.as_secs_f64(),
@@ -476,6 +464,30 @@ fn sum(series: &[Series], name: &str) -> f64 {
 
 /// `name`'s change from `then` to `now` in `part`, by the value of its
 /// label `label`: `a 12, b 3`.
+/// The persister's event writes between two samples, by why they were
+/// written (settled, due, full, closing).
+fn releases(now: &Sample, then: &Sample) -> String {
+    by_label(
+        now,
+        then,
+        Part::Persister,
+        "triggers_persister_event_writes_total",
+        "release",
+    )
+}
+
+/// The persister's partitions that waited for the other topic between two
+/// samples, by how the wait ended.
+fn align_waits(now: &Sample, then: &Sample) -> String {
+    by_label(
+        now,
+        then,
+        Part::Persister,
+        "triggers_consumer_align_waits_total",
+        "ended",
+    )
+}
+
 fn by_label(now: &Sample, then: &Sample, part: Part, name: &str, label: &str) -> String {
     let mut values: BTreeMap<&str, f64> = BTreeMap::new();
     for (sign, sample) in [(1.0, now), (-1.0, then)] {
@@ -743,20 +755,8 @@ pub async fn busy(
          acknowledgement first, in `BatchGetItem`s shared by concurrent deliveries; a fresh one is not).\n\n\
          Persister event writes by why they were written: {releases}. Partitions that waited for the other \
          topic, by how the wait ended: {waits}.\n",
-        releases = by_label(
-            &after,
-            &baseline,
-            Part::Persister,
-            "triggers_persister_event_writes_total",
-            "release"
-        ),
-        waits = by_label(
-            &after,
-            &baseline,
-            Part::Persister,
-            "triggers_consumer_align_waits_total",
-            "ended"
-        ),
+        releases = releases(&after, &baseline),
+        waits = align_waits(&after, &baseline),
         idle = idle.span.as_secs_f64(),
         wr = per_event(write_calls),
         wcu = per_event(wcu),
