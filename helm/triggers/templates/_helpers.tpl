@@ -88,7 +88,7 @@ sasl.username: {{ required "kafka.auth.scram.username is required for SCRAM" $au
 {{- if eq .Values.kafka.auth.mode "iam" -}}
 {{- $_ := set $kafka "msk_iam" (dict "region" (required "kafka.auth.iam.region is required for IAM" .Values.kafka.auth.iam.region)) -}}
 {{- end -}}
-{{- $dynamodb := dict "region" .Values.dynamodb.region "table_prefix" .Values.dynamodb.tablePrefix -}}
+{{- $dynamodb := dict "region" .Values.dynamodb.region "table_prefix" .Values.dynamodb.tablePrefix "lean_client" .Values.dynamodb.leanClient -}}
 {{- with .Values.dynamodb.endpoint }}{{ $_ := set $dynamodb "endpoint" . }}{{ end -}}
 {{- $registry := dict "url" (include "triggers.registryUrl" .) -}}
 {{- with .Values.schemaRegistry.username }}{{ $_ := set $registry "username" . }}{{ end -}}

@@ -18,7 +18,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::delivery::Outcome;
-use crate::dynamo::{ListError, TTL_ATTRIBUTE, Tables, get_n, get_s, n, s, store_error};
+use crate::dynamo::{ItemCalls, ListError, Put, TTL_ATTRIBUTE, Tables, get_n, get_s, n, s, store_error};
 use crate::ids::{DeliveryId, EventId, SubscriptionId, TenantId};
 use crate::tenancy::StoreError;
 
@@ -54,43 +54,45 @@ pub fn event_prefix(event: &EventId) -> String {
 
 /// Records a `dead_lettered` outcome (idempotent): unless the entry was
 /// redriven through this attempt or a later one (an old outcome read again).
-pub async fn put(client: &Client, tables: &Tables, outcome: &Outcome, expires_at: i64) -> Result<(), StoreError> {
+pub async fn put(
+    client: &impl ItemCalls,
+    tables: &Tables,
+    outcome: &Outcome,
+    expires_at: i64,
+) -> Result<(), StoreError> {
     let Some(subscription) = &outcome.subscription_id else {
         return Ok(());
     };
     let delivery = outcome
         .delivery_id
         .unwrap_or_else(|| DeliveryId::derive(&outcome.event_id, subscription));
-    let mut put = client
-        .put_item()
-        .table_name(&tables.attempts)
-        .item("pk", s(outcome.tenant.to_string()))
-        .item("sk", s(sk(&outcome.event_id, subscription)))
-        .item("delivery_id", s(delivery.to_string()))
-        .item("event_id", s(outcome.event_id.to_string()))
-        .item("subscription_id", s(subscription.to_string()))
-        .item("attempt", n(outcome.attempt))
-        .item("at", n(outcome.at))
-        .item(TTL_ATTRIBUTE, n(expires_at));
+    let mut item = HashMap::from([
+        ("pk".to_owned(), s(outcome.tenant.to_string())),
+        ("sk".to_owned(), s(sk(&outcome.event_id, subscription))),
+        ("delivery_id".to_owned(), s(delivery.to_string())),
+        ("event_id".to_owned(), s(outcome.event_id.to_string())),
+        ("subscription_id".to_owned(), s(subscription.to_string())),
+        ("attempt".to_owned(), n(outcome.attempt)),
+        ("at".to_owned(), n(outcome.at)),
+        (TTL_ATTRIBUTE.to_owned(), n(expires_at)),
+    ]);
     if let Some(status) = outcome.http_status {
-        put = put.item("http_status", n(status));
+        item.insert("http_status".to_owned(), n(status));
     }
     if let Some(error) = &outcome.error {
-        put = put.item("error", s(error));
+        item.insert("error".to_owned(), s(error));
     }
-    let put = put
-        .condition_expression("attribute_not_exists(redriven) OR redriven < :attempt")
-        .expression_attribute_values(":attempt", n(outcome.attempt));
-    match put.send().await {
-        Ok(_) => Ok(()),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(store_error("PutItem", &tables.attempts, e)),
-    }
+    // A newer redrive of this delivery keeps its entry out of the listing;
+    // a refused put is that, not a failure.
+    client
+        .put(Put {
+            table: &tables.attempts,
+            item,
+            condition: Some("attribute_not_exists(redriven) OR redriven < :attempt"),
+            values: HashMap::from([(":attempt".to_owned(), n(outcome.attempt))]),
+        })
+        .await
+        .map(|_| ())
 }
 
 /// Takes an entry out of the listing (after its redrive is in Kafka): marks

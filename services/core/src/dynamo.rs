@@ -21,12 +21,28 @@ use aws_sdk_dynamodb::types::{
 
 use crate::config::DynamoConfig;
 
+mod calls;
+mod lean;
+
+pub use calls::{Get, ItemCalls, ItemClient, Put, Update};
+pub use lean::{ClientError, LeanClient};
+
 /// The attribute every table uses for item expiry (epoch seconds).
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 
 /// A DynamoDB client for `config` (static credentials when given, else the
 /// default AWS chain, which includes IRSA on EKS).
 pub async fn client(config: &DynamoConfig) -> Client {
+    let shared = shared_config(config).await;
+    let config = aws_sdk_dynamodb::config::Builder::from(&shared)
+        .interceptor(CallMetrics)
+        .build();
+    Client::from_conf(config)
+}
+
+/// The AWS configuration of `config`: region, credentials (static, or the
+/// default chain), endpoint and timeouts.
+async fn shared_config(config: &DynamoConfig) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(config.region.clone()));
     if let (Some(key), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
         loader = loader.credentials_provider(Credentials::new(key, secret, None, None, "triggers-config"));
@@ -39,11 +55,7 @@ pub async fn client(config: &DynamoConfig) -> Client {
         .operation_attempt_timeout(config.attempt_timeout)
         .operation_timeout(config.call_timeout)
         .build();
-    let shared = loader.timeout_config(timeouts).load().await;
-    let config = aws_sdk_dynamodb::config::Builder::from(&shared)
-        .interceptor(CallMetrics)
-        .build();
-    Client::from_conf(config)
+    loader.timeout_config(timeouts).load().await
 }
 
 /// Times every DynamoDB call: `triggers_dynamodb_request_duration_seconds`
@@ -455,6 +467,19 @@ pub struct StoreError {
 /// DynamoDB error codes that the same request will always get again.
 const PERMANENT_CODES: &[&str] = &["ValidationException", "SerializationException"];
 
+/// The kind of failure a DynamoDB error code means (no code: the request
+/// got no answer).
+fn kind_of(code: Option<&str>) -> StoreErrorKind {
+    match code {
+        Some("ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded") => {
+            StoreErrorKind::Throttled
+        }
+        Some(code) if PERMANENT_CODES.contains(&code) => StoreErrorKind::Invalid,
+        Some(_) => StoreErrorKind::Service,
+        None => StoreErrorKind::Transport,
+    }
+}
+
 impl StoreError {
     /// Wraps an SDK error with what was being done; counted in
     /// `triggers_dynamodb_errors_total` by operation and kind.
@@ -462,14 +487,7 @@ impl StoreError {
     where
         E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + Send + Sync + 'static,
     {
-        let kind = match error.code() {
-            Some("ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded") => {
-                StoreErrorKind::Throttled
-            }
-            Some(code) if PERMANENT_CODES.contains(&code) => StoreErrorKind::Invalid,
-            Some(_) => StoreErrorKind::Service,
-            None => StoreErrorKind::Transport,
-        };
+        let kind = kind_of(error.code());
         metrics::counter!("triggers_dynamodb_errors_total", "operation" => operation, "kind" => kind.label())
             .increment(1);
         let detail = match (error.code(), error.message()) {

@@ -93,6 +93,9 @@ pub enum ServiceError {
     /// The subscription table could not be read.
     #[error("subscription follower: {0}")]
     Follower(#[from] FollowerError),
+    /// The lean DynamoDB client could not be made.
+    #[error(transparent)]
+    Dynamo(#[from] crate::dynamo::ClientError),
 }
 
 /// A consumer service being started: the clients each one needs, made once.

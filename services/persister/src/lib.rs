@@ -267,8 +267,12 @@ pub async fn start(
         config.analytics_flush,
         shutdown.clone(),
     );
+    let items = triggers_core::dynamo::ItemClient::new(&common.dynamodb, &service.dynamo).await?;
     let writer = Writer::start(
-        service.dynamo.clone(),
+        writer::Clients {
+            sdk: service.dynamo.clone(),
+            items,
+        },
         service.tables.clone(),
         tally.clone(),
         writer::Batching {

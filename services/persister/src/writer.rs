@@ -52,7 +52,7 @@ use triggers_core::CancellationToken;
 use triggers_core::analytics::Tally;
 use triggers_core::consume::Handled;
 use triggers_core::delivery::Outcome;
-use triggers_core::dynamo::Tables;
+use triggers_core::dynamo::{ItemClient, Tables};
 use triggers_core::event::Event;
 use triggers_core::eventstore;
 use triggers_core::ids::{EventId, TenantId};
@@ -379,7 +379,7 @@ impl Writer {
     /// Starts the batching task; it writes what it holds and ends when
     /// every `Writer` is dropped.
     pub fn start(
-        dynamo: aws_sdk_dynamodb::Client,
+        clients: Clients,
         tables: Tables,
         tally: Tally,
         batching: Batching,
@@ -394,7 +394,8 @@ impl Writer {
         } = batching;
         let (queue, mut incoming) = mpsc::channel::<Pending>(max_batch.max(1) * 4);
         let store = Arc::new(Store {
-            dynamo,
+            dynamo: clients.sdk,
+            items: clients.items,
             tables,
             cache: eventstore::ProgressCache::default(),
             tally,
@@ -447,9 +448,19 @@ impl Writer {
     }
 }
 
+/// The DynamoDB clients of the writes.
+#[derive(Debug)]
+pub struct Clients {
+    /// For the rare calls (removing the attempts of a deleted event).
+    pub sdk: aws_sdk_dynamodb::Client,
+    /// For every event's writes (`dynamodb.lean_client`).
+    pub items: ItemClient,
+}
+
 /// What the writes share.
 struct Store {
     dynamo: aws_sdk_dynamodb::Client,
+    items: ItemClient,
     tables: Tables,
     cache: eventstore::ProgressCache,
     tally: Tally,
@@ -547,7 +558,7 @@ fn write_groups(
             }
             let written = handled(
                 triggers_core::consume::retry_transient("store attempts", &shutdown, StoreError::is_retriable, || {
-                    eventstore::put_attempts(&store.dynamo, &store.tables, &attempts)
+                    eventstore::put_attempts(&store.items, &store.tables, &attempts)
                 })
                 .await,
             );
@@ -566,7 +577,7 @@ fn write_groups(
         tokio::spawn(async move {
             let _turn = store.turns.of(&(tenant, id)).lock().await;
             let Ok(_slot) = slots.acquire_owned().await else { return };
-            let (dynamo, tables) = (&store.dynamo, &store.tables);
+            let (dynamo, tables) = (&store.items, &store.tables);
             let track = eventstore::Track {
                 cache: Some(&store.cache),
                 tally: Some(&store.tally),

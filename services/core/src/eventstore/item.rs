@@ -29,6 +29,14 @@ pub(super) fn event_sk(id: &EventId) -> String {
     format!("e#{id}")
 }
 
+/// The key of an event's item.
+pub(super) fn event_key(tenant: &TenantId, id: &EventId) -> Item {
+    HashMap::from([
+        ("pk".to_owned(), s(tenant.to_string())),
+        ("sk".to_owned(), s(event_sk(id))),
+    ])
+}
+
 pub(super) fn chunk_sk(id: &EventId, index: usize) -> String {
     format!("c#{id}#{index:04}")
 }

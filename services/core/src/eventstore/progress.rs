@@ -2,13 +2,11 @@
 //! states under the item's version, and the cache that lets one writer
 //! skip the read.
 
-use aws_sdk_dynamodb::Client;
+use std::collections::HashMap;
 
-use super::item::event_sk;
+use super::item::event_key;
 use crate::analytics::Tally;
-use crate::dynamo::{
-    StoreError, StoreErrorKind, TTL_ATTRIBUTE, Tables, get_n, get_s, is_conditional, n, s, store_error,
-};
+use crate::dynamo::{Get, ItemCalls, StoreError, StoreErrorKind, TTL_ATTRIBUTE, Tables, Update, get_n, get_s, n, s};
 use crate::event::now_ms;
 use crate::ids::{EventId, TenantId};
 use crate::status::{EventStatus, Progress};
@@ -91,7 +89,7 @@ pub(super) struct How<'a> {
 /// not arrived yet (unless `must_exist`). Returns the new status, or `None`
 /// when the event does not exist and `must_exist`.
 pub(super) async fn update_progress(
-    client: &Client,
+    client: &impl ItemCalls,
     tables: &Tables,
     tenant: &TenantId,
     id: &EventId,
@@ -128,44 +126,50 @@ pub(super) async fn update_progress(
             " REMOVE inbox_pk"
         });
         let next = version.unwrap_or(-1) + 1;
-        let mut request = client
-            .update_item()
-            .table_name(table)
-            .key("pk", s(tenant.to_string()))
-            .key("sk", s(event_sk(id)))
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
-            .expression_attribute_values(":progress", s(serde_json::to_string(&progress).unwrap_or_default()))
-            .expression_attribute_values(":status", s(status.as_str()))
-            .expression_attribute_values(":next", n(next))
-            .expression_attribute_values(":now", n(now_ms()))
-            .expression_attribute_values(":ttl", n(expires_at));
+        let mut values = HashMap::from([
+            (
+                ":progress".to_owned(),
+                s(serde_json::to_string(&progress).unwrap_or_default()),
+            ),
+            (":status".to_owned(), s(status.as_str())),
+            (":next".to_owned(), n(next)),
+            (":now".to_owned(), n(now_ms())),
+            (":ttl".to_owned(), n(expires_at)),
+        ]);
         if status.in_inbox() {
-            request = request.expression_attribute_values(":inbox", s(tenant.to_string()));
+            values.insert(":inbox".to_owned(), s(tenant.to_string()));
         }
-        request = match version {
-            Some(v) => request
-                .condition_expression("version = :v")
-                .expression_attribute_values(":v", n(v)),
-            None => request.condition_expression("attribute_not_exists(version) AND attribute_not_exists(deleted)"),
+        let condition = match version {
+            Some(v) => {
+                values.insert(":v".to_owned(), n(v));
+                "version = :v"
+            }
+            None => "attribute_not_exists(version) AND attribute_not_exists(deleted)",
         };
-        match request.update_expression(update).send().await {
-            Ok(_) => {
-                if let Some(tally) = tally {
-                    tally.progressed(tenant, id, before.as_ref(), &progress);
-                }
-                if let Some(cache) = cache {
-                    cache.put(tenant, id, next, progress);
-                }
-                return Ok(Some(status));
+        let written = client
+            .update(Update {
+                table,
+                key: event_key(tenant, id),
+                update,
+                condition,
+                names: HashMap::from([
+                    ("#status".to_owned(), "status".to_owned()),
+                    ("#ttl".to_owned(), TTL_ATTRIBUTE.to_owned()),
+                ]),
+                values,
+            })
+            .await?;
+        if written {
+            if let Some(tally) = tally {
+                tally.progressed(tenant, id, before.as_ref(), &progress);
             }
-            Err(e) if is_conditional(&e) => {
-                if let Some(cache) = cache {
-                    cache.forget(tenant, id);
-                }
-                continue;
+            if let Some(cache) = cache {
+                cache.put(tenant, id, next, progress);
             }
-            Err(e) => return Err(store_error("UpdateItem", table, e)),
+            return Ok(Some(status));
+        }
+        if let Some(cache) = cache {
+            cache.forget(tenant, id);
         }
     }
     Err(StoreError::found(
@@ -184,23 +188,21 @@ pub(super) enum Stored {
 }
 
 pub(super) async fn read_progress(
-    client: &Client,
+    client: &impl ItemCalls,
     table: &str,
     tenant: &TenantId,
     id: &EventId,
     must_exist: bool,
 ) -> Result<Stored, StoreError> {
-    let current = client
-        .get_item()
-        .table_name(table)
-        .key("pk", s(tenant.to_string()))
-        .key("sk", s(event_sk(id)))
-        .projection_expression("progress, version, has_body, deleted")
-        .consistent_read(true)
-        .send()
-        .await
-        .map_err(|e| store_error("GetItem", table, e))?;
-    let item = current.item();
+    let item = client
+        .get(Get {
+            table,
+            key: event_key(tenant, id),
+            projection: "progress, version, has_body, deleted",
+            consistent: true,
+        })
+        .await?;
+    let item = item.as_ref();
     if item.is_some_and(|i| i.contains_key("deleted")) {
         return Ok(Stored::Gone);
     }

@@ -7,22 +7,29 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
 
 use super::item::{
     ITEM_LIMIT, ITEM_RESERVE, Payload, attempt_item, attributes_size, body_attributes, chunk_sk, encode_payload,
-    event_sk,
+    event_key, event_sk,
 };
 use super::progress::{How, Track, update_progress};
 use crate::analytics::Tally;
 use crate::delivery::{Outcome, OutcomeKind};
-use crate::dynamo::{StoreError, StoreErrorKind, TTL_ATTRIBUTE, Tables, get_s, is_conditional, n, s, store_error};
+use crate::dynamo::{
+    ItemCalls, StoreError, StoreErrorKind, TTL_ATTRIBUTE, Tables, Update, get_s, is_conditional, n, s, store_error,
+};
 use crate::event::{Event, now_ms};
 use crate::ids::{EventId, TenantId};
 use crate::status::{EventStatus, Progress};
 
 /// Stores an event's body (idempotent; never changes its progress).
-pub async fn put_event(client: &Client, tables: &Tables, event: &Event, expires_at: i64) -> Result<(), StoreError> {
+pub async fn put_event(
+    client: &impl ItemCalls,
+    tables: &Tables,
+    event: &Event,
+    expires_at: i64,
+) -> Result<(), StoreError> {
     put_event_with(client, tables, event, expires_at, &[], Track::default())
         .await
         .map(|_| ())
@@ -35,7 +42,7 @@ pub async fn put_event(client: &Client, tables: &Tables, event: &Event, expires_
 /// `false` when the event was deleted (its tombstone stays): nothing of
 /// it was written.
 pub async fn put_event_with(
-    client: &Client,
+    client: &impl ItemCalls,
     tables: &Tables,
     event: &Event,
     expires_at: i64,
@@ -91,28 +98,26 @@ pub async fn put_event_with(
 
 /// The chunks of a payload too large for its item, written before it.
 async fn put_chunks(
-    client: &Client,
+    client: &impl ItemCalls,
     table: &str,
     event: &Event,
     chunks: &[Vec<u8>],
     expires_at: i64,
 ) -> Result<(), StoreError> {
     for (batch_index, batch) in chunks.chunks(25).enumerate() {
-        let requests: Vec<WriteRequest> = batch
+        let items = batch
             .iter()
             .enumerate()
-            .filter_map(|(i, bytes)| {
-                let put = PutRequest::builder()
-                    .item("pk", s(event.tenant.to_string()))
-                    .item("sk", s(chunk_sk(&event.id, batch_index * 25 + i)))
-                    .item("bytes", AttributeValue::B(Blob::new(bytes.clone())))
-                    .item(TTL_ATTRIBUTE, n(expires_at))
-                    .build()
-                    .ok()?;
-                Some(WriteRequest::builder().put_request(put).build())
+            .map(|(i, bytes)| {
+                HashMap::from([
+                    ("pk".to_owned(), s(event.tenant.to_string())),
+                    ("sk".to_owned(), s(chunk_sk(&event.id, batch_index * 25 + i))),
+                    ("bytes".to_owned(), AttributeValue::B(Blob::new(bytes.clone()))),
+                    (TTL_ATTRIBUTE.to_owned(), n(expires_at)),
+                ])
             })
             .collect();
-        batch_write(client, table, requests).await?;
+        batch_put(client, table, items).await?;
     }
     Ok(())
 }
@@ -146,7 +151,7 @@ impl BodyUpdate {
 /// Creates the event's item with its body and first `progress`; `false`
 /// when an item exists already (or a tombstone).
 async fn create_item(
-    client: &Client,
+    client: &impl ItemCalls,
     table: &str,
     event: &Event,
     body: &BodyUpdate,
@@ -167,46 +172,64 @@ async fn create_item(
     values.insert(":zero".to_owned(), n(0));
     values.insert(":now".to_owned(), n(now_ms()));
     let inbox = if status.in_inbox() { ", inbox_pk = :inbox" } else { "" };
-    let result = client
-        .update_item()
-        .table_name(table)
-        .key("pk", s(event.tenant.to_string()))
-        .key("sk", s(event_sk(&event.id)))
-        .update_expression(format!(
-            "{}, progress = :progress, #status = :status, version = :zero, updated_at = :now{inbox}",
-            body.set
-        ))
-        .condition_expression("attribute_not_exists(version) AND attribute_not_exists(deleted)")
-        .set_expression_attribute_names(Some(names))
-        .set_expression_attribute_values(Some(values))
-        .send()
-        .await;
-    match result {
-        Ok(_) => Ok(true),
-        Err(e) if is_conditional(&e) => Ok(false),
-        Err(e) => Err(store_error("UpdateItem", table, e)),
-    }
+    client
+        .update(Update {
+            table,
+            key: event_key(&event.tenant, &event.id),
+            update: format!(
+                "{}, progress = :progress, #status = :status, version = :zero, updated_at = :now{inbox}",
+                body.set
+            ),
+            condition: "attribute_not_exists(version) AND attribute_not_exists(deleted)",
+            names,
+            values,
+        })
+        .await
 }
 
 /// Writes the body into an existing item; `false` when the event was
 /// deleted (its tombstone stays).
-async fn update_body(client: &Client, table: &str, event: &Event, body: BodyUpdate) -> Result<bool, StoreError> {
-    let updated = client
-        .update_item()
-        .table_name(table)
-        .key("pk", s(event.tenant.to_string()))
-        .key("sk", s(event_sk(&event.id)))
-        .update_expression(body.set)
-        .condition_expression("attribute_not_exists(deleted)")
-        .set_expression_attribute_names(Some(body.names))
-        .set_expression_attribute_values(Some(body.values))
-        .send()
-        .await;
-    match updated {
-        Ok(_) => Ok(true),
-        Err(e) if is_conditional(&e) => Ok(false),
-        Err(e) => Err(store_error("UpdateItem", table, e)),
+async fn update_body(
+    client: &impl ItemCalls,
+    table: &str,
+    event: &Event,
+    body: BodyUpdate,
+) -> Result<bool, StoreError> {
+    client
+        .update(Update {
+            table,
+            key: event_key(&event.tenant, &event.id),
+            update: body.set,
+            condition: "attribute_not_exists(deleted)",
+            names: body.names,
+            values: body.values,
+        })
+        .await
+}
+
+/// Puts `items` into `table`, 25 to a `BatchWriteItem`, until DynamoDB has
+/// processed them all.
+async fn batch_put(
+    client: &impl ItemCalls,
+    table: &str,
+    items: Vec<HashMap<String, AttributeValue>>,
+) -> Result<(), StoreError> {
+    let batches = items.chunks(25).map(|batch| async move {
+        let mut backoff = std::time::Duration::from_millis(20);
+        let mut batch = batch.to_vec();
+        while !batch.is_empty() {
+            batch = client.batch_put(table, batch).await?;
+            if !batch.is_empty() {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+            }
+        }
+        Ok(())
+    });
+    for result in futures::future::join_all(batches).await {
+        result?;
     }
+    Ok(())
 }
 
 async fn batch_write(client: &Client, table: &str, mut requests: Vec<WriteRequest>) -> Result<(), StoreError> {
@@ -234,26 +257,22 @@ async fn batch_write(client: &Client, table: &str, mut requests: Vec<WriteReques
 /// Writes the attempt items (and dead letters) of delivery outcomes, 25 to a
 /// `BatchWriteItem`. Idempotent: an attempt's key is fixed by its event,
 /// subscription, number and kind.
-pub async fn put_attempts(client: &Client, tables: &Tables, outcomes: &[(Outcome, i64)]) -> Result<(), StoreError> {
-    let mut requests: Vec<WriteRequest> = Vec::new();
+pub async fn put_attempts(
+    client: &impl ItemCalls,
+    tables: &Tables,
+    outcomes: &[(Outcome, i64)],
+) -> Result<(), StoreError> {
+    let mut items = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (outcome, expires_at) in outcomes {
         if let Some(item) = attempt_item(outcome, *expires_at) {
             // One write per key in a batch (DynamoDB refuses duplicates).
-            if !seen.insert(get_s(&item, "sk").unwrap_or_default()) {
-                continue;
-            }
-            if let Ok(put) = PutRequest::builder().set_item(Some(item)).build() {
-                requests.push(WriteRequest::builder().put_request(put).build());
+            if seen.insert(get_s(&item, "sk").unwrap_or_default()) {
+                items.push(item);
             }
         }
     }
-    let writes = requests
-        .chunks(25)
-        .map(|chunk| batch_write(client, &tables.attempts, chunk.to_vec()));
-    for result in futures::future::join_all(writes).await {
-        result?;
-    }
+    batch_put(client, &tables.attempts, items).await?;
     for (outcome, expires_at) in outcomes {
         if outcome.kind == OutcomeKind::DeadLettered {
             crate::deadletter::put(client, tables, outcome, *expires_at).await?;
@@ -266,7 +285,7 @@ pub async fn put_attempts(client: &Client, tables: &Tables, outcomes: &[(Outcome
 /// Monotonic: outcomes that change nothing write nothing. The new status,
 /// or `None` when the event was deleted (nothing is written).
 pub async fn apply_outcomes(
-    client: &Client,
+    client: &impl ItemCalls,
     tables: &Tables,
     tenant: &TenantId,
     event: &EventId,
@@ -298,7 +317,7 @@ pub async fn apply_outcomes(
 /// Records an outcome: the event's progress, and for delivery outcomes the
 /// attempt. Idempotent and monotonic. `None` when the event was deleted.
 pub async fn apply_outcome(
-    client: &Client,
+    client: &impl ItemCalls,
     tables: &Tables,
     outcome: &Outcome,
     expires_at: i64,
@@ -319,7 +338,7 @@ pub async fn apply_outcome(
 /// Acknowledges an event from the inbox (counted in `tally`); `false` when
 /// there is no such event.
 pub async fn acknowledge(
-    client: &Client,
+    client: &impl ItemCalls,
     tables: &Tables,
     tenant: &TenantId,
     id: &EventId,

@@ -11,6 +11,7 @@ mod consume;
 mod deadletter;
 mod eventstore;
 mod follower;
+mod lean;
 mod outbox;
 mod pacing;
 mod producer;
