@@ -9,7 +9,9 @@
 //! same without stalled-stream protection, and the plain SDK client without
 //! the services' metrics interceptor; `--lean` adds the same write made by
 //! hand (JSON written directly, signed with `aws-sigv4`, sent with reqwest:
-//! what a client without the SDK's orchestrator could cost). `--writers
+//! what a client without the SDK's orchestrator could cost) and through the
+//! persister's lean client (`triggers_core::dynamo::LeanClient`, the same
+//! with credential refresh, retries, timeouts and metrics). `--writers
 //! 8,64` repeats each for several counts of concurrent writers. CPU is
 //! this process's (`/proc/self/stat`) and, apart, DynamoDB Local's (its own
 //! process group). Prints Markdown.
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::StalledStreamProtectionConfig;
+use triggers_core::dynamo::{ItemCalls, LeanClient, Update};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -149,18 +152,43 @@ impl Lean {
     }
 }
 
+/// [`triggers_bench::create_item`]'s request through the persister's lean
+/// client.
+async fn create_item_lean(client: &LeanClient, table: &str, writer: usize, data: &str) -> bool {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use std::collections::HashMap;
+    let request = Update {
+        table,
+        key: HashMap::from([
+            ("pk".to_owned(), AttributeValue::S(format!("tenant{}", writer % 8))),
+            ("sk".to_owned(), AttributeValue::S(ulid::Ulid::new().to_string())),
+        ]),
+        update: "SET #d = :d, progress = :p, version = :zero".to_owned(),
+        condition: "attribute_not_exists(version)",
+        names: HashMap::from([("#d".to_owned(), "data".to_owned())]),
+        values: HashMap::from([
+            (":d".to_owned(), AttributeValue::S(data.to_owned())),
+            (":p".to_owned(), AttributeValue::S(r#"{"routed":true}"#.to_owned())),
+            (":zero".to_owned(), AttributeValue::N("0".to_owned())),
+        ]),
+    };
+    matches!(client.update(request).await, Ok(true))
+}
+
 /// A client under measurement.
 #[derive(Clone, Copy)]
 enum Variant<'a> {
     Sdk(&'a Client),
-    Lean(&'a Lean),
+    ByHand(&'a Lean),
+    Lean(&'a LeanClient),
 }
 
 impl Variant<'_> {
     async fn create_item(self, table: &str, writer: usize, data: &str) -> bool {
         match self {
             Self::Sdk(client) => triggers_bench::create_item(client, table, writer, data).await,
-            Self::Lean(lean) => lean.create_item(table, writer, data).await,
+            Self::ByHand(lean) => lean.create_item(table, writer, data).await,
+            Self::Lean(client) => create_item_lean(client, table, writer, data).await,
         }
     }
 }
@@ -232,7 +260,8 @@ async fn main() -> anyhow::Result<()> {
             .await;
         Client::new(&shared)
     };
-    let lean = Lean::new(port, &config.region)?;
+    let by_hand = Lean::new(port, &config.region)?;
+    let lean = LeanClient::new(&config).await?;
     let mut variants = vec![
         (
             "the services' client (`triggers_core::dynamo::client`)",
@@ -245,7 +274,8 @@ async fn main() -> anyhow::Result<()> {
         variants.truncate(1);
     }
     if args.lean {
-        variants.push(("by hand: JSON, `aws-sigv4`, reqwest (no SDK)", Variant::Lean(&lean)));
+        variants.push(("by hand: JSON, `aws-sigv4`, reqwest (no SDK)", Variant::ByHand(&by_hand)));
+        variants.push(("the persister's lean client (`LeanClient`)", Variant::Lean(&lean)));
     }
     anyhow::ensure!(
         !args.writers.is_empty() && !args.writers.contains(&0),
