@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::StalledStreamProtectionConfig;
-use triggers_core::dynamo::{ItemCalls, LeanClient, Update};
 use clap::Parser;
+use triggers_core::dynamo::{ItemCalls, LeanClient, Update};
 
 #[derive(Debug, Parser)]
 #[command(about = "CPU per DynamoDB call of the services' client and variants")]
@@ -274,7 +274,10 @@ async fn main() -> anyhow::Result<()> {
         variants.truncate(1);
     }
     if args.lean {
-        variants.push(("by hand: JSON, `aws-sigv4`, reqwest (no SDK)", Variant::ByHand(&by_hand)));
+        variants.push((
+            "by hand: JSON, `aws-sigv4`, reqwest (no SDK)",
+            Variant::ByHand(&by_hand),
+        ));
         variants.push(("the persister's lean client (`LeanClient`)", Variant::Lean(&lean)));
     }
     anyhow::ensure!(
