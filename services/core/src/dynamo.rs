@@ -387,6 +387,9 @@ where
     StoreError::new(operation, table, error)
 }
 
+/// The error code of a write its condition refused.
+const CONDITIONAL_CHECK_FAILED: &str = "ConditionalCheckFailedException";
+
 /// Whether a write was refused by its condition (a version moved on, an
 /// item that must or must not exist).
 pub(crate) fn is_conditional<E, R>(error: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
@@ -395,8 +398,27 @@ where
 {
     matches!(
         error,
-        aws_sdk_dynamodb::error::SdkError::ServiceError(e) if e.err().code() == Some("ConditionalCheckFailedException")
+        aws_sdk_dynamodb::error::SdkError::ServiceError(e) if e.err().code() == Some(CONDITIONAL_CHECK_FAILED)
     )
+}
+
+/// A conditional write's result: `true` when it was made, `false` when its
+/// condition refused it, else the failure as a [`StoreError`].
+pub(crate) fn conditional<O, E, R>(
+    result: Result<O, aws_sdk_dynamodb::error::SdkError<E, R>>,
+    operation: &'static str,
+    table: &str,
+) -> Result<bool, StoreError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+    aws_sdk_dynamodb::error::SdkError<E, R>:
+        std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + Send + Sync + 'static,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if is_conditional(&e) => Ok(false),
+        Err(e) => Err(store_error(operation, table, e)),
+    }
 }
 
 /// A listing could not be made.

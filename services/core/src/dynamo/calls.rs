@@ -15,7 +15,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 
 use super::lean::{ClientError, LeanClient};
-use super::{StoreError, is_conditional, store_error};
+use super::{StoreError, conditional, store_error};
 use crate::config::DynamoConfig;
 use crate::pager::Item;
 
@@ -98,11 +98,7 @@ impl ItemCalls for Client {
             .set_expression_attribute_values((!values.is_empty()).then_some(values))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional(&e) => Ok(false),
-            Err(e) => Err(store_error("UpdateItem", table, e)),
-        }
+        conditional(result, "UpdateItem", table)
     }
 
     async fn get(&self, request: Get<'_>) -> Result<Option<Item>, StoreError> {
@@ -133,11 +129,7 @@ impl ItemCalls for Client {
             .set_expression_attribute_values((!values.is_empty()).then_some(values))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional(&e) => Ok(false),
-            Err(e) => Err(store_error("PutItem", table, e)),
-        }
+        conditional(result, "PutItem", table)
     }
 
     async fn batch_put(&self, table: &str, items: Vec<Item>) -> Result<Vec<Item>, StoreError> {

@@ -30,7 +30,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_dynamodb::error::{ErrorMetadata, ProvideErrorMetadata};
 use aws_sdk_dynamodb::primitives::Blob;
@@ -40,7 +39,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::calls::{Get, ItemCalls, Put, Update};
-use super::{StoreError, StoreErrorKind, kind_of};
+use super::{CONDITIONAL_CHECK_FAILED, StoreError, StoreErrorKind, kind_of};
 use crate::config::DynamoConfig;
 use crate::pager::Item;
 
@@ -64,8 +63,6 @@ const MAX_ATTEMPTS: u32 = 3;
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 /// Credentials are fetched again this long before they expire.
 const CREDENTIALS_MARGIN: Duration = Duration::from_secs(5 * 60);
-/// The code DynamoDB gives a write its condition refused.
-const CONDITIONAL: &str = "ConditionalCheckFailedException";
 
 /// A DynamoDB client for the item calls of [`ItemCalls`].
 #[derive(Debug)]
@@ -144,7 +141,7 @@ impl LeanClient {
                 }
                 Ok(answer)
             }
-            Err(e) if e.code() == Some(CONDITIONAL) => Err(Refused::Condition),
+            Err(e) if e.code() == Some(CONDITIONAL_CHECK_FAILED) => Err(Refused::Condition),
             Err(e) => Err(Refused::Failed(StoreError::new(operation, table, e))),
         }
     }
@@ -181,6 +178,11 @@ impl LeanClient {
         use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
         let identity = self.identities.current().await?;
         let target = format!("DynamoDB_20120810.{operation}");
+        // `host` is signed from the URL; reqwest sends the same.
+        let headers = [
+            ("content-type", "application/x-amz-json-1.0"),
+            ("x-amz-target", target.as_str()),
+        ];
         let signed = {
             let params = aws_sigv4::sign::v4::SigningParams::builder()
                 .identity(&identity)
@@ -191,11 +193,6 @@ impl LeanClient {
                 .build()
                 .map_err(|e| WireError::signing(&e))?
                 .into();
-            // `host` is signed from the URL; reqwest sends the same.
-            let headers = [
-                ("content-type", "application/x-amz-json-1.0"),
-                ("x-amz-target", target.as_str()),
-            ];
             let request = SignableRequest::new("POST", &self.url, headers.into_iter(), SignableBody::Bytes(body))
                 .map_err(|e| WireError::signing(&e))?;
             sign(request, &params)
@@ -203,12 +200,8 @@ impl LeanClient {
                 .into_parts()
                 .0
         };
-        let mut request = self
-            .http
-            .post(&self.url)
-            .header("content-type", "application/x-amz-json-1.0")
-            .header("x-amz-target", &target);
-        for (name, value) in signed.headers() {
+        let mut request = self.http.post(&self.url);
+        for (name, value) in headers.into_iter().chain(signed.headers()) {
             request = request.header(name, value);
         }
         let response = request.body(body.to_vec()).send().await.map_err(WireError::transport)?;
@@ -482,7 +475,7 @@ impl Identities {
         }
         match self.provider.provide_credentials().await {
             Ok(credentials) => {
-                let identity = identity_of(credentials.clone());
+                let identity = Identity::from(credentials.clone());
                 *self.current.lock() = Some((credentials.expiry(), identity.clone()));
                 Ok(identity)
             }
@@ -502,10 +495,6 @@ impl Identities {
             },
         }
     }
-}
-
-fn identity_of(credentials: Credentials) -> Identity {
-    credentials.into()
 }
 
 /// What DynamoDB answers to the calls made here (fields of other calls
@@ -622,18 +611,13 @@ struct Json {
 
 impl Json {
     fn object() -> Self {
-        Self {
+        let mut json = Self {
             out: Vec::with_capacity(2048),
             started: Vec::new(),
             unsupported: false,
-        }
-        .open_object()
-    }
-
-    fn open_object(mut self) -> Self {
-        self.out.push(b'{');
-        self.started.push(false);
-        self
+        };
+        json.open();
+        json
     }
 
     /// The separator before the next member of the innermost object or list.
@@ -778,6 +762,8 @@ impl Json {
 
 #[cfg(test)]
 mod tests {
+    use aws_credential_types::Credentials;
+
     use super::*;
 
     fn written(build: impl FnOnce(&mut Json)) -> serde_json::Value {
@@ -851,7 +837,7 @@ mod tests {
             400,
             br#"{"__type":"com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException","message":"The conditional request failed"}"#,
         );
-        assert_eq!(conditional.code(), Some(CONDITIONAL));
+        assert_eq!(conditional.code(), Some(CONDITIONAL_CHECK_FAILED));
         assert_eq!(conditional.message(), Some("The conditional request failed"));
         assert!(!conditional.is_transient());
         let throttled = WireError::service(

@@ -4,6 +4,7 @@
 //! attempts and dead letters).
 
 use std::collections::HashMap;
+use std::future::Future;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::primitives::Blob;
@@ -17,7 +18,7 @@ use super::progress::{How, Track, update_progress};
 use crate::analytics::Tally;
 use crate::delivery::{Outcome, OutcomeKind};
 use crate::dynamo::{
-    ItemCalls, StoreError, StoreErrorKind, TTL_ATTRIBUTE, Tables, Update, get_s, is_conditional, n, s, store_error,
+    ItemCalls, StoreError, StoreErrorKind, TTL_ATTRIBUTE, Tables, Update, conditional, get_s, n, s, store_error,
 };
 use crate::event::{Event, now_ms};
 use crate::ids::{EventId, TenantId};
@@ -104,22 +105,19 @@ async fn put_chunks(
     chunks: &[Vec<u8>],
     expires_at: i64,
 ) -> Result<(), StoreError> {
-    for (batch_index, batch) in chunks.chunks(25).enumerate() {
-        let items = batch
-            .iter()
-            .enumerate()
-            .map(|(i, bytes)| {
-                HashMap::from([
-                    ("pk".to_owned(), s(event.tenant.to_string())),
-                    ("sk".to_owned(), s(chunk_sk(&event.id, batch_index * 25 + i))),
-                    ("bytes".to_owned(), AttributeValue::B(Blob::new(bytes.clone()))),
-                    (TTL_ATTRIBUTE.to_owned(), n(expires_at)),
-                ])
-            })
-            .collect();
-        batch_put(client, table, items).await?;
-    }
-    Ok(())
+    let items = chunks
+        .iter()
+        .enumerate()
+        .map(|(index, bytes)| {
+            HashMap::from([
+                ("pk".to_owned(), s(event.tenant.to_string())),
+                ("sk".to_owned(), s(chunk_sk(&event.id, index))),
+                ("bytes".to_owned(), AttributeValue::B(Blob::new(bytes.clone()))),
+                (TTL_ATTRIBUTE.to_owned(), n(expires_at)),
+            ])
+        })
+        .collect();
+    batch_put(client, table, items).await
 }
 
 /// The body attributes as an update: `SET #b0 = :b0, …` with its names
@@ -207,46 +205,51 @@ async fn update_body(
         .await
 }
 
-/// Puts `items` into `table`, 25 to a `BatchWriteItem`, until DynamoDB has
-/// processed them all.
+/// Puts `items` into `table`, 25 to a `BatchWriteItem` (the batches at
+/// once), until DynamoDB has processed them all.
 async fn batch_put(
     client: &impl ItemCalls,
     table: &str,
     items: Vec<HashMap<String, AttributeValue>>,
 ) -> Result<(), StoreError> {
-    let batches = items.chunks(25).map(|batch| async move {
-        let mut backoff = std::time::Duration::from_millis(20);
-        let mut batch = batch.to_vec();
-        while !batch.is_empty() {
-            batch = client.batch_put(table, batch).await?;
-            if !batch.is_empty() {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
-            }
-        }
-        Ok(())
-    });
+    let batches = items
+        .chunks(25)
+        .map(|batch| until_processed(batch.to_vec(), |batch| client.batch_put(table, batch)));
     for result in futures::future::join_all(batches).await {
         result?;
     }
     Ok(())
 }
 
-async fn batch_write(client: &Client, table: &str, mut requests: Vec<WriteRequest>) -> Result<(), StoreError> {
-    let mut backoff = std::time::Duration::from_millis(20);
-    while !requests.is_empty() {
+/// One batch of deletes, through the SDK's client, until DynamoDB has
+/// processed it all.
+async fn batch_write(client: &Client, table: &str, requests: Vec<WriteRequest>) -> Result<(), StoreError> {
+    until_processed(requests, |requests| async move {
         let output = client
             .batch_write_item()
             .request_items(table, requests)
             .send()
             .await
             .map_err(|e| store_error("BatchWriteItem", table, e))?;
-        requests = output
-            .unprocessed_items()
-            .and_then(|u| u.get(table))
-            .cloned()
-            .unwrap_or_default();
-        if !requests.is_empty() {
+        Ok(output
+            .unprocessed_items
+            .and_then(|mut u| u.remove(table))
+            .unwrap_or_default())
+    })
+    .await
+}
+
+/// Sends `pending` with `send` again and again, with backoff, until nothing
+/// comes back unprocessed.
+async fn until_processed<T, F, Sent>(mut pending: Vec<T>, mut send: F) -> Result<(), StoreError>
+where
+    F: FnMut(Vec<T>) -> Sent,
+    Sent: Future<Output = Result<Vec<T>, StoreError>>,
+{
+    let mut backoff = std::time::Duration::from_millis(20);
+    while !pending.is_empty() {
+        pending = send(pending).await?;
+        if !pending.is_empty() {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
         }
@@ -384,10 +387,8 @@ pub async fn delete(client: &Client, tables: &Tables, tenant: &TenantId, id: &Ev
         .condition_expression("attribute_exists(has_body)")
         .send()
         .await;
-    match written {
-        Ok(_) => {}
-        Err(e) if is_conditional(&e) => return Ok(false),
-        Err(e) => return Err(store_error("PutItem", &tables.events, e)),
+    if !conditional(written, "PutItem", &tables.events)? {
+        return Ok(false);
     }
     delete_prefix(client, &tables.events, tenant, &format!("c#{id}#")).await?;
     delete_prefix(client, &tables.attempts, tenant, &format!("{id}#")).await?;

@@ -129,11 +129,9 @@ async fn clear(client: &Client, tables: &Tables, pending: &Pending) -> Result<()
         .expression_attribute_values(":token", AttributeValue::S(pending.token.clone()))
         .send()
         .await;
-    match removed {
-        Ok(_) => Ok(()),
-        Err(e) if crate::dynamo::is_conditional(&e) => Ok(()),
-        Err(e) => Err(StoreError::new("DeleteItem", &tables.subscriptions, e).into()),
-    }
+    // Refused: a newer change replaced the marker, which stays.
+    crate::dynamo::conditional(removed, "DeleteItem", &tables.subscriptions)?;
+    Ok(())
 }
 
 /// The markers older than `older_than_ms` (ms since the epoch), oldest
