@@ -24,6 +24,7 @@ use crate::config::DynamoConfig;
 mod calls;
 mod lean;
 
+pub(crate) use calls::write_batch;
 pub use calls::{Get, ItemCalls, ItemClient, Put, Update};
 pub use lean::{ClientError, LeanClient};
 

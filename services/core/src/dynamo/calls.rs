@@ -140,20 +140,31 @@ impl ItemCalls for Client {
                 Some(WriteRequest::builder().put_request(put).build())
             })
             .collect();
-        let output = self
-            .batch_write_item()
-            .request_items(table, requests)
-            .send()
-            .await
-            .map_err(|e| store_error("BatchWriteItem", table, e))?;
-        Ok(output
-            .unprocessed_items
-            .and_then(|mut u| u.remove(table))
-            .unwrap_or_default()
+        Ok(write_batch(self, table, requests)
+            .await?
             .into_iter()
             .filter_map(|request| request.put_request.map(|put| put.item))
             .collect())
     }
+}
+
+/// One `BatchWriteItem` of `requests` into `table`; the requests DynamoDB
+/// left unprocessed.
+pub(crate) async fn write_batch(
+    client: &Client,
+    table: &str,
+    requests: Vec<WriteRequest>,
+) -> Result<Vec<WriteRequest>, StoreError> {
+    let output = client
+        .batch_write_item()
+        .request_items(table, requests)
+        .send()
+        .await
+        .map_err(|e| store_error("BatchWriteItem", table, e))?;
+    Ok(output
+        .unprocessed_items
+        .and_then(|mut u| u.remove(table))
+        .unwrap_or_default())
 }
 
 /// The client the persister makes its item calls with: the lean one

@@ -19,6 +19,7 @@ use crate::analytics::Tally;
 use crate::delivery::{Outcome, OutcomeKind};
 use crate::dynamo::{
     ItemCalls, StoreError, StoreErrorKind, TTL_ATTRIBUTE, Tables, Update, conditional, get_s, n, s, store_error,
+    write_batch,
 };
 use crate::event::{Event, now_ms};
 use crate::ids::{EventId, TenantId};
@@ -224,19 +225,7 @@ async fn batch_put(
 /// One batch of deletes, through the SDK's client, until DynamoDB has
 /// processed it all.
 async fn batch_write(client: &Client, table: &str, requests: Vec<WriteRequest>) -> Result<(), StoreError> {
-    until_processed(requests, |requests| async move {
-        let output = client
-            .batch_write_item()
-            .request_items(table, requests)
-            .send()
-            .await
-            .map_err(|e| store_error("BatchWriteItem", table, e))?;
-        Ok(output
-            .unprocessed_items
-            .and_then(|mut u| u.remove(table))
-            .unwrap_or_default())
-    })
-    .await
+    until_processed(requests, |requests| write_batch(client, table, requests)).await
 }
 
 /// Sends `pending` with `send` again and again, with backoff, until nothing
