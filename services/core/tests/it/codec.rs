@@ -107,3 +107,79 @@ async fn undecodable_records_are_told_apart() {
     assert!(matches!(error, CodecError::InvalidAvro { .. }), "{error}");
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn records_of_an_older_schema_version_in_the_registry_are_resolved() {
+    let shutdown = CancellationToken::new();
+    let mut env = TestEnv::new().await;
+    let _registry = env.with_registry(shutdown.clone()).await;
+    let codec = AvroCodec::new(&env.common.schema_registry).unwrap();
+
+    // A Kafka-native producer still on an older event schema: no
+    // partition_key nor extensions, and a field this build does not know.
+    let mut older: serde_json::Value = serde_json::from_str(Contract::Event.schema_json()).unwrap();
+    let fields = older["fields"].as_array_mut().unwrap();
+    fields.retain(|f| f["name"] != "partition_key" && f["name"] != "extensions");
+    fields.push(json!({"name": "legacy_priority", "type": "int"}));
+    let registered: serde_json::Value = reqwest::Client::new()
+        .post(format!(
+            "{}/subjects/legacy-producer-value/versions",
+            env.common.schema_registry.url
+        ))
+        .header("content-type", "application/vnd.schemaregistry.v1+json")
+        .json(&json!({"schema": older.to_string()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = u32::try_from(registered["id"].as_u64().expect("an id")).unwrap();
+
+    let original = event(json!({"legacy": true}));
+    let schema = apache_avro::Schema::parse_str(&older.to_string()).unwrap();
+    let mut record = apache_avro::types::Record::new(&schema).unwrap();
+    record.put("id", original.id.to_string());
+    record.put("tenant", original.tenant.to_string());
+    record.put("type", original.event_type.clone());
+    record.put("source", original.source.clone());
+    record.put(
+        "subject",
+        apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null)),
+    );
+    record.put("time", original.time);
+    record.put("received_at", original.received_at);
+    record.put("specversion", original.specversion.clone());
+    record.put("datacontenttype", original.datacontenttype.clone());
+    record.put("data", original.data.to_string());
+    record.put("legacy_priority", 3);
+    let mut bytes = vec![0];
+    bytes.extend_from_slice(&id.to_be_bytes());
+    bytes.extend(
+        apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .and_then(|writer| writer.write_value_to_vec(record))
+            .unwrap(),
+    );
+
+    for _ in 0..2 {
+        // The second time from the codec's cache of readers.
+        let decoded: Event = codec.decode(Contract::Event, &bytes).await.expect("decode");
+        let expected = Event {
+            subject: None,
+            partition_key: None,
+            extensions: BTreeMap::new(),
+            ..original.clone()
+        };
+        assert_eq!(decoded, expected);
+    }
+    // This build's own records still read straight alongside.
+    let current = event(json!({"current": 1}));
+    let own = codec
+        .encode(&env.common.topics.events(), Contract::Event, &current)
+        .await
+        .unwrap();
+    assert_ne!(triggers_core::codec::schema_id(&own), Some(id));
+    assert_eq!(codec.decode::<Event>(Contract::Event, &own).await.unwrap(), current);
+    shutdown.cancel();
+}
