@@ -152,7 +152,7 @@ impl Dynamo {
 fn writes(operation: &str) -> bool {
     matches!(
         operation,
-        "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem" | "TransactWriteItems"
+        "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem" | "BatchExecuteStatement" | "TransactWriteItems"
     )
 }
 

@@ -25,7 +25,7 @@ mod calls;
 mod lean;
 
 pub(crate) use calls::write_batch;
-pub use calls::{Get, ItemCalls, ItemClient, Put, Update};
+pub use calls::{Get, Inserted, ItemCalls, ItemClient, Put, Update, insert_statement};
 pub use lean::{ClientError, LeanClient};
 
 /// The attribute every table uses for item expiry (epoch seconds).
@@ -84,6 +84,8 @@ macro_rules! with_capacity {
             one query QueryInput QueryOutput "read";
             one scan ScanInput ScanOutput "read";
             many batch_write_item BatchWriteItemInput BatchWriteItemOutput "write";
+            // The services batch only writes (`INSERT`s) this way.
+            many batch_execute_statement BatchExecuteStatementInput BatchExecuteStatementOutput "write";
             many batch_get_item BatchGetItemInput BatchGetItemOutput "read";
             many transact_write_items TransactWriteItemsInput TransactWriteItemsOutput "write";
             many transact_get_items TransactGetItemsInput TransactGetItemsOutput "read"

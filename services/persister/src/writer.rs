@@ -7,7 +7,10 @@
 //! outcomes of the batch (a new event's first write already carries its
 //! progress), or one read-modify-write of its progress for all its outcomes.
 //! Under load an event's body and its `routed` outcome usually share a batch,
-//! so most events cost one item write instead of three calls.
+//! so most events cost one item write instead of three calls. The first
+//! writes of new events go 25 to a call (`persister.batch_creates`: PartiQL
+//! `INSERT`s, [`eventstore::create_events`]); one a batch finds already
+//! exists (its stub, a tombstone) is then written on its own.
 //!
 //! The writer remembers the version and progress it last wrote of recent
 //! events ([`eventstore::ProgressCache`]): the next change of the same event
@@ -52,7 +55,7 @@ use triggers_core::CancellationToken;
 use triggers_core::analytics::Tally;
 use triggers_core::consume::Handled;
 use triggers_core::delivery::Outcome;
-use triggers_core::dynamo::{ItemClient, Tables};
+use triggers_core::dynamo::{Inserted, ItemClient, Tables};
 use triggers_core::event::Event;
 use triggers_core::eventstore;
 use triggers_core::ids::{EventId, TenantId};
@@ -98,6 +101,9 @@ pub struct Batching {
     pub max_batch: usize,
     /// How long a batch gathers records.
     pub batch_wait: Duration,
+    /// Create new events' items 25 to a call
+    /// ([`eventstore::create_events`]).
+    pub batch_creates: bool,
     /// Event writes in flight at once.
     pub writes_in_flight: usize,
     /// How long an event that is not settled waits for more of its records
@@ -388,6 +394,7 @@ impl Writer {
         let Batching {
             max_batch,
             batch_wait,
+            batch_creates,
             writes_in_flight,
             hold,
             max_held,
@@ -400,6 +407,7 @@ impl Writer {
             cache: eventstore::ProgressCache::default(),
             tally,
             turns: EventTurns::new(TURN_STRIPES),
+            batch_creates,
         });
         tokio::spawn(async move {
             let slots = Arc::new(tokio::sync::Semaphore::new(writes_in_flight.max(1)));
@@ -465,6 +473,7 @@ struct Store {
     cache: eventstore::ProgressCache,
     tally: Tally,
     turns: EventTurns,
+    batch_creates: bool,
 }
 
 /// Stripes of [`EventTurns`]: far more than writes in flight, so unrelated
@@ -496,6 +505,19 @@ impl EventTurns {
     /// The lock the writes of `key` take turns on.
     fn of(&self, key: &Key) -> &tokio::sync::Mutex<()> {
         &self.stripes[self.stripe(key)]
+    }
+
+    /// The turns of every key of `keys`, taken in the stripes' order, so
+    /// two writers taking several never wait for each other in a circle.
+    async fn all<'a>(&self, keys: impl Iterator<Item = &'a Key>) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = keys.map(|key| self.stripe(key)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut turns = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            turns.push(self.stripes[stripe].lock().await);
+        }
+        turns
     }
 }
 
@@ -529,8 +551,11 @@ fn coalesce(batch: Vec<Pending>) -> Groups {
     groups
 }
 
-/// Starts the writes of `groups`: their attempt items at once, and every
-/// event's write as a write slot frees up (no write waits for another).
+/// Starts the writes of `groups`: their attempt items at once; the events
+/// new to this writer (their body here, no version known) created 25 to a
+/// call ([`eventstore::create_events`]); every other event's write, and a
+/// create a batch left undone, on its own. Each takes a write slot as it
+/// frees up (no write waits for another).
 fn write_groups(
     store: &Arc<Store>,
     groups: Vec<(Key, Group, Release)>,
@@ -550,7 +575,7 @@ fn write_groups(
         })
         .collect();
     // The attempt items, shared by the groups that have outcomes.
-    let attempts_written = {
+    let attempts_written: AttemptsWritten = {
         let (store, shutdown) = (store.clone(), shutdown.clone());
         let task = tokio::spawn(async move {
             if attempts.is_empty() {
@@ -571,50 +596,167 @@ fn write_groups(
         });
         async move { task.await.unwrap_or(Handled::Stopped) }.boxed().shared()
     };
-    for ((tenant, id), group) in groups {
-        let (store, shutdown, slots) = (store.clone(), shutdown.clone(), slots.clone());
-        let attempts_written = attempts_written.clone();
-        tokio::spawn(async move {
-            let _turn = store.turns.of(&(tenant, id)).lock().await;
-            let Ok(_slot) = slots.acquire_owned().await else { return };
-            let (dynamo, tables) = (&store.items, &store.tables);
+    let job = WriteJob {
+        store: store.clone(),
+        slots: slots.clone(),
+        shutdown: shutdown.clone(),
+        attempts_written,
+    };
+    let mut new = Vec::new();
+    for (key, group) in groups {
+        let item = match &group.body {
+            Some((event, expires_at)) if store.batch_creates && store.cache.progress(&key.0, &key.1).is_none() => {
+                eventstore::new_item(event, *expires_at, &group.outcomes)
+            }
+            _ => None,
+        };
+        match item {
+            Some(item) => new.push((key, group, item)),
+            None => {
+                tokio::spawn(job.clone().write_alone(key, group, Create::Try));
+            }
+        }
+    }
+    while !new.is_empty() {
+        let batch: Vec<_> = new.drain(..new.len().min(CREATES_PER_CALL)).collect();
+        tokio::spawn(job.clone().create_batch(batch));
+    }
+}
+
+/// Events one batched create makes at most (one `BatchExecuteStatement`).
+const CREATES_PER_CALL: usize = 25;
+
+/// Whether the attempt items of a batch are in DynamoDB.
+type AttemptsWritten = futures::future::Shared<futures::future::BoxFuture<'static, Handled>>;
+
+/// Whether an event's own write tries to create its item first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Create {
+    /// Unless this writer knows the item exists.
+    Try,
+    /// A batched create found it exists: write into it.
+    Skip,
+}
+
+/// What a write of some events needs.
+#[derive(Clone)]
+struct WriteJob {
+    store: Arc<Store>,
+    slots: Arc<tokio::sync::Semaphore>,
+    shutdown: CancellationToken,
+    attempts_written: AttemptsWritten,
+}
+
+impl WriteJob {
+    /// Creates the items of `batch` in one call, holding every one of its
+    /// events' turns; each event a batch does not create is written on
+    /// its own after.
+    async fn create_batch(self, batch: Vec<(Key, Group, eventstore::NewItem)>) {
+        let (groups, items): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|(key, group, item)| ((key, group), item)).unzip();
+        let results = {
+            let store = &self.store;
+            let _turns = store.turns.all(groups.iter().map(|(key, _)| key)).await;
+            let Ok(_slot) = self.slots.clone().acquire_owned().await else {
+                return;
+            };
             let track = eventstore::Track {
                 cache: Some(&store.cache),
                 tally: Some(&store.tally),
             };
-            let written =
-                triggers_core::consume::retry_transient("store event", &shutdown, StoreError::is_retriable, || async {
-                    match &group.body {
-                        Some((event, expires_at)) => {
-                            eventstore::put_event_with(dynamo, tables, event, *expires_at, &group.outcomes, track).await
-                        }
-                        None => eventstore::apply_outcomes(
-                            dynamo,
-                            tables,
-                            &tenant,
-                            &id,
-                            &group.outcomes,
-                            group.expires_at,
-                            track,
-                        )
-                        .await
-                        .map(|status| status.is_some()),
+            triggers_core::consume::retry_transient("store events", &self.shutdown, StoreError::is_retriable, || {
+                eventstore::create_events(&store.items, &store.tables, &items, track)
+            })
+            .await
+        };
+        let results = match results {
+            None => {
+                for (_, group) in groups {
+                    for done in group.done {
+                        let _ = done.send(Handled::Stopped);
                     }
-                })
-                .await;
-            // Whether the event still exists (`false`: deleted, a tombstone).
-            let alive = !matches!(written, Some(Ok(false)));
-            let mut written = handled(written.map(|w| w.map(|_| ())));
-            if written == Handled::Done && !group.outcomes.is_empty() {
-                written = attempts_written.await;
-                if written == Handled::Done && !alive {
-                    written = remove_orphans(&store, &tenant, &id, &shutdown).await;
+                }
+                return;
+            }
+            Some(Ok(results)) => results,
+            // Not a transient failure (a missing permission for PartiQL,
+            // say): each event on its own, which reports what fails.
+            Some(Err(_)) => vec![Inserted::Failed(String::new()); groups.len()],
+        };
+        for ((key, group), result) in groups.into_iter().zip(results) {
+            match result {
+                Inserted::Created => {
+                    let attempts = self.attempts_written.clone();
+                    tokio::spawn(async move {
+                        let written = if group.outcomes.is_empty() {
+                            Handled::Done
+                        } else {
+                            attempts.await
+                        };
+                        for done in group.done {
+                            let _ = done.send(written.clone());
+                        }
+                    });
+                }
+                Inserted::Exists => {
+                    tokio::spawn(self.clone().write_alone(key, group, Create::Skip));
+                }
+                Inserted::Failed(_) => {
+                    tokio::spawn(self.clone().write_alone(key, group, Create::Try));
                 }
             }
-            for done in group.done {
-                let _ = done.send(written.clone());
+        }
+    }
+
+    /// One event's write: its body (created, or written into its item) with
+    /// its outcomes, or its outcomes alone; then its waiters are told.
+    async fn write_alone(self, (tenant, id): Key, group: Group, create: Create) {
+        let store = &self.store;
+        let shutdown = &self.shutdown;
+        let _turn = store.turns.of(&(tenant, id)).lock().await;
+        let Ok(_slot) = self.slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (dynamo, tables) = (&store.items, &store.tables);
+        let track = eventstore::Track {
+            cache: Some(&store.cache),
+            tally: Some(&store.tally),
+        };
+        let written =
+            triggers_core::consume::retry_transient("store event", shutdown, StoreError::is_retriable, || async {
+                match &group.body {
+                    Some((event, expires_at)) if create == Create::Skip => {
+                        eventstore::put_existing_event(dynamo, tables, event, *expires_at, &group.outcomes, track).await
+                    }
+                    Some((event, expires_at)) => {
+                        eventstore::put_event_with(dynamo, tables, event, *expires_at, &group.outcomes, track).await
+                    }
+                    None => eventstore::apply_outcomes(
+                        dynamo,
+                        tables,
+                        &tenant,
+                        &id,
+                        &group.outcomes,
+                        group.expires_at,
+                        track,
+                    )
+                    .await
+                    .map(|status| status.is_some()),
+                }
+            })
+            .await;
+        // Whether the event still exists (`false`: deleted, a tombstone).
+        let alive = !matches!(written, Some(Ok(false)));
+        let mut written = handled(written.map(|w| w.map(|_| ())));
+        if written == Handled::Done && !group.outcomes.is_empty() {
+            written = self.attempts_written.clone().await;
+            if written == Handled::Done && !alive {
+                written = remove_orphans(store, &tenant, &id, shutdown).await;
             }
-        });
+        }
+        for done in group.done {
+            let _ = done.send(written.clone());
+        }
     }
 }
 

@@ -46,6 +46,11 @@ struct Args {
     /// could cost).
     #[arg(long)]
     lean: bool,
+    /// Also 25 creates per call: `BatchExecuteStatement` of PartiQL
+    /// `INSERT`s (conditional: an existing item is refused) and, for
+    /// comparison, `BatchWriteItem` of puts (unconditional).
+    #[arg(long)]
+    batched: bool,
     /// Rounds (each runs every variant once).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -58,8 +63,10 @@ fn own_cpu() -> Duration {
 
 /// What one variant's writes took.
 struct Took {
-    /// Calls that succeeded.
+    /// Calls made.
     calls: u64,
+    /// Items created.
+    items: u64,
     /// This process's CPU.
     client_cpu: Duration,
     /// DynamoDB Local's CPU.
@@ -175,20 +182,89 @@ async fn create_item_lean(client: &LeanClient, table: &str, writer: usize, data:
     matches!(client.update(request).await, Ok(true))
 }
 
+/// Items one batched call creates.
+const BATCH: usize = 25;
+
+/// [`BATCH`] of [`triggers_bench::create_item`]'s items in one
+/// `BatchExecuteStatement` of PartiQL `INSERT`s, each refused if its item
+/// exists; how many were created.
+async fn insert_batch(client: &Client, table: &str, writer: usize, data: &str) -> u64 {
+    use aws_sdk_dynamodb::types::{AttributeValue, BatchStatementRequest};
+    let statement =
+        format!(r#"INSERT INTO "{table}" VALUE {{'pk': ?, 'sk': ?, 'data': ?, 'progress': ?, 'version': ?}}"#);
+    let statements = (0..BATCH).filter_map(|_| {
+        BatchStatementRequest::builder()
+            .statement(&statement)
+            .parameters(AttributeValue::S(format!("tenant{}", writer % 8)))
+            .parameters(AttributeValue::S(ulid::Ulid::new().to_string()))
+            .parameters(AttributeValue::S(data.to_owned()))
+            .parameters(AttributeValue::S(r#"{"routed":true}"#.to_owned()))
+            .parameters(AttributeValue::N("0".to_owned()))
+            .build()
+            .ok()
+    });
+    match client
+        .batch_execute_statement()
+        .set_statements(Some(statements.collect()))
+        .send()
+        .await
+    {
+        Ok(output) => output.responses().iter().filter(|r| r.error().is_none()).count() as u64,
+        Err(_) => 0,
+    }
+}
+
+/// [`BATCH`] of the same items as unconditional puts in one
+/// `BatchWriteItem`; how many were created.
+async fn put_batch(client: &Client, table: &str, writer: usize, data: &str) -> u64 {
+    use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+    let requests = (0..BATCH).filter_map(|_| {
+        let put = PutRequest::builder()
+            .item("pk", AttributeValue::S(format!("tenant{}", writer % 8)))
+            .item("sk", AttributeValue::S(ulid::Ulid::new().to_string()))
+            .item("data", AttributeValue::S(data.to_owned()))
+            .item("progress", AttributeValue::S(r#"{"routed":true}"#.to_owned()))
+            .item("version", AttributeValue::N("0".to_owned()))
+            .build()
+            .ok()?;
+        Some(WriteRequest::builder().put_request(put).build())
+    });
+    match client
+        .batch_write_item()
+        .request_items(table, requests.collect())
+        .send()
+        .await
+    {
+        Ok(output) => {
+            let left = output
+                .unprocessed_items()
+                .and_then(|u| u.get(table))
+                .map_or(0, Vec::len);
+            (BATCH - left) as u64
+        }
+        Err(_) => 0,
+    }
+}
+
 /// A client under measurement.
 #[derive(Clone, Copy)]
 enum Variant<'a> {
     Sdk(&'a Client),
     ByHand(&'a Lean),
     Lean(&'a LeanClient),
+    Inserts(&'a Client),
+    Puts(&'a Client),
 }
 
 impl Variant<'_> {
-    async fn create_item(self, table: &str, writer: usize, data: &str) -> bool {
+    /// Items created by one call.
+    async fn create_items(self, table: &str, writer: usize, data: &str) -> u64 {
         match self {
-            Self::Sdk(client) => triggers_bench::create_item(client, table, writer, data).await,
-            Self::ByHand(lean) => lean.create_item(table, writer, data).await,
-            Self::Lean(client) => create_item_lean(client, table, writer, data).await,
+            Self::Sdk(client) => triggers_bench::create_item(client, table, writer, data).await.into(),
+            Self::ByHand(lean) => lean.create_item(table, writer, data).await.into(),
+            Self::Lean(client) => create_item_lean(client, table, writer, data).await.into(),
+            Self::Inserts(client) => insert_batch(client, table, writer, data).await,
+            Self::Puts(client) => put_batch(client, table, writer, data).await,
         }
     }
 }
@@ -206,19 +282,22 @@ async fn write_for(
     let writes = (0..writers).map(|writer| {
         let data = data.clone();
         async move {
-            let mut written = 0u64;
+            let (mut calls, mut items) = (0u64, 0u64);
             while Instant::now() < deadline {
-                if client.create_item(table, writer, &data).await {
-                    written += 1;
-                }
+                items += client.create_items(table, writer, &data).await;
+                calls += 1;
             }
-            written
+            (calls, items)
         }
     });
     let (started, client_cpu, server_cpu) = (Instant::now(), own_cpu(), dynamo.cpu());
-    let calls = futures::future::join_all(writes).await.into_iter().sum();
+    let (calls, items) = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .fold((0, 0), |(c, i), (calls, items)| (c + calls, i + items));
     Took {
         calls,
+        items,
         client_cpu: own_cpu().saturating_sub(client_cpu),
         server_cpu: dynamo.cpu().saturating_sub(server_cpu),
         wall: started.elapsed(),
@@ -280,6 +359,16 @@ async fn main() -> anyhow::Result<()> {
         ));
         variants.push(("the persister's lean client (`LeanClient`)", Variant::Lean(&lean)));
     }
+    if args.batched {
+        variants.push((
+            "the services' client, `BatchExecuteStatement` of 25 `INSERT`s",
+            Variant::Inserts(&services),
+        ));
+        variants.push((
+            "the services' client, `BatchWriteItem` of 25 puts (unconditional)",
+            Variant::Puts(&services),
+        ));
+    }
     anyhow::ensure!(
         !args.writers.is_empty() && !args.writers.contains(&0),
         "--writers takes counts of at least 1"
@@ -315,20 +404,22 @@ async fn main() -> anyhow::Result<()> {
         args.seconds
     );
     println!(
-        "| round | table | client | writers | calls/s | client CPU per call | DynamoDB Local CPU per call |\n|---|---|---|---|---|---|---|"
+        "| round | table | client | writers | calls/s | items/s | client CPU per item | DynamoDB Local CPU per item |\n|---|---|---|---|---|---|---|---|"
     );
     for round in 1..=args.rounds {
         for writers in &args.writers {
             for (name, client) in &variants {
                 for (shape, table) in &tables {
                     let took = write_for(*client, &dynamo, table, *writers, args.seconds).await;
-                    anyhow::ensure!(took.calls > 0, "{name}: no call succeeded");
-                    let per_call = |cpu: Duration| cpu.as_secs_f64() * 1e6 / took.calls as f64;
+                    anyhow::ensure!(took.items > 0, "{name}: no item was created");
+                    let per_item = |cpu: Duration| cpu.as_secs_f64() * 1e6 / took.items as f64;
+                    let wall = took.wall.as_secs_f64();
                     println!(
-                        "| {round} | {shape} | {name} | {writers} | {:.0} | {:.0} µs | {:.0} µs |",
-                        took.calls as f64 / took.wall.as_secs_f64(),
-                        per_call(took.client_cpu),
-                        per_call(took.server_cpu)
+                        "| {round} | {shape} | {name} | {writers} | {:.0} | {:.0} | {:.0} µs | {:.0} µs |",
+                        took.calls as f64 / wall,
+                        took.items as f64 / wall,
+                        per_item(took.client_cpu),
+                        per_item(took.server_cpu)
                     );
                 }
             }

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::{AttributeValue, BatchStatementRequest, PutRequest, WriteRequest};
 
 use super::lean::{ClientError, LeanClient};
 use super::{StoreError, conditional, store_error};
@@ -62,6 +62,110 @@ pub struct Put<'a> {
     pub values: HashMap<String, AttributeValue>,
 }
 
+/// What became of one `INSERT` of an [`ItemCalls::insert_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// The item was created.
+    Created,
+    /// An item with its key exists already; nothing was written.
+    Exists,
+    /// The statement failed on its own (its error code: throttled, too
+    /// large, …); nothing was written.
+    Failed(String),
+}
+
+impl Inserted {
+    /// The outcome of a statement that failed with `code`.
+    pub fn of_code(code: &str) -> Self {
+        if code == "DuplicateItem" {
+            Self::Exists
+        } else {
+            Self::Failed(code.to_owned())
+        }
+    }
+}
+
+/// The write units DynamoDB charges for creating `item` in the events table
+/// by its sizing rule: one per started KiB of the item (attribute names and
+/// values), as much again when it enters the `inbox` index (which projects
+/// every attribute).
+pub(super) fn create_units(item: &Item) -> f64 {
+    let size: usize = item.iter().map(|(name, value)| name.len() + value_size(value)).sum();
+    let units = size.div_ceil(1024).max(1) as f64;
+    if item.contains_key("inbox_pk") {
+        2.0 * units
+    } else {
+        units
+    }
+}
+
+/// The bytes DynamoDB counts for an attribute value.
+fn value_size(value: &AttributeValue) -> usize {
+    match value {
+        AttributeValue::S(text) => text.len(),
+        // About one byte per two significant digits, plus one.
+        AttributeValue::N(number) => number.trim_start_matches(['-', '0']).len().div_ceil(2) + 1,
+        AttributeValue::B(bytes) => bytes.as_ref().len(),
+        AttributeValue::Ss(texts) => texts.iter().map(String::len).sum(),
+        AttributeValue::Ns(numbers) => numbers.iter().map(|n| n.len().div_ceil(2) + 1).sum(),
+        AttributeValue::Bs(blobs) => blobs.iter().map(|b| b.as_ref().len()).sum(),
+        AttributeValue::M(map) => {
+            3 + map
+                .iter()
+                .map(|(name, v)| 1 + name.len() + value_size(v))
+                .sum::<usize>()
+        }
+        AttributeValue::L(list) => 3 + list.iter().map(|v| 1 + value_size(v)).sum::<usize>(),
+        _ => 1,
+    }
+}
+
+/// Records the write units of the items a `BatchExecuteStatement` created
+/// when DynamoDB did not report them: DynamoDB Local reports no consumed
+/// capacity for PartiQL calls (DynamoDB does, and then this records
+/// nothing), and the capacity model's figures come from these metrics.
+pub(super) fn record_unreported_units(table: &str, created: impl Iterator<Item = f64>) {
+    let histogram = metrics::histogram!(
+        "triggers_dynamodb_capacity_units",
+        "operation" => "BatchExecuteStatement",
+        "table" => table.to_owned(),
+        "capacity" => "write"
+    );
+    for units in created {
+        histogram.record(units);
+    }
+}
+
+/// The units of the created items of a batch.
+pub(super) fn created_units<'a>(inserted: &'a [Inserted], units: &'a [f64]) -> impl Iterator<Item = f64> + 'a {
+    inserted
+        .iter()
+        .zip(units)
+        .filter(|(inserted, _)| **inserted == Inserted::Created)
+        .map(|(_, units)| *units)
+}
+
+/// The PartiQL `INSERT` of `item` into `table` and its parameters, in
+/// the statement's order. An `INSERT` is refused when an item with the key
+/// exists (`DuplicateItem`): a create under `attribute_not_exists`.
+/// Attribute names are written as string literals, so none is reserved.
+pub fn insert_statement(table: &str, item: Item) -> (String, Vec<AttributeValue>) {
+    let mut statement = format!("INSERT INTO \"{table}\" VALUE {{");
+    let mut parameters = Vec::with_capacity(item.len());
+    for (i, (name, value)) in item.into_iter().enumerate() {
+        if i > 0 {
+            statement.push_str(", ");
+        }
+        statement.push('\'');
+        // A quote inside a PartiQL string literal is doubled.
+        statement.push_str(&name.replace('\'', "''"));
+        statement.push_str("': ?");
+        parameters.push(value);
+    }
+    statement.push('}');
+    (statement, parameters)
+}
+
 /// The item calls the event store's writes make.
 pub trait ItemCalls: Send + Sync {
     /// `false` when the condition refused the write.
@@ -76,6 +180,15 @@ pub trait ItemCalls: Send + Sync {
     /// One `BatchWriteItem` of at most 25 puts into `table`; the items
     /// DynamoDB left unprocessed.
     fn batch_put(&self, table: &str, items: Vec<Item>) -> impl Future<Output = Result<Vec<Item>, StoreError>> + Send;
+
+    /// One `BatchExecuteStatement` of at most 25 PartiQL `INSERT`s into
+    /// `table` ([`insert_statement`]): per item, in order, what became of
+    /// it. Each statement stands alone (no transaction).
+    fn insert_batch(
+        &self,
+        table: &str,
+        items: Vec<Item>,
+    ) -> impl Future<Output = Result<Vec<Inserted>, StoreError>> + Send;
 }
 
 impl ItemCalls for Client {
@@ -146,6 +259,55 @@ impl ItemCalls for Client {
             .filter_map(|request| request.put_request.map(|put| put.item))
             .collect())
     }
+
+    async fn insert_batch(&self, table: &str, items: Vec<Item>) -> Result<Vec<Inserted>, StoreError> {
+        let count = items.len();
+        let units: Vec<f64> = items.iter().map(create_units).collect();
+        let statements = items
+            .into_iter()
+            .map(|item| {
+                let (statement, parameters) = insert_statement(table, item);
+                BatchStatementRequest::builder()
+                    .statement(statement)
+                    .set_parameters(Some(parameters))
+                    .build()
+                    .map_err(|e| {
+                        StoreError::found(
+                            "BatchExecuteStatement",
+                            table,
+                            super::StoreErrorKind::Invalid,
+                            e.to_string(),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let output = self
+            .batch_execute_statement()
+            .set_statements(Some(statements))
+            .send()
+            .await
+            .map_err(|e| store_error("BatchExecuteStatement", table, e))?;
+        let responses = output.responses.unwrap_or_default();
+        if responses.len() != count {
+            return Err(StoreError::found(
+                "BatchExecuteStatement",
+                table,
+                super::StoreErrorKind::Service,
+                format!("{} answers to {count} statements", responses.len()),
+            ));
+        }
+        let inserted: Vec<Inserted> = responses
+            .into_iter()
+            .map(|response| match response.error {
+                None => Inserted::Created,
+                Some(error) => Inserted::of_code(error.code.as_ref().map_or("", |c| c.as_str())),
+            })
+            .collect();
+        if output.consumed_capacity.is_none() {
+            record_unreported_units(table, created_units(&inserted, &units));
+        }
+        Ok(inserted)
+    }
 }
 
 /// One `BatchWriteItem` of `requests` into `table`; the requests DynamoDB
@@ -215,5 +377,72 @@ impl ItemCalls for ItemClient {
             Self::Sdk(client) => client.batch_put(table, items).await,
             Self::Lean(client) => client.batch_put(table, items).await,
         }
+    }
+
+    async fn insert_batch(&self, table: &str, items: Vec<Item>) -> Result<Vec<Inserted>, StoreError> {
+        match self {
+            Self::Sdk(client) => client.insert_batch(table, items).await,
+            Self::Lean(client) => client.insert_batch(table, items).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_insert_names_each_attribute_once_with_its_parameter_in_order() {
+        let item: Item = HashMap::from([
+            ("pk".to_owned(), AttributeValue::S("t".to_owned())),
+            ("status".to_owned(), AttributeValue::S("delivered".to_owned())),
+            ("it's".to_owned(), AttributeValue::N("1".to_owned())),
+        ]);
+        let (statement, parameters) = insert_statement("p_events", item.clone());
+        let body = statement
+            .strip_prefix("INSERT INTO \"p_events\" VALUE {")
+            .and_then(|rest| rest.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("{statement}"));
+        let names: Vec<String> = body
+            .split(", ")
+            .map(|pair| {
+                let name = pair.strip_suffix(": ?").unwrap_or_else(|| panic!("{pair}"));
+                name[1..name.len() - 1].replace("''", "'")
+            })
+            .collect();
+        assert_eq!(names.len(), parameters.len());
+        for (name, parameter) in names.iter().zip(&parameters) {
+            assert_eq!(item.get(name), Some(parameter), "{name}");
+        }
+        assert!(statement.contains("'it''s': ?"), "{statement}");
+    }
+
+    #[test]
+    fn a_create_costs_a_unit_per_started_kib_and_as_much_again_in_the_inbox() {
+        let mut item: Item = HashMap::from([
+            ("pk".to_owned(), AttributeValue::S("t".repeat(10))),
+            ("data".to_owned(), AttributeValue::S("x".repeat(1000))),
+            ("version".to_owned(), AttributeValue::N("0".to_owned())),
+        ]);
+        // 2 + 10 + 4 + 1000 + 7 + 1 bytes.
+        assert_eq!(create_units(&item), 1.0);
+        item.insert("data".to_owned(), AttributeValue::S("x".repeat(1010)));
+        assert_eq!(create_units(&item), 2.0);
+        item.insert("inbox_pk".to_owned(), AttributeValue::S("t".to_owned()));
+        assert_eq!(create_units(&item), 4.0);
+        let inserted = [Inserted::Created, Inserted::Exists, Inserted::Created];
+        assert_eq!(
+            created_units(&inserted, &[1.0, 2.0, 3.0]).collect::<Vec<_>>(),
+            [1.0, 3.0]
+        );
+    }
+
+    #[test]
+    fn a_duplicate_item_is_an_existing_one_and_other_codes_failures() {
+        assert_eq!(Inserted::of_code("DuplicateItem"), Inserted::Exists);
+        assert_eq!(
+            Inserted::of_code("ThrottlingError"),
+            Inserted::Failed("ThrottlingError".to_owned())
+        );
     }
 }

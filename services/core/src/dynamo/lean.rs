@@ -38,7 +38,9 @@ use aws_smithy_runtime_api::client::identity::Identity;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::calls::{Get, ItemCalls, Put, Update};
+use super::calls::{
+    Get, Inserted, ItemCalls, Put, Update, create_units, created_units, insert_statement, record_unreported_units,
+};
 use super::{CONDITIONAL_CHECK_FAILED, StoreError, StoreErrorKind, kind_of};
 use crate::config::DynamoConfig;
 use crate::pager::Item;
@@ -299,6 +301,52 @@ impl ItemCalls for LeanClient {
             Err(Refused::Failed(e)) => Err(e),
         }
     }
+
+    async fn insert_batch(&self, table: &str, items: Vec<Item>) -> Result<Vec<Inserted>, StoreError> {
+        let count = items.len();
+        let units: Vec<f64> = items.iter().map(create_units).collect();
+        let mut body = Json::object();
+        body.field("Statements").open_list();
+        for item in items {
+            let (statement, parameters) = insert_statement(table, item);
+            body.element().open();
+            body.field("Statement").string(&statement);
+            body.field("Parameters").open_list();
+            for parameter in &parameters {
+                body.element().value(parameter);
+            }
+            body.close_list();
+            body.close();
+        }
+        body.close_list();
+        body.field("ReturnConsumedCapacity").string("TOTAL");
+        let body = body.finish("BatchExecuteStatement", table)?;
+        match self.call("BatchExecuteStatement", table, body).await {
+            Ok(answer) if answer.responses.len() == count => {
+                let inserted: Vec<Inserted> = answer
+                    .responses
+                    .into_iter()
+                    .map(|response| match response.error {
+                        None => Inserted::Created,
+                        Some(error) => Inserted::of_code(error.code.as_deref().unwrap_or_default()),
+                    })
+                    .collect();
+                if answer.consumed_capacity.is_none() {
+                    record_unreported_units(table, created_units(&inserted, &units));
+                }
+                Ok(inserted)
+            }
+            Ok(answer) => Err(StoreError::found(
+                "BatchExecuteStatement",
+                table,
+                StoreErrorKind::Service,
+                format!("{} answers to {count} statements", answer.responses.len()),
+            )),
+            // Statements fail one by one, in the answer.
+            Err(Refused::Condition) => Err(unreadable("BatchExecuteStatement", table)),
+            Err(Refused::Failed(e)) => Err(e),
+        }
+    }
 }
 
 /// `https://dynamodb.<region>.amazonaws.com` (`.com.cn` in China).
@@ -505,6 +553,20 @@ struct Answer {
     consumed_capacity: Option<Capacities>,
     item: Option<HashMap<String, serde_json::Value>>,
     unprocessed_items: HashMap<String, Vec<WireWrite>>,
+    responses: Vec<WireStatement>,
+}
+
+/// One statement's answer in a `BatchExecuteStatement`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireStatement {
+    error: Option<WireStatementError>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireStatementError {
+    code: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

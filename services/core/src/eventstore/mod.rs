@@ -83,7 +83,8 @@ pub use query::{
     BATCH_GET_KEYS, LISTING_PAGE_BYTES, ListQuery, attempts, deliveries_stopped, deliveries_stopped_many, get, list,
 };
 pub use write::{
-    acknowledge, apply_outcome, apply_outcomes, delete, delete_prefix, put_attempts, put_event, put_event_with,
+    BATCHED_ITEM_MAX, NewItem, acknowledge, apply_outcome, apply_outcomes, create_events, delete, delete_prefix,
+    new_item, put_attempts, put_event, put_event_with, put_existing_event,
 };
 
 #[cfg(test)]

@@ -236,3 +236,155 @@ async fn failures_are_the_sdk_kinds_and_end_in_bounded_time() {
     assert!(started.elapsed() < config.call_timeout, "took {:?}", started.elapsed());
     assert!(std::error::Error::source(&error).is_some(), "the cause is kept");
 }
+
+/// An event's item as DynamoDB holds it, without its key, its change time
+/// and the tenant in its inbox entry (compared across tenants).
+async fn raw_item(env: &TestEnv, tenant: TenantId, id: EventId) -> std::collections::BTreeMap<String, String> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let item = env
+        .dynamo
+        .get_item()
+        .table_name(&env.tables.events)
+        .key("pk", AttributeValue::S(tenant.to_string()))
+        .key("sk", AttributeValue::S(format!("e#{id}")))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap_or_else(|| panic!("{tenant}/{id} has no item"));
+    item.into_iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "pk" | "sk" | "updated_at"))
+        .map(|(name, value)| {
+            let shown = match (name.as_str(), value) {
+                ("inbox_pk", AttributeValue::S(t)) => (t == tenant.to_string()).to_string(),
+                (_, value) => format!("{value:?}"),
+            };
+            (name, shown)
+        })
+        .collect()
+}
+
+/// Batched creates (`BatchExecuteStatement` of PartiQL `INSERT`s) through
+/// either client: a new event's item is the one a single create writes; an
+/// event whose stub an outcome made, or whose tombstone a deletion left, is
+/// refused (`Exists`) and nothing of it changes, and writing it on its own
+/// after ends where the single path ends.
+async fn batched_creates_store_what_single_creates_store(client: &impl ItemCalls, env: &TestEnv) {
+    use triggers_core::dynamo::Inserted;
+    let expires = now_ms() / 1000 + 86_400;
+    let subscription = SubscriptionId::new();
+    let (single, batched) = (TenantId::new(), TenantId::new());
+    let template = [
+        Event::new(
+            single,
+            "order.created",
+            "test",
+            serde_json::json!({"n": 1, "s": "é ✓ \u{1} 'quoted'"}),
+        ),
+        Event::new(single, "order.updated", "test", serde_json::json!({"n": 2})),
+        Event::new(single, "order.deleted", "test", serde_json::json!({"n": 3})),
+    ];
+    let of = |tenant: TenantId| {
+        template.clone().map(|mut e| {
+            e.tenant = tenant;
+            e.subject = Some("a subject".to_owned());
+            e
+        })
+    };
+    // delivered: one create with both outcomes; routed only: in the inbox.
+    let outcomes = |e: &Event| match e.event_type.as_str() {
+        "order.created" => vec![
+            Outcome::routing(e, vec![subscription]),
+            delivery(e, subscription, OutcomeKind::Delivered, 1, e.received_at),
+        ],
+        _ => vec![Outcome::routing(e, vec![subscription])],
+    };
+    for tenant in [single, batched] {
+        let [_, early, deleted] = &of(tenant);
+        // An outcome before the body (a stub), and a deleted event (a tombstone).
+        let retrying = delivery(early, subscription, OutcomeKind::Retrying, 1, early.received_at);
+        eventstore::apply_outcomes(
+            client,
+            &env.tables,
+            &tenant,
+            &early.id,
+            &[retrying],
+            expires,
+            Track::default(),
+        )
+        .await
+        .unwrap();
+        eventstore::put_event(client, &env.tables, deleted, expires)
+            .await
+            .unwrap();
+        assert!(
+            eventstore::delete(&env.dynamo, &env.tables, &tenant, &deleted.id)
+                .await
+                .unwrap()
+        );
+    }
+    for event in &of(single) {
+        eventstore::put_event_with(client, &env.tables, event, expires, &outcomes(event), Track::default())
+            .await
+            .unwrap();
+    }
+    let events = of(batched);
+    let items: Vec<_> = events
+        .iter()
+        .map(|e| eventstore::new_item(e, expires, &outcomes(e)).expect("a small event is batched"))
+        .collect();
+    let cache = eventstore::ProgressCache::default();
+    let track = Track {
+        cache: Some(&cache),
+        tally: None,
+    };
+    let results = eventstore::create_events(client, &env.tables, &items, track)
+        .await
+        .unwrap();
+    assert_eq!(results, [Inserted::Created, Inserted::Exists, Inserted::Exists]);
+    assert!(
+        cache.progress(&batched, &events[0].id).is_some(),
+        "a created event's progress is known"
+    );
+    assert!(cache.progress(&batched, &events[1].id).is_none());
+    // The stub is untouched until the event is written on its own.
+    assert!(!raw_item(env, batched, events[1].id).await.contains_key("has_body"));
+    for event in &events[1..] {
+        eventstore::put_existing_event(client, &env.tables, event, expires, &outcomes(event), Track::default())
+            .await
+            .unwrap();
+    }
+
+    for (single_event, batched_event) in of(single).iter().zip(&events) {
+        assert_eq!(
+            raw_item(env, batched, batched_event.id).await,
+            raw_item(env, single, single_event.id).await,
+            "{}",
+            batched_event.event_type
+        );
+    }
+    let created = stored(env, batched, events[0].id).await.0;
+    assert_eq!(created.status.as_str(), "delivered");
+    assert_eq!(created.event.data, events[0].data);
+    assert!(
+        eventstore::get(&env.dynamo, &env.tables, &batched, &events[2].id)
+            .await
+            .unwrap()
+            .is_none(),
+        "a deleted event stays deleted"
+    );
+
+    // Events too large to be batched are written alone.
+    let large = Event::new(batched, "file.uploaded", "test", serde_json::json!(incompressible()));
+    assert!(eventstore::new_item(&large, expires, &[]).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_creates_through_either_client() {
+    let env = TestEnv::new().await;
+    env.provision().await;
+    let lean = LeanClient::new(&env.common.dynamodb).await.unwrap();
+    batched_creates_store_what_single_creates_store(&env.dynamo, &env).await;
+    batched_creates_store_what_single_creates_store(&lean, &env).await;
+}

@@ -102,7 +102,21 @@ fn outcome(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_status_and_out_of_order_outcomes() {
-    let env = env().await;
+    history_and_out_of_order(&env().await).await;
+}
+
+/// The same with every event's item created on its own (a conditional
+/// `UpdateItem` each), as for a store without PartiQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_status_and_out_of_order_outcomes_created_one_by_one() {
+    let mut env = env().await;
+    env.stop_persister().await;
+    env.start_persister_with(|persister| persister.batch_creates = false)
+        .await;
+    history_and_out_of_order(&env).await;
+}
+
+async fn history_and_out_of_order(env: &crate::support::Env) {
     let created = env
         .subscribe(json!({"target_url": "http://h.test/", "event_types": ["*"]}))
         .await;
@@ -114,11 +128,11 @@ async fn history_status_and_out_of_order_outcomes() {
     env.wait_event(&id, |e| e["status"] == "routed").await;
 
     // Attempt 1 failed, attempt 2 delivered; then a late "retrying" arrives.
-    env.produce_outcome(&outcome(event, &env, sub, OutcomeKind::Retrying, 1, Some(500)))
+    env.produce_outcome(&outcome(event, env, sub, OutcomeKind::Retrying, 1, Some(500)))
         .await;
-    env.produce_outcome(&outcome(event, &env, sub, OutcomeKind::Delivered, 2, Some(200)))
+    env.produce_outcome(&outcome(event, env, sub, OutcomeKind::Delivered, 2, Some(200)))
         .await;
-    env.produce_outcome(&outcome(event, &env, sub, OutcomeKind::Retrying, 1, Some(500)))
+    env.produce_outcome(&outcome(event, env, sub, OutcomeKind::Retrying, 1, Some(500)))
         .await;
     let body = env
         .wait_event(&id, |e| {
