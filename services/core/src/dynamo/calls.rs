@@ -124,7 +124,7 @@ fn value_size(value: &AttributeValue) -> usize {
 /// when DynamoDB did not report them: DynamoDB Local reports no consumed
 /// capacity for PartiQL calls (DynamoDB does, and then this records
 /// nothing), and the capacity model's figures come from these metrics.
-pub(super) fn record_unreported_units(table: &str, created: impl Iterator<Item = f64>) {
+fn record_unreported_units(table: &str, created: impl Iterator<Item = f64>) {
     let histogram = metrics::histogram!(
         "triggers_dynamodb_capacity_units",
         "operation" => "BatchExecuteStatement",
@@ -136,8 +136,37 @@ pub(super) fn record_unreported_units(table: &str, created: impl Iterator<Item =
     }
 }
 
+/// What a batch of `INSERT`s did, from its answers' errors (one per
+/// statement, in order: the code of a failed one, empty when it has none):
+/// per item, in order, what became of it. When DynamoDB did not report
+/// the capacity consumed, records the created items' `units`
+/// ([`record_unreported_units`]).
+pub(super) fn answered(
+    table: &str,
+    units: &[f64],
+    errors: Vec<Option<String>>,
+    reported: bool,
+) -> Result<Vec<Inserted>, StoreError> {
+    if errors.len() != units.len() {
+        return Err(StoreError::found(
+            "BatchExecuteStatement",
+            table,
+            super::StoreErrorKind::Service,
+            format!("{} answers to {} statements", errors.len(), units.len()),
+        ));
+    }
+    let inserted: Vec<Inserted> = errors
+        .into_iter()
+        .map(|error| error.map_or(Inserted::Created, |code| Inserted::of_code(&code)))
+        .collect();
+    if !reported {
+        record_unreported_units(table, created_units(&inserted, units));
+    }
+    Ok(inserted)
+}
+
 /// The units of the created items of a batch.
-pub(super) fn created_units<'a>(inserted: &'a [Inserted], units: &'a [f64]) -> impl Iterator<Item = f64> + 'a {
+fn created_units<'a>(inserted: &'a [Inserted], units: &'a [f64]) -> impl Iterator<Item = f64> + 'a {
     inserted
         .iter()
         .zip(units)
@@ -261,7 +290,6 @@ impl ItemCalls for Client {
     }
 
     async fn insert_batch(&self, table: &str, items: Vec<Item>) -> Result<Vec<Inserted>, StoreError> {
-        let count = items.len();
         let units: Vec<f64> = items.iter().map(create_units).collect();
         let statements = items
             .into_iter()
@@ -287,26 +315,17 @@ impl ItemCalls for Client {
             .send()
             .await
             .map_err(|e| store_error("BatchExecuteStatement", table, e))?;
-        let responses = output.responses.unwrap_or_default();
-        if responses.len() != count {
-            return Err(StoreError::found(
-                "BatchExecuteStatement",
-                table,
-                super::StoreErrorKind::Service,
-                format!("{} answers to {count} statements", responses.len()),
-            ));
-        }
-        let inserted: Vec<Inserted> = responses
+        let errors = output
+            .responses
+            .unwrap_or_default()
             .into_iter()
-            .map(|response| match response.error {
-                None => Inserted::Created,
-                Some(error) => Inserted::of_code(error.code.as_ref().map_or("", |c| c.as_str())),
+            .map(|response| {
+                response
+                    .error
+                    .map(|e| e.code.map(|c| c.as_str().to_owned()).unwrap_or_default())
             })
             .collect();
-        if output.consumed_capacity.is_none() {
-            record_unreported_units(table, created_units(&inserted, &units));
-        }
-        Ok(inserted)
+        answered(table, &units, errors, output.consumed_capacity.is_some())
     }
 }
 

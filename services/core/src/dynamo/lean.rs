@@ -38,9 +38,7 @@ use aws_smithy_runtime_api::client::identity::Identity;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::calls::{
-    Get, Inserted, ItemCalls, Put, Update, create_units, created_units, insert_statement, record_unreported_units,
-};
+use super::calls::{Get, Inserted, ItemCalls, Put, Update, answered, create_units, insert_statement};
 use super::{CONDITIONAL_CHECK_FAILED, StoreError, StoreErrorKind, kind_of};
 use crate::config::DynamoConfig;
 use crate::pager::Item;
@@ -303,7 +301,6 @@ impl ItemCalls for LeanClient {
     }
 
     async fn insert_batch(&self, table: &str, items: Vec<Item>) -> Result<Vec<Inserted>, StoreError> {
-        let count = items.len();
         let units: Vec<f64> = items.iter().map(create_units).collect();
         let mut body = Json::object();
         body.field("Statements").open_list();
@@ -322,26 +319,14 @@ impl ItemCalls for LeanClient {
         body.field("ReturnConsumedCapacity").string("TOTAL");
         let body = body.finish("BatchExecuteStatement", table)?;
         match self.call("BatchExecuteStatement", table, body).await {
-            Ok(answer) if answer.responses.len() == count => {
-                let inserted: Vec<Inserted> = answer
+            Ok(answer) => {
+                let errors = answer
                     .responses
                     .into_iter()
-                    .map(|response| match response.error {
-                        None => Inserted::Created,
-                        Some(error) => Inserted::of_code(error.code.as_deref().unwrap_or_default()),
-                    })
+                    .map(|response| response.error.map(|e| e.code.unwrap_or_default()))
                     .collect();
-                if answer.consumed_capacity.is_none() {
-                    record_unreported_units(table, created_units(&inserted, &units));
-                }
-                Ok(inserted)
+                answered(table, &units, errors, answer.consumed_capacity.is_some())
             }
-            Ok(answer) => Err(StoreError::found(
-                "BatchExecuteStatement",
-                table,
-                StoreErrorKind::Service,
-                format!("{} answers to {count} statements", answer.responses.len()),
-            )),
             // Statements fail one by one, in the answer.
             Err(Refused::Condition) => Err(unreadable("BatchExecuteStatement", table)),
             Err(Refused::Failed(e)) => Err(e),

@@ -98,10 +98,7 @@ async fn store_event(
         put_chunks(client, table, event, chunks, expires_at).await?;
     }
     let body = body_attributes(event, extensions, payload, expires_at);
-    let mut progress = Progress::default();
-    for outcome in outcomes {
-        progress.apply(outcome);
-    }
+    let progress = first_progress(outcomes);
     // The item exists (a batched create found it), or this writer made its
     // stub (an outcome came first): the create would fail.
     let known = !may_be_new || cache.is_some_and(|c| c.get(&event.tenant, &event.id).is_some());
@@ -154,10 +151,7 @@ pub fn new_item(event: &Event, expires_at: i64, outcomes: &[Outcome]) -> Option<
     if attributes_size(event, &extensions) + text.len() > BATCHED_ITEM_MAX {
         return None;
     }
-    let mut progress = Progress::default();
-    for outcome in outcomes {
-        progress.apply(outcome);
-    }
+    let progress = first_progress(outcomes);
     let mut item = event_key(&event.tenant, &event.id);
     let body = body_attributes(event, extensions, Payload::Inline(text), expires_at);
     let first = first_attributes(event, &progress);
@@ -262,6 +256,15 @@ impl BodyUpdate {
             values,
         }
     }
+}
+
+/// An event's progress from the `outcomes` that came with its body.
+fn first_progress(outcomes: &[Outcome]) -> Progress {
+    let mut progress = Progress::default();
+    for outcome in outcomes {
+        progress.apply(outcome);
+    }
+    progress
 }
 
 /// What an event's first write sets besides its body: its progress, status,
