@@ -453,6 +453,12 @@ pub enum StoreErrorKind {
     /// Stored data this code cannot read back (chunks that do not inflate):
     /// reading it again gives the same bytes.
     Corrupt,
+    /// The caller's IAM identity may not make this call
+    /// (`AccessDeniedException`): retried, since nothing else can be
+    /// written either until an operator grants it, but a caller with
+    /// another way to the same writes takes that instead (the persister's
+    /// batched creates).
+    Denied,
     /// Any other service-side error (5xx, internal): retry.
     Service,
     /// The request did not reach DynamoDB or no answer came back (connect,
@@ -468,6 +474,7 @@ impl StoreErrorKind {
             Self::TooLarge => "too_large",
             Self::Contended => "contended",
             Self::Corrupt => "corrupt",
+            Self::Denied => "denied",
             Self::Service => "service",
             Self::Transport => "transport",
         }
@@ -500,6 +507,7 @@ fn kind_of(code: Option<&str>) -> StoreErrorKind {
             StoreErrorKind::Throttled
         }
         Some(code) if PERMANENT_CODES.contains(&code) => StoreErrorKind::Invalid,
+        Some("AccessDeniedException") => StoreErrorKind::Denied,
         Some(_) => StoreErrorKind::Service,
         None => StoreErrorKind::Transport,
     }
@@ -590,6 +598,7 @@ mod tests {
             ),
             ("ThrottlingException", StoreErrorKind::Throttled, true),
             ("InternalServerError", StoreErrorKind::Service, true),
+            ("AccessDeniedException", StoreErrorKind::Denied, true),
         ];
         for (code, kind, retriable) in cases {
             let error = StoreError::new("PutItem", "t_events", service_error(code));

@@ -55,7 +55,7 @@ use triggers_core::CancellationToken;
 use triggers_core::analytics::Tally;
 use triggers_core::consume::Handled;
 use triggers_core::delivery::Outcome;
-use triggers_core::dynamo::{Inserted, ItemClient, Tables};
+use triggers_core::dynamo::{Inserted, ItemClient, StoreErrorKind, Tables};
 use triggers_core::event::Event;
 use triggers_core::eventstore;
 use triggers_core::ids::{EventId, TenantId};
@@ -407,7 +407,7 @@ impl Writer {
             cache: eventstore::ProgressCache::default(),
             tally,
             turns: EventTurns::new(TURN_STRIPES),
-            batch_creates,
+            batch_creates: BatchCreates::new(batch_creates),
         });
         tokio::spawn(async move {
             let slots = Arc::new(tokio::sync::Semaphore::new(writes_in_flight.max(1)));
@@ -473,7 +473,59 @@ struct Store {
     cache: eventstore::ProgressCache,
     tally: Tally,
     turns: EventTurns,
-    batch_creates: bool,
+    batch_creates: BatchCreates,
+}
+
+/// How long batched creates stay off after DynamoDB denied one.
+const DENIED_PAUSE: Duration = Duration::from_secs(600);
+
+/// Whether new events' items are created in batches now: when configured
+/// (`persister.batch_creates`) and not paused. A role without
+/// `dynamodb:PartiQLInsert` is denied every batch; rather than retry those
+/// for ever (nothing would be stored), the persister creates new events
+/// one by one, as with `batch_creates = false`, and tries a batch again
+/// [`DENIED_PAUSE`] later, so a permission granted meanwhile is taken up
+/// without a restart.
+#[derive(Debug)]
+struct BatchCreates {
+    configured: bool,
+    paused_until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl BatchCreates {
+    fn new(configured: bool) -> Self {
+        Self {
+            configured,
+            paused_until: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether to batch the creates of events made new at `now`.
+    fn on(&self, now: Instant) -> bool {
+        self.configured && self.paused_until().is_none_or(|until| now >= until)
+    }
+
+    /// A batch was denied at `now`: off for [`DENIED_PAUSE`]. `true` when
+    /// this starts a pause (not a batch sent before the first denial was
+    /// answered), so it is reported once per pause.
+    fn denied(&self, now: Instant) -> bool {
+        let mut paused = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let starts = paused.is_none_or(|until| now >= until);
+        if starts {
+            *paused = Some(now + DENIED_PAUSE);
+        }
+        starts
+    }
+
+    fn paused_until(&self) -> Option<Instant> {
+        *self
+            .paused_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Stripes of [`EventTurns`]: far more than writes in flight, so unrelated
@@ -603,9 +655,10 @@ fn write_groups(
         attempts_written,
     };
     let mut new = Vec::new();
+    let batch_creates = store.batch_creates.on(Instant::now());
     for (key, group) in groups {
         let item = match &group.body {
-            Some((event, expires_at)) if store.batch_creates && store.cache.progress(&key.0, &key.1).is_none() => {
+            Some((event, expires_at)) if batch_creates && store.cache.progress(&key.0, &key.1).is_none() => {
                 eventstore::new_item(event, *expires_at, &group.outcomes)
             }
             _ => None,
@@ -664,7 +717,9 @@ impl WriteJob {
                 cache: Some(&store.cache),
                 tally: Some(&store.tally),
             };
-            triggers_core::consume::retry_transient("store events", &self.shutdown, StoreError::is_retriable, || {
+            // A denial is not retried here: these events have another way in.
+            let retriable = |e: &StoreError| e.is_retriable() && e.kind() != StoreErrorKind::Denied;
+            triggers_core::consume::retry_transient("store events", &self.shutdown, retriable, || {
                 eventstore::create_events(&store.items, &store.tables, &items, track)
             })
             .await
@@ -679,9 +734,20 @@ impl WriteJob {
                 return;
             }
             Some(Ok(results)) => results,
-            // Not a transient failure (a missing permission for PartiQL,
-            // say): each event on its own, which reports what fails.
-            Some(Err(_)) => vec![Inserted::Failed(String::new()); groups.len()],
+            // Not a transient failure: each event on its own, which
+            // reports what fails. A role without `dynamodb:PartiQLInsert`:
+            // no batches for a while.
+            Some(Err(e)) => {
+                if e.kind() == StoreErrorKind::Denied && self.store.batch_creates.denied(Instant::now()) {
+                    tracing::warn!(
+                        error = %e,
+                        pause = ?DENIED_PAUSE,
+                        "batched creates denied: new events are created one by one meanwhile \
+                         (grant dynamodb:PartiQLInsert, or set persister.batch_creates = false)"
+                    );
+                }
+                vec![Inserted::Failed(String::new()); groups.len()]
+            }
         };
         for ((key, group), result) in groups.into_iter().zip(results) {
             match result {
@@ -1023,6 +1089,27 @@ mod tests {
             "32 events spread over {} of 64 stripes",
             others.len()
         );
+    }
+
+    #[test]
+    fn a_denied_batch_turns_batched_creates_off_for_a_while() {
+        let now = Instant::now();
+        let creates = BatchCreates::new(true);
+        assert!(creates.on(now));
+        assert!(creates.denied(now), "the first denial starts a pause");
+        assert!(
+            !creates.denied(now + Duration::from_secs(1)),
+            "a batch sent before the answer came does not start another"
+        );
+        assert!(!creates.on(now + DENIED_PAUSE - Duration::from_millis(1)));
+        assert!(creates.on(now + DENIED_PAUSE), "tried again after the pause");
+        assert!(
+            creates.denied(now + DENIED_PAUSE),
+            "and a new denial starts a new pause"
+        );
+        assert!(!creates.on(now + DENIED_PAUSE + Duration::from_secs(1)));
+        // Not configured: never on.
+        assert!(!BatchCreates::new(false).on(now));
     }
 
     #[test]
