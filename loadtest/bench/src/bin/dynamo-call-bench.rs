@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::StalledStreamProtectionConfig;
 use clap::Parser;
+use triggers_bench::percentile;
 use triggers_core::dynamo::{ItemCalls, LeanClient, Update};
 
 #[derive(Debug, Parser)]
@@ -46,11 +47,15 @@ struct Args {
     /// could cost).
     #[arg(long)]
     lean: bool,
-    /// Also 25 creates per call: `BatchExecuteStatement` of PartiQL
+    /// Also `--batch` creates per call: `BatchExecuteStatement` of PartiQL
     /// `INSERT`s (conditional: an existing item is refused) and, for
     /// comparison, `BatchWriteItem` of puts (unconditional).
     #[arg(long)]
     batched: bool,
+    /// Items per batched call (1 to 25; the persister's batches at 100
+    /// events/s hold 3 to 4).
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u8).range(1..=25))]
+    batch: u8,
     /// Rounds (each runs every variant once).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -73,6 +78,8 @@ struct Took {
     server_cpu: Duration,
     /// Wall time.
     wall: Duration,
+    /// Each call's wall time, sorted.
+    latencies: Vec<Duration>,
 }
 
 /// The persister's write without the SDK's orchestrator: the request's
@@ -182,17 +189,14 @@ async fn create_item_lean(client: &LeanClient, table: &str, writer: usize, data:
     matches!(client.update(request).await, Ok(true))
 }
 
-/// Items one batched call creates.
-const BATCH: usize = 25;
-
-/// [`BATCH`] of [`triggers_bench::create_item`]'s items in one
+/// `batch` of [`triggers_bench::create_item`]'s items in one
 /// `BatchExecuteStatement` of PartiQL `INSERT`s, each refused if its item
 /// exists; how many were created.
-async fn insert_batch(client: &Client, table: &str, writer: usize, data: &str) -> u64 {
+async fn insert_batch(client: &Client, table: &str, writer: usize, data: &str, batch: usize) -> u64 {
     use aws_sdk_dynamodb::types::{AttributeValue, BatchStatementRequest};
     let statement =
         format!(r#"INSERT INTO "{table}" VALUE {{'pk': ?, 'sk': ?, 'data': ?, 'progress': ?, 'version': ?}}"#);
-    let statements = (0..BATCH).filter_map(|_| {
+    let statements = (0..batch).filter_map(|_| {
         BatchStatementRequest::builder()
             .statement(&statement)
             .parameters(AttributeValue::S(format!("tenant{}", writer % 8)))
@@ -214,11 +218,11 @@ async fn insert_batch(client: &Client, table: &str, writer: usize, data: &str) -
     }
 }
 
-/// [`BATCH`] of the same items as unconditional puts in one
+/// `batch` of the same items as unconditional puts in one
 /// `BatchWriteItem`; how many were created.
-async fn put_batch(client: &Client, table: &str, writer: usize, data: &str) -> u64 {
+async fn put_batch(client: &Client, table: &str, writer: usize, data: &str, batch: usize) -> u64 {
     use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
-    let requests = (0..BATCH).filter_map(|_| {
+    let requests = (0..batch).filter_map(|_| {
         let put = PutRequest::builder()
             .item("pk", AttributeValue::S(format!("tenant{}", writer % 8)))
             .item("sk", AttributeValue::S(ulid::Ulid::new().to_string()))
@@ -240,7 +244,7 @@ async fn put_batch(client: &Client, table: &str, writer: usize, data: &str) -> u
                 .unprocessed_items()
                 .and_then(|u| u.get(table))
                 .map_or(0, Vec::len);
-            (BATCH - left) as u64
+            batch.saturating_sub(left) as u64
         }
         Err(_) => 0,
     }
@@ -252,8 +256,8 @@ enum Variant<'a> {
     Sdk(&'a Client),
     ByHand(&'a Lean),
     Lean(&'a LeanClient),
-    Inserts(&'a Client),
-    Puts(&'a Client),
+    Inserts(&'a Client, usize),
+    Puts(&'a Client, usize),
 }
 
 impl Variant<'_> {
@@ -263,8 +267,8 @@ impl Variant<'_> {
             Self::Sdk(client) => triggers_bench::create_item(client, table, writer, data).await.into(),
             Self::ByHand(lean) => lean.create_item(table, writer, data).await.into(),
             Self::Lean(client) => create_item_lean(client, table, writer, data).await.into(),
-            Self::Inserts(client) => insert_batch(client, table, writer, data).await,
-            Self::Puts(client) => put_batch(client, table, writer, data).await,
+            Self::Inserts(client, batch) => insert_batch(client, table, writer, data, batch).await,
+            Self::Puts(client, batch) => put_batch(client, table, writer, data, batch).await,
         }
     }
 }
@@ -282,21 +286,25 @@ async fn write_for(
     let writes = (0..writers).map(|writer| {
         let data = data.clone();
         async move {
-            let (mut calls, mut items) = (0u64, 0u64);
+            let (mut items, mut latencies) = (0u64, Vec::new());
             while Instant::now() < deadline {
+                let call = Instant::now();
                 items += client.create_items(table, writer, &data).await;
-                calls += 1;
+                latencies.push(call.elapsed());
             }
-            (calls, items)
+            (items, latencies)
         }
     });
     let (started, client_cpu, server_cpu) = (Instant::now(), own_cpu(), dynamo.cpu());
-    let (calls, items) = futures::future::join_all(writes)
-        .await
-        .into_iter()
-        .fold((0, 0), |(c, i), (calls, items)| (c + calls, i + items));
+    let (mut items, mut latencies) = (0, Vec::new());
+    for (written, mut took) in futures::future::join_all(writes).await {
+        items += written;
+        latencies.append(&mut took);
+    }
+    latencies.sort_unstable();
     Took {
-        calls,
+        calls: latencies.len() as u64,
+        latencies,
         items,
         client_cpu: own_cpu().saturating_sub(client_cpu),
         server_cpu: dynamo.cpu().saturating_sub(server_cpu),
@@ -343,30 +351,40 @@ async fn main() -> anyhow::Result<()> {
     let lean = LeanClient::new(&config).await?;
     let mut variants = vec![
         (
-            "the services' client (`triggers_core::dynamo::client`)",
+            "the services' client (`triggers_core::dynamo::client`)".to_owned(),
             Variant::Sdk(&services),
         ),
-        ("the same, stalled-stream protection off", Variant::Sdk(&unprotected)),
-        ("the SDK's default client, no metrics interceptor", Variant::Sdk(&plain)),
+        (
+            "the same, stalled-stream protection off".to_owned(),
+            Variant::Sdk(&unprotected),
+        ),
+        (
+            "the SDK's default client, no metrics interceptor".to_owned(),
+            Variant::Sdk(&plain),
+        ),
     ];
     if args.services_only {
         variants.truncate(1);
     }
     if args.lean {
         variants.push((
-            "by hand: JSON, `aws-sigv4`, reqwest (no SDK)",
+            "by hand: JSON, `aws-sigv4`, reqwest (no SDK)".to_owned(),
             Variant::ByHand(&by_hand),
         ));
-        variants.push(("the persister's lean client (`LeanClient`)", Variant::Lean(&lean)));
+        variants.push((
+            "the persister's lean client (`LeanClient`)".to_owned(),
+            Variant::Lean(&lean),
+        ));
     }
     if args.batched {
+        let batch = usize::from(args.batch);
         variants.push((
-            "the services' client, `BatchExecuteStatement` of 25 `INSERT`s",
-            Variant::Inserts(&services),
+            format!("the services' client, `BatchExecuteStatement` of {batch} `INSERT`s"),
+            Variant::Inserts(&services, batch),
         ));
         variants.push((
-            "the services' client, `BatchWriteItem` of 25 puts (unconditional)",
-            Variant::Puts(&services),
+            format!("the services' client, `BatchWriteItem` of {batch} puts (unconditional)"),
+            Variant::Puts(&services, batch),
         ));
     }
     anyhow::ensure!(
@@ -404,7 +422,7 @@ async fn main() -> anyhow::Result<()> {
         args.seconds
     );
     println!(
-        "| round | table | client | writers | calls/s | items/s | client CPU per item | DynamoDB Local CPU per item |\n|---|---|---|---|---|---|---|---|"
+        "| round | table | client | writers | calls/s | items/s | client CPU per item | DynamoDB Local CPU per item | call p50 | p99 | max |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for round in 1..=args.rounds {
         for writers in &args.writers {
@@ -414,12 +432,16 @@ async fn main() -> anyhow::Result<()> {
                     anyhow::ensure!(took.items > 0, "{name}: no item was created");
                     let per_item = |cpu: Duration| cpu.as_secs_f64() * 1e6 / took.items as f64;
                     let wall = took.wall.as_secs_f64();
+                    let ms = |p: f64| percentile(&took.latencies, p).as_secs_f64() * 1e3;
                     println!(
-                        "| {round} | {shape} | {name} | {writers} | {:.0} | {:.0} | {:.0} µs | {:.0} µs |",
+                        "| {round} | {shape} | {name} | {writers} | {:.0} | {:.0} | {:.0} µs | {:.0} µs | {:.1} ms | {:.1} ms | {:.1} ms |",
                         took.calls as f64 / wall,
                         took.items as f64 / wall,
                         per_item(took.client_cpu),
-                        per_item(took.server_cpu)
+                        per_item(took.server_cpu),
+                        ms(0.5),
+                        ms(0.99),
+                        ms(1.0)
                     );
                 }
             }
