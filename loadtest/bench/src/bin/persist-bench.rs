@@ -118,6 +118,8 @@ async fn main() -> anyhow::Result<()> {
     let writers = stack_writers(&source);
     // Rows wait for DynamoDB Local's own rate, measured after them (warm).
     let mut rows: Vec<(String, f64)> = Vec::new();
+    // Per rate, why posts were not accepted (status or error) and how often.
+    let mut refusals: Vec<(u64, std::collections::BTreeMap<String, usize>)> = Vec::new();
     let pad = "x".repeat(1_000);
     for &rate in &args.rates {
         let stored_before = events_stored(&client, &persister).await?;
@@ -136,16 +138,26 @@ async fn main() -> anyhow::Result<()> {
                     .json(&json!({"type": "bench.persist", "source": "bench", "data": {"i": i, "pad": pad}}))
                     .send()
                     .await
-                    .ok()?;
+                    .map_err(|e| {
+                        if e.is_timeout() {
+                            "timeout".to_owned()
+                        } else if e.is_connect() {
+                            "connect error".to_owned()
+                        } else {
+                            "request error".to_owned()
+                        }
+                    })?;
                 if response.status().as_u16() != 202 {
-                    return None;
+                    return Err(format!("HTTP {}", response.status().as_u16()));
                 }
                 let accepted = Instant::now();
-                let id = response.json::<serde_json::Value>().await.ok()?["id"]
-                    .as_str()?
-                    .to_owned();
+                let body = response
+                    .json::<serde_json::Value>()
+                    .await
+                    .map_err(|_| "202 without a JSON body".to_owned())?;
+                let id = body["id"].as_str().ok_or("202 without an id")?.to_owned();
                 if i % sample_every != 0 {
-                    return Some(None);
+                    return Ok(None);
                 }
                 while accepted.elapsed() < Duration::from_secs(30) {
                     let found = client
@@ -155,23 +167,31 @@ async fn main() -> anyhow::Result<()> {
                         .await
                         .is_ok_and(|r| r.status().as_u16() == 200);
                     if found {
-                        return Some(Some(Some(accepted.elapsed())));
+                        return Ok(Some(Some(accepted.elapsed())));
                     }
                     tokio::time::sleep(poll).await;
                 }
-                Some(Some(None))
+                Ok(Some(None))
             }));
         }
         let (mut ok, mut latencies, mut lost) = (0usize, Vec::new(), 0usize);
+        let mut refused = std::collections::BTreeMap::<String, usize>::new();
         for task in tasks {
-            if let Ok(Some(sample)) = task.await {
-                ok += 1;
-                match sample {
-                    Some(Some(latency)) => latencies.push(latency),
-                    Some(None) => lost += 1,
-                    None => {}
+            match task.await {
+                Ok(Ok(sample)) => {
+                    ok += 1;
+                    match sample {
+                        Some(Some(latency)) => latencies.push(latency),
+                        Some(None) => lost += 1,
+                        None => {}
+                    }
                 }
+                Ok(Err(reason)) => *refused.entry(reason).or_default() += 1,
+                Err(_) => *refused.entry("the posting task failed".to_owned()).or_default() += 1,
             }
+        }
+        if !refused.is_empty() {
+            refusals.push((rate, refused));
         }
         // Every accepted event stored (or a minute more): the persister's
         // rate from the first event on.
@@ -217,6 +237,10 @@ async fn main() -> anyhow::Result<()> {
     for (row, stored_rate) in rows {
         let share = raw.map_or("—".to_owned(), |raw| format!("{:.0} %", 100.0 * stored_rate / raw));
         println!("{row} {share} |");
+    }
+    for (rate, refused) in refusals {
+        let reasons: Vec<String> = refused.iter().map(|(why, n)| format!("{why} ×{n}")).collect();
+        println!("\nNot accepted at {rate} events/s: {}.", reasons.join(", "));
     }
 
     println!("\n## Inbox listing\n");
