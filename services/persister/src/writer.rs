@@ -502,27 +502,28 @@ impl BatchCreates {
 
     /// Whether to batch the creates of events made new at `now`.
     fn on(&self, now: Instant) -> bool {
-        self.configured && self.paused_until().is_none_or(|until| now >= until)
+        self.configured && !Self::paused(*self.pause(), now)
     }
 
     /// A batch was denied at `now`: off for [`DENIED_PAUSE`]. `true` when
     /// this starts a pause (not a batch sent before the first denial was
     /// answered), so it is reported once per pause.
     fn denied(&self, now: Instant) -> bool {
-        let mut paused = self
-            .paused_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let starts = paused.is_none_or(|until| now >= until);
+        let mut pause = self.pause();
+        let starts = !Self::paused(*pause, now);
         if starts {
-            *paused = Some(now + DENIED_PAUSE);
+            *pause = Some(now + DENIED_PAUSE);
         }
         starts
     }
 
-    fn paused_until(&self) -> Option<Instant> {
-        *self
-            .paused_until
+    /// Whether a pause lasting `until` is still on at `now`.
+    fn paused(until: Option<Instant>, now: Instant) -> bool {
+        until.is_some_and(|until| now < until)
+    }
+
+    fn pause(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.paused_until
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }

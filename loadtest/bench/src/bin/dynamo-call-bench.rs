@@ -68,8 +68,6 @@ fn own_cpu() -> Duration {
 
 /// What one variant's writes took.
 struct Took {
-    /// Calls made.
-    calls: u64,
     /// Items created.
     items: u64,
     /// This process's CPU.
@@ -78,7 +76,7 @@ struct Took {
     server_cpu: Duration,
     /// Wall time.
     wall: Duration,
-    /// Each call's wall time, sorted.
+    /// Each call's wall time, sorted (one per call made).
     latencies: Vec<Duration>,
 }
 
@@ -303,7 +301,6 @@ async fn write_for(
     }
     latencies.sort_unstable();
     Took {
-        calls: latencies.len() as u64,
         latencies,
         items,
         client_cpu: own_cpu().saturating_sub(client_cpu),
@@ -435,7 +432,7 @@ async fn main() -> anyhow::Result<()> {
                     let ms = |p: f64| percentile(&took.latencies, p).as_secs_f64() * 1e3;
                     println!(
                         "| {round} | {shape} | {name} | {writers} | {:.0} | {:.0} | {:.0} µs | {:.0} µs | {:.1} ms | {:.1} ms | {:.1} ms |",
-                        took.calls as f64 / wall,
+                        took.latencies.len() as f64 / wall,
                         took.items as f64 / wall,
                         per_item(took.client_cpu),
                         per_item(took.server_cpu),
