@@ -26,7 +26,8 @@
 //!   process ([`Handled::Poison`]), the record goes to the quarantine topic
 //!   and counts as done, so one bad record cannot freeze its partition.
 //! - **Shutdown.** Stop reading, finish what is in flight (within a grace
-//!   period), store, commit synchronously.
+//!   period), store, commit synchronously and leave the group, the last two
+//!   on a blocking thread ([`close`]).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -55,6 +56,8 @@ pub use crate::retry::{retry, retry_transient};
 pub const HANDLER_ATTEMPTS: u32 = 4;
 /// Records that freed their slot may number this many times the slots.
 pub const WAITING_FACTOR: usize = 16;
+/// How long [`close`] waits for the final commit and the group's leave.
+pub const CLOSE_LIMIT: Duration = Duration::from_secs(30);
 
 /// What became of a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,7 +186,7 @@ pub fn store_finished<C: ConsumerContext + 'static>(consumer: &StreamConsumer<C>
 /// drained through the consumer's [`Handover`] (one of its own when its
 /// context has none: then nothing is drained).
 pub async fn run<C, F, Fut>(
-    consumer: &StreamConsumer<C>,
+    consumer: StreamConsumer<C>,
     mut pacer: Pacer,
     limits: Limits,
     quarantine: Quarantine,
@@ -200,6 +203,8 @@ pub async fn run<C, F, Fut>(
     let wake = Arc::new(Notify::new());
     let max = limits.max_in_flight;
     let max_total = max.saturating_mul(WAITING_FACTOR + 1);
+    let owned = Arc::new(consumer);
+    let consumer: &StreamConsumer<C> = &owned;
     let handover = consumer.context().handover().cloned().unwrap_or_else(Handover::new);
     handover.set_limit(limits.grace);
     let mut aligner = limits
@@ -333,7 +338,7 @@ pub async fn run<C, F, Fut>(
     }
     // What is left was given up: the revoke of closing waits for nothing.
     handover.set_limit(Duration::ZERO);
-    final_commit(consumer);
+    close(owned, CLOSE_LIMIT).await;
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -465,6 +470,30 @@ pub fn final_commit<C: ConsumerContext + 'static>(consumer: &StreamConsumer<C>) 
         Err(e) => tracing::warn!(
             error = %e,
             "final offset commit failed; records done since the last commit will be read again"
+        ),
+    }
+}
+
+/// Commits the stored offsets and closes `consumer` (it leaves its group)
+/// on a blocking thread, waiting for at most `limit`. Both block until the
+/// group's coordinator answers (librdkafka's close polls until it is done,
+/// with no limit of its own): on a runtime worker, a broker slow to answer
+/// would stall every task of that worker, the rest of the shutdown with
+/// them. Past `limit` the close goes on in the background and shutdown
+/// goes on without it; the broker then notices the member is gone after
+/// its session timeout. A consumer still shared elsewhere closes when its
+/// last holder drops it.
+pub async fn close<C: ConsumerContext + 'static>(consumer: Arc<StreamConsumer<C>>, limit: Duration) {
+    let closing = tokio::task::spawn_blocking(move || {
+        final_commit(&consumer);
+        drop(consumer);
+    });
+    match tokio::time::timeout(limit, closing).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "closing the consumer failed"),
+        Err(_) => tracing::warn!(
+            limit_s = limit.as_secs(),
+            "the consumer did not close in time; shutdown goes on without it"
         ),
     }
 }

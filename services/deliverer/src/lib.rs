@@ -146,7 +146,7 @@ pub async fn start(
         let quarantine = Quarantine::new(deliverer.producer.clone(), common.topics.quarantine(), "deliverer");
         let (deliverer, shutdown) = (deliverer.clone(), shutdown.clone());
         workers.push(tokio::spawn(async move {
-            triggers_core::consume::run(&consumer, pacer, limits, quarantine, shutdown, move |message, slot| {
+            triggers_core::consume::run(consumer, pacer, limits, quarantine, shutdown, move |message, slot| {
                 let deliverer = deliverer.clone();
                 let turn = deliverer.turn(&message);
                 async move { deliverer.handle(message, turn, slot).await }

@@ -315,7 +315,7 @@ pub async fn start(
     let pacer = triggers_core::pacing::Pacer::new(&common.kafka);
     let quarantine = Quarantine::lazy(&common.kafka, common.topics.quarantine(), "persister");
     let work = async move {
-        triggers_core::consume::run(&consumer, pacer, limits, quarantine, shutdown, move |message, slot| {
+        triggers_core::consume::run(consumer, pacer, limits, quarantine, shutdown, move |message, slot| {
             let persister = persister.clone();
             async move { persister.handle(message, slot.shutdown()).await }
         })

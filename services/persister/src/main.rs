@@ -17,11 +17,11 @@ fn main() -> anyhow::Result<()> {
     let source = ConfigSource::load(file.as_deref())?;
     let common = source.common()?;
     let config: triggers_persister::PersisterConfig = source.section("persister")?;
-    common.runtime.build()?.block_on(async {
+    common.runtime.run(async {
         let _telemetry = triggers_core::telemetry::init(&common.telemetry, "triggers-persister")?;
         let shutdown = triggers_core::shutdown::signal_token();
         let running = triggers_persister::start(&common, &config, shutdown).await?;
         running.task.await??;
         Ok(())
-    })
+    })?
 }

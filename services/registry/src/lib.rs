@@ -121,7 +121,10 @@ pub async fn start(
     tracing::info!(%addr, topic = %config.topic, "schema registry listening");
     let task = tokio::spawn(async move {
         let result = running.task.await;
-        log.flush();
+        // The flush blocks: off the runtime's workers.
+        if let Err(e) = tokio::task::spawn_blocking(move || log.flush()).await {
+            tracing::warn!(error = %e, "flush task failed");
+        }
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(RegistryError::Server(e)),

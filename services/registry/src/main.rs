@@ -10,7 +10,7 @@ fn main() -> anyhow::Result<()> {
     let source = ConfigSource::load(file.as_deref())?;
     let common = source.common()?;
     let config: triggers_registry::RegistryServerConfig = source.section("registry_server")?;
-    common.runtime.build()?.block_on(async {
+    common.runtime.run(async {
         let _telemetry = triggers_core::telemetry::init(&common.telemetry, "triggers-registry")?;
         let shutdown = triggers_core::shutdown::signal_token();
         let running = triggers_registry::start(&common.kafka, &config, shutdown)
@@ -18,5 +18,5 @@ fn main() -> anyhow::Result<()> {
             .context("starting the schema registry")?;
         running.task.await.context("registry task")??;
         Ok(())
-    })
+    })?
 }

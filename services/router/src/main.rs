@@ -9,11 +9,11 @@ fn main() -> anyhow::Result<()> {
     let source = ConfigSource::load(file.as_deref())?;
     let common = source.common()?;
     let config: triggers_router::RouterConfig = source.section("router")?;
-    common.runtime.build()?.block_on(async {
+    common.runtime.run(async {
         let _telemetry = triggers_core::telemetry::init(&common.telemetry, "triggers-router")?;
         let shutdown = triggers_core::shutdown::signal_token();
         let running = triggers_router::start(&common, &config, shutdown).await?;
         running.task.await??;
         Ok(())
-    })
+    })?
 }

@@ -225,9 +225,14 @@ impl Pipeline {
         }
         // What is left was given up: the revoke of closing waits for nothing.
         handover.set_limit(Duration::ZERO);
-        triggers_core::consume::final_commit(&self.consumer);
-        if let Err(e) = self.producer.flush(Duration::from_secs(10)) {
-            tracing::warn!(error = %e, "router producer did not flush");
+        triggers_core::consume::close(self.consumer, triggers_core::consume::CLOSE_LIMIT).await;
+        // Blocking too: off the runtime's workers.
+        let producer = self.producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "router producer did not flush"),
+            Err(e) => tracing::warn!(error = %e, "router producer did not flush"),
         }
         tracing::info!("router stopped");
     }

@@ -1,5 +1,8 @@
 //! `[runtime]`: the async runtime each service process runs on.
 
+use std::future::Future;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigIssue, Validate, join};
@@ -33,7 +36,21 @@ impl RuntimeConfig {
         }
         builder.build()
     }
+
+    /// Runs `main` to its end on the runtime these settings describe, then
+    /// gives blocking work still running (a consumer's close or a flush
+    /// that the broker does not answer) [`EXIT_GRACE`] before the process
+    /// goes: dropping a runtime would wait for it without a limit.
+    pub fn run<F: Future>(&self, main: F) -> std::io::Result<F::Output> {
+        let runtime = self.build()?;
+        let output = runtime.block_on(main);
+        runtime.shutdown_timeout(EXIT_GRACE);
+        Ok(output)
+    }
 }
+
+/// How long [`RuntimeConfig::run`] waits for blocking work at exit.
+pub const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 impl Validate for RuntimeConfig {
     fn validate(&self, prefix: &str, issues: &mut Vec<ConfigIssue>) {

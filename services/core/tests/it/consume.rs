@@ -87,7 +87,7 @@ async fn a_full_consumer_keeps_polling_and_stays_in_its_group() {
         tokio::spawn(async move {
             let limits = Limits::new(1, Duration::from_secs(10));
             triggers_core::consume::run(
-                &consumer,
+                consumer,
                 Pacer::new(&kafka),
                 limits,
                 quarantine,
@@ -138,7 +138,7 @@ async fn a_handler_that_only_waits_frees_its_slot() {
             // One slot: the second record runs only if the first freed it.
             let limits = Limits::new(1, Duration::from_secs(5));
             triggers_core::consume::run(
-                &consumer,
+                consumer,
                 Pacer::new(&kafka),
                 limits,
                 quarantine,
@@ -185,7 +185,7 @@ async fn a_failing_handler_is_retried_then_quarantined_and_the_partition_moves_o
         tokio::spawn(async move {
             let limits = Limits::new(8, Duration::from_secs(5));
             triggers_core::consume::run(
-                &consumer,
+                consumer,
                 Pacer::new(&kafka),
                 limits,
                 quarantine,
@@ -328,7 +328,7 @@ async fn partitions_taken_away_in_a_rebalance_go_over_drained() {
         );
         tokio::spawn(async move {
             triggers_core::consume::run(
-                &consumer,
+                consumer,
                 Pacer::new(&kafka),
                 Limits::new(8, Duration::from_secs(20)),
                 quarantine,

@@ -56,7 +56,7 @@ fn start_reader(kafka: &KafkaConfig, topic: &str, group: &str, shutdown: Cancell
         let seen = seen.clone();
         tokio::spawn(async move {
             triggers_core::consume::run(
-                &consumer,
+                consumer,
                 pacer,
                 Limits::new(16, Duration::from_secs(2)),
                 quarantine,

@@ -216,8 +216,12 @@ impl Env {
         self.deliverer_shutdown.cancel();
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.deliverer_shutdown = self.shutdown.child_token();
-        triggers_deliverer::start(&self.common, &self.deliverer, self.deliverer_shutdown.clone())
+        // Its start is bounded (the follower's catch-up at 120 s): a start
+        // that hangs fails here, not the whole test run.
+        let start = triggers_deliverer::start(&self.common, &self.deliverer, self.deliverer_shutdown.clone());
+        tokio::time::timeout(Duration::from_secs(180), start)
             .await
+            .expect("the deliverer did not start within 180 s")
             .expect("deliverer");
     }
 
