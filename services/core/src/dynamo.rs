@@ -24,8 +24,8 @@ use crate::config::DynamoConfig;
 mod calls;
 mod lean;
 
-pub(crate) use calls::write_batch;
 pub use calls::{Get, Inserted, ItemCalls, ItemClient, Put, Update, insert_statement};
+pub(crate) use calls::{UNIT_BYTES, attribute_size, write_batch};
 pub use lean::{ClientError, LeanClient};
 
 /// The attribute every table uses for item expiry (epoch seconds).

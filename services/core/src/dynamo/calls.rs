@@ -85,18 +85,26 @@ impl Inserted {
     }
 }
 
+/// The item bytes one write unit covers.
+pub(crate) const UNIT_BYTES: usize = 1024;
+
 /// The write units DynamoDB charges for creating `item` in the events table
 /// by its sizing rule: one per started KiB of the item (attribute names and
 /// values), as much again when it enters the `inbox` index (which projects
 /// every attribute).
 pub(super) fn create_units(item: &Item) -> f64 {
-    let size: usize = item.iter().map(|(name, value)| name.len() + value_size(value)).sum();
-    let units = size.div_ceil(1024).max(1) as f64;
+    let size: usize = item.iter().map(|(name, value)| attribute_size(name, value)).sum();
+    let units = size.div_ceil(UNIT_BYTES).max(1) as f64;
     if item.contains_key("inbox_pk") {
         2.0 * units
     } else {
         units
     }
+}
+
+/// The bytes DynamoDB counts for an attribute: its name and its value.
+pub(crate) fn attribute_size(name: &str, value: &AttributeValue) -> usize {
+    name.len() + value_size(value)
 }
 
 /// The bytes DynamoDB counts for an attribute value.

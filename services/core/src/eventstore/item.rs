@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::delivery::{Outcome, OutcomeKind};
-use crate::dynamo::{TTL_ATTRIBUTE, get_n, get_s, n, s};
+use crate::dynamo::{TTL_ATTRIBUTE, UNIT_BYTES, attribute_size, get_n, get_s, n, s};
 use crate::event::Event;
 use crate::ids::{EventId, TenantId};
 use crate::status::{EventStatus, Progress};
@@ -74,6 +74,44 @@ pub(super) fn encode_payload(text: String, inline_limit: usize) -> Payload {
         return Payload::Deflated(deflated);
     }
     Payload::Chunked(deflated.chunks(CHUNK_SIZE).map(<[u8]>::to_vec).collect())
+}
+
+/// Stores an inline payload of `body` deflated when that makes the item
+/// take fewer write units, the item's other attributes (key, progress)
+/// taking `others` bytes. DynamoDB charges a write a unit per started KiB
+/// of the item, for its create, for every later change of its progress
+/// and for each of its `inbox` index entries: a 1 KiB JSON payload, which
+/// usually deflates to under half, turns a two-unit item into a one-unit
+/// item. Payloads that would not save a unit stay inline (readable as
+/// they are, and no deflate for the writer).
+pub(super) fn deflate_if_cheaper(body: &mut [(&'static str, AttributeValue)], others: usize) {
+    let size = others
+        + body
+            .iter()
+            .map(|(name, value)| attribute_size(name, value))
+            .sum::<usize>();
+    if size <= UNIT_BYTES {
+        return;
+    }
+    let Some(slot) = body.iter_mut().find(|(name, _)| *name == "data") else {
+        return;
+    };
+    let AttributeValue::S(text) = &slot.1 else {
+        return;
+    };
+    let deflated = deflate(text);
+    let smaller = size - attribute_size("data", &slot.1) + "data_z".len() + deflated.len();
+    if smaller.div_ceil(UNIT_BYTES) < size.div_ceil(UNIT_BYTES) {
+        *slot = ("data_z", AttributeValue::B(Blob::new(deflated)));
+    }
+}
+
+/// The bytes DynamoDB counts for `attributes`.
+pub(super) fn attributes_bytes<'a>(attributes: impl IntoIterator<Item = (&'a str, &'a AttributeValue)>) -> usize {
+    attributes
+        .into_iter()
+        .map(|(name, value)| attribute_size(name, value))
+        .sum()
 }
 
 /// The attributes of an event's body (everything but its progress), with
@@ -176,61 +214,120 @@ pub(super) enum Load {
     Listing { budget: usize },
 }
 
-pub(super) fn from_item(item: &Item, tenant: &TenantId, load: Load) -> Option<StoredEvent> {
+/// An item's payload text as `load` asks for it, and whether it was left
+/// out. A listing gives a deflated payload too (small ones are stored
+/// deflated to save a write unit, [`deflate_if_cheaper`]) when its text
+/// fits the listing's limits; chunked payloads only come whole.
+fn payload_text(item: &Item, load: Load) -> (Option<std::borrow::Cow<'_, str>>, bool) {
+    let limit = match load {
+        Load::Whole => usize::MAX,
+        Load::Listing { budget } => LISTING_DATA_MAX.min(budget),
+    };
+    if let Some(text) = item.get("data").and_then(|v| v.as_s().ok()) {
+        return if text.len() <= limit {
+            (Some(std::borrow::Cow::Borrowed(text.as_str())), false)
+        } else {
+            (None, true)
+        };
+    }
+    if let Some(bytes) = item.get("data_z").and_then(|v| v.as_b().ok()) {
+        // Deflate adds a few bytes at most: bytes over the limit do not
+        // inflate to a text within it.
+        if bytes.as_ref().len() <= limit
+            && let Some(text) = inflate(bytes.as_ref()).filter(|text| text.len() <= limit)
+        {
+            return (Some(std::borrow::Cow::Owned(text)), false);
+        }
+        return (None, true);
+    }
+    (None, item.contains_key("chunks"))
+}
+
+/// An event item read back, with the bytes of the payload text it gives
+/// (0 when left out).
+pub(super) fn from_item(item: &Item, tenant: &TenantId, load: Load) -> Option<(StoredEvent, usize)> {
     let id: EventId = get_s(item, "sk")?.strip_prefix("e#")?.parse().ok()?;
     let progress: Progress = get_s(item, "progress")
         .and_then(|p| serde_json::from_str(&p).ok())
         .unwrap_or_default();
-    let inline = item.get("data").and_then(|v| v.as_s().ok());
-    let (data, data_omitted) = match (inline, load) {
-        (Some(text), Load::Whole) => (serde_json::from_str(text).unwrap_or(serde_json::Value::Null), false),
-        (Some(text), Load::Listing { budget }) if text.len() <= LISTING_DATA_MAX.min(budget) => {
-            (serde_json::from_str(text).unwrap_or(serde_json::Value::Null), false)
-        }
-        (Some(_), Load::Listing { .. }) => (serde_json::Value::Null, true),
-        (None, Load::Whole) => match item.get("data_z").and_then(|v| v.as_b().ok()) {
-            Some(bytes) => {
-                let text = inflate(bytes.as_ref()).unwrap_or_default();
-                (serde_json::from_str(&text).unwrap_or(serde_json::Value::Null), false)
-            }
-            None => (serde_json::Value::Null, item.contains_key("chunks")),
-        },
-        (None, Load::Listing { .. }) => (
-            serde_json::Value::Null,
-            item.contains_key("data_z") || item.contains_key("chunks"),
-        ),
-    };
+    let (text, data_omitted) = payload_text(item, load);
+    let given = text.as_deref().map_or(0, str::len);
+    let data = text
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(serde_json::Value::Null);
     let extensions: BTreeMap<String, String> = get_s(item, "extensions")
         .and_then(|e| serde_json::from_str(&e).ok())
         .unwrap_or_default();
-    Some(StoredEvent {
-        event: Event {
-            id,
-            tenant: *tenant,
-            event_type: get_s(item, "event_type").unwrap_or_default(),
-            source: get_s(item, "source").unwrap_or_default(),
-            subject: get_s(item, "subject"),
-            time: get_n(item, "time").unwrap_or_default(),
-            received_at: get_n(item, "received_at").unwrap_or_default(),
-            specversion: get_s(item, "specversion").unwrap_or_else(|| "1.0".to_owned()),
-            datacontenttype: get_s(item, "datacontenttype").unwrap_or_default(),
-            data,
-            partition_key: get_s(item, "partition_key"),
-            extensions,
+    Some((
+        StoredEvent {
+            event: Event {
+                id,
+                tenant: *tenant,
+                event_type: get_s(item, "event_type").unwrap_or_default(),
+                source: get_s(item, "source").unwrap_or_default(),
+                subject: get_s(item, "subject"),
+                time: get_n(item, "time").unwrap_or_default(),
+                received_at: get_n(item, "received_at").unwrap_or_default(),
+                specversion: get_s(item, "specversion").unwrap_or_else(|| "1.0".to_owned()),
+                datacontenttype: get_s(item, "datacontenttype").unwrap_or_default(),
+                data,
+                partition_key: get_s(item, "partition_key"),
+                extensions,
+            },
+            has_body: item.contains_key("has_body"),
+            status: get_s(item, "status")
+                .and_then(|s| EventStatus::parse(&s))
+                .unwrap_or_else(|| progress.status()),
+            progress,
+            updated_at: get_n(item, "updated_at").unwrap_or_default(),
+            data_omitted,
         },
-        has_body: item.contains_key("has_body"),
-        status: get_s(item, "status")
-            .and_then(|s| EventStatus::parse(&s))
-            .unwrap_or_else(|| progress.status()),
-        progress,
-        updated_at: get_n(item, "updated_at").unwrap_or_default(),
-        data_omitted,
-    })
+        given,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn body(text: &str) -> Vec<(&'static str, AttributeValue)> {
+        vec![("event_type", s("order.paid")), ("data", s(text))]
+    }
+
+    #[test]
+    fn a_payload_is_deflated_only_when_the_item_then_takes_fewer_units() {
+        let repetitive = format!("[{}]", "{\"sku\":\"SKU-1\",\"qty\":1},".repeat(50));
+        assert!(repetitive.len() > 1_000);
+        let deflated_to = |text: &str, others: usize| {
+            let mut body = body(text);
+            deflate_if_cheaper(&mut body, others);
+            body.iter().find(|(name, _)| *name == "data_z").map(|(_, value)| {
+                let bytes = value.as_b().map(|b| b.as_ref().to_vec()).unwrap_or_default();
+                assert_eq!(inflate(&bytes).as_deref(), Some(text));
+                bytes.len()
+            })
+        };
+        // Two units inline, one deflated.
+        assert!(deflated_to(&repetitive, 200).is_some_and(|len| len < 200));
+        // Within one unit already: nothing to save.
+        assert_eq!(deflated_to("{\"sku\":\"SKU-1\"}", 200), None);
+        assert_eq!(deflated_to(&repetitive[..700], 300), None);
+        // Pseudo-random text deflates by a fifth at most: two units either way.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let noise: String = (0..1_400)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'#' + (state % 88) as u8)
+            })
+            .collect();
+        assert_eq!(deflated_to(&noise, 200), None);
+        // Deflated payloads and chunks are left as they are.
+        let mut chunked = vec![("chunks", n(2))];
+        deflate_if_cheaper(&mut chunked, 5_000);
+        assert_eq!(chunked, [("chunks", n(2))]);
+    }
 
     #[test]
     fn payloads_are_stored_inline_deflated_or_chunked() {

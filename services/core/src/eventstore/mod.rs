@@ -43,7 +43,7 @@ pub struct StoredEvent {
     pub status: EventStatus,
     /// Last change (ms since the epoch).
     pub updated_at: i64,
-    /// Whether `data` was left out (a chunked payload in a listing).
+    /// Whether `data` was left out (a payload too large for a listing).
     pub data_omitted: bool,
 }
 

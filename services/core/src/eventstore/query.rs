@@ -150,7 +150,7 @@ pub async fn get(
     if !item.contains_key("has_body") {
         return Ok(None);
     }
-    let Some(mut stored) = from_item(item, tenant, Load::Whole) else {
+    let Some((mut stored, _)) = from_item(item, tenant, Load::Whole) else {
         return Ok(None);
     };
     if let Some(count) = get_n(item, "chunks") {
@@ -329,10 +329,8 @@ pub async fn list(
     let mut budget = LISTING_PAGE_BYTES;
     let bounds = (query.limit, pager::MAX_QUERIES);
     let (page, stopped_at) = pager::page(request, table, start, bounds, |item| {
-        let stored = from_item(item, tenant, Load::Listing { budget })?;
-        if !stored.data_omitted {
-            budget = budget.saturating_sub(item.get("data").and_then(|v| v.as_s().ok()).map_or(0, String::len));
-        }
+        let (stored, given) = from_item(item, tenant, Load::Listing { budget })?;
+        budget = budget.saturating_sub(given);
         Some(stored)
     })
     .await?;

@@ -11,8 +11,8 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
 
 use super::item::{
-    ITEM_LIMIT, ITEM_RESERVE, Payload, attempt_item, attributes_size, body_attributes, chunk_sk, encode_payload,
-    event_key, event_sk,
+    ITEM_LIMIT, ITEM_RESERVE, Payload, attempt_item, attributes_bytes, attributes_size, body_attributes, chunk_sk,
+    deflate_if_cheaper, encode_payload, event_key, event_sk,
 };
 use super::progress::{How, Track, update_progress};
 use crate::analytics::Tally;
@@ -97,8 +97,9 @@ async fn store_event(
     if let Payload::Chunked(chunks) = &payload {
         put_chunks(client, table, event, chunks, expires_at).await?;
     }
-    let body = body_attributes(event, extensions, payload, expires_at);
     let progress = first_progress(outcomes);
+    let mut body = body_attributes(event, extensions, payload, expires_at);
+    deflate_if_cheaper(&mut body, key_and_first_bytes(event, &progress));
     // The item exists (a batched create found it), or this writer made its
     // stub (an outcome came first): the create would fail.
     let known = !may_be_new || cache.is_some_and(|c| c.get(&event.tenant, &event.id).is_some());
@@ -153,8 +154,13 @@ pub fn new_item(event: &Event, expires_at: i64, outcomes: &[Outcome]) -> Option<
     }
     let progress = first_progress(outcomes);
     let mut item = event_key(&event.tenant, &event.id);
-    let body = body_attributes(event, extensions, Payload::Inline(text), expires_at);
+    let mut body = body_attributes(event, extensions, Payload::Inline(text), expires_at);
     let first = first_attributes(event, &progress);
+    let key_bytes = attributes_bytes(item.iter().map(|(name, value)| (name.as_str(), value)));
+    deflate_if_cheaper(
+        &mut body,
+        key_bytes + attributes_bytes(first.iter().map(|(name, value)| (*name, value))),
+    );
     item.extend(
         body.into_iter()
             .chain(first)
@@ -256,6 +262,14 @@ impl BodyUpdate {
             values,
         }
     }
+}
+
+/// The bytes of an event item's key and first attributes besides its body.
+fn key_and_first_bytes(event: &Event, progress: &Progress) -> usize {
+    let key = event_key(&event.tenant, &event.id);
+    let first = first_attributes(event, progress);
+    attributes_bytes(key.iter().map(|(name, value)| (name.as_str(), value)))
+        + attributes_bytes(first.iter().map(|(name, value)| (*name, value)))
 }
 
 /// An event's progress from the `outcomes` that came with its body.

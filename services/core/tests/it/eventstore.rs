@@ -1,7 +1,11 @@
-//! The event store's reads against DynamoDB Local.
+//! The event store against DynamoDB Local: its reads, and how it stores
+//! payloads.
 
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use triggers_core::event::{Event, now_ms};
-use triggers_core::eventstore::{self, BATCH_GET_KEYS};
+use triggers_core::eventstore::{self, BATCH_GET_KEYS, ListQuery};
 use triggers_core::ids::{EventId, TenantId};
 
 use crate::support::TestEnv;
@@ -63,4 +67,146 @@ async fn stops_read_in_batches_agree_with_the_single_check() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// About 1.2 KB of an order as JSON: repetitive like most event payloads,
+/// so it deflates to well under half.
+fn order(n: usize) -> serde_json::Value {
+    let lines: Vec<_> = (0..8)
+        .map(|i| {
+            serde_json::json!({
+                "sku": format!("SKU-{:05}", n * 10 + i),
+                "name": format!("Stainless steel water bottle, {} ml", 500 + 50 * i),
+                "quantity": 1 + i % 3,
+                "unit_price": {"amount": 1999 + 100 * i, "currency": "EUR"},
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "order_id": format!("ord_{n:08}"),
+        "customer": {"id": "cus_0042", "email": "ada@example.com", "country": "DE"},
+        "lines": lines,
+        "status": "paid",
+    })
+}
+
+/// 1.4 KB that deflates by a fifth at most: pseudo-random printable
+/// characters, still two write units deflated.
+fn noise() -> serde_json::Value {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let text: String = (0..1_400)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'#' + (state % 88) as u8)
+        })
+        .filter(|c| *c != '\\')
+        .collect();
+    serde_json::Value::String(text)
+}
+
+/// The write units DynamoDB Local charges to put `item` (under a scratch
+/// key, without its inbox entry, which costs as much again).
+async fn units_of(env: &TestEnv, mut item: HashMap<String, AttributeValue>) -> f64 {
+    item.remove("inbox_pk");
+    item.insert(
+        "sk".to_owned(),
+        AttributeValue::S(format!("scratch#{}", EventId::new())),
+    );
+    env.dynamo
+        .put_item()
+        .table_name(&env.tables.events)
+        .set_item(Some(item))
+        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+        .send()
+        .await
+        .unwrap()
+        .consumed_capacity
+        .and_then(|c| c.capacity_units)
+        .unwrap()
+}
+
+async fn raw(env: &TestEnv, event: &Event) -> HashMap<String, AttributeValue> {
+    env.dynamo
+        .get_item()
+        .table_name(&env.tables.events)
+        .key("pk", AttributeValue::S(event.tenant.to_string()))
+        .key("sk", AttributeValue::S(format!("e#{}", event.id)))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap()
+}
+
+/// A payload whose item would take two write units inline is stored
+/// deflated when that takes one (through the single and the batched
+/// create); a small one, or one that does not deflate, stays inline. Each
+/// reads back whole, alone and in listings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_is_deflated_when_that_saves_a_write_unit() {
+    let env = TestEnv::new().await;
+    env.provision().await;
+    let expires = now_ms() / 1000 + 86_400;
+    let tenant = TenantId::new();
+    let small = Event::new(tenant, "order.noted", "test", serde_json::json!({"i": 1}));
+    let single = Event::new(tenant, "order.paid", "test", order(1));
+    let batched = Event::new(tenant, "order.paid", "test", order(2));
+    let random = Event::new(tenant, "blob.put", "test", noise());
+    assert!(
+        single.data.to_string().len() > 1_024,
+        "{}",
+        single.data.to_string().len()
+    );
+    for event in [&small, &single, &random] {
+        eventstore::put_event(&env.dynamo, &env.tables, event, expires)
+            .await
+            .unwrap();
+    }
+    let item = eventstore::new_item(&batched, expires, &[]).expect("batched");
+    let track = eventstore::Track::default();
+    eventstore::create_events(&env.dynamo, &env.tables, &[item], track)
+        .await
+        .unwrap();
+
+    for (event, deflated) in [(&small, false), (&single, true), (&batched, true), (&random, false)] {
+        let item = raw(&env, event).await;
+        assert_eq!(item.contains_key("data_z"), deflated, "{}", event.event_type);
+        assert_eq!(!item.contains_key("data"), deflated, "{}", event.event_type);
+        let stored = eventstore::get(&env.dynamo, &env.tables, &tenant, &event.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.event.data, event.data);
+    }
+    // What DynamoDB charges: one unit deflated, two for the same item inline.
+    let deflated = raw(&env, &single).await;
+    let mut inline = deflated.clone();
+    inline.remove("data_z");
+    inline.insert("data".to_owned(), AttributeValue::S(single.data.to_string()));
+    assert_eq!(units_of(&env, deflated).await, 1.0);
+    assert_eq!(units_of(&env, inline).await, 2.0);
+    // The inline payload that does not deflate is all the units it needs.
+    assert_eq!(units_of(&env, raw(&env, &random).await).await, 2.0);
+
+    let query = ListQuery {
+        limit: 10,
+        ..ListQuery::default()
+    };
+    for inbox in [false, true] {
+        let (page, _) = eventstore::list(&env.dynamo, &env.tables, &tenant, &query, inbox)
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 4, "inbox: {inbox}");
+        for listed in page {
+            let original = [&small, &single, &batched, &random]
+                .into_iter()
+                .find(|e| e.id == listed.event.id)
+                .unwrap();
+            assert!(!listed.data_omitted, "{}", original.event_type);
+            assert_eq!(listed.event.data, original.data);
+        }
+    }
 }
