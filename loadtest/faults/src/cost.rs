@@ -212,6 +212,8 @@ pub struct Plan {
     pub idle: Duration,
     /// How long the accounting may take.
     pub limit: Duration,
+    /// The events' `data`.
+    pub data: crate::load::Data,
 }
 
 /// Every process's CPU when idle, as a fraction of one core.
@@ -244,7 +246,14 @@ async fn warm_up_and_idle(
 ) -> anyhow::Result<Idle> {
     let url = format!("http://127.0.0.1:{}/v1/events", cluster.ports.of(Part::GatewayA));
     eprintln!("[cost] warm-up: 10 s at {} events/s", plan.rate);
-    let mut warm = Load::start_with(url, &cluster.demo.api_key, plan.rate, &dir.join("warm-up.txt"), false)?;
+    let mut warm = Load::start_with(
+        url,
+        &cluster.demo.api_key,
+        plan.rate,
+        &dir.join("warm-up.txt"),
+        false,
+        plan.data,
+    )?;
     tokio::time::sleep(Duration::from_secs(10)).await;
     warm.stop().await?;
     let warm_entries = warm.entries(0);
@@ -294,7 +303,14 @@ pub async fn cost(
         tokio::task::spawn_blocking(move || traffic::marks(&bootstrap, &topics)).await??
     };
     let before = sample(cluster, &http).await;
-    let mut load = Load::start_with(url, &cluster.demo.api_key, plan.rate, &dir.join("ledger.txt"), false)?;
+    let mut load = Load::start_with(
+        url,
+        &cluster.demo.api_key,
+        plan.rate,
+        &dir.join("ledger.txt"),
+        false,
+        plan.data,
+    )?;
     while load.accepted() < plan.events {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -606,7 +622,14 @@ pub async fn busy(
     );
     let mut stages = Vec::new();
     let (start, cpu_start) = (Instant::now(), cpu_now(cluster));
-    let mut load = Load::start_with(url, &cluster.demo.api_key, rate, &dir.join("ledger.txt"), false)?;
+    let mut load = Load::start_with(
+        url,
+        &cluster.demo.api_key,
+        rate,
+        &dir.join("ledger.txt"),
+        false,
+        plan.data,
+    )?;
     while load.accepted() < plan.events && start.elapsed() < plan.limit {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

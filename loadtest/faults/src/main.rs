@@ -114,6 +114,10 @@ struct Args {
     /// How long the cost run measures every process idle first.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
     idle: Duration,
+    /// The cost run's events' `data`: `pad` (724 bytes of `x`) or `order`
+    /// (about 1 KB of order JSON, varying, which deflates as real JSON does).
+    #[arg(long, value_enum, default_value_t = load::Data::Pad)]
+    data: load::Data,
 }
 
 /// One line of the report.
@@ -521,6 +525,7 @@ async fn pressure_run(
             events: args.cost_events,
             idle: args.idle,
             limit,
+            data: args.data,
         };
         let cost = if args.busy {
             let busy = cost::busy(&cluster, &receiver, &auditor, dir, plan, args.busy_rate, args.catch_up).await;
