@@ -2,12 +2,13 @@
 //! (inline, deflated or in chunks), an item read back as a
 //! [`StoredEvent`], and a delivery outcome as an attempt item.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
 
 use super::StoredEvent;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 use crate::delivery::{Outcome, OutcomeKind};
 use crate::dynamo::{TTL_ATTRIBUTE, UNIT_BYTES, attribute_size, get_n, get_s, n, s};
@@ -48,19 +49,66 @@ pub(super) enum Payload {
     Chunked(Vec<Vec<u8>>),
 }
 
+/// `text` deflated (raw deflate, the fast level). Each thread keeps its
+/// compressor: a new one allocates and clears its tables, which took
+/// longer than compressing a 1 KB payload.
 pub(super) fn deflate(text: &str) -> Vec<u8> {
-    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-    // Writing to a Vec cannot fail.
-    let _ = encoder.write_all(text.as_bytes());
-    encoder.finish().unwrap_or_default()
+    thread_local! {
+        static COMPRESS: RefCell<Compress> = RefCell::new(Compress::new(Compression::fast(), false));
+    }
+    let input = text.as_bytes();
+    COMPRESS.with_borrow_mut(|compress| {
+        compress.reset();
+        let mut out = Vec::with_capacity(input.len() / 2 + 64);
+        loop {
+            let read = usize::try_from(compress.total_in())
+                .unwrap_or(usize::MAX)
+                .min(input.len());
+            match compress.compress_vec(&input[read..], &mut out, FlushCompress::Finish) {
+                Ok(Status::StreamEnd) => return out,
+                // The output is full: room for as much again.
+                Ok(Status::Ok | Status::BufError) => out.reserve(out.capacity().max(64)),
+                // Not for valid input and a reset compressor.
+                Err(_) => return Vec::new(),
+            }
+        }
+    })
 }
 
+/// The most [`inflate`] gives: more than any payload it was given (1 MiB).
+const INFLATED_MAX: usize = 8 << 20;
+
+/// The text `bytes` deflate; `None` when they are not raw deflate of
+/// UTF-8 (or inflate beyond [`INFLATED_MAX`]). Each thread keeps its
+/// decompressor, as [`deflate`] does.
 pub(super) fn inflate(bytes: &[u8]) -> Option<String> {
-    let mut text = String::new();
-    flate2::read::DeflateDecoder::new(bytes)
-        .read_to_string(&mut text)
-        .ok()?;
-    Some(text)
+    thread_local! {
+        static DECOMPRESS: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+    }
+    DECOMPRESS.with_borrow_mut(|decompress| {
+        decompress.reset(false);
+        let mut out = Vec::with_capacity(bytes.len().saturating_mul(3).min(INFLATED_MAX) + 64);
+        loop {
+            let (read, written) = (decompress.total_in(), decompress.total_out());
+            let rest = &bytes[usize::try_from(read).ok()?.min(bytes.len())..];
+            // `Finish` would need the whole text to fit at once (miniz_oxide).
+            match decompress.decompress_vec(rest, &mut out, FlushDecompress::None).ok()? {
+                Status::StreamEnd => break,
+                Status::Ok | Status::BufError => {
+                    if out.len() == out.capacity() {
+                        if out.len() >= INFLATED_MAX {
+                            return None;
+                        }
+                        out.reserve(out.capacity());
+                    } else if decompress.total_in() == read && decompress.total_out() == written {
+                        // No progress with room to write: the input ended early.
+                        return None;
+                    }
+                }
+            }
+        }
+        String::from_utf8(out).ok()
+    })
 }
 
 /// `text` stored inline if it takes at most `inline_limit` bytes, else
@@ -303,7 +351,7 @@ mod tests {
             deflate_if_cheaper(&mut body, others);
             body.iter().find(|(name, _)| *name == "data_z").map(|(_, value)| {
                 let bytes = value.as_b().map(|b| b.as_ref().to_vec()).unwrap_or_default();
-                assert_eq!(inflate(&bytes).as_deref(), Some(text));
+                assert!(inflate(&bytes).as_deref() == Some(text), "does not inflate back");
                 bytes.len()
             })
         };
@@ -327,6 +375,28 @@ mod tests {
         let mut chunked = vec![("chunks", n(2))];
         deflate_if_cheaper(&mut chunked, 5_000);
         assert_eq!(chunked, [("chunks", n(2))]);
+    }
+
+    #[test]
+    fn deflate_round_trips_and_bad_input_does_not_inflate() {
+        let texts = [
+            String::new(),
+            "{\"a\":1}".to_owned(),
+            "é ✓ ".repeat(100_000),
+            (0..300_000u32)
+                .map(|i| char::from(b'a' + (i * 7919 % 26) as u8))
+                .collect(),
+        ];
+        for (i, text) in texts.iter().enumerate() {
+            let bytes = deflate(text);
+            assert!(!bytes.is_empty());
+            assert!(inflate(&bytes).as_deref() == Some(text.as_str()), "text {i}");
+            // The same again: the thread's compressor starts afresh.
+            assert!(deflate(text) == bytes, "text {i}");
+        }
+        let bytes = deflate(&texts[2]);
+        assert_eq!(inflate(&bytes[..bytes.len() / 2]), None, "truncated");
+        assert_eq!(inflate(b"not deflate at all"), None);
     }
 
     #[test]
