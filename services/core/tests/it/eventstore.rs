@@ -90,20 +90,9 @@ fn order(n: usize) -> serde_json::Value {
     })
 }
 
-/// 1.4 KB that deflates by a fifth at most: pseudo-random printable
-/// characters, still two write units deflated.
+/// 1.4 KB that deflates by a fifth at most: still two write units deflated.
 fn noise() -> serde_json::Value {
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let text: String = (0..1_400)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            char::from(b'#' + (state % 88) as u8)
-        })
-        .filter(|c| *c != '\\')
-        .collect();
-    serde_json::Value::String(text)
+    serde_json::Value::String(crate::support::noise(1_400))
 }
 
 /// The write units DynamoDB Local charges to put `item` (under a scratch

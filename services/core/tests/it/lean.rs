@@ -33,16 +33,7 @@ fn delivery(event: &Event, subscription: SubscriptionId, kind: OutcomeKind, atte
 
 /// A 1 MiB string that does not deflate below an item: stored in chunks.
 fn incompressible() -> String {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    (0..1024 * 1024)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            char::from(b'#' + (state % 88) as u8)
-        })
-        .filter(|c| *c != '\\')
-        .collect()
+    crate::support::noise(1024 * 1024)
 }
 
 /// What the persister writes for three events of `tenant` (the same ids,

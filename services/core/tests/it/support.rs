@@ -81,3 +81,18 @@ pub fn paced(
         ..kafka.clone()
     }
 }
+
+/// `len` pseudo-random printable characters (no backslash or quote, so a
+/// JSON string of them is as long): they deflate by a fifth at most.
+pub fn noise(len: usize) -> String {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'#' + (state % 88) as u8)
+        })
+        .filter(|c| *c != '\\')
+        .collect()
+}
