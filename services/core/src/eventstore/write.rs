@@ -239,9 +239,10 @@ async fn put_chunks(
 }
 
 /// Attributes as an update: `SET #b0 = :b0, …` with its names and values
-/// (the body's alone never touch progress).
+/// (the body's alone never touch progress), and `REMOVE` of the payload's
+/// other form.
 struct BodyUpdate {
-    set: String,
+    expression: String,
     names: HashMap<String, String>,
     values: HashMap<String, AttributeValue>,
 }
@@ -251,13 +252,26 @@ impl BodyUpdate {
         let mut names = HashMap::new();
         let mut values = HashMap::new();
         let mut sets = Vec::new();
+        let mut other_form = None;
         for (i, (name, value)) in body.into_iter().enumerate() {
+            // A payload written before in the other form (inline or
+            // deflated: the choice depends on the item's size then) goes.
+            match name {
+                "data" => other_form = Some("data_z"),
+                "data_z" => other_form = Some("data"),
+                _ => {}
+            }
             names.insert(format!("#b{i}"), name.to_owned());
             values.insert(format!(":b{i}"), value);
             sets.push(format!("#b{i} = :b{i}"));
         }
+        let mut expression = format!("SET {}", sets.join(", "));
+        if let Some(other) = other_form {
+            names.insert("#other".to_owned(), other.to_owned());
+            expression.push_str(" REMOVE #other");
+        }
         Self {
-            set: format!("SET {}", sets.join(", ")),
+            expression,
             names,
             values,
         }
@@ -311,7 +325,7 @@ async fn create_item(
         .update(Update {
             table,
             key: event_key(&event.tenant, &event.id),
-            update: update.set,
+            update: update.expression,
             condition: "attribute_not_exists(version) AND attribute_not_exists(deleted)",
             names: update.names,
             values: update.values,
@@ -331,7 +345,7 @@ async fn update_body(
         .update(Update {
             table,
             key: event_key(&event.tenant, &event.id),
-            update: body.set,
+            update: body.expression,
             condition: "attribute_not_exists(deleted)",
             names: body.names,
             values: body.values,

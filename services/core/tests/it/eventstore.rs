@@ -180,6 +180,28 @@ async fn a_payload_is_deflated_when_that_saves_a_write_unit() {
     // The inline payload that does not deflate is all the units it needs.
     assert_eq!(units_of(&env, raw(&env, &random).await).await, 2.0);
 
+    // Written inline before (an older version, or a smaller item then):
+    // written again, one form stays.
+    let mut before = raw(&env, &single).await;
+    before.remove("data_z");
+    before.insert("data".to_owned(), AttributeValue::S(single.data.to_string()));
+    env.dynamo
+        .put_item()
+        .table_name(&env.tables.events)
+        .set_item(Some(before))
+        .send()
+        .await
+        .unwrap();
+    eventstore::put_existing_event(&env.dynamo, &env.tables, &single, expires, &[], track)
+        .await
+        .unwrap();
+    let item = raw(&env, &single).await;
+    assert!(
+        item.contains_key("data_z") && !item.contains_key("data"),
+        "{:?}",
+        item.keys()
+    );
+
     let query = ListQuery {
         limit: 10,
         ..ListQuery::default()
