@@ -68,11 +68,19 @@ pub(super) fn deflate(text: &str) -> Vec<u8> {
                 Ok(Status::StreamEnd) => return out,
                 // The output is full: room for as much again.
                 Ok(Status::Ok | Status::BufError) => out.reserve(out.capacity().max(64)),
-                // Not for valid input and a reset compressor.
-                Err(_) => return Vec::new(),
+                // Not seen with a reset compressor; a fresh one then.
+                Err(_) => return deflate_afresh(input),
             }
         }
     })
+}
+
+fn deflate_afresh(input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), Compression::fast());
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(input);
+    encoder.finish().unwrap_or_default()
 }
 
 /// The most [`inflate`] gives: more than any payload it was given (1 MiB).
@@ -149,7 +157,8 @@ pub(super) fn deflate_if_cheaper(body: &mut [(&'static str, AttributeValue)], ot
     };
     let deflated = deflate(text);
     let smaller = size - attribute_size("data", &slot.1) + "data_z".len() + deflated.len();
-    if smaller.div_ceil(UNIT_BYTES) < size.div_ceil(UNIT_BYTES) {
+    // Empty: deflate failed (it never gives less than two bytes).
+    if !deflated.is_empty() && smaller.div_ceil(UNIT_BYTES) < size.div_ceil(UNIT_BYTES) {
         *slot = ("data_z", AttributeValue::B(Blob::new(deflated)));
     }
 }
