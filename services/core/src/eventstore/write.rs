@@ -98,12 +98,16 @@ async fn store_event(
         put_chunks(client, table, event, chunks, expires_at).await?;
     }
     let progress = first_progress(outcomes);
+    let first = first_attributes(event, &progress);
     let mut body = body_attributes(event, extensions, payload, expires_at);
-    deflate_if_cheaper(&mut body, key_and_first_bytes(event, &progress));
+    deflate_if_cheaper(
+        &mut body,
+        key_and_first_bytes(&event_key(&event.tenant, &event.id), &first),
+    );
     // The item exists (a batched create found it), or this writer made its
     // stub (an outcome came first): the create would fail.
     let known = !may_be_new || cache.is_some_and(|c| c.get(&event.tenant, &event.id).is_some());
-    if !known && create_item(client, table, event, &body, &progress).await? {
+    if !known && create_item(client, table, event, &body, first).await? {
         if let Some(tally) = tally {
             tally.progressed(&event.tenant, &event.id, None, &progress);
         }
@@ -156,11 +160,7 @@ pub fn new_item(event: &Event, expires_at: i64, outcomes: &[Outcome]) -> Option<
     let mut item = event_key(&event.tenant, &event.id);
     let mut body = body_attributes(event, extensions, Payload::Inline(text), expires_at);
     let first = first_attributes(event, &progress);
-    let key_bytes = attributes_bytes(item.iter().map(|(name, value)| (name.as_str(), value)));
-    deflate_if_cheaper(
-        &mut body,
-        key_bytes + attributes_bytes(first.iter().map(|(name, value)| (*name, value))),
-    );
+    deflate_if_cheaper(&mut body, key_and_first_bytes(&item, &first));
     item.extend(
         body.into_iter()
             .chain(first)
@@ -278,10 +278,9 @@ impl BodyUpdate {
     }
 }
 
-/// The bytes of an event item's key and first attributes besides its body.
-fn key_and_first_bytes(event: &Event, progress: &Progress) -> usize {
-    let key = event_key(&event.tenant, &event.id);
-    let first = first_attributes(event, progress);
+/// The bytes of an event item's `key` and `first` attributes (its
+/// attributes besides the body).
+fn key_and_first_bytes(key: &Item, first: &[(&'static str, AttributeValue)]) -> usize {
     attributes_bytes(key.iter().map(|(name, value)| (name.as_str(), value)))
         + attributes_bytes(first.iter().map(|(name, value)| (*name, value)))
 }
@@ -311,16 +310,17 @@ fn first_attributes(event: &Event, progress: &Progress) -> Vec<(&'static str, At
     attributes
 }
 
-/// Creates the event's item with its body and first `progress`; `false`
-/// when an item exists already (or a tombstone).
+/// Creates the event's item with its body and `first` attributes (its
+/// first progress, [`first_attributes`]); `false` when an item exists
+/// already (or a tombstone).
 async fn create_item(
     client: &impl ItemCalls,
     table: &str,
     event: &Event,
     body: &[(&'static str, AttributeValue)],
-    progress: &Progress,
+    first: Vec<(&'static str, AttributeValue)>,
 ) -> Result<bool, StoreError> {
-    let update = BodyUpdate::new(body.iter().cloned().chain(first_attributes(event, progress)));
+    let update = BodyUpdate::new(body.iter().cloned().chain(first));
     client
         .update(Update {
             table,
