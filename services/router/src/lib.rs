@@ -27,6 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use triggers_core::CancellationToken;
 use triggers_core::config::{CommonConfig, ConfigIssue, Validate};
+use triggers_core::follower::Follower;
 use triggers_core::ops::RunningServer;
 use triggers_core::service::{ConsumerService, ConsumerSettings, ServiceError};
 
@@ -106,6 +107,19 @@ pub async fn start(
     config: &RouterConfig,
     shutdown: CancellationToken,
 ) -> Result<RunningServer, RouterError> {
+    start_following(common, config, shutdown)
+        .await
+        .map(|(server, _)| server)
+}
+
+/// [`start`], also giving the router's own subscription table: a new
+/// subscription reaches the router asynchronously, and tests wait until
+/// this table knows it ([`Follower::knows`]).
+async fn start_following(
+    common: &CommonConfig,
+    config: &RouterConfig,
+    shutdown: CancellationToken,
+) -> Result<(RunningServer, Follower), RouterError> {
     let service = ConsumerService::connect(common, config.consumer()).await?;
     let follower = service.follow_subscriptions(&shutdown, config.catch_up_timeout).await?;
     let consumer = service.group_consumer(&[&common.topics.events()])?;
@@ -114,7 +128,7 @@ pub async fn start(
         producer: triggers_core::kafka::producer(&common.kafka, "router")?,
         codec: service.codec.clone(),
         topics: common.topics.clone(),
-        follower,
+        follower: follower.clone(),
         tenants: triggers_core::tenancy::TenantCache::new(service.dynamo.clone(), service.tables.clone()),
         max_in_flight: config.max_in_flight,
         pacer: triggers_core::pacing::Pacer::new(&common.kafka),
@@ -122,8 +136,9 @@ pub async fn start(
         max_in_flight_bytes: config.max_in_flight_bytes,
     };
     let grace = config.shutdown_grace;
-    service.serve(async move {
+    let server = service.serve(async move {
         pipeline.run(shutdown, grace).await;
         Ok(())
-    })
+    })?;
+    Ok((server, follower))
 }

@@ -3,6 +3,7 @@
 //! group of the slice's own), changed by `adjust`.
 
 use triggers_core::CancellationToken;
+use triggers_core::follower::Follower;
 use triggers_core::ops::RunningServer;
 use triggers_testkit::Slice;
 
@@ -17,13 +18,26 @@ pub async fn start(
     shutdown: CancellationToken,
     adjust: impl FnOnce(&mut RouterConfig),
 ) -> RunningServer {
+    start_following(slice, shutdown, adjust).await.0
+}
+
+/// [`start`], also giving the router's subscription table: wait on
+/// [`Follower::knows`] before counting on a new subscription.
+///
+/// # Panics
+/// When it cannot start (a test failure).
+pub async fn start_following(
+    slice: &Slice,
+    shutdown: CancellationToken,
+    adjust: impl FnOnce(&mut RouterConfig),
+) -> (RunningServer, Follower) {
     let mut config = RouterConfig {
         listen: "127.0.0.1:0".to_owned(),
         group_id: slice.group("router"),
         ..RouterConfig::default()
     };
     adjust(&mut config);
-    crate::start(&slice.common, &config, shutdown)
+    crate::start_following(&slice.common, &config, shutdown)
         .await
         .unwrap_or_else(|e| panic!("router: {e}"))
 }

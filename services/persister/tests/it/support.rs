@@ -7,7 +7,8 @@ use triggers_core::codec::{AvroCodec, Contract};
 use triggers_core::config::CommonConfig;
 use triggers_core::delivery::Outcome;
 use triggers_core::dynamo::Tables;
-use triggers_core::ids::TenantId;
+use triggers_core::follower::Follower;
+use triggers_core::ids::{SubscriptionId, TenantId};
 use triggers_core::kafka::KafkaProducer;
 use triggers_core::ops::RunningServer;
 use triggers_stack::TestStack;
@@ -27,6 +28,8 @@ pub struct Env {
     pub shutdown: CancellationToken,
     pub persister_shutdown: CancellationToken,
     pub persister: Option<RunningServer>,
+    /// The router's subscription table.
+    pub router: Follower,
 }
 
 impl std::ops::Deref for Env {
@@ -54,7 +57,7 @@ pub async fn env() -> Env {
         gateway.admin_token = Some(ADMIN.to_owned());
     })
     .await;
-    triggers_router::testing::start(&slice, shutdown.clone(), |_| {}).await;
+    let (_, router) = triggers_router::testing::start_following(&slice, shutdown.clone(), |_| {}).await;
     let codec = AvroCodec::new(&common.schema_registry).unwrap();
     let producer = triggers_core::kafka::producer(&common.kafka, "test").unwrap();
     let mut env = Env {
@@ -69,6 +72,7 @@ pub async fn env() -> Env {
         shutdown,
         persister_shutdown: CancellationToken::new(),
         persister: None,
+        router,
     };
     env.start_persister(Duration::from_secs(20)).await;
     env
@@ -93,6 +97,22 @@ impl Env {
             let stopped = tokio::time::timeout(Duration::from_secs(30), persister.task).await;
             assert!(matches!(stopped, Ok(Ok(Ok(())))), "persister did not stop: {stopped:?}");
         }
+    }
+
+    /// Creates a subscription and waits until the router knows it: a new
+    /// subscription reaches the router asynchronously, so an event sent at
+    /// once could otherwise be routed without it (stored `unmatched`).
+    pub async fn subscribe(&self, body: Value) -> Value {
+        let created = self.api.subscribe(body).await;
+        let id: SubscriptionId = created["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("no subscription id: {created}"));
+        assert!(
+            self.router.knows(&id, Duration::from_secs(20)).await,
+            "the router never learnt subscription {id}"
+        );
+        created
     }
 
     /// Waits until `GET /v1/events/{id}` answers 200 with `check` true.
