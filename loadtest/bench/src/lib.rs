@@ -5,6 +5,8 @@ use std::path::Path;
 use triggers_core::config::ConfigSource;
 use triggers_local::{LocalOptions, LocalStack};
 
+pub mod payload;
+
 /// The whole local pipeline on free ports with its data in `dir`: quiet
 /// logs, no practical rate limit, and any `TRIGGERS_<SECTION>__<FIELD>`
 /// setting of this process on top (e.g. `TRIGGERS_KAFKA__FETCH_WAIT_MAX`).

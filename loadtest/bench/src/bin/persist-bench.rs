@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
+use triggers_bench::payload::Data;
 use triggers_bench::percentile;
 
 #[derive(Debug, Parser)]
@@ -40,6 +41,11 @@ struct Args {
     /// Seconds of raw item writes to DynamoDB Local first (0: skip).
     #[arg(long, default_value_t = 10)]
     raw_seconds: u64,
+    /// The events' `data`: `pad` (1,000 bytes of `x`, which deflate to
+    /// nothing; the figures before 2026-12-07) or `order` (~1 KB of varying
+    /// order JSON, which deflates as real payloads do).
+    #[arg(long, value_enum, default_value_t = Data::Pad)]
+    data: Data,
 }
 
 /// Item creates per second DynamoDB Local takes from `writers` concurrent
@@ -130,12 +136,13 @@ async fn main() -> anyhow::Result<()> {
         let (sample_every, poll) = (args.sample_every, Duration::from_millis(args.poll_ms));
         for i in 0..total {
             tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
-            let (client, base, key, pad) = (client.clone(), base.clone(), key.clone(), pad.clone());
+            let (client, base, key) = (client.clone(), base.clone(), key.clone());
+            let data = args.data.of(i as u64, &pad);
             tasks.push(tokio::spawn(async move {
                 let response = client
                     .post(format!("{base}/v1/events"))
                     .bearer_auth(key.as_str())
-                    .json(&json!({"type": "bench.persist", "source": "bench", "data": {"i": i, "pad": pad}}))
+                    .json(&json!({"type": "bench.persist", "source": "bench", "data": data}))
                     .send()
                     .await
                     .map_err(|e| {
