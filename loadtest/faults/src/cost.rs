@@ -360,6 +360,14 @@ pub async fn cost(
         .iter()
         .filter(|e| receiver.seen(&e.id).is_some_and(|s| s.count > 1))
         .count();
+    // From each 202 to its first webhook (a webhook may beat its 202 to
+    // the client: zero).
+    let mut latencies: Vec<Duration> = entries
+        .iter()
+        .filter_map(|e| receiver.seen(&e.id).map(|s| s.first.saturating_duration_since(e.accepted)))
+        .collect();
+    latencies.sort_unstable();
+    let latency = |p: f64| triggers_bench::percentile(&latencies, p).as_secs_f64() * 1000.0;
     let retries = total(&after, Part::Deliverer, "triggers_deliverer_attempts_total")
         - total(&before, Part::Deliverer, "triggers_deliverer_attempts_total")
         - accepted as f64;
@@ -440,7 +448,9 @@ pub async fn cost(
     let report = format!(
         "### Cost per event ({accepted} events at {rate} events/s, one matching subscription, no `Idempotency-Key`)\n\n\
          Measured over {span:.0} s from the first event to the last outcome stored; idle CPU measured for {idle:.0} s \
-         before. Deliveries beyond one per event: {retries:.0} retries, {duplicates} duplicates at the receiver.\n\n\
+         before. Deliveries beyond one per event: {retries:.0} retries, {duplicates} duplicates at the receiver. \
+         From 202 to the first webhook ({delivered} events): p50 {p50:.0} ms, p95 {p95:.0} ms, p99 {p99:.0} ms, \
+         max {max:.0} ms.\n\n\
          | process | CPU used | idle CPU (of one core) | CPU per 1,000 events | net of idle |\n|---|---|---|---|---|\n\
          {cpu_rows}| **services together** | | | **{services_gross:.1} ms** | **{services_net:.1} ms** |\n\n\
          DynamoDB per event (the services' own metrics):\n\n\
@@ -450,6 +460,11 @@ pub async fn cost(
          path: gateway, router, deliverer), {rcu:.3} RCU; {failed:.3} failed calls (a failed conditional write is \
          charged but reports no units). Persister event writes by why they were written: {releases}; partitions \
          that waited for the other topic, by how the wait ended: {waits}.\n\n{kafka}",
+        delivered = latencies.len(),
+        p50 = latency(0.50),
+        p95 = latency(0.95),
+        p99 = latency(0.99),
+        max = latency(1.0),
         releases = releases(&after, &before),
         waits = align_waits(&after, &before),
         kafka = traffic::report(&written, &cluster.common.topics, accepted),
