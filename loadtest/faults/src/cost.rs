@@ -364,7 +364,11 @@ pub async fn cost(
     // the client: zero).
     let mut latencies: Vec<Duration> = entries
         .iter()
-        .filter_map(|e| receiver.seen(&e.id).map(|s| s.first.saturating_duration_since(e.accepted)))
+        .filter_map(|e| {
+            receiver
+                .seen(&e.id)
+                .map(|s| s.first.saturating_duration_since(e.accepted))
+        })
         .collect();
     latencies.sort_unstable();
     let latency = |p: f64| triggers_bench::percentile(&latencies, p).as_secs_f64() * 1000.0;
