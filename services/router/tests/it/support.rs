@@ -9,7 +9,8 @@ use triggers_core::codec::{AvroCodec, Contract};
 use triggers_core::config::CommonConfig;
 use triggers_core::delivery::{Delivery, Outcome};
 use triggers_core::event::{Event, now_ms};
-use triggers_core::ids::{EventId, TenantId};
+use triggers_core::follower::Follower;
+use triggers_core::ids::{EventId, SubscriptionId, TenantId};
 use triggers_core::kafka::KafkaProducer;
 use triggers_core::ops::RunningServer;
 use triggers_router::RouterConfig;
@@ -27,6 +28,8 @@ pub struct Env {
     pub shutdown: CancellationToken,
     pub router_shutdown: CancellationToken,
     pub router: Option<RunningServer>,
+    /// The running router's subscription table.
+    table: Option<Follower>,
 }
 
 impl std::ops::Deref for Env {
@@ -61,6 +64,7 @@ pub async fn env() -> Env {
         shutdown,
         router_shutdown: CancellationToken::new(),
         router: None,
+        table: None,
     };
     env.start_router(RouterConfig::default()).await;
     env
@@ -71,31 +75,44 @@ impl Env {
         self.router_shutdown = CancellationToken::new();
         // The slice's own group (tests running at once must not rebalance
         // each other) and an ephemeral port; the rest from `config`.
-        let router = triggers_router::testing::start(&self.slice, self.router_shutdown.clone(), |defaults| {
-            *defaults = RouterConfig {
-                listen: defaults.listen.clone(),
-                group_id: defaults.group_id.clone(),
-                ..config
-            };
-        })
-        .await;
+        let (router, table) =
+            triggers_router::testing::start_following(&self.slice, self.router_shutdown.clone(), |defaults| {
+                *defaults = RouterConfig {
+                    listen: defaults.listen.clone(),
+                    group_id: defaults.group_id.clone(),
+                    ..config
+                };
+            })
+            .await;
         self.router = Some(router);
+        self.table = Some(table);
     }
 
     /// Stops the router; with a zero grace period, work in flight is
     /// abandoned as in a crash.
     pub async fn stop_router(&mut self) {
         self.router_shutdown.cancel();
+        self.table = None;
         if let Some(router) = self.router.take() {
             let stopped = tokio::time::timeout(Duration::from_secs(30), router.task).await;
             assert!(matches!(stopped, Ok(Ok(Ok(())))), "router did not stop: {stopped:?}");
         }
     }
 
+    /// Creates a subscription and, while a router runs, waits until it
+    /// knows it (subscriptions reach the router asynchronously).
     pub async fn subscribe(&self, body: Value) -> String {
         let created = self.api.subscribe(body).await;
         assert!(created["secret"].as_str().is_some_and(|s| s.starts_with("whsec_")));
-        created["id"].as_str().unwrap_or_default().to_owned()
+        let id = created["id"].as_str().unwrap_or_default().to_owned();
+        if let Some(table) = &self.table {
+            let parsed: SubscriptionId = id.parse().unwrap_or_else(|_| panic!("no subscription id: {created}"));
+            assert!(
+                table.knows(&parsed, Duration::from_secs(20)).await,
+                "the router never learnt subscription {id}"
+            );
+        }
+        id
     }
 
     /// An event as a Kafka-native producer would write it.
