@@ -3,8 +3,10 @@
 /// What each event's `data` is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Data {
-    /// `{"seq": n, "pad": "xx…"}`: 724 bytes, which deflate to almost
-    /// nothing (the figures before 2026-12-07 were measured with it).
+    /// `{"seq": n, "pad": "xx…"}` with the caller's padding (the fault
+    /// suite's 700 `x`: 724 bytes; `persist-bench`'s 1,000), which deflates
+    /// to almost nothing (the figures before 2026-12-07 were measured with
+    /// it).
     #[default]
     Pad,
     /// An order of about 1 KB, its ids, names, quantities and amounts
