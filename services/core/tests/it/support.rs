@@ -82,7 +82,8 @@ pub fn paced(
     }
 }
 
-/// `len` pseudo-random printable characters (no backslash or quote, so a
+/// `len` pseudo-random printable characters less the backslashes drawn
+/// among them (about 1 in 88; none of them a backslash or a quote, so a
 /// JSON string of them is as long): they deflate by a fifth at most.
 pub fn noise(len: usize) -> String {
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
