@@ -161,6 +161,8 @@ fn writes(operation: &str) -> bool {
 struct Sample {
     at: Instant,
     cpu: BTreeMap<Part, Duration>,
+    /// The services' CPU and sleeps by kind of thread.
+    threads: BTreeMap<Part, BTreeMap<String, triggers_stack::ThreadUse>>,
     own_cpu: Duration,
     dynamo: BTreeMap<Part, Dynamo>,
     counters: BTreeMap<Part, Vec<Series>>,
@@ -168,6 +170,10 @@ struct Sample {
 
 async fn sample(cluster: &Cluster, http: &reqwest::Client) -> Sample {
     let cpu = cpu_now(cluster);
+    let threads = SERVICES
+        .iter()
+        .filter_map(|part| Some((*part, triggers_stack::group_threads(cluster.group(*part)?))))
+        .collect();
     let mut dynamo = BTreeMap::new();
     let mut counters = BTreeMap::new();
     for part in SERVICES {
@@ -180,6 +186,7 @@ async fn sample(cluster: &Cluster, http: &reqwest::Client) -> Sample {
     Sample {
         at: Instant::now(),
         cpu,
+        threads,
         own_cpu: cluster::own_cpu(),
         dynamo,
         counters,
@@ -402,6 +409,8 @@ pub async fn cost(
         per_thousand(own)
     ));
 
+    let thread_rows = thread_rows(&after, &before, accepted);
+
     let mut dynamo_rows = String::new();
     let (mut write_calls, mut read_calls, mut path_reads, mut wcu, mut rcu, mut failed) =
         (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
@@ -457,6 +466,10 @@ pub async fn cost(
          max {max:.0} ms.\n\n\
          | process | CPU used | idle CPU (of one core) | CPU per 1,000 events | net of idle |\n|---|---|---|---|---|\n\
          {cpu_rows}| **services together** | | | **{services_gross:.1} ms** | **{services_net:.1} ms** |\n\n\
+         The services' CPU by thread (threads named alike but for digits together; CPU as used, not net of idle; \
+         sleeps: voluntary context switches, about how often the threads were woken):\n\n\
+         | service | threads | how many | CPU per 1,000 events | sleeps per event | preempted per event |\n|---|---|---|---|---|---|\n\
+         {thread_rows}\n\
          DynamoDB per event (the services' own metrics):\n\n\
          | service | operation | result | calls per event | capacity units per event (table: units) |\n|---|---|---|---|---|\n\
          {dynamo_rows}\n\
@@ -483,6 +496,43 @@ pub async fn cost(
         failed = per_event(failed),
     );
     Ok(Cost { report, failures })
+}
+
+/// The rows of the by-thread table: every kind of thread of every service
+/// that used CPU or slept over the run, busiest first within a service.
+fn thread_rows(now: &Sample, then: &Sample, events: usize) -> String {
+    let per_event = |n: u64| n as f64 / events as f64;
+    let mut rows = String::new();
+    for part in SERVICES {
+        let Some(kinds) = now.threads.get(&part) else {
+            continue;
+        };
+        let mut used: Vec<(&String, triggers_stack::ThreadUse)> = kinds
+            .iter()
+            .map(|(kind, use_now)| {
+                let earlier = then
+                    .threads
+                    .get(&part)
+                    .and_then(|k| k.get(kind))
+                    .copied()
+                    .unwrap_or_default();
+                (kind, use_now.since(&earlier))
+            })
+            .filter(|(_, used)| !used.cpu.is_zero() || per_event(used.sleeps) >= 0.01)
+            .collect();
+        used.sort_by(|a, b| b.1.cpu.cmp(&a.1.cpu).then_with(|| a.0.cmp(b.0)));
+        for (kind, used) in used {
+            rows.push_str(&format!(
+                "| {} | `{kind}` | {} | {:.1} ms | {:.2} | {:.2} |\n",
+                part.name(),
+                used.threads,
+                used.cpu.as_secs_f64() * 1_000_000.0 / events as f64,
+                per_event(used.sleeps),
+                per_event(used.preempted),
+            ));
+        }
+    }
+    rows
 }
 
 /// The metrics of one service now; `None` when it does not answer.

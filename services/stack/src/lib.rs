@@ -18,7 +18,9 @@ mod test_stack;
 mod tools;
 pub mod topics;
 
-pub use process::{ChildProcess, StackError, free_port, group_cpu, group_rss, wait_for_port};
+pub use process::{
+    ChildProcess, StackError, ThreadUse, free_port, group_cpu, group_rss, group_threads, thread_kind, wait_for_port,
+};
 pub use test_stack::TestStack;
 pub use tools::{Tools, repo_root};
 

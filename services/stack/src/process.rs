@@ -415,9 +415,88 @@ pub fn group_cpu(group: u32) -> Duration {
     Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND)
 }
 
+/// What the threads of one kind in a process group have used so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThreadUse {
+    /// Threads of this kind alive now.
+    pub threads: u32,
+    /// CPU time, user and system.
+    pub cpu: Duration,
+    /// Times they went to sleep (voluntary context switches): roughly how
+    /// often they were woken.
+    pub sleeps: u64,
+    /// Times the scheduler took the CPU from them (involuntary switches).
+    pub preempted: u64,
+}
+
+impl ThreadUse {
+    /// The use from `earlier` to `self`. A thread that ended in between
+    /// takes its time out of the earlier figure only, so the difference
+    /// saturates at zero rather than going negative.
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            threads: self.threads,
+            cpu: self.cpu.saturating_sub(earlier.cpu),
+            sleeps: self.sleeps.saturating_sub(earlier.sleeps),
+            preempted: self.preempted.saturating_sub(earlier.preempted),
+        }
+    }
+}
+
+/// The kind of a thread named `name`: its name with every run of digits
+/// made `#`, so that librdkafka's `rdk:broker1` and `rdk:broker2` are one
+/// kind, `rdk:broker#`.
+pub fn thread_kind(name: &str) -> String {
+    let mut kind = String::with_capacity(name.len());
+    for c in name.chars() {
+        if !c.is_ascii_digit() {
+            kind.push(c);
+        } else if !kind.ends_with('#') {
+            kind.push('#');
+        }
+    }
+    kind
+}
+
+/// What every kind of thread of the process group `group` has used so
+/// far (`/proc/<pid>/task/<tid>/{comm,stat,status}`), by [`thread_kind`].
+/// Threads that ended are not counted.
+pub fn group_threads(group: u32) -> std::collections::BTreeMap<String, ThreadUse> {
+    let mut kinds = std::collections::BTreeMap::<String, ThreadUse>::new();
+    for pid in members(group) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let dir = task.path();
+            let (Ok(comm), Ok(stat), Ok(status)) = (
+                std::fs::read_to_string(dir.join("comm")),
+                std::fs::read_to_string(dir.join("stat")),
+                std::fs::read_to_string(dir.join("status")),
+            ) else {
+                continue;
+            };
+            let ticks = u64::from(stat_field(&stat, 14).unwrap_or(0)) + u64::from(stat_field(&stat, 15).unwrap_or(0));
+            let switches = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let kind = kinds.entry(thread_kind(comm.trim_end())).or_default();
+            kind.threads += 1;
+            kind.cpu += Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND);
+            kind.sleeps += switches("voluntary_ctxt_switches:");
+            kind.preempted += switches("nonvoluntary_ctxt_switches:");
+        }
+    }
+    kinds
+}
+
 #[cfg(test)]
 mod tests {
-    use super::stat_field;
+    use super::{stat_field, thread_kind};
 
     #[test]
     fn stat_fields_are_read_after_the_command_name() {
@@ -427,6 +506,32 @@ mod tests {
         assert_eq!(stat_field(stat, 14), Some(1234));
         assert_eq!(stat_field(stat, 15), Some(567));
         assert_eq!(stat_field(stat, 2), None);
+    }
+
+    #[test]
+    fn threads_named_alike_but_for_digits_are_one_kind() {
+        assert_eq!(thread_kind("rdk:broker1"), "rdk:broker#");
+        assert_eq!(thread_kind("rdk:broker-12"), "rdk:broker-#");
+        assert_eq!(thread_kind("tokio-rt-worker"), "tokio-rt-worker");
+        assert_eq!(thread_kind("a1b22c"), "a#b#c");
+        assert_eq!(thread_kind(""), "");
+    }
+
+    #[test]
+    fn this_process_has_its_own_thread_counted() {
+        let group = super::stat_field(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default(), 5)
+            .unwrap_or_else(|| panic!("no process group in /proc/self/stat"));
+        let spent = std::time::Instant::now();
+        let mut x = 0u64;
+        while spent.elapsed() < std::time::Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let kinds = super::group_threads(group);
+        assert!(kinds.values().map(|k| k.threads).sum::<u32>() >= 1, "{kinds:?}");
+        assert!(
+            kinds.values().map(|k| k.cpu).sum::<std::time::Duration>() > std::time::Duration::ZERO,
+            "50 ms of spinning used no CPU: {kinds:?}"
+        );
     }
 
     #[test]
