@@ -7,8 +7,7 @@ use triggers_core::config::ConfigSource;
 /// mimalloc rather than glibc's allocator: the persister builds and frees a
 /// DynamoDB request and response per event, and spent ~20 % of its CPU in
 /// glibc's malloc and free; with mimalloc it took 4-9 % less CPU per event
-/// (loadtest/RESULTS.md, "The allocator"). The other services measured no
-/// difference and keep glibc's.
+/// (loadtest/RESULTS.md, "The allocator"). The other services use it too.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
