@@ -46,19 +46,21 @@ fn text<'a>(
     max: usize,
     required: bool,
 ) -> Result<Option<&'a str>, ApiError> {
-    let field = format!("{path}{name}");
+    // The field's name is built only for an error: this runs for every
+    // attribute of every event.
+    let field = || format!("{path}{name}");
     match object.get(name) {
-        None | Some(Value::Null) if required => Err(ApiError::field(field, "is required")),
+        None | Some(Value::Null) if required => Err(ApiError::field(field(), "is required")),
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() && required => Err(ApiError::field(field, "must not be empty")),
-        Some(Value::String(s)) if s.chars().count() > max => {
-            Err(ApiError::field(field, format!("must be at most {max} characters")))
+        Some(Value::String(s)) if s.is_empty() && required => Err(ApiError::field(field(), "must not be empty")),
+        Some(Value::String(s)) if s.len() > max && s.chars().count() > max => {
+            Err(ApiError::field(field(), format!("must be at most {max} characters")))
         }
         Some(Value::String(s)) if s.chars().any(char::is_control) => {
-            Err(ApiError::field(field, "must not contain control characters"))
+            Err(ApiError::field(field(), "must not contain control characters"))
         }
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ApiError::field(field, "must be a string")),
+        Some(_) => Err(ApiError::field(field(), "must be a string")),
     }
 }
 
@@ -73,12 +75,12 @@ fn extensions(object: &Map<String, Value>, path: &str) -> Result<BTreeMap<String
         if KNOWN.contains(&name.as_str()) {
             continue;
         }
-        let field = format!("{path}{name}");
+        let field = || format!("{path}{name}");
         let valid_name =
             !name.is_empty() && name.len() <= 20 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         if !valid_name {
             return Err(ApiError::field(
-                field,
+                field(),
                 "is not a known attribute, and extension attribute names are 1-20 lowercase letters or digits",
             ));
         }
@@ -89,13 +91,13 @@ fn extensions(object: &Map<String, Value>, path: &str) -> Result<BTreeMap<String
             Value::Null => continue,
             _ => {
                 return Err(ApiError::field(
-                    field,
+                    field(),
                     "extension attributes must be strings, numbers or booleans",
                 ));
             }
         };
         if value.len() > 1024 {
-            return Err(ApiError::field(field, "must be at most 1024 characters"));
+            return Err(ApiError::field(field(), "must be at most 1024 characters"));
         }
         extensions.insert(name.clone(), value);
     }
