@@ -17,7 +17,7 @@ use triggers_core::ids::{BatchId, SubscriptionId};
 use triggers_core::quarantine::Poison;
 use triggers_core::subscription::{BatchSettings, Subscription, SubscriptionStatus};
 
-use crate::attempt::event_body;
+use crate::attempt::{event_body, json_text, unwritable};
 use crate::batch::Member;
 use crate::lanes::Turn;
 use crate::schedule::{MAX_JITTER, Verdict, millis, verdict};
@@ -352,12 +352,16 @@ impl Deliverer {
             }
         };
         let permit = self.slots.acquire_within(id, None).await;
-        let body = serde_json::Value::Array(members.iter().map(|m| event_body(&m.delivery.event)).collect());
+        let bodies: Vec<_> = members.iter().map(|m| event_body(&m.delivery.event)).collect();
         let batch = BatchId::new().to_string();
         let traceparent = members.first().and_then(|m| m.traceparent.clone());
-        let result = self
-            .post(&subscription, &batch, body.to_string(), false, traceparent.as_deref())
-            .await;
+        let result = match json_text(&bodies) {
+            Ok(body) => {
+                self.post(&subscription, &batch, body, false, traceparent.as_deref())
+                    .await
+            }
+            Err(e) => unwritable(&e),
+        };
         drop(permit);
         metrics::histogram!("triggers_deliverer_batch_size").record(members.len() as f64);
         let verdict = verdict(&result);
