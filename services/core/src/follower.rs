@@ -2,6 +2,23 @@
 //! [`SubscriptionTable`]: from the beginning, every partition, no consumer
 //! group (every router instance needs the whole table), and on forever. It
 //! is caught up once every partition has reached its end at least once.
+//!
+//! **Freshness.** Records of other topics reach a reader on their own
+//! schedule, so an event accepted right after the `201` of a new
+//! subscription can reach the router before the subscription does.
+//! [`Follower::fresh_at`] closes that gap: it waits until the table holds
+//! everything written to the topic before a given time. A background task
+//! answers such demands in rounds: it notes the time, asks the broker for
+//! every partition's end (one `ListOffsets` request), and once the table was
+//! read to those ends, the table is fresh as of the noted time. A round
+//! starts only when a caller needs a later time than the last round's, and
+//! at most every [`END_QUERY_INTERVAL`]; one round serves every caller
+//! waiting for a time before its start, so a busy router asks a few dozen
+//! times a second, and an idle one not at all.
+//!
+//! The times compare the writer's clock (the record timestamp the gateway's
+//! producer set) with this process's; clocks kept in sync (Amazon Time Sync
+//! on EKS: well under a millisecond) keep the guarantee.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,6 +36,15 @@ use crate::config::KafkaConfig;
 use crate::ids::SubscriptionId;
 use crate::subscription::Subscription;
 use crate::subscription_table::SubscriptionTable;
+
+/// The least time between two questions for the topic's end.
+pub const END_QUERY_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How long a round waits for a paused follower before waking it again.
+const REWAKE: Duration = Duration::from_millis(250);
+
+/// How long one question for the topic's end may take.
+const END_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The follower could not start or catch up.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +64,16 @@ pub enum FollowerError {
     /// The follower stopped (shutdown) before it caught up.
     #[error("the subscription follower stopped before it caught up")]
     Stopped,
+    /// The broker's answer had no end for a partition.
+    #[error("no end offset for partition {partition} of {topic}: {offset:?}")]
+    NoEnd {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// What came back instead.
+        offset: Offset,
+    },
 }
 
 /// The live table and whether it has caught up.
@@ -46,12 +82,16 @@ pub struct Follower {
     /// The table.
     pub table: Arc<RwLock<SubscriptionTable>>,
     caught_up: watch::Receiver<bool>,
-    consumer: Arc<StreamConsumer<crate::kafka::ConsumerLog>>,
     topic: String,
     /// The next offset to apply, per partition.
     read_to: watch::Receiver<Vec<i64>>,
     /// Subscriptions whose deletion (tombstone) was applied.
     removed: Arc<RwLock<HashSet<SubscriptionId>>>,
+    /// The table holds everything written to the topic before this time
+    /// (ms since the Unix epoch).
+    fresh: watch::Receiver<i64>,
+    /// The latest time a caller needs the table fresh as of.
+    wanted: Arc<watch::Sender<i64>>,
 }
 
 impl std::fmt::Debug for Follower {
@@ -107,6 +147,19 @@ impl Follower {
         let (caught_up_tx, caught_up) = watch::channel(false);
         let (read_to_tx, read_to) = watch::channel(vec![0; partitions]);
         let removed = Arc::new(RwLock::new(HashSet::new()));
+        let (fresh_tx, fresh) = watch::channel(0);
+        let (wanted, wanted_rx) = watch::channel(0);
+        tokio::spawn(keep_fresh(
+            Ends {
+                consumer: consumer.clone(),
+                topic: topic.to_owned(),
+                partitions,
+            },
+            read_to.clone(),
+            wanted_rx,
+            fresh_tx,
+            shutdown.clone(),
+        ));
         tokio::spawn(follow(
             consumer.clone(),
             crate::pacing::Pacer::new(kafka),
@@ -127,10 +180,11 @@ impl Follower {
         Ok(Self {
             table,
             caught_up,
-            consumer,
             topic: topic.to_owned(),
             read_to,
             removed,
+            fresh,
+            wanted: Arc::new(wanted),
         })
     }
 
@@ -146,37 +200,33 @@ impl Follower {
         if self.removed.read().contains(id) {
             return false;
         }
-        let (consumer, topic, partitions) = (self.consumer.clone(), self.topic.clone(), self.read_to.borrow().len());
-        let ends = tokio::task::spawn_blocking(move || {
-            (0..partitions)
-                .map(|p| {
-                    let partition = i32::try_from(p).unwrap_or(i32::MAX);
-                    consumer
-                        .fetch_watermarks(&topic, partition, timeout)
-                        .map(|(_, high)| high)
-                })
-                .collect::<Result<Vec<i64>, KafkaError>>()
-        })
-        .await;
-        let ends = match ends {
-            Ok(Ok(ends)) => ends,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "cannot read the subscription topic's end");
-                return self.has(id);
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "the end query stopped");
-                return self.has(id);
-            }
-        };
-        // The follower may be paused (idle pacing): look now.
-        crate::pacing::wrote(&self.topic);
-        let mut read_to = self.read_to.clone();
-        let reached = |read: &Vec<i64>| read.iter().zip(&ends).all(|(read, end)| read >= end);
-        if tokio::time::timeout(timeout, read_to.wait_for(reached)).await.is_err() {
+        if !self.fresh_at(crate::event::now_ms(), timeout).await {
             tracing::debug!(subscription = %id, "the subscription follower did not reach the topic's end in time");
         }
         self.has(id)
+    }
+
+    /// Waits until the table holds every change written to the topic before
+    /// `at` (ms since the Unix epoch; a time still to come counts as now).
+    /// True once it does; false after `timeout` (the broker does not answer,
+    /// or the follower cannot read), and the table is as it is.
+    pub async fn fresh_at(&self, at: i64, timeout: Duration) -> bool {
+        if *self.fresh.borrow() >= at {
+            return true;
+        }
+        let at = at.min(crate::event::now_ms());
+        self.wanted.send_if_modified(|wanted| {
+            let later = *wanted < at;
+            if later {
+                *wanted = at;
+            }
+            later
+        });
+        let mut fresh = self.fresh.clone();
+        matches!(
+            tokio::time::timeout(timeout, fresh.wait_for(|fresh| *fresh >= at)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Whether the table holds `id` now.
@@ -192,6 +242,103 @@ impl Follower {
             .map_err(|_| FollowerError::CatchUpTimeout(timeout))?
             .map_err(|_| FollowerError::Stopped)?;
         Ok(())
+    }
+}
+
+/// Asks the broker where the topic's partitions end.
+struct Ends {
+    consumer: Arc<StreamConsumer<crate::kafka::ConsumerLog>>,
+    topic: String,
+    partitions: usize,
+}
+
+impl Ends {
+    /// Every partition's end (the offset the next record will take), in
+    /// one `ListOffsets` request per broker.
+    async fn ask(&self) -> Result<Vec<i64>, FollowerError> {
+        let (consumer, topic, partitions) = (self.consumer.clone(), self.topic.clone(), self.partitions);
+        tokio::task::spawn_blocking(move || {
+            let mut query = TopicPartitionList::new();
+            for partition in 0..partitions {
+                let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+                // The latest offset: ListOffsets' timestamp -1.
+                query.add_partition_offset(&topic, partition, Offset::End)?;
+            }
+            let answer = consumer.offsets_for_times(query, END_QUERY_TIMEOUT)?;
+            (0..partitions)
+                .map(|partition| {
+                    let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+                    let element = answer.find_partition(&topic, partition);
+                    if let Some(element) = &element {
+                        element.error()?;
+                    }
+                    match element.map(|e| e.offset()) {
+                        Some(Offset::Offset(end)) => Ok(end),
+                        offset => Err(FollowerError::NoEnd {
+                            topic: topic.clone(),
+                            partition,
+                            offset: offset.unwrap_or(Offset::Invalid),
+                        }),
+                    }
+                })
+                .collect()
+        })
+        .await?
+    }
+}
+
+/// Answers [`Follower::fresh_at`]'s demands in rounds (see the module
+/// documentation).
+async fn keep_fresh(
+    ends: Ends,
+    mut read_to: watch::Receiver<Vec<i64>>,
+    mut wanted: watch::Receiver<i64>,
+    fresh: watch::Sender<i64>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let demanded = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            demanded = wanted.wait_for(|wanted| *wanted > *fresh.borrow()) => demanded.is_ok(),
+        };
+        if !demanded {
+            return;
+        }
+        let began = tokio::time::Instant::now();
+        let asked_at = crate::event::now_ms();
+        let pause = match ends.ask().await {
+            Ok(end) => {
+                let reached = |read: &Vec<i64>| read.iter().zip(&end).all(|(read, end)| read >= end);
+                // The follower may be paused (idle pacing): it looks at
+                // once when woken, and again should a look end too early.
+                while !reached(&read_to.borrow()) {
+                    crate::pacing::wrote(&ends.topic);
+                    let read = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        read = tokio::time::timeout(REWAKE, read_to.wait_for(reached)) => read,
+                    };
+                    if let Ok(Err(_)) = read {
+                        return;
+                    }
+                }
+                fresh.send_if_modified(|fresh| {
+                    let later = *fresh < asked_at;
+                    if later {
+                        *fresh = asked_at;
+                    }
+                    later
+                });
+                END_QUERY_INTERVAL
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read where the subscription topic ends");
+                Duration::from_millis(500)
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = tokio::time::sleep_until(began + pause) => {}
+        }
     }
 }
 

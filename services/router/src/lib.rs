@@ -6,7 +6,11 @@
 //! `<ns>.outcomes`.
 //!
 //! The subscriptions come from the compacted topic `<ns>.subscriptions`, read
-//! to its end before the first event is routed and followed live after.
+//! to its end before the first event is routed and followed live after. An
+//! event is matched against a table that holds every subscription change
+//! written before the event was accepted (its record's timestamp; waiting
+//! at most `router.freshness_wait_max`): a subscription created, changed or
+//! deleted before an event was sent applies to it.
 //!
 //! Guarantee: at-least-once. An event's offset is stored only after Kafka
 //! acknowledged every record it caused; a crash re-routes what was not
@@ -47,6 +51,13 @@ pub struct RouterConfig {
     /// How long start-up may take to read the subscription table.
     #[serde(with = "humantime_serde")]
     pub catch_up_timeout: Duration,
+    /// How long an event may wait for the subscription table to hold every
+    /// change written before the event was accepted (a subscription whose
+    /// `201` came before an event was sent always sees it). After that it is
+    /// routed with the table as it is, and counted in
+    /// `triggers_router_unfresh_routes_total`; `0s` never waits.
+    #[serde(with = "humantime_serde")]
+    pub freshness_wait_max: Duration,
     /// How long shutdown waits for work in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -60,6 +71,7 @@ impl Default for RouterConfig {
             max_in_flight: 2_000,
             max_in_flight_bytes: 256 * 1024 * 1024,
             catch_up_timeout: Duration::from_secs(120),
+            freshness_wait_max: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(20),
         }
     }
@@ -134,6 +146,7 @@ async fn start_following(
         pacer: triggers_core::pacing::Pacer::new(&common.kafka),
         max_record_bytes: common.kafka.max_record_bytes,
         max_in_flight_bytes: config.max_in_flight_bytes,
+        freshness_wait_max: config.freshness_wait_max,
     };
     let grace = config.shutdown_grace;
     let server = service.serve(async move {

@@ -82,6 +82,9 @@ pub struct Pipeline {
     /// records are always taken, however large): a 1 MB event to 1,000
     /// subscriptions is 1 GB of delivery records.
     pub max_in_flight_bytes: usize,
+    /// How long an event waits for the subscription table to be fresh as
+    /// of its acceptance (`router.freshness_wait_max`).
+    pub freshness_wait_max: Duration,
 }
 
 /// A source record's topic, partition and offset (-1: not done).
@@ -265,6 +268,27 @@ impl Pipeline {
         }
     }
 
+    /// Waits until the subscription table holds every change written before
+    /// the event was accepted: its record's timestamp, set by the producer
+    /// (the gateway's, when it accepted the event); without one, now.
+    async fn await_fresh_table(&self, message: &OwnedMessage) {
+        if self.freshness_wait_max.is_zero() {
+            return;
+        }
+        let accepted = message
+            .timestamp()
+            .to_millis()
+            .unwrap_or_else(triggers_core::event::now_ms);
+        if !self.follower.fresh_at(accepted, self.freshness_wait_max).await {
+            metrics::counter!("triggers_router_unfresh_routes_total").increment(1);
+            tracing::debug!(
+                partition = message.partition(),
+                offset = message.offset(),
+                "routing with a subscription table that may miss recent changes"
+            );
+        }
+    }
+
     /// The records one event causes, or why not.
     async fn route_once(&self, message: &OwnedMessage) -> Result<Vec<OutRecord>, Unrouted> {
         let Some(payload) = message.payload() else {
@@ -292,6 +316,7 @@ impl Pipeline {
             return Err(invalid("unknown_tenant", format!("tenant {} does not exist", event.tenant)).into());
         }
 
+        self.await_fresh_table(message).await;
         let matched = self.follower.table.read().matching(&event);
         // The records carry this process span's context (so the deliverer's
         // spans are its children); untraced, the record's own traceparent.

@@ -93,3 +93,67 @@ async fn an_unknown_subscription_is_looked_up_to_the_end_of_the_topic() {
     );
     shutdown.cancel();
 }
+
+/// A change to a subscription the table already holds: `knows` answers at
+/// once (stale), `fresh_at` waits until the change is applied, even while
+/// pacing has the follower paused and the writer was another client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_at_a_time_holds_every_change_written_before_it() {
+    let mut env = TestEnv::new().await;
+    let shutdown = CancellationToken::new();
+    let _registry = env.with_registry(shutdown.clone()).await;
+    let codec = AvroCodec::new(&env.common.schema_registry).unwrap();
+    let topic = env.common.topics.subscriptions();
+    let kafka = paced(&env.common.kafka, Duration::from_secs(60));
+    let follower = Follower::start(&kafka, &topic, codec.clone(), "follower-test", shutdown.clone())
+        .await
+        .unwrap();
+    follower.caught_up(Duration::from_secs(20)).await.unwrap();
+
+    let other: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &env.common.kafka.bootstrap_servers)
+        .create()
+        .unwrap();
+    let write = |subscription: Subscription| {
+        let (codec, topic, other) = (codec.clone(), topic.clone(), other.clone());
+        async move {
+            let payload = codec
+                .encode(&topic, Contract::Subscription, &subscription)
+                .await
+                .unwrap();
+            other
+                .send(
+                    FutureRecord::to(&topic)
+                        .key(&subscription.id.to_string())
+                        .payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap_or_else(|(e, _)| panic!("{e}"));
+        }
+    };
+    let mut created = subscription();
+    write(created.clone()).await;
+    assert!(follower.knows(&created.id, Duration::from_secs(10)).await);
+    // Idle long enough for pacing to pause the follower.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    for revision in 2..5 {
+        created.revision = revision;
+        created.updated_at = revision;
+        created.target_url = format!("http://127.0.0.1:9/hook/{revision}");
+        write(created.clone()).await;
+        let written = triggers_core::event::now_ms();
+        assert!(
+            follower.fresh_at(written, Duration::from_secs(10)).await,
+            "revision {revision}: the table never became fresh"
+        );
+        let held = follower.table.read().get(&created.id).map(|c| c.subscription.revision);
+        assert_eq!(held, Some(revision), "fresh, yet the change written before is missing");
+    }
+    // A time to come (a producer's clock ahead) counts as now: no wait for
+    // the future.
+    let future = triggers_core::event::now_ms() + 3_600_000;
+    assert!(follower.fresh_at(future, Duration::from_secs(10)).await);
+    shutdown.cancel();
+}

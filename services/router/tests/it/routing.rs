@@ -83,6 +83,109 @@ async fn routing_follows_subscription_changes_without_restart() {
     }
 }
 
+/// A subscription created, changed or deleted applies to the very next
+/// event sent, without waiting for the router to learn it: the router
+/// matches an event against a table as fresh as the event's acceptance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_change_applies_to_the_next_event_sent() {
+    let env = env().await;
+    for round in 0..4 {
+        // Straight through the API: `env.subscribe` would wait for the router.
+        let created = env
+            .api
+            .subscribe(json!({"target_url": format!("http://hooks.test/{round}"), "event_types": ["order.*"]}))
+            .await;
+        let id = created["id"].as_str().unwrap_or_default().to_owned();
+        let sent = env.ingest(order(round)).await;
+        assert_eq!(env.routed_to(&sent).await, vec![id.clone()], "round {round}: created");
+
+        let (status, _) = env
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/v1/subscriptions/{id}"),
+                Some(json!({"event_types": ["user.*"]})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let sent = env.ingest(order(round)).await;
+        assert_eq!(
+            env.routed_to(&sent).await,
+            Vec::<String>::new(),
+            "round {round}: changed"
+        );
+        let sent = env.ingest(json!({"type": "user.created", "source": "crm"})).await;
+        assert_eq!(env.routed_to(&sent).await, vec![id.clone()], "round {round}: changed");
+
+        let (status, _) = env
+            .call(reqwest::Method::DELETE, &format!("/v1/subscriptions/{id}"), None)
+            .await;
+        assert_eq!(status, 204);
+        let sent = env.ingest(json!({"type": "user.created", "source": "crm"})).await;
+        assert_eq!(
+            env.routed_to(&sent).await,
+            Vec::<String>::new(),
+            "round {round}: deleted"
+        );
+    }
+
+    // Written by another process (a second gateway replica): nothing in
+    // this one wakes the router's follower, which idle pacing has paused
+    // (it looks once a second in tests); only the freshness wait finds it.
+    let other: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.common.kafka.bootstrap_servers)
+        .create()
+        .unwrap();
+    let topic = env.common.topics.subscriptions();
+    let mut written = Vec::new();
+    for round in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        let subscription = elsewhere(&env, round);
+        let payload = env
+            .codec
+            .encode(&topic, triggers_core::codec::Contract::Subscription, &subscription)
+            .await
+            .unwrap();
+        other
+            .send(
+                rdkafka::producer::FutureRecord::to(&topic)
+                    .key(&subscription.id.to_string())
+                    .payload(&payload),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("{e}"));
+        written.push(subscription.id.to_string());
+        written.sort();
+        let sent = env.ingest(order(round)).await;
+        assert_eq!(env.routed_to(&sent).await, written, "round {round}: written elsewhere");
+    }
+}
+
+/// A subscription of every event type, as another gateway would write it.
+fn elsewhere(env: &crate::support::Env, round: u32) -> triggers_core::subscription::Subscription {
+    use triggers_core::subscription::{SigningSecret, Subscription, SubscriptionStatus};
+    let now = triggers_core::event::now_ms();
+    Subscription {
+        id: triggers_core::ids::SubscriptionId::new(),
+        tenant: env.tenant,
+        target_url: format!("http://hooks.test/elsewhere/{round}"),
+        event_types: vec!["*".to_owned()],
+        filter: None,
+        status: SubscriptionStatus::Active,
+        disabled_reason: None,
+        secrets: vec![SigningSecret {
+            secret: "whsec_AAAA".to_owned(),
+            expires_at: None,
+        }],
+        batch: None,
+        ordered: false,
+        description: None,
+        created_at: now,
+        updated_at: now,
+        revision: 1,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_subscriptions_api_validates_lists_and_tests_matches() {
     let env = env().await;
