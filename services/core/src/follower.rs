@@ -10,11 +10,13 @@
 //! everything written to the topic before a given time. A background task
 //! answers such demands in rounds: it notes the time, asks the broker for
 //! every partition's end (one `ListOffsets` request), and once the table was
-//! read to those ends, the table is fresh as of the noted time. A round
-//! starts only when a caller needs a later time than the last round's, and
-//! at most every [`END_QUERY_INTERVAL`]; one round serves every caller
-//! waiting for a time before its start, so a busy router asks a few dozen
-//! times a second, and an idle one not at all.
+//! read to those ends, the table is fresh as of the noted time. Rounds run
+//! at most every [`Follower::space_rounds`] (default
+//! [`DEFAULT_ROUND_INTERVAL`]), while callers wait and for a second
+//! after the last caller asked: one round serves every caller asking about
+//! a time before its start, so a busy router mostly finds the table fresh
+//! already (its events took longer to reach it than a round takes), asking
+//! the broker a few dozen times a second, and an idle one asks not at all.
 //!
 //! The times compare the writer's clock (the record timestamp the gateway's
 //! producer set) with this process's; clocks kept in sync (Amazon Time Sync
@@ -22,13 +24,14 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{AvroCodec, Contract};
@@ -37,8 +40,13 @@ use crate::ids::SubscriptionId;
 use crate::subscription::Subscription;
 use crate::subscription_table::SubscriptionTable;
 
-/// The least time between two questions for the topic's end.
-pub const END_QUERY_INTERVAL: Duration = Duration::from_millis(10);
+/// The least time between two questions for the topic's end, unless set
+/// otherwise ([`Follower::space_rounds`]).
+pub const DEFAULT_ROUND_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How long rounds go on after the last caller (ms): a busy router finds
+/// the table fresh without waiting for a round of its own.
+const LINGER_MS: i64 = 1_000;
 
 /// How long a round waits for a paused follower before waking it again.
 const REWAKE: Duration = Duration::from_millis(250);
@@ -90,8 +98,8 @@ pub struct Follower {
     /// The table holds everything written to the topic before this time
     /// (ms since the Unix epoch).
     fresh: watch::Receiver<i64>,
-    /// The latest time a caller needs the table fresh as of.
-    wanted: Arc<watch::Sender<i64>>,
+    /// What callers need.
+    demand: Arc<Demand>,
 }
 
 impl std::fmt::Debug for Follower {
@@ -148,7 +156,11 @@ impl Follower {
         let (read_to_tx, read_to) = watch::channel(vec![0; partitions]);
         let removed = Arc::new(RwLock::new(HashSet::new()));
         let (fresh_tx, fresh) = watch::channel(0);
-        let (wanted, wanted_rx) = watch::channel(0);
+        let demand = Arc::new(Demand {
+            needed: AtomicI64::new(0),
+            wake: Notify::new(),
+            interval_ms: AtomicU64::new(millis(DEFAULT_ROUND_INTERVAL)),
+        });
         tokio::spawn(keep_fresh(
             Ends {
                 consumer: consumer.clone(),
@@ -156,9 +168,10 @@ impl Follower {
                 partitions,
             },
             read_to.clone(),
-            wanted_rx,
+            demand.clone(),
             fresh_tx,
             shutdown.clone(),
+            service.to_owned(),
         ));
         tokio::spawn(follow(
             consumer.clone(),
@@ -184,7 +197,7 @@ impl Follower {
             read_to,
             removed,
             fresh,
-            wanted: Arc::new(wanted),
+            demand,
         })
     }
 
@@ -206,22 +219,23 @@ impl Follower {
         self.has(id)
     }
 
+    /// Sets the least time between two freshness rounds: shorter, events
+    /// wait less for a round; longer, the broker is asked less often.
+    pub fn space_rounds(&self, interval: Duration) {
+        self.demand.interval_ms.store(millis(interval), Ordering::Relaxed);
+    }
+
     /// Waits until the table holds every change written to the topic before
     /// `at` (ms since the Unix epoch; a time still to come counts as now).
     /// True once it does; false after `timeout` (the broker does not answer,
     /// or the follower cannot read), and the table is as it is.
     pub async fn fresh_at(&self, at: i64, timeout: Duration) -> bool {
+        let at = at.min(crate::event::now_ms());
+        self.demand.needed.fetch_max(at, Ordering::AcqRel);
         if *self.fresh.borrow() >= at {
             return true;
         }
-        let at = at.min(crate::event::now_ms());
-        self.wanted.send_if_modified(|wanted| {
-            let later = *wanted < at;
-            if later {
-                *wanted = at;
-            }
-            later
-        });
+        self.demand.wake.notify_one();
         let mut fresh = self.fresh.clone();
         matches!(
             tokio::time::timeout(timeout, fresh.wait_for(|fresh| *fresh >= at)).await,
@@ -287,22 +301,41 @@ impl Ends {
     }
 }
 
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What [`Follower::fresh_at`]'s callers need.
+#[derive(Debug)]
+struct Demand {
+    /// The latest time a caller asked the table to be fresh as of (ms since
+    /// the Unix epoch, never later than when it asked).
+    needed: AtomicI64,
+    /// Wakes the rounds when a caller waits.
+    wake: Notify,
+    /// The least time between two rounds' starts (ms).
+    interval_ms: AtomicU64,
+}
+
 /// Answers [`Follower::fresh_at`]'s demands in rounds (see the module
 /// documentation).
 async fn keep_fresh(
     ends: Ends,
     mut read_to: watch::Receiver<Vec<i64>>,
-    mut wanted: watch::Receiver<i64>,
+    demand: Arc<Demand>,
     fresh: watch::Sender<i64>,
     shutdown: CancellationToken,
+    service: String,
 ) {
     loop {
-        let demanded = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            demanded = wanted.wait_for(|wanted| *wanted > *fresh.borrow()) => demanded.is_ok(),
-        };
-        if !demanded {
-            return;
+        let needed = demand.needed.load(Ordering::Acquire);
+        let waited_for = needed > *fresh.borrow();
+        let recently = needed >= crate::event::now_ms() - LINGER_MS;
+        if !waited_for && !recently {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                () = demand.wake.notified() => continue,
+            }
         }
         let began = tokio::time::Instant::now();
         let asked_at = crate::event::now_ms();
@@ -328,7 +361,9 @@ async fn keep_fresh(
                     }
                     later
                 });
-                END_QUERY_INTERVAL
+                metrics::histogram!("triggers_subscription_freshness_round_seconds", "service" => service.clone())
+                    .record(began.elapsed().as_secs_f64());
+                Duration::from_millis(demand.interval_ms.load(Ordering::Relaxed))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read where the subscription topic ends");

@@ -2,7 +2,10 @@
 //! is left as it is, so running it twice changes nothing.
 //!
 //! Topics get their partition count and retention from [`TopicsConfig`];
-//! `<ns>.subscriptions` and the schema registry's `_schemas` are compacted.
+//! `<ns>.subscriptions` and the schema registry's `_schemas` are compacted,
+//! with one partition each. A subscriptions topic made earlier with more
+//! partitions keeps them and works as before (the follower reads and asks
+//! about every partition it has).
 //! Tables are created on demand billing, with their indexes and TTL.
 
 use std::collections::{BTreeMap, HashSet};
@@ -89,7 +92,11 @@ pub fn topic_specs(topics: &TopicsConfig, schemas_topic: &str) -> Vec<TopicSpec>
         spec(topics.events(), n, retention(topics.events_retention)),
         spec(topics.events_invalid(), n, retention(topics.events_retention)),
         spec(topics.quarantine(), n, retention(topics.events_retention)),
-        spec(topics.subscriptions(), n, compacted()),
+        // One partition: a small table, not a stream. Every router reads
+        // all of it and asks where it ends before routing fresh events
+        // (`Follower::fresh_at`): one partition keeps that question to one
+        // offset, and the changes in one order.
+        spec(topics.subscriptions(), 1, compacted()),
         spec(topics.deliveries(), n, retention(topics.deliveries_retention)),
         spec(topics.dlq(), n, retention(topics.dlq_retention)),
         spec(topics.outcomes(), n, retention(topics.deliveries_retention)),

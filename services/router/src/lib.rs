@@ -58,6 +58,12 @@ pub struct RouterConfig {
     /// `triggers_router_unfresh_routes_total`; `0s` never waits.
     #[serde(with = "humantime_serde")]
     pub freshness_wait_max: Duration,
+    /// The least time between two questions to the broker for where
+    /// `<ns>.subscriptions` ends, asked while events come: an event waits
+    /// up to about this long plus one answer for its table (less when it
+    /// took longer to arrive). Shorter costs the broker more requests.
+    #[serde(with = "humantime_serde")]
+    pub freshness_interval: Duration,
     /// How long shutdown waits for work in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -72,6 +78,7 @@ impl Default for RouterConfig {
             max_in_flight_bytes: 256 * 1024 * 1024,
             catch_up_timeout: Duration::from_secs(120),
             freshness_wait_max: Duration::from_secs(2),
+            freshness_interval: Duration::from_millis(10),
             shutdown_grace: Duration::from_secs(20),
         }
     }
@@ -98,6 +105,12 @@ impl Validate for RouterConfig {
             issues.push(ConfigIssue::new(
                 format!("{prefix}.max_in_flight_bytes"),
                 "must be at least 1 MiB",
+            ));
+        }
+        if self.freshness_interval < Duration::from_millis(1) || self.freshness_interval > Duration::from_secs(1) {
+            issues.push(ConfigIssue::new(
+                format!("{prefix}.freshness_interval"),
+                "must be between 1ms and 1s",
             ));
         }
         if self.catch_up_timeout < Duration::from_secs(1) {
@@ -134,6 +147,7 @@ async fn start_following(
 ) -> Result<(RunningServer, Follower), RouterError> {
     let service = ConsumerService::connect(common, config.consumer()).await?;
     let follower = service.follow_subscriptions(&shutdown, config.catch_up_timeout).await?;
+    follower.space_rounds(config.freshness_interval);
     let consumer = service.group_consumer(&[&common.topics.events()])?;
     let pipeline = pipeline::Pipeline {
         consumer: Arc::new(consumer),
