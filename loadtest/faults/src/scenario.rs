@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use rand::Rng;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::cluster::{Cluster, Part};
 use crate::receiver::Receiver;
@@ -193,8 +193,19 @@ async fn poison(cluster: &Cluster, per_topic: u32) -> anyhow::Result<()> {
         .set("bootstrap.servers", &cluster.common.kafka.bootstrap_servers)
         .set("message.timeout.ms", "30000")
         .create()?;
-    let partitions = topics.partitions;
     for topic in &names {
+        // Each topic's own count: `<ns>.subscriptions` has one partition.
+        let partitions = {
+            let (producer, topic) = (producer.clone(), topic.clone());
+            tokio::task::spawn_blocking(move || {
+                producer
+                    .client()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                    .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
+            })
+            .await??
+        };
+        let partitions = i32::try_from(partitions).unwrap_or(i32::MAX);
         for i in 0..per_topic {
             let value: Vec<u8> = match i % 4 {
                 0 => (0..64).map(|_| rand::rng().random()).collect(),

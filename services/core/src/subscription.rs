@@ -131,6 +131,37 @@ pub enum SubscriptionStoreError {
 }
 
 impl Subscription {
+    /// A new, active subscription of `tenant` at revision 1, signed with
+    /// `secret`, made at `at` (ms since the epoch): no filter, no batching,
+    /// unordered, no description.
+    pub fn new(
+        tenant: TenantId,
+        target_url: impl Into<String>,
+        event_types: Vec<String>,
+        secret: String,
+        at: i64,
+    ) -> Self {
+        Self {
+            id: SubscriptionId::new(),
+            tenant,
+            target_url: target_url.into(),
+            event_types,
+            filter: None,
+            status: SubscriptionStatus::Active,
+            disabled_reason: None,
+            secrets: vec![SigningSecret {
+                secret,
+                expires_at: None,
+            }],
+            batch: None,
+            ordered: false,
+            description: None,
+            created_at: at,
+            updated_at: at,
+            revision: 1,
+        }
+    }
+
     /// Whether it receives events now.
     pub fn is_active(&self) -> bool {
         self.status == SubscriptionStatus::Active

@@ -319,23 +319,11 @@ pub async fn create(
     let now = now_ms();
     let secret = subscription::generate_secret();
     let created = Subscription {
-        id: SubscriptionId::new(),
-        tenant: caller.tenant,
-        target_url: input.target_url,
-        event_types: input.event_types,
         filter,
-        status: SubscriptionStatus::Active,
-        disabled_reason: None,
-        secrets: vec![SigningSecret {
-            secret: secret.clone(),
-            expires_at: None,
-        }],
         batch,
         ordered: input.ordered,
         description: input.description,
-        created_at: now,
-        updated_at: now,
-        revision: 1,
+        ..Subscription::new(caller.tenant, input.target_url, input.event_types, secret.clone(), now)
     };
     let pending = subscription::create(&state.dynamo, &state.tables, &created)
         .await

@@ -12,7 +12,7 @@ use triggers_core::config::CommonConfig;
 use triggers_core::dynamo::Tables;
 use triggers_core::event::now_ms;
 use triggers_core::ids::{SubscriptionId, TenantId};
-use triggers_core::subscription::{self, Subscription, SubscriptionStatus};
+use triggers_core::subscription::{self, Subscription};
 use triggers_core::tenancy::{self, Tenant};
 
 use crate::LocalError;
@@ -76,22 +76,14 @@ pub async fn ensure(
         Some(existing) => existing,
         None => Subscription {
             id,
-            tenant,
-            target_url: target_url.to_owned(),
-            event_types: vec!["*".to_owned()],
-            filter: None,
-            status: SubscriptionStatus::Active,
-            disabled_reason: None,
-            secrets: vec![subscription::SigningSecret {
-                secret: subscription::generate_secret(),
-                expires_at: None,
-            }],
-            batch: None,
-            ordered: false,
             description: Some("Demo subscription: every event to the demo receiver".to_owned()),
-            created_at: now,
-            updated_at: now,
-            revision: 1,
+            ..Subscription::new(
+                tenant,
+                target_url,
+                vec!["*".to_owned()],
+                subscription::generate_secret(),
+                now,
+            )
         },
     };
     if record.target_url != target_url {

@@ -24,8 +24,8 @@ use triggers_core::codec::{AvroCodec, Contract};
 use triggers_core::config::ConfigSource;
 use triggers_core::dynamo::Tables;
 use triggers_core::event::{Event, now_ms};
-use triggers_core::ids::{EventId, SubscriptionId, TenantId};
-use triggers_core::subscription::{SigningSecret, Subscription, SubscriptionStatus};
+use triggers_core::ids::{EventId, TenantId};
+use triggers_core::subscription::Subscription;
 use triggers_router::table::SubscriptionTable;
 
 #[derive(Debug, Parser)]
@@ -70,23 +70,14 @@ fn subscriptions(tenant: TenantId, count: usize) -> Vec<Subscription> {
                 ),
             };
             Subscription {
-                id: SubscriptionId::new(),
-                tenant,
-                target_url: format!("http://hooks.test/{tenant}/{i}"),
-                event_types: types,
                 filter: filter.map(|f| f.to_string()),
-                status: SubscriptionStatus::Active,
-                disabled_reason: None,
-                secrets: vec![SigningSecret {
-                    secret: "whsec_AAAA".to_owned(),
-                    expires_at: None,
-                }],
-                batch: None,
-                ordered: false,
-                description: None,
-                created_at: now_ms(),
-                updated_at: now_ms(),
-                revision: 1,
+                ..Subscription::new(
+                    tenant,
+                    format!("http://hooks.test/{tenant}/{i}"),
+                    types,
+                    "whsec_AAAA".to_owned(),
+                    now_ms(),
+                )
             }
         })
         .collect()

@@ -1,4 +1,4 @@
-use crate::subscription::{SigningSecret, SubscriptionStatus};
+use crate::subscription::SubscriptionStatus;
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -6,23 +6,14 @@ use super::*;
 
 fn subscription(tenant: TenantId, types: &[&str], filter: Option<Value>) -> Subscription {
     Subscription {
-        id: SubscriptionId::new(),
-        tenant,
-        target_url: "http://example.test/hook".to_owned(),
-        event_types: types.iter().map(|t| (*t).to_owned()).collect(),
         filter: filter.map(|f| f.to_string()),
-        status: SubscriptionStatus::Active,
-        disabled_reason: None,
-        secrets: vec![SigningSecret {
-            secret: "whsec_x".to_owned(),
-            expires_at: None,
-        }],
-        batch: None,
-        ordered: false,
-        description: None,
-        created_at: 0,
-        updated_at: 0,
-        revision: 1,
+        ..Subscription::new(
+            tenant,
+            "http://example.test/hook",
+            types.iter().map(|t| (*t).to_owned()).collect(),
+            "whsec_x".to_owned(),
+            0,
+        )
     }
 }
 

@@ -9,30 +9,18 @@ use triggers_core::CancellationToken;
 use triggers_core::codec::AvroCodec;
 use triggers_core::follower::Follower;
 use triggers_core::ids::{SubscriptionId, TenantId};
-use triggers_core::subscription::{self, SigningSecret, Subscription, SubscriptionStatus, Topic, outbox};
+use triggers_core::subscription::{self, Subscription, SubscriptionStatus, Topic, outbox};
 
 use crate::support::TestEnv;
 
 fn subscription() -> Subscription {
-    Subscription {
-        id: SubscriptionId::new(),
-        tenant: TenantId::new(),
-        target_url: "http://127.0.0.1:9/hook".to_owned(),
-        event_types: vec!["*".to_owned()],
-        filter: None,
-        status: SubscriptionStatus::Active,
-        disabled_reason: None,
-        secrets: vec![SigningSecret {
-            secret: "whsec_AAAA".to_owned(),
-            expires_at: None,
-        }],
-        batch: None,
-        ordered: false,
-        description: None,
-        created_at: 1,
-        updated_at: 1,
-        revision: 1,
-    }
+    Subscription::new(
+        TenantId::new(),
+        "http://127.0.0.1:9/hook",
+        vec!["*".to_owned()],
+        "whsec_AAAA".to_owned(),
+        1,
+    )
 }
 
 /// The revision the follower holds of `id` once it has read everything

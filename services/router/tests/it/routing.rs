@@ -163,27 +163,13 @@ async fn a_subscription_change_applies_to_the_next_event_sent() {
 
 /// A subscription of every event type, as another gateway would write it.
 fn elsewhere(env: &crate::support::Env, round: u32) -> triggers_core::subscription::Subscription {
-    use triggers_core::subscription::{SigningSecret, Subscription, SubscriptionStatus};
-    let now = triggers_core::event::now_ms();
-    Subscription {
-        id: triggers_core::ids::SubscriptionId::new(),
-        tenant: env.tenant,
-        target_url: format!("http://hooks.test/elsewhere/{round}"),
-        event_types: vec!["*".to_owned()],
-        filter: None,
-        status: SubscriptionStatus::Active,
-        disabled_reason: None,
-        secrets: vec![SigningSecret {
-            secret: "whsec_AAAA".to_owned(),
-            expires_at: None,
-        }],
-        batch: None,
-        ordered: false,
-        description: None,
-        created_at: now,
-        updated_at: now,
-        revision: 1,
-    }
+    triggers_core::subscription::Subscription::new(
+        env.tenant,
+        format!("http://hooks.test/elsewhere/{round}"),
+        vec!["*".to_owned()],
+        "whsec_AAAA".to_owned(),
+        triggers_core::event::now_ms(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
