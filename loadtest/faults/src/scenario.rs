@@ -198,10 +198,7 @@ async fn poison(cluster: &Cluster, per_topic: u32) -> anyhow::Result<()> {
         let partitions = {
             let (producer, topic) = (producer.clone(), topic.clone());
             tokio::task::spawn_blocking(move || {
-                producer
-                    .client()
-                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                    .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
+                triggers_core::kafka::partition_count(producer.client(), &topic, Duration::from_secs(10))
             })
             .await??
         };

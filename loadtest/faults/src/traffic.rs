@@ -104,10 +104,8 @@ pub fn marks(bootstrap: &str, topics: &[String]) -> anyhow::Result<Marks> {
     let consumer = reader(bootstrap)?;
     let mut marks = BTreeMap::new();
     for topic in topics {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        let partitions = triggers_core::kafka::partition_count(consumer.client(), topic, REQUEST_TIMEOUT)
             .with_context(|| format!("metadata of {topic}"))?;
-        let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
         for partition in 0..partitions {
             let partition = i32::try_from(partition)?;
             let (_, high) = consumer

@@ -135,9 +135,7 @@ impl Follower {
             let consumer = consumer.clone();
             let topic = topic.to_owned();
             tokio::task::spawn_blocking(move || {
-                consumer
-                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                    .map(|m| m.topics().first().map(|t| t.partitions().len()).unwrap_or(0))
+                crate::kafka::partition_count(consumer.client(), &topic, Duration::from_secs(10))
             })
             .await??
         };

@@ -213,6 +213,17 @@ impl ConsumerLog {
     }
 }
 
+/// How many partitions `topic` has, as the broker answers; 0 when it does
+/// not know the topic. Blocking: call it from `spawn_blocking`.
+pub fn partition_count<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<usize, KafkaError> {
+    let metadata = client.fetch_metadata(Some(topic), timeout)?;
+    Ok(metadata.topics().first().map_or(0, |t| t.partitions().len()))
+}
+
 /// Whether `error` only says a fetch reached the end of a partition.
 pub fn is_partition_eof(error: &KafkaError) -> bool {
     matches!(

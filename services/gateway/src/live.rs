@@ -218,8 +218,8 @@ impl LiveFeed {
         let assignment = tokio::task::spawn_blocking(move || {
             let mut assignment = TopicPartitionList::new();
             for topic in &topics {
-                let metadata = fetching.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-                let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
+                let partitions =
+                    triggers_core::kafka::partition_count(fetching.client(), topic, Duration::from_secs(10))?;
                 for partition in 0..partitions {
                     assignment.add_partition_offset(
                         topic,
