@@ -150,7 +150,7 @@ fn sample_event(tenant: triggers_core::ids::TenantId) -> Event {
         received_at: now,
         specversion: "1.0".to_owned(),
         datacontenttype: "application/json".to_owned(),
-        data: sample_data(),
+        data: sample_data().into(),
         partition_key: None,
         extensions: Default::default(),
     }

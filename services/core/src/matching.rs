@@ -329,7 +329,7 @@ fn resolve(field: &Field, event: &Event) -> Option<Value> {
         Field::Time => Some(Value::from(event.time)),
         Field::Extension(name) => event.extensions.get(name).cloned().map(Value::String),
         Field::Data(segments) => {
-            let mut current = &event.data;
+            let mut current = event.data.value();
             for segment in segments {
                 current = match (segment, current) {
                     (Segment::Key(key), Value::Object(map)) => map.get(key)?,

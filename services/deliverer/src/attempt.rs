@@ -30,12 +30,12 @@ pub struct AttemptResult {
 }
 
 /// The webhook body of one event (CloudEvents' structured JSON), borrowing
-/// the event: its `data` is written as it is, not copied into a new JSON
-/// tree first. The members are in the order `json!` wrote them before
-/// (sorted), so the bytes are the same.
+/// the event: its `data` is the payload's text as the producer wrote it
+/// (member order, spacing and numbers kept), not a JSON tree written again.
+/// The members are in the order `json!` wrote them before (sorted).
 #[derive(Debug, serde::Serialize)]
 pub(crate) struct EventBody<'a> {
-    data: &'a serde_json::Value,
+    data: &'a triggers_core::event::Payload,
     datacontenttype: &'a str,
     id: String,
     source: &'a str,
@@ -265,12 +265,20 @@ mod tests {
         let mut event = Event::new(TenantId::new(), "order.created", "/shop", data);
         assert_eq!(json_text(&event_body(&event))?, as_before(&event));
         event.subject = Some("orders/o-1".to_owned());
-        event.data = json!("just a string");
+        event.data = json!("just a string").into();
         assert_eq!(json_text(&event_body(&event))?, as_before(&event));
         let batch = vec![event_body(&event), event_body(&event)];
         assert_eq!(
             json_text(&batch)?,
             format!("[{},{}]", as_before(&event), as_before(&event))
+        );
+        // The payload's text goes out as the producer wrote it.
+        let written = "{\"z\": 1, \"a\": [1.50, 123456789012345678901234567890]}";
+        event.data = triggers_core::event::Payload::from_text(written.to_owned())?;
+        let body = json_text(&event_body(&event))?;
+        assert!(
+            body.starts_with(&format!("{{\"data\":{written},\"datacontenttype\"")),
+            "{body}"
         );
         Ok(())
     }

@@ -17,7 +17,7 @@ use crate::auth::{Admin, Caller};
 use crate::body::{self, read_json};
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::idempotency::{self, Claim};
-use crate::ingest::{EventInput, batch_items, event_from_json, format_time};
+use crate::ingest::{EventInput, Fields, batch_items, event_from_fields, format_time};
 use crate::ratelimit::Quota;
 use crate::state::AppState;
 
@@ -268,10 +268,11 @@ fn server_span(request: &HttpRequest, route: &'static str) -> tracing::Span {
 async fn ingest_one(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let caller = crate::extract::caller_of(&state, &request).await?;
-    let (body, value) = read_json(&request, payload, state.config.max_body_bytes, body::SINGLE).await?;
+    let body = body::read(&request, payload, state.config.max_body_bytes, body::SINGLE).await?;
+    let fields = Fields::parse(body::text(&body)?, "")?;
     let received_at = now_ms();
-    let assigned = value.get("id").is_none();
-    let mut event = event_from_json(value, caller.tenant, received_at, "").inspect_err(|_| invalid_counter(1))?;
+    let assigned = fields.assigns_id();
+    let mut event = event_from_fields(fields, caller.tenant, received_at, "").inspect_err(|_| invalid_counter(1))?;
     let quota = acquire(&state, &caller, 1)?;
     let traceparent = header(&request, "traceparent").map(str::to_owned);
     let sink = state.clone();
@@ -330,14 +331,25 @@ pub async fn ingest_batch(request: HttpRequest, payload: web::Payload, state: St
 async fn ingest_many(request: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let caller = crate::extract::caller_of(&state, &request).await?;
-    let (body, value) = read_json(&request, payload, state.config.max_body_bytes, body::BATCH).await?;
-    let items = batch_items(value, state.config.max_batch_events)?;
+    let body = body::read(&request, payload, state.config.max_body_bytes, body::BATCH).await?;
+    let items = batch_items(body::text(&body)?, state.config.max_batch_events)?;
     let received_at = now_ms();
-    let assigned: Vec<bool> = items.iter().map(|item| item.get("id").is_none()).collect();
-    let mut parsed: Vec<Result<triggers_core::event::Event, ApiError>> = items
-        .into_iter()
+    let fields: Vec<(Result<Fields, ApiError>, String)> = items
+        .iter()
         .enumerate()
-        .map(|(index, item)| event_from_json(item, caller.tenant, received_at, &format!("events[{index}].")))
+        .map(|(index, item)| {
+            let path = format!("events[{index}].");
+            (Fields::parse(item.get(), &path), path)
+        })
+        .collect();
+    drop(items);
+    let assigned: Vec<bool> = fields
+        .iter()
+        .map(|(item, _)| item.as_ref().is_ok_and(Fields::assigns_id))
+        .collect();
+    let mut parsed: Vec<Result<triggers_core::event::Event, ApiError>> = fields
+        .into_iter()
+        .map(|(item, path)| item.and_then(|item| event_from_fields(item, caller.tenant, received_at, &path)))
         .collect();
     let valid = parsed.iter().filter(|r| r.is_ok()).count();
     invalid_counter(parsed.len() - valid);

@@ -59,13 +59,30 @@ pub async fn read_limited(request: &HttpRequest, mut payload: web::Payload, limi
     Ok(body.freeze())
 }
 
-/// Parses a body as UTF-8 JSON.
-pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+/// A body as text: UTF-8, not empty.
+pub fn text(body: &[u8]) -> Result<&str, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| ApiError::InvalidUtf8)?;
     if text.trim().is_empty() {
         return Err(ApiError::InvalidJson("the body is empty".to_owned()));
     }
-    serde_json::from_str(text).map_err(|e| ApiError::InvalidJson(e.to_string()))
+    Ok(text)
+}
+
+/// Parses a body as UTF-8 JSON.
+pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_str(text(body)?).map_err(|e| ApiError::InvalidJson(e.to_string()))
+}
+
+/// Media type check and bounded read: the raw body, to parse as the
+/// caller needs ([`text`]).
+pub async fn read(
+    request: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    accepted: &'static [&'static str],
+) -> Result<Bytes, ApiError> {
+    check_media_type(request, accepted)?;
+    read_limited(request, payload, limit).await
 }
 
 /// Media type check, bounded read, UTF-8 and JSON: the raw body and its value.
@@ -75,8 +92,7 @@ pub async fn read_json(
     limit: usize,
     accepted: &'static [&'static str],
 ) -> Result<(Bytes, Value), ApiError> {
-    check_media_type(request, accepted)?;
-    let body = read_limited(request, payload, limit).await?;
+    let body = read(request, payload, limit, accepted).await?;
     let value = parse_json(&body)?;
     Ok((body, value))
 }

@@ -7,6 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use triggers_core::event::Payload;
 use triggers_core::eventstore::{self, ListQuery, StoredEvent};
 use triggers_core::ids::{EventId, SubscriptionId};
 use triggers_core::matching::TypePattern;
@@ -69,7 +70,7 @@ pub struct EventView {
     /// of them per page; the others are null with `data_omitted` (read the
     /// event by id for its payload).
     #[schema(value_type = Object)]
-    pub data: Value,
+    pub data: Payload,
     /// Whether `data` was left out of a listing; `GET /v1/events/{id}` has it.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub data_omitted: bool,
@@ -339,21 +340,36 @@ pub async fn inbox_compat(caller: Caller, state: State) -> Result<HttpResponse, 
     let (page, _) = eventstore::list(&state.dynamo, &state.tables, &caller.tenant, &query, true)
         .await
         .map_err(event_list_error)?;
-    let items: Vec<Value> = page
+    let items: Vec<InboxItem<'_>> = page
         .iter()
-        .map(|e| {
-            let mut item = json!({"id": e.event.id.to_string(), "type": e.event.event_type, "source": e.event.source,
-                   "payload": e.event.data, "status": e.status.as_str(),
-                   "created_at": format_time(e.event.received_at),
-                   "updated_at": format_time(e.updated_at.max(e.event.received_at))});
-            // A large payload is left out, as in every listing: say so.
-            if e.data_omitted {
-                item["payload_omitted"] = json!(true);
-            }
-            item
+        .map(|e| InboxItem {
+            id: e.event.id.to_string(),
+            event_type: &e.event.event_type,
+            source: &e.event.source,
+            payload: &e.event.data,
+            payload_omitted: e.data_omitted,
+            status: e.status.as_str(),
+            created_at: format_time(e.event.received_at),
+            updated_at: format_time(e.updated_at.max(e.event.received_at)),
         })
         .collect();
     Ok(HttpResponse::Ok().json(items))
+}
+
+/// An event of the first client guide's inbox.
+#[derive(Serialize)]
+struct InboxItem<'a> {
+    id: String,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    source: &'a str,
+    payload: &'a Payload,
+    /// A large payload is left out, as in every listing: say so.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    payload_omitted: bool,
+    status: &'a str,
+    created_at: String,
+    updated_at: String,
 }
 
 /// Acknowledge one event (first client guide): answers status `delivered`.

@@ -2,9 +2,12 @@
 //! `payload` as an alias of `data`, every problem a 422 naming its field.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use triggers_core::event::{Event, JSON_CONTENT_TYPE, SPEC_VERSION};
+use triggers_core::event::{Event, JSON_CONTENT_TYPE, Payload, SPEC_VERSION};
 use triggers_core::ids::{EventId, TenantId};
 
 use crate::error::ApiError;
@@ -115,17 +118,104 @@ fn extensions(object: &Map<String, Value>, path: &str) -> Result<BTreeMap<String
     Ok(extensions)
 }
 
+/// One event object as the client wrote it: its attributes as values, its
+/// payload (`data`, or its alias `payload`) still as its JSON text. The
+/// payload is the bulk of an event; it is checked to be JSON and then
+/// carried as that text (`Payload`), never built as a tree.
+#[derive(Debug)]
+pub struct Fields {
+    object: Map<String, Value>,
+    data: Option<Box<RawValue>>,
+    payload: Option<Box<RawValue>>,
+}
+
+impl Fields {
+    /// The fields of the JSON text of one event; `path` prefixes field
+    /// names in errors (`events[3].`).
+    pub fn parse(text: &str, path: &str) -> Result<Self, ApiError> {
+        serde_json::from_str(text).map_err(|e| {
+            if e.is_data() {
+                // Valid JSON, but not an object.
+                not_an_object(path)
+            } else {
+                ApiError::InvalidJson(e.to_string())
+            }
+        })
+    }
+
+    /// The fields of a JSON value (the payload written back to text).
+    pub fn of_value(value: Value, path: &str) -> Result<Self, ApiError> {
+        let Value::Object(mut object) = value else {
+            return Err(not_an_object(path));
+        };
+        // Writing a `Value` does not fail: its map keys are strings.
+        let raw = |value: Option<Value>| {
+            value.map(|v| serde_json::value::to_raw_value(&v).unwrap_or_else(|_| RawValue::NULL.to_owned()))
+        };
+        let (data, payload) = (raw(object.remove("data")), raw(object.remove("payload")));
+        Ok(Self { object, data, payload })
+    }
+
+    /// Whether the client left the id to the gateway.
+    pub fn assigns_id(&self) -> bool {
+        !self.object.contains_key("id")
+    }
+}
+
+fn not_an_object(path: &str) -> ApiError {
+    let what = if path.is_empty() {
+        "the body"
+    } else {
+        path.trim_end_matches('.')
+    };
+    ApiError::field(what, "must be a JSON object")
+}
+
+impl<'de> serde::Deserialize<'de> for Fields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = Fields;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                let mut fields = Fields {
+                    object: Map::new(),
+                    data: None,
+                    payload: None,
+                };
+                // A name given twice keeps its last value, as a JSON object
+                // read whole does.
+                while let Some(name) = map.next_key::<String>()? {
+                    match name.as_str() {
+                        "data" => fields.data = Some(map.next_value()?),
+                        "payload" => fields.payload = Some(map.next_value()?),
+                        _ => {
+                            let value: Value = map.next_value()?;
+                            fields.object.insert(name, value);
+                        }
+                    }
+                }
+                Ok(fields)
+            }
+        }
+        d.deserialize_map(Object)
+    }
+}
+
 /// Builds the event of one JSON object; `path` prefixes field names in
 /// errors (`events[3].`).
 pub fn event_from_json(value: Value, tenant: TenantId, received_at: i64, path: &str) -> Result<Event, ApiError> {
-    let Value::Object(mut object) = value else {
-        let what = if path.is_empty() {
-            "the body"
-        } else {
-            path.trim_end_matches('.')
-        };
-        return Err(ApiError::field(what, "must be a JSON object"));
-    };
+    event_from_fields(Fields::of_value(value, path)?, tenant, received_at, path)
+}
+
+/// Builds the event of one object's fields; `path` prefixes field names in
+/// errors (`events[3].`).
+pub fn event_from_fields(fields: Fields, tenant: TenantId, received_at: i64, path: &str) -> Result<Event, ApiError> {
+    let Fields { object, data, payload } = fields;
     if let Some(version) = text(&object, "specversion", path, SPECVERSION_MAX, false)?
         && version != SPEC_VERSION
     {
@@ -172,15 +262,15 @@ pub fn event_from_json(value: Value, tenant: TenantId, received_at: i64, path: &
             "binary data is not supported; send JSON in `data`",
         ));
     }
-    let data = match (object.remove("data"), object.remove("payload")) {
+    let data = match (data, payload) {
         (Some(_), Some(_)) => {
             return Err(ApiError::field(
                 format!("{path}payload"),
                 "give `data` or its alias `payload`, not both",
             ));
         }
-        (Some(data), None) | (None, Some(data)) => data,
-        (None, None) => Value::Null,
+        (Some(data), None) | (None, Some(data)) => Payload::from_raw(data),
+        (None, None) => Payload::null(),
     };
     let extensions = extensions(&object, path)?;
     Ok(Event {
@@ -200,16 +290,22 @@ pub fn event_from_json(value: Value, tenant: TenantId, received_at: i64, path: &
 }
 
 /// The list of a batch body: `{"events": [...]}` or a bare array
-/// (`application/cloudevents-batch+json`).
-pub fn batch_items(value: Value, max: usize) -> Result<Vec<Value>, ApiError> {
-    let items = match value {
-        Value::Array(items) => items,
-        Value::Object(mut object) => match object.remove("events") {
-            Some(Value::Array(items)) => items,
-            Some(_) => return Err(ApiError::field("events", "must be an array")),
-            None => return Err(ApiError::field("events", "is required")),
-        },
+/// (`application/cloudevents-batch+json`), each event still as its JSON text.
+pub fn batch_items(text: &str, max: usize) -> Result<Vec<Box<RawValue>>, ApiError> {
+    let invalid = |e: serde_json::Error| ApiError::InvalidJson(e.to_string());
+    let items: Vec<Box<RawValue>> = match text.trim_start().as_bytes().first() {
+        Some(b'[') => serde_json::from_str(text).map_err(invalid)?,
+        Some(b'{') => {
+            let mut object: BTreeMap<String, Box<RawValue>> = serde_json::from_str(text).map_err(invalid)?;
+            match object.remove("events") {
+                Some(events) if events.get().starts_with('[') => serde_json::from_str(events.get()).map_err(invalid)?,
+                Some(_) => return Err(ApiError::field("events", "must be an array")),
+                None => return Err(ApiError::field("events", "is required")),
+            }
+        }
         _ => {
+            // Not JSON at all, or JSON of another shape.
+            serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(invalid)?;
             return Err(ApiError::field(
                 "the body",
                 "must be {\"events\": [...]} or an array of events",
@@ -356,23 +452,60 @@ mod tests {
 
     #[test]
     fn batches_come_in_two_shapes_and_are_bounded() {
+        let items = |text: &str, max| batch_items(text, max).map(|v| v.iter().map(|i| i.get().to_owned()).collect());
         assert_eq!(
-            batch_items(json!({"events": [1, 2]}), 10).map(|v| v.len()).ok(),
-            Some(2)
+            items(r#"{"events": [1, {"a": 2}]}"#, 10).ok(),
+            Some(vec!["1".to_owned(), r#"{"a": 2}"#.to_owned()])
         );
-        assert_eq!(batch_items(json!([1, 2, 3]), 10).map(|v| v.len()).ok(), Some(3));
+        assert_eq!(items(" [1, 2, 3]", 10).map(|v: Vec<String>| v.len()).ok(), Some(3));
+        for (text, field) in [
+            (r#"{"events": []}"#, "events"),
+            ("[1, 2, 3]", "events"),
+            (r#"{"evts": []}"#, "events"),
+            (r#"{"events": {"a": 1}}"#, "events"),
+            ("7", "the body"),
+            (r#""events""#, "the body"),
+        ] {
+            match batch_items(text, 2) {
+                Err(ApiError::InvalidField { field: named, .. }) => assert_eq!(named, field, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        for text in ["[1, 2", r#"{"events": [1,]}"#, "{events: []}", "nope"] {
+            assert!(matches!(batch_items(text, 10), Err(ApiError::InvalidJson(_))), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_payload_is_kept_as_the_client_wrote_it() {
+        let text = r#"{"type": "a", "source": "b", "data": {"z": 1, "a": [1.50, 123456789012345678901234567890]}}"#;
+        let event = event_from_fields(Fields::parse(text, "").unwrap(), TenantId::new(), 0, "").unwrap();
+        assert_eq!(
+            event.data.as_str(),
+            r#"{"z": 1, "a": [1.50, 123456789012345678901234567890]}"#
+        );
+        let aliased = Fields::parse(r#"{"payload": "x", "type": "a", "source": "b"}"#, "").unwrap();
+        assert_eq!(
+            event_from_fields(aliased, TenantId::new(), 0, "")
+                .unwrap()
+                .data
+                .as_str(),
+            r#""x""#
+        );
+        // Not an object, and not JSON: told apart.
+        let not_object = Fields::parse("[1]", "events[2].").and_then(|f| event_from_fields(f, TenantId::new(), 0, ""));
+        assert_eq!(field_of(not_object), "events[2]");
         assert!(matches!(
-            batch_items(json!({"events": []}), 10),
-            Err(ApiError::InvalidField { .. })
+            Fields::parse(r#"{"type": "a", "data": {"#, ""),
+            Err(ApiError::InvalidJson(_))
         ));
         assert!(matches!(
-            batch_items(json!([1, 2, 3]), 2),
-            Err(ApiError::InvalidField { .. })
+            Fields::parse(r#"{"data": 1} x"#, ""),
+            Err(ApiError::InvalidJson(_))
         ));
-        assert!(matches!(
-            batch_items(json!({"evts": []}), 2),
-            Err(ApiError::InvalidField { .. })
-        ));
+        // A name given twice keeps its last value.
+        let twice = Fields::parse(r#"{"type": "a", "source": "b", "data": 1, "data": 2}"#, "").unwrap();
+        assert_eq!(event_from_fields(twice, TenantId::new(), 0, "").unwrap().data, json!(2));
     }
 
     /// `/openapi.json` states the limits the parser enforces.

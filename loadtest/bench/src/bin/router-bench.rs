@@ -94,7 +94,7 @@ fn event(tenant: TenantId, i: usize) -> Event {
         received_at: now_ms(),
         specversion: "1.0".to_owned(),
         datacontenttype: "application/json".to_owned(),
-        data: json!({"total": (i * 37) % 1000, "currency": CURRENCIES[i % 3]}),
+        data: json!({"total": (i * 37) % 1000, "currency": CURRENCIES[i % 3]}).into(),
         partition_key: None,
         extensions: BTreeMap::new(),
     }

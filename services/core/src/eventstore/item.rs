@@ -310,8 +310,8 @@ pub(super) fn from_item(item: &Item, tenant: &TenantId, load: Load) -> Option<(S
     let (text, data_omitted) = payload_text(item, load);
     let given = text.as_deref().map_or(0, str::len);
     let data = text
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or(serde_json::Value::Null);
+        .and_then(|text| crate::event::Payload::from_text(text.into_owned()).ok())
+        .unwrap_or_default();
     let extensions: BTreeMap<String, String> = get_s(item, "extensions")
         .and_then(|e| serde_json::from_str(&e).ok())
         .unwrap_or_default();

@@ -179,7 +179,7 @@ pub async fn get(
                 format!("{count} chunks of {id} do not inflate"),
             )
         })?;
-        stored.event.data = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        stored.event.data = crate::event::Payload::from_text(text).unwrap_or_default();
         stored.data_omitted = false;
     }
     Ok(Some(stored))

@@ -93,7 +93,7 @@ async fn store_event(
             ),
         ));
     }
-    let payload = encode_payload(event.data.to_string(), room - attributes);
+    let payload = encode_payload(event.data.as_str().to_owned(), room - attributes);
     if let Payload::Chunked(chunks) = &payload {
         put_chunks(client, table, event, chunks, expires_at).await?;
     }
@@ -152,10 +152,11 @@ pub struct NewItem {
 /// events are deflated or chunked there).
 pub fn new_item(event: &Event, expires_at: i64, outcomes: &[Outcome]) -> Option<NewItem> {
     let extensions = serde_json::to_string(&event.extensions).unwrap_or_default();
-    let text = event.data.to_string();
+    let text = event.data.as_str();
     if attributes_size(event, &extensions) + text.len() > BATCHED_ITEM_MAX {
         return None;
     }
+    let text = text.to_owned();
     let progress = first_progress(outcomes);
     let mut item = event_key(&event.tenant, &event.id);
     let mut body = body_attributes(event, extensions, Payload::Inline(text), expires_at);

@@ -17,7 +17,7 @@ fn event(event_type: &str, data: Value) -> Event {
         received_at: 1_700_000_000_000,
         specversion: "1.0".to_owned(),
         datacontenttype: "application/json".to_owned(),
-        data,
+        data: data.into(),
         partition_key: None,
         extensions: BTreeMap::from([("priority".to_owned(), "high".to_owned())]),
     }

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, CodecError, Contract};
-use triggers_core::event::{Event, JSON_CONTENT_TYPE, SPEC_VERSION, now_ms};
+use triggers_core::event::{Event, JSON_CONTENT_TYPE, Payload, SPEC_VERSION, now_ms};
 use triggers_core::ids::{EventId, TenantId};
 
 use crate::support::TestEnv;
@@ -19,7 +19,7 @@ fn event(data: serde_json::Value) -> Event {
         received_at: now_ms(),
         specversion: SPEC_VERSION.to_owned(),
         datacontenttype: JSON_CONTENT_TYPE.to_owned(),
-        data,
+        data: data.into(),
         partition_key: None,
         extensions: BTreeMap::from([("traceparent".to_owned(), "00-abc-def-01".to_owned())]),
     }
@@ -58,8 +58,22 @@ async fn events_of_any_payload_shape_round_trip_through_avro_and_the_registry() 
         let decoded: Event = codec.decode(Contract::Event, &bytes).await.expect("decode");
         assert_eq!(decoded, original);
     }
+    // A payload's text travels as written: member order, spacing, and
+    // numbers beyond what a float holds.
+    let written = "{ \"zeta\": 1,\n  \"alpha\": 123456789012345678901234567890.000000000000000001 }";
+    let mut original = event(json!(null));
+    original.data = Payload::from_text(written.to_owned()).expect("JSON");
+    let bytes = codec.encode(&topic, Contract::Event, &original).await.expect("encode");
+    schema_ids.push(triggers_core::codec::schema_id(&bytes));
+    let decoded: Event = codec.decode(Contract::Event, &bytes).await.expect("decode");
+    assert_eq!(decoded.data.as_str(), written);
     schema_ids.dedup();
     assert_eq!(schema_ids.len(), 1, "one schema id for every event: {schema_ids:?}");
+
+    // Data that is not JSON is refused, not read as null.
+    let mut record = serde_json::to_value(&original).expect("event as JSON");
+    record["data"] = json!("{\"unclosed\": ");
+    assert!(serde_json::from_value::<Event>(record).is_err());
 
     // The schema is registered under <topic>-value and readable by id.
     let url = format!(

@@ -7,6 +7,7 @@
 
 mod delivery;
 mod flow;
+mod payload;
 mod proxy;
 mod redelivery;
 mod stall;

@@ -127,7 +127,7 @@ impl Env {
             received_at: now_ms(),
             specversion: "1.0".to_owned(),
             datacontenttype: "application/json".to_owned(),
-            data,
+            data: data.into(),
             partition_key: None,
             extensions: BTreeMap::new(),
         }
