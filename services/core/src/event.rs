@@ -130,10 +130,12 @@ impl Payload {
         self.text.get()
     }
 
-    /// The value, parsed on the first call.
+    /// The value, parsed on the first call. `null` for a payload with a
+    /// number beyond a double's range, which JSON allows and `Value` cannot
+    /// hold.
     pub fn value(&self) -> &Value {
-        // The text is valid JSON (every constructor checks it), so the
-        // parse does not fail; `null` stands in if it ever did.
+        // The text is valid JSON (every constructor checks it); only a
+        // number out of a double's range fails the parse.
         self.value
             .get_or_init(|| serde_json::from_str(self.text.get()).unwrap_or(Value::Null))
     }
@@ -266,6 +268,11 @@ mod tests {
             assert!(Payload::from_text(text.to_owned()).is_err(), "{text:?}");
         }
         assert!(serde_json::from_str::<Payload>("[1, {\"x\": null}]").is_ok());
+        // JSON allows numbers beyond a double: carried as written, read as
+        // null (docs/status.md).
+        let huge = Payload::from_text("{\"n\": 1e400}".to_owned()).unwrap();
+        assert_eq!(huge.as_str(), "{\"n\": 1e400}");
+        assert!(huge.value().is_null());
     }
 
     #[test]

@@ -18,7 +18,8 @@ async fn kafka_native_records_are_routed_and_poison_is_quarantined() {
     env.produce_native(&native).await;
     assert_eq!(env.routed_to(&native.id.to_string()).await, vec![all.clone()]);
 
-    // Poison: not Avro, an unknown schema id, invalid Avro, an unknown tenant.
+    // Poison: not Avro, an unknown schema id, invalid Avro, a payload that
+    // is not JSON, an unknown tenant.
     env.produce_raw(&env.tenant.to_string(), b"{\"json\": \"not avro\"}")
         .await;
     env.produce_raw(&env.tenant.to_string(), &[0, 0, 0, 0x7f, 0x01, 2, 4])
@@ -33,6 +34,24 @@ async fn kafka_native_records_are_routed_and_poison_is_quarantined() {
         .await
         .unwrap();
     env.produce_raw(&env.tenant.to_string(), &good[..9]).await;
+    // Avro that fits the schema, with `data` text that is not JSON: the
+    // JSON string `"zq9zq9"` made `{zq9zq9` in the record's bytes.
+    let marked = env.native_event(env.tenant, "invoice.paid", json!("zq9zq9"));
+    let mut not_json = env
+        .codec
+        .encode(
+            &env.common.topics.events(),
+            triggers_core::codec::Contract::Event,
+            &marked,
+        )
+        .await
+        .unwrap();
+    let at = not_json
+        .windows(8)
+        .position(|w| w == b"\"zq9zq9\"")
+        .expect("the payload's text in the record");
+    not_json[at] = b'{';
+    env.produce_raw(&env.tenant.to_string(), &not_json).await;
     let stranger = env.native_event(TenantId::new(), "invoice.paid", json!({}));
     env.produce_native(&stranger).await;
     // … and the next good record still flows.
@@ -43,7 +62,7 @@ async fn kafka_native_records_are_routed_and_poison_is_quarantined() {
     let invalid = read_topic(
         &env.common.kafka.bootstrap_servers,
         &env.common.topics.events_invalid(),
-        4,
+        5,
         Duration::from_secs(15),
     )
     .await;
@@ -55,7 +74,13 @@ async fn kafka_native_records_are_routed_and_poison_is_quarantined() {
     reasons.sort();
     assert_eq!(
         reasons,
-        ["bad_magic_byte", "invalid_avro", "unknown_schema_id", "unknown_tenant"]
+        [
+            "bad_magic_byte",
+            "invalid_avro",
+            "invalid_avro",
+            "unknown_schema_id",
+            "unknown_tenant"
+        ]
     );
     for message in &invalid {
         assert!(header(message, "triggers-source-offset").is_some());
@@ -70,7 +95,11 @@ async fn kafka_native_records_are_routed_and_poison_is_quarantined() {
     assert_eq!(bad_magic.payload(), Some(&b"{\"json\": \"not avro\"}"[..]));
     // The stranger's event was never routed.
     let outcomes = env.outcomes(usize::MAX, Duration::from_secs(1)).await;
-    assert!(outcomes.iter().all(|o| o.event_id != stranger.id));
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.event_id != stranger.id && o.event_id != marked.id)
+    );
 
     let metrics = reqwest::get(format!(
         "http://{}/metrics",
