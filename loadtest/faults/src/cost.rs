@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::audit::Auditor;
 use crate::cluster::{self, Cluster, Part};
-use crate::load::Load;
+use crate::load::{self, Load};
 use crate::receiver::Receiver;
 use crate::traffic;
 
@@ -377,6 +377,7 @@ pub async fn cost(
                 .map(|s| s.first.saturating_duration_since(e.accepted))
         })
         .collect();
+    let over_time = latency_over_time(&entries, receiver);
     latencies.sort_unstable();
     let latency = |p: f64| triggers_bench::percentile(&latencies, p).as_secs_f64() * 1000.0;
     let retries = total(&after, Part::Deliverer, "triggers_deliverer_attempts_total")
@@ -463,7 +464,7 @@ pub async fn cost(
          Measured over {span:.0} s from the first event to the last outcome stored; idle CPU measured for {idle:.0} s \
          before. Deliveries beyond one per event: {retries:.0} retries, {duplicates} duplicates at the receiver. \
          From 202 to the first webhook ({delivered} events): p50 {p50:.0} ms, p95 {p95:.0} ms, p99 {p99:.0} ms, \
-         max {max:.0} ms.\n\n\
+         max {max:.0} ms. p95 by {WINDOW_SECS} s of 202s, in order: {over_time}.\n\n\
          | process | CPU used | idle CPU (of one core) | CPU per 1,000 events | net of idle |\n|---|---|---|---|---|\n\
          {cpu_rows}| **services together** | | | **{services_gross:.1} ms** | **{services_net:.1} ms** |\n\n\
          The services' CPU by thread (threads named alike but for digits together; CPU as used, not net of idle; \
@@ -496,6 +497,35 @@ pub async fn cost(
         failed = per_event(failed),
     );
     Ok(Cost { report, failures })
+}
+
+/// The window of [`latency_over_time`], in seconds.
+const WINDOW_SECS: u64 = 5;
+
+/// The p95 from 202 to first webhook of the events accepted in each
+/// [`WINDOW_SECS`] of the run, in ms, in order: tells a stall (one window
+/// high) from a drift (the later windows higher).
+fn latency_over_time(entries: &[load::Entry], receiver: &Receiver) -> String {
+    let Some(start) = entries.iter().map(|e| e.accepted).min() else {
+        return "none".to_owned();
+    };
+    let mut windows: Vec<Vec<Duration>> = Vec::new();
+    for entry in entries {
+        let Some(seen) = receiver.seen(&entry.id) else { continue };
+        let window = usize::try_from(entry.accepted.duration_since(start).as_secs() / WINDOW_SECS).unwrap_or(0);
+        if windows.len() <= window {
+            windows.resize_with(window + 1, Vec::new);
+        }
+        windows[window].push(seen.first.saturating_duration_since(entry.accepted));
+    }
+    windows
+        .iter_mut()
+        .map(|window| {
+            window.sort_unstable();
+            format!("{:.0}", triggers_bench::percentile(window, 0.95).as_secs_f64() * 1000.0)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The rows of the by-thread table: every kind of thread of every service
