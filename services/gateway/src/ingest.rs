@@ -125,8 +125,8 @@ fn extensions(object: &Map<String, Value>, path: &str) -> Result<BTreeMap<String
 #[derive(Debug)]
 pub struct Fields {
     object: Map<String, Value>,
-    data: Option<Box<RawValue>>,
-    payload: Option<Box<RawValue>>,
+    data: Option<Payload>,
+    payload: Option<Payload>,
 }
 
 impl Fields {
@@ -148,11 +148,8 @@ impl Fields {
         let Value::Object(mut object) = value else {
             return Err(not_an_object(path));
         };
-        // Writing a `Value` does not fail: its map keys are strings.
-        let raw = |value: Option<Value>| {
-            value.map(|v| serde_json::value::to_raw_value(&v).unwrap_or_else(|_| RawValue::NULL.to_owned()))
-        };
-        let (data, payload) = (raw(object.remove("data")), raw(object.remove("payload")));
+        let data = object.remove("data").map(Payload::from);
+        let payload = object.remove("payload").map(Payload::from);
         Ok(Self { object, data, payload })
     }
 
@@ -269,7 +266,7 @@ pub fn event_from_fields(fields: Fields, tenant: TenantId, received_at: i64, pat
                 "give `data` or its alias `payload`, not both",
             ));
         }
-        (Some(data), None) | (None, Some(data)) => Payload::from_raw(data),
+        (Some(data), None) | (None, Some(data)) => data,
         (None, None) => Payload::null(),
     };
     let extensions = extensions(&object, path)?;

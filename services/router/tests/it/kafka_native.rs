@@ -24,28 +24,12 @@ async fn kafka_native_records_are_routed_and_poison_is_quarantined() {
         .await;
     env.produce_raw(&env.tenant.to_string(), &[0, 0, 0, 0x7f, 0x01, 2, 4])
         .await;
-    let good = env
-        .codec
-        .encode(
-            &env.common.topics.events(),
-            triggers_core::codec::Contract::Event,
-            &native,
-        )
-        .await
-        .unwrap();
+    let good = env.encoded(&native).await;
     env.produce_raw(&env.tenant.to_string(), &good[..9]).await;
     // Avro that fits the schema, with `data` text that is not JSON: the
     // JSON string `"zq9zq9"` made `{zq9zq9` in the record's bytes.
     let marked = env.native_event(env.tenant, "invoice.paid", json!("zq9zq9"));
-    let mut not_json = env
-        .codec
-        .encode(
-            &env.common.topics.events(),
-            triggers_core::codec::Contract::Event,
-            &marked,
-        )
-        .await
-        .unwrap();
+    let mut not_json = env.encoded(&marked).await;
     let at = not_json
         .windows(8)
         .position(|w| w == b"\"zq9zq9\"")

@@ -143,12 +143,16 @@ impl Env {
             .unwrap_or_else(|(e, _)| panic!("{e}"));
     }
 
-    pub async fn produce_native(&self, event: &Event) {
-        let payload = self
-            .codec
+    /// The Avro record of `event` as the events topic takes it.
+    pub async fn encoded(&self, event: &Event) -> Vec<u8> {
+        self.codec
             .encode(&self.common.topics.events(), Contract::Event, event)
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    pub async fn produce_native(&self, event: &Event) {
+        let payload = self.encoded(event).await;
         self.produce_raw(&event.tenant.to_string(), &payload).await;
     }
 
