@@ -115,9 +115,25 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// A slot of no consume loop, for a handler run on its own (tests,
+    /// tools): freeing it only marks it freed.
+    pub fn standalone(shutdown: CancellationToken) -> Self {
+        Self {
+            shutdown,
+            freed: Arc::new(AtomicBool::new(false)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
     /// Stops when this is cancelled.
     pub fn shutdown(&self) -> &CancellationToken {
         &self.shutdown
+    }
+
+    /// Whether the record gave up its slot ([`Slot::free`]).
+    pub fn is_freed(&self) -> bool {
+        self.freed.load(Ordering::Acquire)
     }
 
     /// From now on the record only waits: another record may take its slot.
@@ -129,8 +145,15 @@ impl Slot {
         }
     }
 
+    /// The record works again after it waited ([`Slot::free`]): it takes a
+    /// slot back, beyond `max_in_flight` if need be (the loop then starts
+    /// no other record until enough are done).
+    pub fn occupy(&self) {
+        self.settle();
+    }
+
     fn settle(&self) {
-        if self.freed.load(Ordering::Acquire) {
+        if self.freed.swap(false, Ordering::AcqRel) {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
         }
     }
