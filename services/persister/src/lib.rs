@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, Contract};
 use triggers_core::config::{CommonConfig, ConfigIssue, Validate};
-use triggers_core::consume::Handled;
+use triggers_core::consume::{Handled, Slot};
 use triggers_core::delivery::Outcome;
 use triggers_core::event::Event;
 use triggers_core::eventstore;
@@ -157,6 +157,11 @@ impl Validate for PersisterConfig {
     }
 }
 
+/// Events held per `max_in_flight` slot at most: at three records each,
+/// well within the consumer's bound on records that only wait
+/// ([`triggers_core::consume::WAITING_FACTOR`] per slot).
+const MAX_HELD_PER_SLOT: usize = 4;
+
 /// The persister could not start.
 pub type PersisterError = ServiceError;
 
@@ -189,8 +194,10 @@ impl Persister {
         decoded.unwrap_or(Err(Handled::Stopped))
     }
 
-    /// Writes one record's effect.
-    async fn handle(&self, message: OwnedMessage, shutdown: &CancellationToken) -> Handled {
+    /// Writes one record's effect; the record gives up its consumer `slot`
+    /// while the writer holds it.
+    async fn handle(&self, message: OwnedMessage, slot: Slot) -> Handled {
+        let shutdown = slot.shutdown();
         if message.payload().is_none() {
             return Handled::Done;
         }
@@ -221,7 +228,7 @@ impl Persister {
                 "triggers_persister_outcomes_total",
             )
         };
-        let handled = self.writer.write(record).await;
+        let handled = self.writer.write(record, Some(slot.clone())).await;
         if handled == Handled::Done {
             metrics::counter!(counter).increment(1);
         }
@@ -288,9 +295,12 @@ pub async fn start(
             batch_creates: config.batch_creates,
             writes_in_flight: config.write_concurrency,
             hold: config.hold,
-            // Held records are in flight for the consumer: half of its
-            // slots at most, so the outcomes that settle them still come in.
-            max_held: (config.max_in_flight / 2).max(1),
+            // Held records stay in flight for the consumer but free their
+            // slots (the outcomes that settle them must still come in):
+            // they count against its bound on waiting records,
+            // `max_in_flight` × WAITING_FACTOR. An event holds two or
+            // three records.
+            max_held: config.max_in_flight.saturating_mul(MAX_HELD_PER_SLOT).max(1),
         },
         shutdown.clone(),
     );
@@ -317,7 +327,7 @@ pub async fn start(
     let work = async move {
         triggers_core::consume::run(consumer, pacer, limits, quarantine, shutdown, move |message, slot| {
             let persister = persister.clone();
-            async move { persister.handle(message, slot.shutdown()).await }
+            async move { persister.handle(message, slot).await }
         })
         .await;
         // Every write has settled: count what is left.

@@ -37,7 +37,13 @@
 //! cost three writes instead of one). A settled event is written at once; the held
 //! are bounded in number (beyond `max_held` the oldest is written), and
 //! shutdown or a closed queue writes them all. Holding only delays a
-//! record's offset: nothing is acknowledged before it is in DynamoDB.
+//! record's offset: nothing is acknowledged before it is in DynamoDB. A
+//! held record gives up its consumer slot ([`Slot::free`]) and takes it
+//! back when released to be written ([`Slot::occupy`]): held events never
+//! keep the consumer from reading the outcomes that settle them (while
+//! they kept their slots, a consumer whose slots were all held read
+//! nothing more until their hold ran out, and then wrote each event
+//! twice), and writes in flight still hold it back.
 //!
 //! A record's handler learns when its effect is in DynamoDB (then its offset
 //! may be stored); a write that fails is retried until shutdown, unless
@@ -53,7 +59,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use triggers_core::CancellationToken;
 use triggers_core::analytics::Tally;
-use triggers_core::consume::Handled;
+use triggers_core::consume::{Handled, Slot};
 use triggers_core::delivery::Outcome;
 use triggers_core::dynamo::{Inserted, ItemClient, StoreErrorKind, Tables};
 use triggers_core::event::Event;
@@ -76,6 +82,7 @@ pub enum Record {
 struct Pending {
     record: Record,
     done: oneshot::Sender<Handled>,
+    slot: Option<Slot>,
 }
 
 /// What became of a write that was retried until it succeeded, shutdown
@@ -124,6 +131,8 @@ struct Group {
     /// The time its earliest record was made (ms since the epoch).
     at: Option<i64>,
     done: Vec<oneshot::Sender<Handled>>,
+    /// The consumer's slots of its records.
+    slots: Vec<Slot>,
 }
 
 impl Group {
@@ -144,6 +153,27 @@ impl Group {
             self.made(at);
         }
         self.done.extend(later.done);
+        self.slots.extend(later.slots);
+    }
+
+    /// Held, its records only wait: they give up their consumer slots, so
+    /// that held events never keep the consumer from reading the outcomes
+    /// that settle them.
+    fn free_slots(&self) {
+        for slot in &self.slots {
+            slot.free();
+        }
+    }
+
+    /// Released from hold to be written, its records work again: they take
+    /// their slots back, so that writes in flight hold the consumer back
+    /// (without it, a consumer behind read far ahead of its writes, and
+    /// record time passed its held events before their outcomes came).
+    fn occupy_slots(self) -> Self {
+        for slot in &self.slots {
+            slot.occupy();
+        }
+        self
     }
 
     /// Whether holding the event longer saves nothing: its body is here or
@@ -292,8 +322,9 @@ impl Held {
                 Some((mut earlier, generation)) => {
                     earlier.merge(group);
                     if !hold || earlier.ready(known(&key)) {
-                        ready.push((key, earlier, Release::Settled));
+                        ready.push((key, earlier.occupy_slots(), Release::Settled));
                     } else {
+                        earlier.free_slots();
                         self.groups.insert(key, (earlier, generation));
                     }
                     continue;
@@ -304,6 +335,7 @@ impl Held {
                 ready.push((key, group, Release::Settled));
                 continue;
             }
+            group.free_slots();
             self.generation += 1;
             self.due.push_back(Entry {
                 since: now,
@@ -347,7 +379,7 @@ impl Held {
         self.due.clear();
         self.groups
             .drain()
-            .map(|(key, (group, _))| (key, group, Release::Closing))
+            .map(|(key, (group, _))| (key, group.occupy_slots(), Release::Closing))
             .collect()
     }
 
@@ -356,7 +388,10 @@ impl Held {
     fn pop_front(&mut self) -> Option<(Key, Group)> {
         while let Some(entry) = self.due.pop_front() {
             if self.is_current(&entry) {
-                return self.groups.remove(&entry.key).map(|(group, _)| (entry.key, group));
+                return self
+                    .groups
+                    .remove(&entry.key)
+                    .map(|(group, _)| (entry.key, group.occupy_slots()));
             }
         }
         None
@@ -446,10 +481,11 @@ impl Writer {
     }
 
     /// Writes `record` with the next batch; `Done` once it is in DynamoDB,
-    /// `Stopped` if shutdown came first.
-    pub async fn write(&self, record: Record) -> Handled {
+    /// `Stopped` if shutdown came first. While the record is held (its
+    /// event waits for more records), it frees its consumer `slot`.
+    pub async fn write(&self, record: Record, slot: Option<Slot>) -> Handled {
         let (done, written) = oneshot::channel();
-        if self.queue.send(Pending { record, done }).await.is_err() {
+        if self.queue.send(Pending { record, done, slot }).await.is_err() {
             return Handled::Stopped;
         }
         written.await.unwrap_or(Handled::Stopped)
@@ -582,7 +618,7 @@ type Groups = HashMap<Key, Group>;
 /// waits for it.
 fn coalesce(batch: Vec<Pending>) -> Groups {
     let mut groups: Groups = HashMap::new();
-    for Pending { record, done } in batch {
+    for Pending { record, done, slot } in batch {
         match record {
             Record::Event(event, expires_at) => {
                 let group = groups.entry((event.tenant, event.id)).or_default();
@@ -590,6 +626,7 @@ fn coalesce(batch: Vec<Pending>) -> Groups {
                 group.made(event.received_at);
                 group.body = Some((event, expires_at));
                 group.done.push(done);
+                group.slots.extend(slot);
             }
             Record::Outcome(outcome, expires_at) => {
                 let group = groups.entry((outcome.tenant, outcome.event_id)).or_default();
@@ -598,6 +635,7 @@ fn coalesce(batch: Vec<Pending>) -> Groups {
                 group.attempts.push(((*outcome).clone(), expires_at));
                 group.outcomes.push(*outcome);
                 group.done.push(done);
+                group.slots.extend(slot);
             }
         }
     }
@@ -861,7 +899,14 @@ mod tests {
 
     fn pending(record: Record) -> (Pending, oneshot::Receiver<Handled>) {
         let (done, waiting) = oneshot::channel();
-        (Pending { record, done }, waiting)
+        (
+            Pending {
+                record,
+                done,
+                slot: None,
+            },
+            waiting,
+        )
     }
 
     #[test]
@@ -913,6 +958,55 @@ mod tests {
 
     fn nothing_known(_: &Key) -> Option<Progress> {
         None
+    }
+
+    #[test]
+    fn a_held_record_frees_its_consumer_slot_until_it_is_written() {
+        let tenant = TenantId::new();
+        let slotted = |record: Record| {
+            let (mut pending, waiting) = pending(record);
+            let slot = Slot::standalone(CancellationToken::new());
+            pending.slot = Some(slot.clone());
+            (coalesce(vec![pending]), slot, waiting)
+        };
+        let (event, routed, delivered) = records(tenant);
+        let mut held = Held::new(Duration::from_secs(1), 100);
+        let start = Instant::now();
+        let (first, body, _w1) = slotted(Record::Event(Box::new(event), 100));
+        assert!(held.add(first, start, true, nothing_known).is_empty());
+        assert!(body.is_freed(), "held: the event's record only waits");
+        let (second, routing, _w2) = slotted(Record::Outcome(Box::new(routed), 100));
+        assert!(held.add(second, start, true, nothing_known).is_empty());
+        assert!(routing.is_freed(), "joined a held event: it only waits");
+        let (third, delivery, _w3) = slotted(Record::Outcome(Box::new(delivered), 100));
+        assert_eq!(held.add(third, start, true, nothing_known).len(), 1, "settled");
+        assert!(
+            !delivery.is_freed(),
+            "it settled its event: written at once, in its slot"
+        );
+        assert!(
+            !body.is_freed() && !routing.is_freed(),
+            "released to be written, the held records take their slots back"
+        );
+
+        // An event whose records settle it in one batch is never held.
+        let (event, routed, delivered) = records(tenant);
+        let slots: Vec<Slot> = (0..3).map(|_| Slot::standalone(CancellationToken::new())).collect();
+        let batch = [
+            Record::Event(Box::new(event), 100),
+            Record::Outcome(Box::new(routed), 100),
+            Record::Outcome(Box::new(delivered), 100),
+        ]
+        .into_iter()
+        .zip(&slots)
+        .map(|(record, slot)| {
+            let (mut pending, _) = pending(record);
+            pending.slot = Some(slot.clone());
+            pending
+        })
+        .collect();
+        assert_eq!(held.add(coalesce(batch), start, true, nothing_known).len(), 1);
+        assert!(slots.iter().all(|slot| !slot.is_freed()), "written at once");
     }
 
     #[test]

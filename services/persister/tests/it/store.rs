@@ -1,6 +1,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use rand::RngCore;
 use serde_json::json;
 use triggers_core::delivery::{Outcome, OutcomeKind};
@@ -405,4 +406,59 @@ async fn late_outcomes_of_a_deleted_event_leave_nothing_behind() {
         .call(reqwest::Method::GET, &format!("/v1/events/{doomed}"), None)
         .await;
     assert_eq!(status, 404, "the deleted event came back");
+}
+
+/// An event waiting for its deliveries is held without holding the
+/// consumer's slots: with four slots, twelve events whose deliveries come
+/// after them are each still written once, with every outcome. (Held
+/// records that kept their slots stopped the consumer at two events until
+/// their hold ran out, and the rest were written before their outcomes
+/// came, then again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_events_leave_the_consumer_free_to_read_their_outcomes() {
+    let mut env = env().await;
+    env.stop_persister().await;
+    env.start_persister_with(|persister| {
+        persister.max_in_flight = 4;
+        persister.hold = Duration::from_secs(8);
+    })
+    .await;
+    let created = env
+        .subscribe(json!({"target_url": "http://h.test/", "event_types": ["*"]}))
+        .await;
+    let sub: SubscriptionId = created["id"].as_str().unwrap_or_default().parse().unwrap();
+    let mut events = Vec::new();
+    for n in 0..12 {
+        let id = env
+            .ingest(json!({"type": "order.created", "source": "s", "data": {"n": n}}))
+            .await;
+        events.push(id.parse::<EventId>().unwrap());
+    }
+    for event in &events {
+        env.produce_outcome(&outcome(*event, &env, sub, OutcomeKind::Delivered, 1, Some(200)))
+            .await;
+    }
+    for event in &events {
+        let body = env.wait_event(&event.to_string(), |e| e["status"] == "delivered").await;
+        assert_eq!(body["deliveries"][0]["attempts"].as_array().map(Vec::len), Some(1));
+    }
+    for event in &events {
+        let item = env
+            .dynamo
+            .get_item()
+            .table_name(&env.tables.events)
+            .key("pk", AttributeValue::S(env.tenant.to_string()))
+            .key("sk", AttributeValue::S(format!("e#{event}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item
+            .unwrap_or_else(|| panic!("no item for {event}"));
+        assert_eq!(
+            item.get("version"),
+            Some(&AttributeValue::N("0".to_owned())),
+            "{event} was written more than once"
+        );
+    }
 }
