@@ -228,7 +228,7 @@ impl Persister {
                 "triggers_persister_outcomes_total",
             )
         };
-        let handled = self.writer.write(record, Some(slot.clone())).await;
+        let handled = self.writer.write(record, slot).await;
         if handled == Handled::Done {
             metrics::counter!(counter).increment(1);
         }

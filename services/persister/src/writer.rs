@@ -82,6 +82,7 @@ pub enum Record {
 struct Pending {
     record: Record,
     done: oneshot::Sender<Handled>,
+    /// Its consumer slot (none in the writer's own tests).
     slot: Option<Slot>,
 }
 
@@ -166,9 +167,8 @@ impl Group {
     }
 
     /// Released from hold to be written, its records work again: they take
-    /// their slots back, so that writes in flight hold the consumer back
-    /// (without it, a consumer behind read far ahead of its writes, and
-    /// record time passed its held events before their outcomes came).
+    /// their slots back, so that writes in flight bound how far the
+    /// consumer reads ahead of them.
     fn occupy_slots(self) -> Self {
         for slot in &self.slots {
             slot.occupy();
@@ -483,9 +483,14 @@ impl Writer {
     /// Writes `record` with the next batch; `Done` once it is in DynamoDB,
     /// `Stopped` if shutdown came first. While the record is held (its
     /// event waits for more records), it frees its consumer `slot`.
-    pub async fn write(&self, record: Record, slot: Option<Slot>) -> Handled {
+    pub async fn write(&self, record: Record, slot: Slot) -> Handled {
         let (done, written) = oneshot::channel();
-        if self.queue.send(Pending { record, done, slot }).await.is_err() {
+        let pending = Pending {
+            record,
+            done,
+            slot: Some(slot),
+        };
+        if self.queue.send(pending).await.is_err() {
             return Handled::Stopped;
         }
         written.await.unwrap_or(Handled::Stopped)
