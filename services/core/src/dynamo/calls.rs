@@ -186,16 +186,20 @@ fn created_units<'a>(inserted: &'a [Inserted], units: &'a [f64]) -> impl Iterato
 /// the statement's order. An `INSERT` is refused when an item with the key
 /// exists (`DuplicateItem`): a create under `attribute_not_exists`.
 /// Attribute names are written as string literals, so none is reserved.
-pub fn insert_statement(table: &str, item: Item) -> (String, Vec<AttributeValue>) {
+pub fn insert_statement<'a>(table: &str, item: &'a Item) -> (String, Vec<&'a AttributeValue>) {
     let mut statement = format!("INSERT INTO \"{table}\" VALUE {{");
     let mut parameters = Vec::with_capacity(item.len());
-    for (i, (name, value)) in item.into_iter().enumerate() {
+    for (i, (name, value)) in item.iter().enumerate() {
         if i > 0 {
             statement.push_str(", ");
         }
         statement.push('\'');
         // A quote inside a PartiQL string literal is doubled.
-        statement.push_str(&name.replace('\'', "''"));
+        if name.contains('\'') {
+            statement.push_str(&name.replace('\'', "''"));
+        } else {
+            statement.push_str(name);
+        }
         statement.push_str("': ?");
         parameters.push(value);
     }
@@ -224,7 +228,7 @@ pub trait ItemCalls: Send + Sync {
     fn insert_batch(
         &self,
         table: &str,
-        items: Vec<Item>,
+        items: Vec<&Item>,
     ) -> impl Future<Output = Result<Vec<Inserted>, StoreError>> + Send;
 }
 
@@ -297,15 +301,15 @@ impl ItemCalls for Client {
             .collect())
     }
 
-    async fn insert_batch(&self, table: &str, items: Vec<Item>) -> Result<Vec<Inserted>, StoreError> {
-        let units: Vec<f64> = items.iter().map(create_units).collect();
+    async fn insert_batch(&self, table: &str, items: Vec<&Item>) -> Result<Vec<Inserted>, StoreError> {
+        let units: Vec<f64> = items.iter().copied().map(create_units).collect();
         let statements = items
             .into_iter()
             .map(|item| {
                 let (statement, parameters) = insert_statement(table, item);
                 BatchStatementRequest::builder()
                     .statement(statement)
-                    .set_parameters(Some(parameters))
+                    .set_parameters(Some(parameters.into_iter().cloned().collect()))
                     .build()
                     .map_err(|e| {
                         StoreError::found(
@@ -406,7 +410,7 @@ impl ItemCalls for ItemClient {
         }
     }
 
-    async fn insert_batch(&self, table: &str, items: Vec<Item>) -> Result<Vec<Inserted>, StoreError> {
+    async fn insert_batch(&self, table: &str, items: Vec<&Item>) -> Result<Vec<Inserted>, StoreError> {
         match self {
             Self::Sdk(client) => client.insert_batch(table, items).await,
             Self::Lean(client) => client.insert_batch(table, items).await,
@@ -425,7 +429,7 @@ mod tests {
             ("status".to_owned(), AttributeValue::S("delivered".to_owned())),
             ("it's".to_owned(), AttributeValue::N("1".to_owned())),
         ]);
-        let (statement, parameters) = insert_statement("p_events", item.clone());
+        let (statement, parameters) = insert_statement("p_events", &item);
         let body = statement
             .strip_prefix("INSERT INTO \"p_events\" VALUE {")
             .and_then(|rest| rest.strip_suffix('}'))
@@ -439,7 +443,7 @@ mod tests {
             .collect();
         assert_eq!(names.len(), parameters.len());
         for (name, parameter) in names.iter().zip(&parameters) {
-            assert_eq!(item.get(name), Some(parameter), "{name}");
+            assert_eq!(item.get(name), Some(*parameter), "{name}");
         }
         assert!(statement.contains("'it''s': ?"), "{statement}");
     }

@@ -300,8 +300,8 @@ impl ItemCalls for LeanClient {
         }
     }
 
-    async fn insert_batch(&self, table: &str, items: Vec<Item>) -> Result<Vec<Inserted>, StoreError> {
-        let units: Vec<f64> = items.iter().map(create_units).collect();
+    async fn insert_batch(&self, table: &str, items: Vec<&Item>) -> Result<Vec<Inserted>, StoreError> {
+        let units: Vec<f64> = items.iter().copied().map(create_units).collect();
         let mut body = Json::object();
         body.field("Statements").open_list();
         for item in items {
@@ -309,7 +309,7 @@ impl ItemCalls for LeanClient {
             body.element().open();
             body.field("Statement").string(&statement);
             body.field("Parameters").open_list();
-            for parameter in &parameters {
+            for parameter in parameters {
                 body.element().value(parameter);
             }
             body.close_list();

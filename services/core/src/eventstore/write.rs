@@ -192,7 +192,7 @@ pub async fn create_events(
     let Track { cache, tally } = track;
     let batches = items
         .chunks(STATEMENTS_PER_BATCH)
-        .map(|batch| client.insert_batch(&tables.events, batch.iter().map(|new| new.item.clone()).collect()));
+        .map(|batch| client.insert_batch(&tables.events, batch.iter().map(|new| &new.item).collect()));
     let mut results = Vec::with_capacity(items.len());
     for answered in futures::future::join_all(batches).await {
         results.extend(answered?);
