@@ -81,7 +81,12 @@ macro_rules! prefixed_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}{}", $prefix, self.0.to_string().to_ascii_lowercase())
+                // On the stack: ids are written several times per event.
+                let mut buf = [0; ulid::ULID_LEN];
+                let text = self.0.array_to_str(&mut buf);
+                text.make_ascii_lowercase();
+                f.write_str($prefix)?;
+                f.write_str(text)
             }
         }
 
@@ -202,6 +207,7 @@ mod tests {
         let text = id.to_string();
         assert!(text.starts_with("evt_"), "{text}");
         assert_eq!(text.len(), 4 + 26);
+        assert_eq!(text[4..], id.0.to_string().to_ascii_lowercase());
         assert_eq!(text.parse::<EventId>(), Ok(id));
     }
 

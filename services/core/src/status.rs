@@ -118,21 +118,24 @@ pub struct Progress {
 impl Progress {
     /// Applies an outcome; returns whether anything changed.
     pub fn apply(&mut self, outcome: &Outcome) -> bool {
-        let before = self.clone();
         match outcome.kind {
             OutcomeKind::Routed => {
+                let mut changed = !self.routed;
                 self.routed = true;
                 for id in &outcome.subscriptions {
-                    self.subscriptions
-                        .entry(id.to_string())
-                        .or_insert(DeliveryState::Pending);
+                    self.subscriptions.entry(id.to_string()).or_insert_with(|| {
+                        changed = true;
+                        DeliveryState::Pending
+                    });
                 }
+                changed
             }
             OutcomeKind::Unmatched => {
+                let unmatched = self.unmatched || self.subscriptions.is_empty();
+                let changed = !self.routed || unmatched != self.unmatched;
                 self.routed = true;
-                if self.subscriptions.is_empty() {
-                    self.unmatched = true;
-                }
+                self.unmatched = unmatched;
+                changed
             }
             kind => {
                 let state = match kind {
@@ -142,19 +145,21 @@ impl Progress {
                     OutcomeKind::Disabled => DeliveryState::Disabled,
                     _ => DeliveryState::Skipped,
                 };
-                if let Some(id) = &outcome.subscription_id {
-                    let entry = self
-                        .subscriptions
-                        .entry(id.to_string())
-                        .or_insert(DeliveryState::Pending);
-                    if state.rank() > entry.rank() {
-                        *entry = state;
-                    }
-                    self.unmatched = false;
+                let Some(id) = &outcome.subscription_id else {
+                    return false;
+                };
+                let mut changed = std::mem::take(&mut self.unmatched);
+                let entry = self.subscriptions.entry(id.to_string()).or_insert_with(|| {
+                    changed = true;
+                    DeliveryState::Pending
+                });
+                if state.rank() > entry.rank() {
+                    *entry = state;
+                    changed = true;
                 }
+                changed
             }
         }
-        *self != before
     }
 
     /// Whether nothing more is expected of the event's pipeline: routed,
@@ -330,6 +335,33 @@ mod tests {
                 }
             }
             prop_assert_eq!(p.status(), EventStatus::DeadLettered);
+        }
+
+        /// `apply` says whether it changed anything, in any order of any
+        /// outcomes (unmatched ones, ones before routing, repeats).
+        #[test]
+        fn apply_says_whether_it_changed_the_progress(
+            order in proptest::collection::vec(0..10usize, 0..14),
+        ) {
+            let (a, b) = (SubscriptionId::new(), SubscriptionId::new());
+            let all = [
+                outcome(OutcomeKind::Routed, None, vec![a, b]),
+                outcome(OutcomeKind::Routed, None, vec![b]),
+                outcome(OutcomeKind::Routed, None, vec![]),
+                outcome(OutcomeKind::Unmatched, None, vec![]),
+                outcome(OutcomeKind::Retrying, Some(a), vec![]),
+                outcome(OutcomeKind::DeadLettered, Some(a), vec![]),
+                outcome(OutcomeKind::Delivered, Some(b), vec![]),
+                outcome(OutcomeKind::Disabled, Some(b), vec![]),
+                outcome(OutcomeKind::Skipped, Some(a), vec![]),
+                outcome(OutcomeKind::Delivered, None, vec![]),
+            ];
+            let mut p = Progress::default();
+            for i in order {
+                let before = p.clone();
+                let changed = p.apply(&all[i]);
+                prop_assert_eq!(changed, p != before, "{:?} on {:?}", all[i].kind, before);
+            }
         }
     }
 }
