@@ -9,8 +9,10 @@
 //! resolved once per process, records written and read straight from and
 //! into the Rust values), and through the registry client's own encode and
 //! decode followed by a resolution to this build's schema and a conversion
-//! from `Value`, which is what `AvroCodec` did before. CPU is this
-//! process's (`/proc/self/stat`). Prints Markdown.
+//! from `Value`, which is what `AvroCodec` did before. Then builds the
+//! persister's items of 1 KB order events (`eventstore::new_item`: the
+//! payload deflated when that saves a write unit). CPU is this process's
+//! (`/proc/self/stat`). Prints Markdown.
 
 // A benchmark program: its report is its output.
 #![allow(clippy::print_stdout)]
@@ -26,11 +28,13 @@ use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameS
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use triggers_bench::payload::Data;
 use triggers_core::CancellationToken;
 use triggers_core::codec::{AvroCodec, Contract};
 use triggers_core::config::ConfigSource;
 use triggers_core::delivery::{Delivery, Outcome};
 use triggers_core::event::Event;
+use triggers_core::eventstore;
 use triggers_core::ids::{SubscriptionId, TenantId};
 
 #[derive(Debug, Parser)]
@@ -211,6 +215,31 @@ async fn main() -> anyhow::Result<()> {
                 println!("| {round} | {record} | {bytes} B | {way} | {encode:.2} | {decode:.2} |");
             }
         }
+    }
+    // What the persister does per new event besides decoding it: the
+    // event's item, its payload deflated when that saves a write unit.
+    let orders: Vec<Event> = (0..1_000)
+        .map(|seq| {
+            let mut order = event.clone();
+            order.data = Data::Order.of(seq, "").into();
+            order
+        })
+        .collect();
+    let routed = [outcome.clone()];
+    println!(
+        "\n| round | event items (`eventstore::new_item`, ~1 KB order payloads) | µs CPU per item | payloads deflated |"
+    );
+    println!("|---|---|---|---|");
+    for round in 1..=args.rounds {
+        let (mut made, mut deflated) = (0, 0);
+        let start = own_cpu();
+        for order in orders.iter().cycle().take(args.records) {
+            let item = eventstore::new_item(order, 0, &routed).ok_or_else(|| anyhow::anyhow!("no item"))?;
+            made += 1;
+            deflated += usize::from(std::hint::black_box(item).is_deflated());
+        }
+        let micros = (own_cpu() - start).as_secs_f64() * 1e6 / made as f64;
+        println!("| {round} | {made} | {micros:.2} | {deflated} |");
     }
     let started = Instant::now();
     shutdown.cancel();

@@ -146,6 +146,13 @@ pub struct NewItem {
     progress: Progress,
 }
 
+impl NewItem {
+    /// Whether its payload is stored deflated.
+    pub fn is_deflated(&self) -> bool {
+        self.item.contains_key("data_z")
+    }
+}
+
 /// The item that creates `event` with `outcomes` already applied: the same
 /// attributes as [`put_event_with`]'s create. `None` when it must be written
 /// alone: its payload does not fit inline in [`BATCHED_ITEM_MAX`] (large
