@@ -61,13 +61,22 @@ pub(super) enum Effort {
     Close,
 }
 
+impl Effort {
+    fn level(self) -> Compression {
+        match self {
+            Self::Quick => Compression::new(1),
+            Self::Close => Compression::new(2),
+        }
+    }
+}
+
 /// `text` deflated (raw deflate). Each thread keeps a compressor per
 /// [`Effort`]: a new one allocates and clears its tables, which takes
 /// longer than compressing a 1 KB payload.
 pub(super) fn deflate(text: &str, effort: Effort) -> Vec<u8> {
     thread_local! {
-        static QUICK: RefCell<Compress> = RefCell::new(Compress::new(Compression::new(1), false));
-        static CLOSE: RefCell<Compress> = RefCell::new(Compress::new(Compression::new(2), false));
+        static QUICK: RefCell<Compress> = RefCell::new(Compress::new(Effort::Quick.level(), false));
+        static CLOSE: RefCell<Compress> = RefCell::new(Compress::new(Effort::Close.level(), false));
     }
     let input = text.as_bytes();
     let compressor = match effort {
@@ -94,11 +103,7 @@ pub(super) fn deflate(text: &str, effort: Effort) -> Vec<u8> {
 
 fn deflate_afresh(input: &[u8], effort: Effort) -> Vec<u8> {
     use std::io::Write;
-    let level = match effort {
-        Effort::Quick => Compression::new(1),
-        Effort::Close => Compression::new(2),
-    };
-    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), level);
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), effort.level());
     // Writing to a Vec cannot fail.
     let _ = encoder.write_all(input);
     encoder.finish().unwrap_or_default()
@@ -185,7 +190,7 @@ pub(super) fn deflate_if_cheaper(body: &mut [(&'static str, AttributeValue)], ot
         return;
     };
     // The quick deflate leaves about 58 % of a JSON text: tried first when
-    // 65 % would do, else the close one at once (both would cost more).
+    // 65 % would do, else the close one at once (trying both costs more).
     let quick_first = room * 100 >= text.len() * 65;
     let effort = if quick_first { Effort::Quick } else { Effort::Close };
     let mut deflated = deflate(text, effort);
