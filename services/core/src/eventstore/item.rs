@@ -204,7 +204,7 @@ pub(super) fn deflate_if_cheaper(body: &mut [(&'static str, AttributeValue)], ot
         }
     }
     // Empty: deflate failed (it never gives less than two bytes).
-    if !deflated.is_empty() && units(deflated.len()) < size.div_ceil(UNIT_BYTES) {
+    if !deflated.is_empty() && deflated.len() <= room {
         *slot = ("data_z", AttributeValue::B(Blob::new(deflated)));
     }
 }
