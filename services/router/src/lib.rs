@@ -161,6 +161,7 @@ async fn start_following(
         max_record_bytes: common.kafka.max_record_bytes,
         max_in_flight_bytes: config.max_in_flight_bytes,
         freshness_wait_max: config.freshness_wait_max,
+        counters: pipeline::Counters::register(),
     };
     let grace = config.shutdown_grace;
     let server = service.serve(async move {

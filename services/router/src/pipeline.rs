@@ -85,6 +85,29 @@ pub struct Pipeline {
     /// How long an event waits for the subscription table to be fresh as
     /// of its acceptance (`router.freshness_wait_max`).
     pub freshness_wait_max: Duration,
+    /// The per-event counters ([`Counters::register`]).
+    pub counters: Counters,
+}
+
+/// The counters every event moves, registered once: a lookup by name
+/// and labels per event costs a hash and a lock each time.
+#[derive(Debug, Clone)]
+pub struct Counters {
+    routed: metrics::Counter,
+    unmatched: metrics::Counter,
+    deliveries: metrics::Counter,
+}
+
+impl Counters {
+    /// `triggers_router_events_total` (`routed`, `unmatched`) and
+    /// `triggers_router_deliveries_total`, from the recorder installed now.
+    pub fn register() -> Self {
+        Self {
+            routed: metrics::counter!("triggers_router_events_total", "result" => "routed"),
+            unmatched: metrics::counter!("triggers_router_events_total", "result" => "unmatched"),
+            deliveries: metrics::counter!("triggers_router_deliveries_total"),
+        }
+    }
 }
 
 /// A source record's topic, partition and offset (-1: not done).
@@ -168,13 +191,14 @@ impl Pipeline {
         let mut in_flight: FuturesUnordered<futures::future::BoxFuture<'static, (Joined, usize)>> =
             FuturesUnordered::new();
         let mut bytes_in_flight = 0usize;
+        let in_flight_bytes = metrics::gauge!("triggers_router_in_flight_bytes");
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some((finished, bytes)) = in_flight.next(), if !in_flight.is_empty() => {
                     bytes_in_flight -= bytes;
-                    metrics::gauge!("triggers_router_in_flight_bytes").set(bytes_in_flight as f64);
+                    in_flight_bytes.set(bytes_in_flight as f64);
                     store_finished(&self.consumer, finished);
                 }
                 () = self.pacer.due() => self.pacer.act(self.consumer.as_ref()),
@@ -201,7 +225,7 @@ impl Pipeline {
                     handover.read(topic, partition, offset);
                     let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
                     bytes_in_flight += bytes;
-                    metrics::gauge!("triggers_router_in_flight_bytes").set(bytes_in_flight as f64);
+                    in_flight_bytes.set(bytes_in_flight as f64);
                     // Its partition's token: a revoke stops its retries.
                     let stop = handover.started(topic, partition, &shutdown);
                     let sent = self.send(records, topic.to_owned(), partition, offset, stop);
@@ -330,23 +354,20 @@ impl Pipeline {
                 .map(|v| vec![("traceparent".to_owned(), v.to_vec())])
                 .unwrap_or_default();
         }
+        let outcome = Outcome::routing(&event, matched.iter().map(|c| c.subscription.id).collect());
+        let event_key = event.id.to_string();
         let deliveries_topic = self.topics.deliveries();
         let mut records = Vec::with_capacity(matched.len() + 1);
-        for compiled in &matched {
-            let delivery = Delivery::first(event.clone(), compiled.subscription.id);
-            let payload = self
-                .codec
-                .encode(&deliveries_topic, Contract::Delivery, &delivery)
-                .await
-                .map_err(Unrouted::encoding)?;
-            records.push(OutRecord {
-                topic: deliveries_topic.clone(),
-                key: compiled.subscription.id.to_string(),
-                payload,
-                headers: traceparent.clone(),
-            });
+        // Each delivery carries the event: the last one takes it, the
+        // others a copy (one subscription, the common case: no copy).
+        if let Some((last, others)) = matched.split_last() {
+            for compiled in others {
+                let delivery = Delivery::first(event.clone(), compiled.subscription.id);
+                records.push(self.delivery_record(&delivery, &deliveries_topic, &traceparent).await?);
+            }
+            let delivery = Delivery::first(event, last.subscription.id);
+            records.push(self.delivery_record(&delivery, &deliveries_topic, &traceparent).await?);
         }
-        let outcome = Outcome::routing(&event, matched.iter().map(|c| c.subscription.id).collect());
         let outcomes_topic = self.topics.outcomes();
         let payload = self
             .codec
@@ -355,14 +376,39 @@ impl Pipeline {
             .map_err(Unrouted::encoding)?;
         records.push(OutRecord {
             topic: outcomes_topic,
-            key: event.id.to_string(),
+            key: event_key,
             payload,
             headers: traceparent,
         });
-        let result = if matched.is_empty() { "unmatched" } else { "routed" };
-        metrics::counter!("triggers_router_events_total", "result" => result).increment(1);
-        metrics::counter!("triggers_router_deliveries_total").increment(matched.len() as u64);
+        let counters = &self.counters;
+        if matched.is_empty() {
+            &counters.unmatched
+        } else {
+            &counters.routed
+        }
+        .increment(1);
+        counters.deliveries.increment(matched.len() as u64);
         Ok(records)
+    }
+
+    /// A delivery's record on `topic`, keyed by its subscription.
+    async fn delivery_record(
+        &self,
+        delivery: &Delivery,
+        topic: &str,
+        headers: &[(String, Vec<u8>)],
+    ) -> Result<OutRecord, Unrouted> {
+        let payload = self
+            .codec
+            .encode(topic, Contract::Delivery, delivery)
+            .await
+            .map_err(Unrouted::encoding)?;
+        Ok(OutRecord {
+            topic: topic.to_owned(),
+            key: delivery.subscription_id.to_string(),
+            payload,
+            headers: headers.to_vec(),
+        })
     }
 
     fn quarantine(&self, message: &OwnedMessage, invalid: Invalid) -> OutRecord {
