@@ -95,16 +95,18 @@ pub struct Pipeline {
 pub struct Counters {
     routed: metrics::Counter,
     unmatched: metrics::Counter,
+    invalid: metrics::Counter,
     deliveries: metrics::Counter,
 }
 
 impl Counters {
-    /// `triggers_router_events_total` (`routed`, `unmatched`) and
+    /// `triggers_router_events_total` (`routed`, `unmatched`, `invalid`) and
     /// `triggers_router_deliveries_total`, from the recorder installed now.
     pub fn register() -> Self {
         Self {
             routed: metrics::counter!("triggers_router_events_total", "result" => "routed"),
             unmatched: metrics::counter!("triggers_router_events_total", "result" => "unmatched"),
+            invalid: metrics::counter!("triggers_router_events_total", "result" => "invalid"),
             deliveries: metrics::counter!("triggers_router_deliveries_total"),
         }
     }
@@ -271,7 +273,7 @@ impl Pipeline {
                 Ok(records) => return Some(records),
                 Err(Unrouted::Invalid(invalid)) => {
                     metrics::counter!("triggers_router_invalid_events_total", "reason" => invalid.reason).increment(1);
-                    metrics::counter!("triggers_router_events_total", "result" => "invalid").increment(1);
+                    self.counters.invalid.increment(1);
                     tracing::warn!(
                         reason = invalid.reason,
                         error = %invalid.message,
